@@ -1,0 +1,27 @@
+use anyhow::{anyhow, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    let protoc = protoc_bin_vendored::protoc_bin_path().context("no vendored protoc for this host")?;
+    prost_build::Config::new()
+        .protoc_executable(protoc)
+        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .compile_protos(&["proto/retrace.proto"], &["proto"])
+        .context("failed to compile proto/retrace.proto")?;
+    println!("cargo:rerun-if-changed=proto/retrace.proto");
+
+    let metadata = cargo_metadata_root()?;
+    let ebpf_dir = format!("{metadata}/retrace-ebpf");
+    // -Z build-std=core on the stable toolchain.
+    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "retrace-ebpf", root_dir: &ebpf_dir, ..Default::default() }],
+        aya_build::Toolchain::Custom("stable"),
+    )
+    .map_err(|e| anyhow!("failed to build the eBPF programs (run `cargo xtask setup`): {e:#}"))
+}
+
+fn cargo_metadata_root() -> anyhow::Result<String> {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest).parent().context("no workspace root")?;
+    Ok(root.display().to_string())
+}

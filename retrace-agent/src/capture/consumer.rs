@@ -1,0 +1,81 @@
+//! Drains the ring buffer with tokio's `AsyncFd` and hands decoded events on in batches.
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use super::{
+    decode::{decode, Event},
+    CaptureError,
+};
+
+/// Largest batch handed on at once.
+const BATCH: usize = 4096;
+
+/// Reads records until `stop` fires, then drains what is left and returns. Malformed records
+/// are counted, not fatal.
+pub async fn consume(
+    ring: RingBuf<MapData>,
+    out: mpsc::Sender<Vec<Event>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<ConsumeStats, CaptureError> {
+    let mut fd = AsyncFd::new(ring).map_err(|source| CaptureError::Io { source })?;
+    let mut stats = ConsumeStats::default();
+    // Also drain on a timer: a wakeup can be missed between draining and clearing readiness,
+    // and the writer seals segments by age on these empty batches.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => {
+                drain(fd.get_mut(), &out, &mut stats).await;
+                if out.send(Vec::new()).await.is_err() {
+                    return Ok(stats);
+                }
+                false
+            }
+            guard = fd.readable_mut() => {
+                let mut guard = guard.map_err(|source| CaptureError::Io { source })?;
+                drain(guard.get_inner_mut(), &out, &mut stats).await;
+                guard.clear_ready();
+                false
+            }
+            _ = stop.changed() => true,
+        };
+        if stopping || *stop.borrow() {
+            drain(fd.get_mut(), &out, &mut stats).await;
+            return Ok(stats);
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConsumeStats {
+    pub records: u64,
+    pub malformed: u64,
+}
+
+async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stats: &mut ConsumeStats) {
+    loop {
+        let mut batch = Vec::with_capacity(256);
+        while batch.len() < BATCH {
+            let Some(item) = ring.next() else { break };
+            stats.records += 1;
+            match decode(&item) {
+                Ok(event) => batch.push(event),
+                Err(e) => {
+                    stats.malformed += 1;
+                    log::warn!("{e}");
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let full = batch.len() == BATCH;
+        if out.send(batch).await.is_err() {
+            return;
+        }
+        if !full {
+            return;
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Ring-buffer records to typed events. A record that is too short for its kind is reported
+//! and skipped, never trusted.
+
+use bytes::Bytes;
+use retrace_common::{
+    kind, DataChunk, DatagramAddr, Header, SyscallRecord, TaskRecord, DATAGRAM_ADDR_SIZE, DATA_CHUNK_SIZE, HEADER_SIZE,
+    SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
+};
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Chunk { chunk: DataChunk, payload: Bytes },
+    DatagramAddr { rec: DatagramAddr, addr: Bytes },
+    Syscall { rec: SyscallRecord, aux: Bytes },
+    TaskNew(TaskRecord),
+    TaskExec { rec: TaskRecord, path: String },
+    TaskExit(TaskRecord),
+}
+
+impl Event {
+    pub fn header(&self) -> &Header {
+        match self {
+            Event::Chunk { chunk, .. } => &chunk.hdr,
+            Event::DatagramAddr { rec, .. } => &rec.hdr,
+            Event::Syscall { rec, .. } => &rec.hdr,
+            Event::TaskNew(rec) | Event::TaskExit(rec) | Event::TaskExec { rec, .. } => &rec.hdr,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed ring-buffer record (kind {kind}, {len} bytes)")]
+pub struct DecodeError {
+    pub kind: u32,
+    pub len: usize,
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= std::mem::size_of::<T>());
+    // SAFETY: length checked above; T is a plain repr(C) struct of integers.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+/// The `len` bytes after a fixed-size struct, if the record holds them.
+fn tail(bytes: &[u8], fixed: usize, len: u32) -> Option<Bytes> {
+    let end = fixed.checked_add(len as usize)?;
+    bytes.get(fixed..end).map(Bytes::copy_from_slice)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < HEADER_SIZE {
+        return Err(DecodeError { kind: 0, len: bytes.len() });
+    }
+    let hdr: Header = read(bytes);
+    let bad = || DecodeError { kind: hdr.kind, len: bytes.len() };
+    let need = |fixed: usize| if bytes.len() < fixed { Err(bad()) } else { Ok(()) };
+    match hdr.kind {
+        kind::DATA_CHUNK => {
+            need(DATA_CHUNK_SIZE)?;
+            let payload = tail(bytes, DATA_CHUNK_SIZE, hdr.len).ok_or_else(bad)?;
+            Ok(Event::Chunk { chunk: read(bytes), payload })
+        }
+        kind::DATAGRAM_ADDR => {
+            need(DATAGRAM_ADDR_SIZE)?;
+            let addr = tail(bytes, DATAGRAM_ADDR_SIZE, hdr.len).ok_or_else(bad)?;
+            Ok(Event::DatagramAddr { rec: read(bytes), addr })
+        }
+        kind::SYSCALL => {
+            need(SYSCALL_RECORD_SIZE)?;
+            let aux = tail(bytes, SYSCALL_RECORD_SIZE, hdr.len).ok_or_else(bad)?;
+            Ok(Event::Syscall { rec: read(bytes), aux })
+        }
+        kind::TASK_NEW | kind::TASK_EXEC | kind::TASK_EXIT => {
+            need(TASK_RECORD_SIZE)?;
+            let rec: TaskRecord = read(bytes);
+            Ok(match hdr.kind {
+                kind::TASK_NEW => Event::TaskNew(rec),
+                kind::TASK_EXIT => Event::TaskExit(rec),
+                _ => {
+                    let path = tail(bytes, TASK_RECORD_SIZE, hdr.len).ok_or_else(bad)?;
+                    let path = String::from_utf8_lossy(&path).trim_end_matches('\0').to_owned();
+                    Event::TaskExec { rec, path }
+                }
+            })
+        }
+        _ => Err(bad()),
+    }
+}

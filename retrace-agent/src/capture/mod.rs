@@ -1,0 +1,44 @@
+//! Capture: load and attach the probes, consume the ring buffer, decode records.
+
+pub mod consumer;
+pub mod decode;
+pub mod loader;
+
+pub use loader::{KernelStats, ProbeConfig, Probes};
+
+/// Errors of the kernel side.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("this kernel exposes no BTF (/sys/kernel/btf/vmlinux); Retrace needs a kernel built with CONFIG_DEBUG_INFO_BTF")]
+    NoBtf {
+        #[source]
+        source: aya::BtfError,
+    },
+    #[error("failed to load the eBPF programs (are you root or do you have CAP_BPF and CAP_PERFMON?)")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("failed to attach eBPF program `{program}`")]
+    Attach {
+        program: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("eBPF map operation failed")]
+    Map {
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("ring buffer I/O failed")]
+    Io {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CaptureError {
+    pub(crate) fn map(source: aya::maps::MapError) -> Self {
+        CaptureError::Map { source }
+    }
+}

@@ -1,0 +1,232 @@
+//! The capture engine: load the probes, follow a target, drain the ring buffer, rebuild
+//! streams and write the recording. Free of CLI concerns, so a long-running agent can run
+//! several of these at once.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    capture::{consumer, decode::Event, CaptureError, KernelStats, ProbeConfig, Probes},
+    store::{
+        manifest::{Manifest, FORMAT_VERSION},
+        proto::{self, record::Kind as R},
+        SegmentPolicy, StoreError, Writer,
+    },
+    streams::{procfs, tracker::monotonic_ns, Tracker},
+    target::{self, Launched, Target, TargetError},
+};
+
+/// How to record.
+#[derive(Clone, Debug)]
+pub struct RecordConfig {
+    pub output: PathBuf,
+    pub probes: ProbeConfig,
+    /// Stop after this long (attach mode; a launched command is asked to stop too).
+    pub duration: Option<Duration>,
+    pub segments: SegmentPolicy,
+}
+
+/// What a finished recording holds.
+#[derive(Debug, Clone)]
+pub struct RecordSummary {
+    pub manifest: Manifest,
+    pub exit_status: Option<i32>,
+    pub kernel: KernelStats,
+    pub records: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("the recording writer stopped unexpectedly")]
+    WriterDied,
+}
+
+/// Records `target` until it exits, `stop` turns true, or the duration ends.
+pub async fn record(config: RecordConfig, target: Target, mut stop: watch::Receiver<bool>) -> Result<RecordSummary, RecordError> {
+    let mut probes = Probes::load(&config.probes)?;
+    let (mut launched, root, command, mode) = match &target {
+        Target::Launch(argv) => {
+            let child = Launched::spawn(argv)?;
+            let pid = child.pid;
+            (Some(child), pid, argv.clone(), "launch")
+        }
+        Target::Attach(pid) => {
+            let tgid = target::thread_group_of(*pid)?;
+            (None, tgid, procfs::cmdline(tgid), "attach")
+        }
+    };
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        id: recording_id(),
+        mode: mode.to_owned(),
+        command,
+        root_pid: root,
+        started_ns: now_wall_ns(),
+        ring_buffer_bytes: config.probes.ring_buffer_bytes as u64,
+        max_payload: config.probes.max_payload,
+        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let writer = match Writer::create(&config.output, manifest, config.segments).and_then(|w| Ok((w, probes.trace(root)))) {
+        Ok((w, Ok(()))) => w,
+        Ok((_, Err(e))) => {
+            if let Some(child) = launched.take() {
+                child.abort();
+            }
+            return Err(e.into());
+        }
+        Err(e) => {
+            if let Some(child) = launched.take() {
+                child.abort();
+            }
+            return Err(e.into());
+        }
+    };
+    let ring = probes.take_ring()?;
+    let mut tracker = Tracker::new(root);
+    let mut first = Vec::new();
+    let origin = if launched.is_some() { "inherited" } else { "attach" };
+    tracker.adopt_open_fds(root, origin, monotonic_ns(), &mut first);
+
+    // Pipeline: consumer task (ring → events) → writer thread (events → streams → segments).
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(64);
+    let (consumer_stop_tx, consumer_stop_rx) = watch::channel(false);
+    let root_exited = Arc::new(AtomicBool::new(false));
+    let writer_thread = spawn_writer(writer, tracker, first, events_rx, root_exited.clone());
+    let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx));
+
+    let exit_status = match launched.as_mut() {
+        Some(child) => {
+            child.release();
+            let pid = child.pid;
+            let mut wait = tokio::task::spawn_blocking(move || target::wait_exit_code(pid));
+            let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
+            let mut asked = false;
+            loop {
+                tokio::select! {
+                    code = &mut wait => break Some(code.unwrap_or(-1)),
+                    _ = stop.changed(), if !asked => {
+                        asked = true;
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                    }
+                    _ = sleep_until(deadline), if !asked => {
+                        asked = true;
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                    }
+                }
+            }
+        }
+        None => {
+            let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = sleep_until(deadline) => break,
+                    _ = tick.tick() => {
+                        if root_exited.load(Ordering::Relaxed) || !target::is_alive(root) {
+                            break;
+                        }
+                    }
+                }
+            }
+            None
+        }
+    };
+
+    // Everything the target did is in the ring now: drain it and stop.
+    let _ = consumer_stop_tx.send(true);
+    let consume_stats = consumer.await.map_err(|_| RecordError::WriterDied)??;
+    let (mut writer, mut tracker) = writer_thread.join().map_err(|_| RecordError::WriterDied)??;
+    let kernel = probes.stats()?;
+    let mut tail = Vec::new();
+    let now = monotonic_ns();
+    for (key, loss) in probes.pending_loss()? {
+        tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, now, &mut tail);
+    }
+    tracker.finish(now, &mut tail);
+    tail.push(proto::Record {
+        kind: Some(R::Counters(proto::Counters {
+            chunks_dropped: kernel.chunks_dropped,
+            chunk_bytes_dropped: kernel.chunk_bytes_dropped,
+            records_dropped: kernel.records_dropped,
+            task_records_dropped: kernel.task_records_dropped,
+            fault_bytes: kernel.fault_bytes,
+            truncated_bytes: kernel.truncated_bytes,
+            captured_bytes: kernel.captured_bytes,
+            malformed_records: consume_stats.malformed,
+            unattributed_bytes: tracker.unattributed_bytes,
+        })),
+    });
+    for record in &tail {
+        writer.append(record)?;
+    }
+    let exit_status = exit_status.or_else(|| tracker.exit_code(root));
+    let manifest = writer.finish(now_wall_ns(), exit_status)?;
+    drop(probes);
+    Ok(RecordSummary { manifest, exit_status, kernel, records: consume_stats.records })
+}
+
+type WriterResult = Result<(Writer, Tracker), StoreError>;
+
+fn spawn_writer(
+    mut writer: Writer,
+    mut tracker: Tracker,
+    first: Vec<proto::Record>,
+    mut events: mpsc::Receiver<Vec<Event>>,
+    root_exited: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<WriterResult> {
+    std::thread::spawn(move || {
+        for record in &first {
+            writer.append(record)?;
+        }
+        let mut out = Vec::with_capacity(1024);
+        while let Some(batch) = events.blocking_recv() {
+            for event in batch {
+                tracker.handle(event, &mut out);
+            }
+            for record in out.drain(..) {
+                writer.append(&record)?;
+            }
+            writer.tick()?;
+            if tracker.root_exited() {
+                root_exited.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok((writer, tracker))
+    })
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_wall_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn recording_id() -> String {
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err() {
+        bytes[..8].copy_from_slice(&now_wall_ns().to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

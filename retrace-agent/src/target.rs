@@ -1,0 +1,146 @@
+//! The process to record: launched by us (held before exec until the probes follow it) or an
+//! existing one given by PID.
+
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    sys::{
+        signal::{kill, Signal},
+        wait::{waitpid, WaitStatus},
+    },
+    unistd::{fork, pipe2, ForkResult, Pid},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process with PID {pid}")]
+    NoSuchProcess { pid: i32 },
+    #[error("command not found: `{program}` (not a path to an executable, nor in PATH)")]
+    NotFound { program: String },
+    #[error("no command given: put the program to record after `--`")]
+    EmptyCommand,
+    #[error("argument contains a NUL byte: {arg:?}")]
+    NulByte { arg: String },
+    #[error("failed to start `{program}`")]
+    Spawn {
+        program: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// What to record.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Launch(Vec<String>),
+    Attach(u32),
+}
+
+/// A launched child, stopped before exec until `release`.
+pub struct Launched {
+    pub pid: u32,
+    go: Option<OwnedFd>,
+}
+
+impl Launched {
+    /// Forks the command. The child waits on a pipe, then execs; it is not yet running the
+    /// program when this returns.
+    pub fn spawn(argv: &[String]) -> Result<Launched, TargetError> {
+        let program = argv.first().ok_or(TargetError::EmptyCommand)?;
+        let path = find_program(program).ok_or_else(|| TargetError::NotFound { program: program.clone() })?;
+        let cstr = |s: &str| CString::new(s).map_err(|_| TargetError::NulByte { arg: s.to_owned() });
+        let path_c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| TargetError::NulByte { arg: program.clone() })?;
+        let args: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+        let env: Vec<CString> = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut kv = k.into_encoded_bytes();
+                kv.push(b'=');
+                kv.extend(v.into_encoded_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        let (read_end, write_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| TargetError::Spawn { program: program.clone(), source })?;
+        // SAFETY: the child only calls async-signal-safe functions (read, close, execve, _exit)
+        // on data prepared before the fork.
+        match unsafe { fork() }.map_err(|source| TargetError::Spawn { program: program.clone(), source })? {
+            ForkResult::Child => unsafe {
+                libc::close(write_end.as_raw_fd());
+                let mut byte = 0u8;
+                let n = libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                if n != 1 {
+                    libc::_exit(126);
+                }
+                libc::close(read_end.as_raw_fd());
+                let argv_p: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+                let env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+                libc::execve(path_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+                libc::_exit(127);
+            },
+            ForkResult::Parent { child } => {
+                drop(read_end);
+                Ok(Launched { pid: child.as_raw() as u32, go: Some(write_end) })
+            }
+        }
+    }
+
+    /// Lets the child exec the program.
+    pub fn release(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = nix::unistd::write(&go, &[1]);
+        }
+    }
+
+    /// Kills a child that never got to run (set-up failed after the fork).
+    pub fn abort(mut self) {
+        self.go.take();
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(self.pid as i32), None);
+    }
+}
+
+/// Waits for a child and turns its status into a shell-style exit code.
+pub fn wait_exit_code(pid: u32) -> i32 {
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return -1,
+        }
+    }
+}
+
+/// The thread-group id of a PID (a thread id resolves to its process).
+pub fn thread_group_of(pid: u32) -> Result<u32, TargetError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| TargetError::NoSuchProcess { pid: pid as i32 })?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(TargetError::NoSuchProcess { pid: pid as i32 })
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; its state is Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn find_program(program: &str) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| is_exec(p))
+}

@@ -1,0 +1,132 @@
+//! Ring-buffer records.
+
+/// Record kinds (the first field of every record). Never reuse a number.
+pub mod kind {
+    /// [`super::DataChunk`] followed by `len` payload bytes.
+    pub const DATA_CHUNK: u32 = 1;
+    /// [`super::SyscallRecord`] followed by `aux_len` bytes (a path or a socket address).
+    pub const SYSCALL: u32 = 2;
+    /// [`super::TaskRecord`]: a new thread or process.
+    pub const TASK_NEW: u32 = 3;
+    /// [`super::TaskRecord`] followed by the new program's path.
+    pub const TASK_EXEC: u32 = 4;
+    /// [`super::TaskRecord`]: a thread exited (`flags` has [`super::TASK_GROUP_DEAD`] for the last).
+    pub const TASK_EXIT: u32 = 5;
+    /// [`super::DatagramAddr`] followed by `len` bytes of socket address.
+    pub const DATAGRAM_ADDR: u32 = 6;
+}
+
+/// Common start of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Header {
+    pub kind: u32,
+    /// Bytes that follow the fixed-size struct (payload, path or address).
+    pub len: u32,
+    /// CLOCK_MONOTONIC nanoseconds when the syscall returned; shared by a call's records.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+/// A slice of a data syscall's payload. The chunks of one call come before its [`SyscallRecord`],
+/// from the same thread, in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataChunk {
+    pub hdr: Header,
+    /// Byte offset of this slice within everything the call moved (all messages, all iovecs).
+    pub offset: u64,
+    /// Message index for recvmmsg/sendmmsg, else 0.
+    pub msg_index: u32,
+    pub fd: i32,
+}
+
+/// A datagram's address (msg_name / sendto dest / recvfrom src), before the call's chunks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DatagramAddr {
+    pub hdr: Header,
+    pub msg_index: u32,
+    pub _pad: u32,
+}
+
+/// Flags of [`SyscallRecord::flags`].
+pub const SYSCALL_DATA: u32 = 1 << 0;
+/// Bytes of this call were lost before it (ring full, record dropped): see `lost_before_*`.
+pub const SYSCALL_HAS_PENDING_LOSS: u32 = 1 << 1;
+
+/// One finished syscall of a traced task: its arguments, result and, for data calls, the byte
+/// accounting `bytes == captured + lost_ring + lost_fault + truncated`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallRecord {
+    pub hdr: Header,
+    /// [`crate::syscall::Sys`] number.
+    pub sys: u32,
+    pub flags: u32,
+    pub ret: i64,
+    pub args: [u64; 6],
+    /// Payload bytes the call moved (for recvmmsg/sendmmsg, the sum of all messages).
+    pub bytes: u64,
+    pub captured: u64,
+    /// Not captured because the ring buffer was full.
+    pub lost_ring: u64,
+    /// Not captured because user memory could not be read.
+    pub lost_fault: u64,
+    /// Not captured because of `--max-payload`.
+    pub truncated: u64,
+    /// Extra results read after return: pipe/socketpair fds, accepted address length, etc.
+    pub extra: [i64; 2],
+    /// Bytes of earlier calls on this (tgid, fd) whose records were dropped (see `PENDING_LOSS`).
+    pub lost_before_in: u64,
+    pub lost_before_out: u64,
+}
+
+/// A task event from the scheduler tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskRecord {
+    pub hdr: Header,
+    /// TASK_NEW: the new task's id; TASK_EXEC: the old pid; TASK_EXIT: exit status if known.
+    pub pid: i32,
+    pub flags: u32,
+    /// TASK_NEW: clone flags.
+    pub clone_flags: u64,
+}
+
+pub const TASK_GROUP_DEAD: u32 = 1;
+
+/// Key of the kernel's `PENDING_LOSS` map: payload lost together with its syscall record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+
+/// Value of `PENDING_LOSS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingLoss {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub calls: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for FdKey {}
+    unsafe impl aya::Pod for PendingLoss {}
+}
+
+pub const HEADER_SIZE: usize = core::mem::size_of::<Header>();
+pub const DATA_CHUNK_SIZE: usize = core::mem::size_of::<DataChunk>();
+pub const SYSCALL_RECORD_SIZE: usize = core::mem::size_of::<SyscallRecord>();
+pub const TASK_RECORD_SIZE: usize = core::mem::size_of::<TaskRecord>();
+pub const DATAGRAM_ADDR_SIZE: usize = core::mem::size_of::<DatagramAddr>();
+
+const _: () = assert!(HEADER_SIZE == 24);
+const _: () = assert!(DATA_CHUNK_SIZE == 40);
+const _: () = assert!(SYSCALL_RECORD_SIZE == 24 + 8 + 8 + 48 + 40 + 16 + 16);

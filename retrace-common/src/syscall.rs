@@ -1,0 +1,78 @@
+//! Retrace's own syscall numbering (stable across architectures; never reuse a number).
+
+macro_rules! syscalls {
+    ($($name:ident = $n:literal => $text:literal, $dir:ident;)*) => {
+        /// A syscall Retrace traces.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Sys { $($name = $n,)* }
+
+        impl Sys {
+            pub fn from_u32(n: u32) -> Option<Sys> {
+                match n { $($n => Some(Sys::$name),)* _ => None }
+            }
+            pub fn name(self) -> &'static str {
+                match self { $(Sys::$name => $text,)* }
+            }
+            /// Which way payload moves, for data syscalls.
+            pub fn direction(self) -> Option<Direction> {
+                match self { $(Sys::$name => syscalls!(@dir $dir),)* }
+            }
+        }
+    };
+    (@dir In) => { Some(Direction::In) };
+    (@dir Out) => { Some(Direction::Out) };
+    (@dir None) => { None };
+}
+
+/// Payload direction: `In` is what the process read or received, `Out` what it wrote or sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+syscalls! {
+    Read = 1 => "read", In;
+    Write = 2 => "write", Out;
+    Pread64 = 3 => "pread64", In;
+    Pwrite64 = 4 => "pwrite64", Out;
+    Readv = 5 => "readv", In;
+    Writev = 6 => "writev", Out;
+    Preadv = 7 => "preadv", In;
+    Pwritev = 8 => "pwritev", Out;
+    Preadv2 = 9 => "preadv2", In;
+    Pwritev2 = 10 => "pwritev2", Out;
+    Recvfrom = 11 => "recvfrom", In;
+    Sendto = 12 => "sendto", Out;
+    Recvmsg = 13 => "recvmsg", In;
+    Sendmsg = 14 => "sendmsg", Out;
+    Recvmmsg = 15 => "recvmmsg", In;
+    Sendmmsg = 16 => "sendmmsg", Out;
+    Sendfile = 20 => "sendfile", None;
+    Splice = 21 => "splice", None;
+    CopyFileRange = 22 => "copy_file_range", None;
+    Open = 30 => "open", None;
+    Openat = 31 => "openat", None;
+    Openat2 = 32 => "openat2", None;
+    Creat = 33 => "creat", None;
+    Socket = 40 => "socket", None;
+    Socketpair = 41 => "socketpair", None;
+    Pipe = 42 => "pipe", None;
+    Pipe2 = 43 => "pipe2", None;
+    Connect = 44 => "connect", None;
+    Accept = 45 => "accept", None;
+    Accept4 = 46 => "accept4", None;
+    Bind = 47 => "bind", None;
+    Listen = 48 => "listen", None;
+    Shutdown = 49 => "shutdown", None;
+    Close = 50 => "close", None;
+    CloseRange = 51 => "close_range", None;
+    Dup = 52 => "dup", None;
+    Dup2 = 53 => "dup2", None;
+    Dup3 = 54 => "dup3", None;
+    Fcntl = 55 => "fcntl", None;
+    Chdir = 56 => "chdir", None;
+    Fchdir = 57 => "fchdir", None;
+    ExitGroup = 58 => "exit_group", None;
+}

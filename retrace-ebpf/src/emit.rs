@@ -1,0 +1,178 @@
+//! Writing syscall and task records. Variable-length records are assembled in a per-CPU
+//! scratch buffer and copied into the ring with one `bpf_ringbuf_output`.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
+};
+use retrace_common::{
+    config::{stat, AUX_MAX, SOCKADDR_MAX},
+    kind, syscall::Sys, FdKey, Header, PendingLoss, SyscallRecord, TaskRecord, SYSCALL_DATA, SYSCALL_HAS_PENDING_LOSS,
+    SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
+};
+
+use crate::{
+    call::Call,
+    copy::Copy,
+    maps::{count, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH},
+};
+
+/// Room for the largest record plus its path.
+#[repr(C)]
+pub struct Scratch {
+    pub bytes: [u8; SYSCALL_RECORD_SIZE + AUX_MAX + 64],
+}
+
+/// Extra bytes to attach to a syscall record.
+pub enum Aux {
+    None,
+    /// A NUL-terminated user string (a path).
+    UserPath(u64),
+    /// A user socket address of known length.
+    UserAddr(u64, u64),
+}
+
+#[inline(always)]
+pub fn output(buf: *mut u8, len: u64) -> bool {
+    unsafe { bpf_ringbuf_output(&EVENTS as *const _ as *mut c_void, buf.cast(), len, 0) == 0 }
+}
+
+/// Writes the record of a finished syscall. `data` carries the byte accounting of data calls;
+/// `loss_fd` names the fd whose pending loss this record may carry (data calls and close).
+#[inline(always)]
+pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&Copy>, loss_fd: Option<i32>) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    let buf = unsafe { (*scratch).bytes.as_mut_ptr() };
+    let rec = buf as *mut SyscallRecord;
+    let aux_len: u32 = unsafe {
+        let dst = core::slice::from_raw_parts_mut(buf.add(SYSCALL_RECORD_SIZE), AUX_MAX);
+        match aux {
+            Aux::None => 0,
+            Aux::UserPath(ptr) => match bpf_probe_read_user_str_bytes(ptr as *const u8, dst) {
+                Ok(s) => s.len() as u32,
+                Err(_) => 0,
+            },
+            Aux::UserAddr(ptr, len) => {
+                let n = (if len > SOCKADDR_MAX as u64 { SOCKADDR_MAX as u64 } else { len }) as u32;
+                let n = n & (SOCKADDR_MAX as u32 * 2 - 1);
+                if ptr != 0 && n as usize <= SOCKADDR_MAX && raw_read_user(dst.as_mut_ptr().cast(), n, ptr as *const c_void) == 0 {
+                    n
+                } else {
+                    0
+                }
+            }
+        }
+    };
+    let aux_len = aux_len & (AUX_MAX as u32 * 2 - 1);
+    unsafe {
+        (*rec).hdr = Header { kind: kind::SYSCALL, len: aux_len, ts_ns: call.ts_ns, tgid: call.tgid, tid: call.tid };
+        (*rec).sys = sys as u32;
+        (*rec).flags = 0;
+        (*rec).ret = call.ret;
+        (*rec).args = call.args;
+        (*rec).extra = extra;
+        (*rec).lost_before_in = 0;
+        (*rec).lost_before_out = 0;
+        match data {
+            Some(d) => {
+                (*rec).flags = SYSCALL_DATA;
+                (*rec).bytes = d.bytes;
+                (*rec).captured = d.captured;
+                (*rec).lost_ring = d.lost_ring;
+                (*rec).lost_fault = d.lost_fault;
+                (*rec).truncated = d.truncated;
+                if d.truncated > 0 {
+                    count(stat::TRUNCATED_BYTES, d.truncated);
+                }
+            }
+            None => {
+                (*rec).bytes = 0;
+                (*rec).captured = 0;
+                (*rec).lost_ring = 0;
+                (*rec).lost_fault = 0;
+                (*rec).truncated = 0;
+            }
+        }
+    }
+    let key = loss_fd.map(|fd| FdKey { tgid: call.tgid, fd });
+    if let Some(key) = key {
+        take_pending_loss(rec, &key);
+    }
+    if aux_len as usize > AUX_MAX {
+        return;
+    }
+    if output(buf, SYSCALL_RECORD_SIZE as u64 + aux_len as u64) {
+        return;
+    }
+    // The record did not fit: keep its payload bytes so the next record for the fd reports them.
+    count(stat::RECORDS_DROPPED, 1);
+    if let (Some(key), Some(d), Some(dir)) = (key, data, sys.direction()) {
+        let (lost_in, lost_out) = unsafe {
+            match dir {
+                retrace_common::syscall::Direction::In => ((*rec).lost_before_in + d.bytes, (*rec).lost_before_out),
+                retrace_common::syscall::Direction::Out => ((*rec).lost_before_in, (*rec).lost_before_out + d.bytes),
+            }
+        };
+        let value = match unsafe { PENDING_LOSS.get(&key) } {
+            Some(v) => PendingLoss { bytes_in: v.bytes_in + lost_in, bytes_out: v.bytes_out + lost_out, calls: v.calls + 1 },
+            None => PendingLoss { bytes_in: lost_in, bytes_out: lost_out, calls: 1 },
+        };
+        let _ = PENDING_LOSS.insert(&key, &value, 0);
+        if let Some(any) = PENDING_ANY.get_ptr_mut(0) {
+            unsafe { *any = 1 };
+        }
+    }
+}
+
+#[inline(always)]
+fn take_pending_loss(rec: *mut SyscallRecord, key: &FdKey) {
+    let any = PENDING_ANY.get(0).copied().unwrap_or(0);
+    if any == 0 {
+        return;
+    }
+    if let Some(v) = unsafe { PENDING_LOSS.get(key) } {
+        let v = *v;
+        let _ = PENDING_LOSS.remove(key);
+        unsafe {
+            (*rec).flags |= SYSCALL_HAS_PENDING_LOSS;
+            (*rec).lost_before_in = v.bytes_in;
+            (*rec).lost_before_out = v.bytes_out;
+        }
+    }
+}
+
+/// Writes a task record; `path` is a kernel string for exec.
+#[inline(always)]
+pub fn task(kind: u32, tgid: u32, tid: u32, ts_ns: u64, pid: i32, flags: u32, clone_flags: u64, path: Option<*const u8>) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    let buf = unsafe { (*scratch).bytes.as_mut_ptr() };
+    let rec = buf as *mut TaskRecord;
+    let len: u32 = match path {
+        Some(p) => unsafe {
+            let dst = core::slice::from_raw_parts_mut(buf.add(TASK_RECORD_SIZE), AUX_MAX);
+            bpf_probe_read_kernel_str_bytes(p, dst).map(|s| s.len() as u32).unwrap_or(0)
+        },
+        None => 0,
+    };
+    let len = len & (AUX_MAX as u32 * 2 - 1);
+    unsafe {
+        (*rec).hdr = Header { kind, len, ts_ns, tgid, tid };
+        (*rec).pid = pid;
+        (*rec).flags = flags;
+        (*rec).clone_flags = clone_flags;
+    }
+    if len as usize > AUX_MAX || !output(buf, TASK_RECORD_SIZE as u64 + len as u64) {
+        count(stat::TASK_RECORDS_DROPPED, 1);
+    }
+}
+
+/// Reads an `int` the kernel wrote to user memory (accepted address length, pipe fds).
+#[inline(always)]
+pub fn user_i32(ptr: u64) -> i64 {
+    if ptr == 0 {
+        return -1;
+    }
+    unsafe { bpf_probe_read_user(ptr as *const i32) }.map(|v| v as i64).unwrap_or(-1)
+}

@@ -1,0 +1,58 @@
+//! Every map and run-time knob of the eBPF programs.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use retrace_common::{config::stat, FdKey, PendingLoss};
+
+use crate::{call::SavedArgs, copy::Copy, emit::Scratch};
+
+/// Every record for user space. Sized by the agent at load time (`--ring-buffer`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// Thread-group ids being traced. The agent seeds it; fork of a traced process adds the child.
+#[map]
+pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Kernel-side counters (see `retrace_common::config::stat`).
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Payload lost together with its syscall record, per (tgid, fd): handed to the next record
+/// for the same fd that gets through, or read by the agent at the end.
+#[map]
+pub static PENDING_LOSS: HashMap<FdKey, PendingLoss> = HashMap::with_max_entries(4096, 0);
+
+/// Set to 1 once anything was added to `PENDING_LOSS`, so the common path skips the lookup.
+#[map]
+pub static PENDING_ANY: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Syscall arguments between `sys_enter` and `sys_exit_*`, by thread (pid_tgid).
+#[map]
+pub static ARGS: HashMap<u64, SavedArgs> = HashMap::with_max_entries(65536, 0);
+
+/// The payload copier's loop state (see `copy.rs`).
+#[map]
+pub static COPY_STATE: PerCpuArray<Copy> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU buffer where variable-length records (paths, addresses) are assembled.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-syscall payload cap in bytes; 0 means no cap. Set by the agent before load.
+#[unsafe(no_mangle)]
+pub static MAX_PAYLOAD: u64 = 0;
+
+#[inline(always)]
+pub fn count(index: u32, n: u64) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        unsafe { *slot += n };
+    }
+}
+
+#[inline(always)]
+pub fn max_payload() -> u64 {
+    unsafe { core::ptr::read_volatile(&MAX_PAYLOAD) }
+}

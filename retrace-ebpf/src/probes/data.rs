@@ -1,0 +1,66 @@
+//! Shared body of every data syscall probe.
+
+use aya_ebpf::programs::TracePointContext;
+use retrace_common::syscall::Sys;
+
+use crate::{
+    call::Call,
+    copy::{emit_address_of, Copy, Source},
+    emit::{self, Aux},
+};
+
+/// Where a datagram address sits in the call's arguments.
+pub enum Addr {
+    None,
+    /// sendto: `(addr, addrlen)` by value.
+    ByValue(usize, usize),
+    /// recvfrom: `(addr, *addrlen)` filled in by the kernel.
+    ByPointer(usize, usize),
+}
+
+/// Records a data call: its payload (if it moved any), then its record.
+#[inline(always)]
+pub fn on_data(ctx: &TracePointContext, sys: Sys, source: Source, buf_arg: usize, len_arg: usize, addr: Addr) -> u32 {
+    let Some(call) = Call::exit(ctx) else { return 0 };
+    let fd = call.args[0] as i32;
+    let data = if call.ret > 0 {
+        match addr {
+            Addr::None => {}
+            Addr::ByValue(a, l) => {
+                if call.args[a] != 0 {
+                    emit_address_of(&call, fd, call.args[a], call.args[l]);
+                }
+            }
+            Addr::ByPointer(a, l) => {
+                let len = emit::user_i32(call.args[l]);
+                if call.args[a] != 0 && len > 0 {
+                    emit_address_of(&call, fd, call.args[a], len as u64);
+                }
+            }
+        }
+        Copy::run(&call, fd, source, call.args[buf_arg], call.args[len_arg], call.ret as u64)
+    } else {
+        None
+    };
+    emit::syscall(&call, sys, Aux::None, [0, 0], data, Some(fd));
+    0
+}
+
+/// Records a call that names or changes fds but moves no payload.
+#[inline(always)]
+pub fn on_meta(ctx: &TracePointContext, sys: Sys, aux: impl FnOnce(&Call) -> Aux, extra: impl FnOnce(&Call) -> [i64; 2], loss_fd: bool) -> u32 {
+    let Some(call) = Call::exit(ctx) else { return 0 };
+    let aux = aux(&call);
+    let extra = extra(&call);
+    let fd = if loss_fd { Some(call.args[0] as i32) } else { None };
+    emit::syscall(&call, sys, aux, extra, None, fd);
+    0
+}
+
+pub fn no_aux(_: &Call) -> Aux {
+    Aux::None
+}
+
+pub fn no_extra(_: &Call) -> [i64; 2] {
+    [0, 0]
+}

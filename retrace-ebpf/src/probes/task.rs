@@ -1,0 +1,69 @@
+//! The process tree: new threads and processes (task_newtask, which runs in the parent before
+//! the child can run, so no child syscall escapes the filter), exec, exit, exit_group status.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext as _,
+};
+use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD};
+
+use crate::{
+    call::Call,
+    emit::{self, Aux},
+    maps::{ARGS, TRACED},
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[inline(always)]
+fn current() -> Option<(u32, u32)> {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    unsafe { TRACED.get(&tgid) }?;
+    Some((tgid, id as u32))
+}
+
+#[tracepoint(category = "task", name = "task_newtask")]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = current() else { return 0 };
+    let pid: i32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
+    let clone_flags: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
+    if clone_flags & CLONE_THREAD == 0 {
+        let _ = TRACED.insert(&(pid as u32), &1, 0);
+    }
+    emit::task(kind::TASK_NEW, tgid, tid, unsafe { bpf_ktime_get_ns() }, pid, 0, clone_flags, None);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = current() else { return 0 };
+    let loc: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
+    let old_pid: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+    let path = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    emit::task(kind::TASK_EXEC, tgid, tid, unsafe { bpf_ktime_get_ns() }, old_pid, 0, 0, Some(path));
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = current() else { return 0 };
+    let group_dead: u8 = unsafe { ctx.read_at(32) }.unwrap_or(0);
+    let flags = if group_dead != 0 { TASK_GROUP_DEAD } else { 0 };
+    emit::task(kind::TASK_EXIT, tgid, tid, unsafe { bpf_ktime_get_ns() }, tid as i32, flags, 0, None);
+    if group_dead != 0 {
+        let _ = TRACED.remove(&tgid);
+    }
+    // A thread that dies inside a syscall never reaches its sys_exit.
+    let _ = ARGS.remove(&bpf_get_current_pid_tgid());
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_exit_group")]
+pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
+    let Some(call) = Call::entry(&ctx) else { return 0 };
+    emit::syscall(&call, Sys::ExitGroup, Aux::None, [0, 0], None, None);
+    0
+}

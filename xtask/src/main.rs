@@ -1,0 +1,103 @@
+//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//!
+//! Everything a fresh machine needs to build and test Retrace is installed from here, so the
+//! README's two commands (`cargo xtask demo`, `cargo xtask test`) work on a clean checkout.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Retrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent).
+    Setup,
+    /// Set up, build, and record a real program end to end (curl against a local HTTP server).
+    Demo,
+    /// Set up, build, and run every test against the real kernel.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => {
+            setup::run()?;
+            demo()
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            let mut cmd = cargo();
+            cmd.args(["test", "--workspace", "--release"]).args(&args);
+            run(&mut cmd)
+        }
+    }
+}
+
+/// The cargo that runs xtask, with the environment the eBPF build needs.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("failed to run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Records curl fetching a page from a local server, then shows what was captured.
+fn demo() -> Result<()> {
+    run(cargo().args(["build", "--release", "--package", "retrace-agent"]))?;
+    let root = std::env::current_dir()?;
+    let retrace = root.join("target/release/retrace");
+    let work = root.join("target/demo");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(work.join("index.html"), "<h1>hello from the retrace demo</h1>\n")?;
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "18931"])
+        .current_dir(&work)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("failed to start python3 -m http.server")?;
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let rec = work.join("rec");
+    let result = (|| {
+        println!("$ retrace record -o {} -- curl -s http://127.0.0.1:18931/index.html", rec.display());
+        run(Command::new(&retrace).arg("record").arg("-o").arg(&rec).args([
+            "--",
+            "curl",
+            "-s",
+            "http://127.0.0.1:18931/index.html",
+        ]))?;
+        println!("\n$ retrace streams {}", rec.display());
+        run(Command::new(&retrace).arg("streams").arg(&rec))?;
+        println!("\n$ retrace inspect {} | head -20", rec.display());
+        let out = Command::new(&retrace).arg("inspect").arg(&rec).output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines().take(20) {
+            println!("{line}");
+        }
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}

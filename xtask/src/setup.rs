@@ -1,0 +1,121 @@
+//! Idempotent machine set-up: rust-src, bpf-linker built against rustc's own LLVM, tracefs,
+//! and the real peers the tests drive (curl, python3, a C compiler).
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub fn run() -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    tracefs()?;
+    test_peers()?;
+    Ok(())
+}
+
+/// `$CARGO_HOME/bin` first in PATH, so a freshly installed bpf-linker is found.
+pub fn path_with_cargo_bin() -> OsString {
+    let mut paths = vec![cargo_home().join("bin")];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).expect("PATH entries hold no separator")
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("failed to run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: rustup component add rust-src");
+    crate::run(Command::new("rustup").args(["component", "add", "rust-src"]))
+}
+
+/// bpf-linker must link the same LLVM as rustc, or the bitcode it reads is refused.
+fn bpf_linker() -> Result<()> {
+    let sysroot = PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?.trim());
+    let llvm = find_libllvm(&sysroot.join("lib"))?;
+    let llvm_name = llvm.file_name().unwrap().to_string_lossy().into_owned();
+    let bin = cargo_home().join("bin/bpf-linker");
+    // A marker next to the binary says which LLVM it was built for; rebuild when rustc changes.
+    let marker = cargo_home().join("bin/.bpf-linker-llvm");
+    if bin.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(llvm_name.as_str()) {
+        return Ok(());
+    }
+    let major = llvm_name
+        .strip_prefix("libLLVM.so.")
+        .or_else(|| llvm_name.strip_prefix("libLLVM-"))
+        .and_then(|rest| rest.split(['.', '-']).next())
+        .with_context(|| format!("cannot tell the LLVM version of {llvm_name}"))?
+        .to_owned();
+    let prefix = cargo_home().join("retrace-llvm-prefix");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    for name in ["libLLVM.so", llvm_name.as_str()] {
+        let link = lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("failed to link {}", link.display()))?;
+    }
+    eprintln!("setup: cargo install bpf-linker (LLVM {major}, from {})", llvm.display());
+    crate::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "--force", "bpf-linker", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    std::fs::write(&marker, &llvm_name)?;
+    Ok(())
+}
+
+fn find_libllvm(dir: &Path) -> Result<PathBuf> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("failed to read {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.starts_with("libLLVM") && name.contains(".so") {
+            return Ok(path);
+        }
+    }
+    bail!("no libLLVM in {}: is this a rustup toolchain?", dir.display())
+}
+
+fn tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    eprintln!("setup: mount -t tracefs tracefs /sys/kernel/tracing");
+    crate::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+}
+
+/// The tests drive real programs; install the ones a fresh machine may lack.
+fn test_peers() -> Result<()> {
+    let wanted = [("curl", "curl"), ("python3", "python3"), ("cc", "gcc"), ("strace", "strace")];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| !Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().map(|o| o.status.success()).unwrap_or(false))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: apt-get install {}", missing.join(" "));
+    crate::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    crate::run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
