@@ -81,6 +81,21 @@ pub struct SyscallRecord {
     /// Bytes of earlier calls on this (tgid, fd) whose records were dropped (see `PENDING_LOSS`).
     pub lost_before_in: u64,
     pub lost_before_out: u64,
+    /// connect/listen on TCP: the addresses the kernel chose (`inet_sock_set_state`), else zero.
+    pub sock: SockTuple,
+}
+
+/// A TCP socket's addresses as the kernel reported them on a state change, ports in host
+/// order; `family` 0 when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockTuple {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 /// A task event from the scheduler tracepoints.
@@ -129,4 +144,4 @@ pub const DATAGRAM_ADDR_SIZE: usize = core::mem::size_of::<DatagramAddr>();
 
 const _: () = assert!(HEADER_SIZE == 24);
 const _: () = assert!(DATA_CHUNK_SIZE == 40);
-const _: () = assert!(SYSCALL_RECORD_SIZE == 24 + 8 + 8 + 48 + 40 + 16 + 16);
+const _: () = assert!(SYSCALL_RECORD_SIZE == 24 + 8 + 8 + 48 + 40 + 16 + 16 + 40);

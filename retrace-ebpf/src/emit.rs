@@ -9,14 +9,14 @@ use aya_ebpf::helpers::{
 };
 use retrace_common::{
     config::{stat, AUX_MAX, SOCKADDR_MAX},
-    kind, syscall::Sys, FdKey, Header, PendingLoss, SyscallRecord, TaskRecord, SYSCALL_DATA, SYSCALL_HAS_PENDING_LOSS,
+    kind, syscall::Sys, FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, SYSCALL_DATA, SYSCALL_HAS_PENDING_LOSS,
     SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
 };
 
 use crate::{
     call::Call,
     copy::Copy,
-    maps::{count, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH},
+    maps::{count, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SOCK_TUPLE},
 };
 
 /// Room for the largest record plus its path.
@@ -75,6 +75,13 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
         (*rec).extra = extra;
         (*rec).lost_before_in = 0;
         (*rec).lost_before_out = 0;
+        (*rec).sock = SockTuple::default();
+        if matches!(sys, Sys::Connect | Sys::Listen) {
+            if let Some(t) = SOCK_TUPLE.get(&call.tid) {
+                (*rec).sock = *t;
+                let _ = SOCK_TUPLE.remove(&call.tid);
+            }
+        }
         match data {
             Some(d) => {
                 (*rec).flags = SYSCALL_DATA;

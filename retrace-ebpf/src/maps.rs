@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use retrace_common::{config::stat, FdKey, PendingLoss};
+use retrace_common::{config::stat, FdKey, PendingLoss, SockTuple};
 
 use crate::{call::SavedArgs, copy::Copy, emit::Scratch};
 
@@ -32,6 +32,10 @@ pub static PENDING_ANY: Array<u64> = Array::with_max_entries(1, 0);
 /// Syscall arguments between `sys_enter` and `sys_exit_*`, by thread (pid_tgid).
 #[map]
 pub static ARGS: HashMap<u64, SavedArgs> = HashMap::with_max_entries(65536, 0);
+
+/// TCP addresses from the last state change a thread caused (connect, listen), by tid.
+#[map]
+pub static SOCK_TUPLE: HashMap<u32, SockTuple> = HashMap::with_max_entries(16384, 0);
 
 /// The payload copier's loop state (see `copy.rs`).
 #[map]

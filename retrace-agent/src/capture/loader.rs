@@ -78,6 +78,7 @@ impl Probes {
         let category = match name {
             n if n.starts_with("sys_") => "syscalls",
             n if n.starts_with("task_") => "task",
+            n if n.starts_with("inet_sock_") => "sock",
             _ => "sched",
         };
         program.attach(category, name).map_err(attach_err)?;

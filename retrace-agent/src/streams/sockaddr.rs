@@ -45,6 +45,16 @@ pub fn format(bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// Local and peer addresses of a kernel `SockTuple`; `None` when the kernel reported none.
+pub fn tuple(t: &retrace_common::SockTuple) -> Option<(String, String)> {
+    let fmt = |addr: &[u8; 16], port: u16| match t.family {
+        AF_INET => Some(format!("{}:{port}", Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
+        AF_INET6 => Some(format!("[{}]:{port}", Ipv6Addr::from(*addr))),
+        _ => None,
+    };
+    Some((fmt(&t.saddr, t.sport)?, fmt(&t.daddr, t.dport)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,20 +219,30 @@ impl Tracker {
                     stream_id = self.stream_for_fd(tgid, fd0, ts, out);
                     let peer = sockaddr::format(aux).unwrap_or_default();
                     detail = peer.clone();
-                    self.learn_addresses(tgid, fd0, stream_id, None, Some(peer), ts, out);
+                    // TCP enters SYN_SENT before the ephemeral port is chosen, and UDP reports
+                    // nothing: then ask the live socket, and trust the answer only if it is
+                    // still the socket connected to `peer`.
+                    let local = match sockaddr::tuple(&rec.sock) {
+                        Some((local, _)) if !local.ends_with(":0") => Some(local),
+                        _ => self.live_local_if(tgid, fd0, stream_id, |live| live.peer == peer),
+                    };
+                    self.set_addresses(stream_id, local, Some(peer), out);
                 }
                 Sys::Bind => {
                     stream_id = self.stream_for_fd(tgid, fd0, ts, out);
                     let local = sockaddr::format(aux).unwrap_or_default();
                     detail = local.clone();
-                    self.learn_addresses(tgid, fd0, stream_id, Some(local), None, ts, out);
+                    // Port 0 is chosen by the kernel: listen reports it.
+                    let local = Some(local).filter(|l| !l.ends_with(":0"));
+                    self.set_addresses(stream_id, local, None, out);
                 }
                 Sys::Listen => {
                     stream_id = self.stream_for_fd(tgid, fd0, ts, out);
+                    let local = sockaddr::tuple(&rec.sock).map(|(local, _)| local);
                     if let Some(s) = self.streams.get_mut(&stream_id) {
                         s.info.listening = true;
-                        out.push(record(R::Stream(s.info.clone())));
                     }
+                    self.set_addresses(stream_id, local, None, out);
                 }
                 Sys::Accept | Sys::Accept4 => {
                     let listener = self.stream_for_fd(tgid, fd0, ts, out);
@@ -243,14 +253,14 @@ impl Tracker {
                         .unwrap_or((proto::StreamKind::Other, String::new()));
                     let mut id = procfs::FdIdentity { kind: from_proto(kind), local, ..Default::default() };
                     id.peer = sockaddr::format(aux).unwrap_or_default();
-                    if id.peer.is_empty() || id.local.is_empty() {
+                    if id.peer.is_empty() && kind != proto::StreamKind::Unix {
+                        // No address asked for: ask the live socket, and trust the answer only
+                        // if it is still a connection of this listener.
                         let mut live = procfs::FdIdentity::default();
                         procfs::socket_identity(tgid, ret as i32, &mut live);
-                        if id.peer.is_empty() {
-                            id.peer = live.peer;
-                        }
-                        if id.local.is_empty() {
+                        if !live.local.is_empty() && (live.local == id.local || id.local.is_empty()) {
                             id.local = live.local;
+                            id.peer = live.peer;
                         }
                     }
                     detail = id.peer.clone();
@@ -541,24 +551,28 @@ impl Tracker {
         self.cwd.entry(tgid).or_insert_with(|| procfs::cwd(tgid).unwrap_or_else(|| "/".into())).clone()
     }
 
-    /// Fills in socket addresses from a connect/bind and from the live socket.
-    #[allow(clippy::too_many_arguments)]
-    fn learn_addresses(&mut self, tgid: u32, fd: i32, sid: u64, local: Option<String>, peer: Option<String>, _ts: u64, out: &mut Vec<proto::Record>) {
-        let mut live = procfs::FdIdentity::default();
-        procfs::socket_identity(tgid, fd, &mut live);
+    /// Sets the addresses a syscall or the kernel reported, and writes the updated identity.
+    fn set_addresses(&mut self, sid: u64, local: Option<String>, peer: Option<String>, out: &mut Vec<proto::Record>) {
         let Some(s) = self.streams.get_mut(&sid) else { return };
         if let Some(peer) = peer.filter(|p| !p.is_empty()) {
             s.info.peer = peer;
         }
-        if let Some(local) = local.filter(|l| !l.is_empty() && !l.ends_with(":0")) {
+        if let Some(local) = local.filter(|l| !l.is_empty()) {
             s.info.local = local;
-        } else if !live.local.is_empty() {
-            s.info.local = live.local;
-        }
-        if s.info.peer.is_empty() && !live.peer.is_empty() {
-            s.info.peer = live.peer;
         }
         out.push(record(R::Stream(s.info.clone())));
+    }
+
+    /// The live socket's local address, if `check` accepts what the live fd is now (the agent
+    /// runs behind the process, and the fd number may already name another socket).
+    fn live_local_if(&self, tgid: u32, fd: i32, sid: u64, check: impl Fn(&procfs::FdIdentity) -> bool) -> Option<String> {
+        let kind = self.streams.get(&sid)?.info.kind();
+        if kind != proto::StreamKind::Udp && kind != proto::StreamKind::Tcp {
+            return None;
+        }
+        let mut live = procfs::FdIdentity::default();
+        procfs::socket_identity(tgid, fd, &mut live);
+        (check(&live) && !live.local.is_empty()).then_some(live.local)
     }
 
     fn learn_peer_if_unset(&mut self, sid: u64, peer: &str, out: &mut Vec<proto::Record>) {

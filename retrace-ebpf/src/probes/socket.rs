@@ -1,11 +1,15 @@
 //! socket, socketpair, connect, accept, accept4, bind, listen, shutdown: socket identity and
 //! addresses.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use retrace_common::SockTuple;
 use retrace_common::syscall::Sys;
 
 use super::data::{no_aux, no_extra, on_meta};
-use crate::emit::{user_i32, Aux};
+use crate::{
+    emit::{user_i32, Aux},
+    maps::{SOCK_TUPLE, TRACED},
+};
 
 #[tracepoint(category = "syscalls", name = "sys_exit_socket")]
 pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
@@ -65,4 +69,40 @@ pub fn two_fds(ptr: u64, ret: i64) -> [i64; 2] {
         return [-1, -1];
     }
     [user_i32(ptr), user_i32(ptr + 4)]
+}
+
+const TCP_SYN_SENT: i32 = 2;
+const TCP_LISTEN: i32 = 10;
+const AF_INET: u16 = 2;
+
+/// connect (CLOSE -> SYN_SENT) and listen (CLOSE -> LISTEN) change the socket's state in the
+/// caller's context, with the addresses the kernel chose (ephemeral port, source address):
+/// kept for the thread's sys_exit_connect / sys_exit_listen.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if unsafe { TRACED.get(&((id >> 32) as u32)) }.is_none() {
+        return 0;
+    }
+    let newstate: i32 = unsafe { ctx.read_at(20) }.unwrap_or(0);
+    if newstate != TCP_SYN_SENT && newstate != TCP_LISTEN {
+        return 0;
+    }
+    let mut t = SockTuple {
+        family: unsafe { ctx.read_at(28) }.unwrap_or(0),
+        sport: unsafe { ctx.read_at(24) }.unwrap_or(0),
+        dport: unsafe { ctx.read_at(26) }.unwrap_or(0),
+        ..SockTuple::default()
+    };
+    if t.family == AF_INET {
+        let s: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
+        let d: [u8; 4] = unsafe { ctx.read_at(36) }.unwrap_or([0; 4]);
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
+    } else {
+        t.saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
+        t.daddr = unsafe { ctx.read_at(56) }.unwrap_or([0; 16]);
+    }
+    let _ = SOCK_TUPLE.insert(&(id as u32), &t, 0);
+    0
 }
