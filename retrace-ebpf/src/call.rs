@@ -1,23 +1,22 @@
 //! What every syscall probe starts with: the filter on traced processes, and the call's
-//! arguments, stashed per thread at syscall entry and picked up at exit.
+//! arguments and result.
 //!
-//! Syscall tracepoints are used rather than fentry/fexit: tracing programs are refused on
-//! kernels that forbid BPF trampolines, while syscall tracepoints are a stable ABI everywhere.
-//! Every `sys_enter_*` record has the same layout (six 8-byte argument slots from offset 16),
-//! so one entry program serves every syscall.
+//! Syscalls are hooked on the raw `sys_exit` tracepoint: one dispatcher tail-calls the
+//! program of the syscall that is returning (`SYSCALL_EXITS`, indexed by syscall number).
+//! The arguments are read from the user registers the kernel saved at entry, which syscalls
+//! leave untouched, so no entry hook or per-thread map is needed. Raw tracepoints are not
+//! perf events: attaching and detaching them is cheap (per-syscall trace events cost an RCU
+//! grace period each to detach), and fentry/fexit are refused on kernels without BPF
+//! trampolines.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 
-use crate::maps::{ARGS, TRACED};
-
-/// Offsets in the syscall tracepoint records.
-const NR_OFFSET: usize = 8;
-const ARGS_OFFSET: usize = 16;
-const RET_OFFSET: usize = 16;
+use crate::maps::{SYSCALL_EXITS, TRACED};
 
 /// A finished (or, for calls that never return, starting) syscall of a traced task.
 pub struct Call {
@@ -28,57 +27,58 @@ pub struct Call {
     pub ret: i64,
 }
 
-/// Arguments saved at entry, keyed by thread.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SavedArgs {
-    pub nr: u64,
-    pub args: [u64; 6],
-}
-
 #[inline(always)]
-fn traced() -> Option<(u64, u32, u32)> {
+pub fn traced() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     unsafe { TRACED.get(&tgid) }?;
-    Some((id, tgid, id as u32))
+    Some((tgid, id as u32))
 }
 
 #[inline(always)]
-fn read_args(ctx: &TracePointContext) -> [u64; 6] {
-    let arg = |i: usize| unsafe { ctx.read_at::<u64>(ARGS_OFFSET + 8 * i) }.unwrap_or(0);
-    [arg(0), arg(1), arg(2), arg(3), arg(4), arg(5)]
+fn read_args(regs: *const pt_regs) -> [u64; 6] {
+    unsafe {
+        [
+            bpf_probe_read_kernel(&(*regs).rdi).unwrap_or(0),
+            bpf_probe_read_kernel(&(*regs).rsi).unwrap_or(0),
+            bpf_probe_read_kernel(&(*regs).rdx).unwrap_or(0),
+            bpf_probe_read_kernel(&(*regs).r10).unwrap_or(0),
+            bpf_probe_read_kernel(&(*regs).r8).unwrap_or(0),
+            bpf_probe_read_kernel(&(*regs).r9).unwrap_or(0),
+        ]
+    }
 }
 
-/// Attached to the `sys_enter_*` tracepoint of every syscall Retrace follows.
-#[tracepoint(category = "syscalls", name = "sys_enter")]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    let Some((id, _, _)) = traced() else { return 0 };
-    let nr: i32 = unsafe { ctx.read_at(NR_OFFSET) }.unwrap_or(-1);
-    let saved = SavedArgs { nr: nr as u64, args: read_args(&ctx) };
-    let _ = ARGS.insert(&id, &saved, 0);
+/// `raw_syscalls:sys_exit(struct pt_regs *regs, long ret)`: hands traced tasks' syscalls to
+/// their program.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
+    if traced().is_none() {
+        return 0;
+    }
+    let regs: *const pt_regs = ctx.arg(0);
+    let nr = unsafe { bpf_probe_read_kernel(&(*regs).orig_rax) }.unwrap_or(u64::MAX);
+    if nr < 512 {
+        unsafe { SYSCALL_EXITS.tail_call(&ctx, nr as u32) };
+    }
     0
 }
 
 impl Call {
-    /// For `sys_exit_*`: `None` when the task is not traced or its entry was not seen.
+    /// In a `sys_exit_*` program: `None` when the task is not traced.
     #[inline(always)]
-    pub fn exit(ctx: &TracePointContext) -> Option<Call> {
-        let (id, tgid, tid) = traced()?;
-        let saved = *unsafe { ARGS.get(&id) }?;
-        let _ = ARGS.remove(&id);
-        let nr: i32 = unsafe { ctx.read_at(NR_OFFSET) }.unwrap_or(-1);
-        if saved.nr != nr as u64 {
-            return None;
-        }
-        let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }.unwrap_or(0);
-        Some(Call { tgid, tid, ts_ns: unsafe { bpf_ktime_get_ns() }, args: saved.args, ret })
+    pub fn exit(ctx: &RawTracePointContext) -> Option<Call> {
+        let (tgid, tid) = traced()?;
+        let regs: *const pt_regs = ctx.arg(0);
+        let ret: i64 = ctx.arg(1);
+        Some(Call { tgid, tid, ts_ns: unsafe { bpf_ktime_get_ns() }, args: read_args(regs), ret })
     }
 
-    /// For `sys_enter_*` of calls that never return (exit_group).
+    /// In `raw_syscalls:sys_enter(struct pt_regs *regs, long id)`, for calls that never return.
     #[inline(always)]
-    pub fn entry(ctx: &TracePointContext) -> Option<Call> {
-        let (_, tgid, tid) = traced()?;
-        Some(Call { tgid, tid, ts_ns: unsafe { bpf_ktime_get_ns() }, args: read_args(ctx), ret: 0 })
+    pub fn entry(ctx: &RawTracePointContext) -> Option<Call> {
+        let (tgid, tid) = traced()?;
+        let regs: *const pt_regs = ctx.arg(0);
+        Some(Call { tgid, tid, ts_ns: unsafe { bpf_ktime_get_ns() }, args: read_args(regs), ret: 0 })
     }
 }

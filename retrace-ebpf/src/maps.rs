@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use retrace_common::{config::stat, FdKey, PendingLoss, SockTuple};
 
-use crate::{call::SavedArgs, copy::Copy, emit::Scratch};
+use crate::{copy::Copy, emit::Scratch};
 
 /// Every record for user space. Sized by the agent at load time (`--ring-buffer`).
 #[map]
@@ -29,9 +29,9 @@ pub static PENDING_LOSS: HashMap<FdKey, PendingLoss> = HashMap::with_max_entries
 #[map]
 pub static PENDING_ANY: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Syscall arguments between `sys_enter` and `sys_exit_*`, by thread (pid_tgid).
+/// The `sys_exit_*` program of each syscall number, filled by the agent.
 #[map]
-pub static ARGS: HashMap<u64, SavedArgs> = HashMap::with_max_entries(65536, 0);
+pub static SYSCALL_EXITS: ProgramArray = ProgramArray::with_max_entries(512, 0);
 
 /// TCP addresses from the last state change a thread caused (connect, listen), by tid.
 #[map]

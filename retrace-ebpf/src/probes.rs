@@ -1,5 +1,5 @@
-//! One file per family of hooks. Syscalls are `sys_exit_*` tracepoints (arguments from the
-//! shared `sys_enter` program in `call.rs`); the process tree comes from sched tracepoints.
+//! One file per family of hooks. Syscalls are programs tail-called from the raw `sys_exit`
+//! dispatcher in `call.rs`; the process tree comes from sched tracepoints.
 
 mod data;
 mod fd;

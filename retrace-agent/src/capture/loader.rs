@@ -2,8 +2,8 @@
 //! program. Owns the kernel objects: dropping it detaches everything.
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    programs::{raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use retrace_common::{config::stat, FdKey, PendingLoss};
@@ -24,6 +24,14 @@ pub struct ProbeConfig {
 /// The loaded and attached programs.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The tail-call table; kept so it lives as long as the programs.
+    _exits: ProgramArray<MapData>,
+    links: Vec<Link>,
+}
+
+enum Link {
+    Raw(&'static str, RawTracePointLinkId),
+    TracePoint(&'static str, TracePointLinkId),
 }
 
 /// Kernel counters, summed over CPUs.
@@ -38,6 +46,14 @@ pub struct KernelStats {
     pub captured_bytes: u64,
 }
 
+/// Classic tracepoints: their record formats carry pids, clone flags and addresses directly.
+const TRACEPOINTS: [(&str, &str); 4] = [
+    ("task", "task_newtask"),
+    ("sched", "sched_process_exec"),
+    ("sched", "sched_process_exit"),
+    ("sock", "inet_sock_set_state"),
+];
+
 impl Probes {
     pub fn load(config: &ProbeConfig) -> Result<Probes, CaptureError> {
         raise_memlock();
@@ -49,40 +65,63 @@ impl Probes {
             .override_global("MAX_PAYLOAD", &max_payload, true)
             .load(PROGRAM)
             .map_err(|source| CaptureError::Load { source: Box::new(source) })?;
-        let mut names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
-        names.sort();
-        let exits: Vec<String> = names.iter().filter(|n| n.starts_with("sys_exit_")).cloned().collect();
-        for name in &names {
-            Self::attach_one(&mut ebpf, &exits, name)?;
+        let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+
+        // Per-syscall programs: loaded, then registered as tail-call targets of `sys_exit`.
+        let mut exits = ProgramArray::try_from(ebpf.take_map("SYSCALL_EXITS").expect("SYSCALL_EXITS map"))
+            .map_err(CaptureError::map)?;
+        for name in names.iter().filter(|n| n.starts_with("sys_exit_")) {
+            let syscall = name.trim_start_matches("sys_exit_");
+            let nr = syscall_nr(syscall).ok_or_else(|| CaptureError::UnknownSyscall { name: syscall.to_owned() })?;
+            let program = raw_program(&mut ebpf, name)?;
+            program.load().map_err(attach_err(name))?;
+            let fd = program.fd().map_err(attach_err(name))?;
+            exits.set(nr, fd, 0).map_err(CaptureError::map)?;
         }
-        Ok(Probes { ebpf })
+
+        let mut links = Vec::new();
+        for name in ["sys_exit", "sys_enter"] {
+            let program = raw_program(&mut ebpf, name)?;
+            program.load().map_err(attach_err(name))?;
+            links.push(Link::Raw(name, program.attach(name).map_err(attach_err(name))?));
+        }
+        for (category, name) in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| CaptureError::MissingProgram { name: name.to_owned() })?
+                .try_into()
+                .map_err(attach_err(name))?;
+            program.load().map_err(attach_err(name))?;
+            links.push(Link::TracePoint(name, program.attach(category, name).map_err(attach_err(name))?));
+        }
+        Ok(Probes { ebpf, _exits: exits, links })
     }
 
-    fn attach_one(ebpf: &mut Ebpf, exits: &[String], name: &str) -> Result<(), CaptureError> {
-        let attach_err =
-            |e: aya::programs::ProgramError| CaptureError::Attach { program: name.to_owned(), source: Box::new(e) };
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .expect("program listed by name")
-            .try_into()
-            .map_err(attach_err)?;
-        program.load().map_err(attach_err)?;
-        if name == "sys_enter" {
-            // The shared entry program: once for every syscall that has an exit program.
-            for exit in exits {
-                let syscall = exit.trim_start_matches("sys_exit_");
-                program.attach("syscalls", &format!("sys_enter_{syscall}")).map_err(attach_err)?;
+    /// Detaches every program. A perf-event tracepoint detach waits for an RCU grace period,
+    /// so those links are dropped concurrently.
+    pub fn detach(&mut self) {
+        let mut owned = Vec::new();
+        for link in self.links.drain(..) {
+            match link {
+                Link::Raw(name, id) => {
+                    if let Ok(program) = raw_program(&mut self.ebpf, name) {
+                        let _ = program.detach(id);
+                    }
+                }
+                Link::TracePoint(name, id) => {
+                    let Some(program) = self.ebpf.program_mut(name) else { continue };
+                    let Ok(program) = <&mut TracePoint>::try_from(program) else { continue };
+                    if let Ok(link) = program.take_link(id) {
+                        owned.push(link);
+                    }
+                }
             }
-            return Ok(());
         }
-        let category = match name {
-            n if n.starts_with("sys_") => "syscalls",
-            n if n.starts_with("task_") => "task",
-            n if n.starts_with("inet_sock_") => "sock",
-            _ => "sched",
-        };
-        program.attach(category, name).map_err(attach_err)?;
-        Ok(())
+        std::thread::scope(|scope| {
+            for link in owned {
+                scope.spawn(move || drop(link));
+            }
+        });
     }
 
     /// Starts following a thread group (and, from now on, its children).
@@ -123,11 +162,76 @@ impl Probes {
     }
 }
 
+fn attach_err(program: &str) -> impl Fn(aya::programs::ProgramError) -> CaptureError + '_ {
+    move |source| CaptureError::Attach { program: program.to_owned(), source: Box::new(source) }
+}
+
+fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut RawTracePoint, CaptureError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| CaptureError::MissingProgram { name: name.to_owned() })?
+        .try_into()
+        .map_err(attach_err(name))
+}
+
+/// x86_64 syscall numbers of the syscalls that have a `sys_exit_*` program.
+fn syscall_nr(name: &str) -> Option<u32> {
+    Some(match name {
+        "read" => 0,
+        "write" => 1,
+        "open" => 2,
+        "close" => 3,
+        "pread64" => 17,
+        "pwrite64" => 18,
+        "readv" => 19,
+        "writev" => 20,
+        "pipe" => 22,
+        "dup" => 32,
+        "dup2" => 33,
+        "sendfile64" => 40,
+        "socket" => 41,
+        "connect" => 42,
+        "accept" => 43,
+        "sendto" => 44,
+        "recvfrom" => 45,
+        "sendmsg" => 46,
+        "recvmsg" => 47,
+        "shutdown" => 48,
+        "bind" => 49,
+        "listen" => 50,
+        "socketpair" => 53,
+        "fcntl" => 72,
+        "chdir" => 80,
+        "fchdir" => 81,
+        "creat" => 85,
+        "openat" => 257,
+        "splice" => 275,
+        "accept4" => 288,
+        "dup3" => 292,
+        "pipe2" => 293,
+        "preadv" => 295,
+        "pwritev" => 296,
+        "recvmmsg" => 299,
+        "sendmmsg" => 307,
+        "copy_file_range" => 326,
+        "preadv2" => 327,
+        "pwritev2" => 328,
+        "close_range" => 436,
+        "openat2" => 437,
+        _ => return None,
+    })
+}
+
 /// Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones (and this one) use memcg. Failing
 /// to raise it is only worth a debug line.
 fn raise_memlock() {
     let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach();
     }
 }

@@ -25,6 +25,10 @@ pub enum CaptureError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("the eBPF object has a program for syscall `{name}`, which has no known number on this architecture")]
+    UnknownSyscall { name: String },
+    #[error("the eBPF object has no program `{name}`")]
+    MissingProgram { name: String },
     #[error("eBPF map operation failed")]
     Map {
         #[source]

@@ -1,6 +1,6 @@
 //! Shared body of every data syscall probe.
 
-use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::programs::RawTracePointContext;
 use retrace_common::syscall::Sys;
 
 use crate::{
@@ -20,7 +20,7 @@ pub enum Addr {
 
 /// Records a data call: its payload (if it moved any), then its record.
 #[inline(always)]
-pub fn on_data(ctx: &TracePointContext, sys: Sys, source: Source, buf_arg: usize, len_arg: usize, addr: Addr) -> u32 {
+pub fn on_data(ctx: &RawTracePointContext, sys: Sys, source: Source, buf_arg: usize, len_arg: usize, addr: Addr) -> u32 {
     let Some(call) = Call::exit(ctx) else { return 0 };
     let fd = call.args[0] as i32;
     let data = if call.ret > 0 {
@@ -48,7 +48,7 @@ pub fn on_data(ctx: &TracePointContext, sys: Sys, source: Source, buf_arg: usize
 
 /// Records a call that names or changes fds but moves no payload.
 #[inline(always)]
-pub fn on_meta(ctx: &TracePointContext, sys: Sys, aux: impl FnOnce(&Call) -> Aux, extra: impl FnOnce(&Call) -> [i64; 2], loss_fd: bool) -> u32 {
+pub fn on_meta(ctx: &RawTracePointContext, sys: Sys, aux: impl FnOnce(&Call) -> Aux, extra: impl FnOnce(&Call) -> [i64; 2], loss_fd: bool) -> u32 {
     let Some(call) = Call::exit(ctx) else { return 0 };
     let aux = aux(&call);
     let extra = extra(&call);

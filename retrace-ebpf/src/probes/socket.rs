@@ -1,7 +1,11 @@
 //! socket, socketpair, connect, accept, accept4, bind, listen, shutdown: socket identity and
 //! addresses.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use retrace_common::SockTuple;
 use retrace_common::syscall::Sys;
 
@@ -11,43 +15,43 @@ use crate::{
     maps::{SOCK_TUPLE, TRACED},
 };
 
-#[tracepoint(category = "syscalls", name = "sys_exit_socket")]
-pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_socket(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Socket, no_aux, no_extra, false)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_socketpair")]
-pub fn sys_exit_socketpair(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_socketpair(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Socketpair, no_aux, |c| two_fds(c.args[3], c.ret), false)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_connect(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Connect, |c| Aux::UserAddr(c.args[1], c.args[2]), no_extra, false)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
-pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_bind(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Bind, |c| Aux::UserAddr(c.args[1], c.args[2]), no_extra, false)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_accept(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Accept, accepted_addr, no_extra, false)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_accept4(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Accept4, accepted_addr, no_extra, false)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_listen")]
-pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_listen(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Listen, no_aux, no_extra, false)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_shutdown")]
-pub fn sys_exit_shutdown(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_shutdown(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Shutdown, no_aux, no_extra, false)
 }
 

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
     EbpfContext as _,
 };
 use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD};
@@ -12,7 +12,7 @@ use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD};
 use crate::{
     call::Call,
     emit::{self, Aux},
-    maps::{ARGS, TRACED},
+    maps::TRACED,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -56,13 +56,18 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if group_dead != 0 {
         let _ = TRACED.remove(&tgid);
     }
-    // A thread that dies inside a syscall never reaches its sys_exit.
-    let _ = ARGS.remove(&bpf_get_current_pid_tgid());
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_exit_group")]
-pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
+const NR_EXIT_GROUP: i64 = 231;
+
+/// `raw_syscalls:sys_enter`, for exit_group only: it never reaches sys_exit.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> u32 {
+    let nr: i64 = ctx.arg(1);
+    if nr != NR_EXIT_GROUP {
+        return 0;
+    }
     let Some(call) = Call::entry(&ctx) else { return 0 };
     emit::syscall(&call, Sys::ExitGroup, Aux::None, [0, 0], None, None);
     0
