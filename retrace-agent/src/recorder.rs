@@ -56,7 +56,11 @@ pub enum RecordError {
 }
 
 /// Records `target` until it exits, `stop` turns true, or the duration ends.
-pub async fn record(config: RecordConfig, target: Target, mut stop: watch::Receiver<bool>) -> Result<RecordSummary, RecordError> {
+pub async fn record(
+    config: RecordConfig,
+    target: Target,
+    mut stop: watch::Receiver<bool>,
+) -> Result<RecordSummary, RecordError> {
     let mut probes = Probes::load(&config.probes)?;
     let (mut launched, root, command, mode) = match &target {
         Target::Launch(argv) => {
@@ -82,21 +86,23 @@ pub async fn record(config: RecordConfig, target: Target, mut stop: watch::Recei
         kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         ..Default::default()
     };
-    let writer = match Writer::create(&config.output, manifest, config.segments).and_then(|w| Ok((w, probes.trace(root)))) {
-        Ok((w, Ok(()))) => w,
-        Ok((_, Err(e))) => {
-            if let Some(child) = launched.take() {
-                child.abort();
-            }
-            return Err(e.into());
+    // A child that never got to run is killed if set-up fails from here on.
+    let abort = |launched: &mut Option<Launched>| {
+        if let Some(child) = launched.take() {
+            child.abort();
         }
+    };
+    let writer = match Writer::create(&config.output, manifest, config.segments) {
+        Ok(w) => w,
         Err(e) => {
-            if let Some(child) = launched.take() {
-                child.abort();
-            }
+            abort(&mut launched);
             return Err(e.into());
         }
     };
+    if let Err(e) = probes.trace(root) {
+        abort(&mut launched);
+        return Err(e.into());
+    }
     let ring = probes.take_ring()?;
     let mut tracker = Tracker::new(root);
     let mut first = Vec::new();

@@ -53,7 +53,8 @@ impl Launched {
         let program = argv.first().ok_or(TargetError::EmptyCommand)?;
         let path = find_program(program).ok_or_else(|| TargetError::NotFound { program: program.clone() })?;
         let cstr = |s: &str| CString::new(s).map_err(|_| TargetError::NulByte { arg: s.to_owned() });
-        let path_c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| TargetError::NulByte { arg: program.clone() })?;
+        let path_c = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| TargetError::NulByte { arg: program.clone() })?;
         let args: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
         let env: Vec<CString> = std::env::vars_os()
             .filter_map(|(k, v)| {
@@ -63,7 +64,8 @@ impl Launched {
                 CString::new(kv).ok()
             })
             .collect();
-        let (read_end, write_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| TargetError::Spawn { program: program.clone(), source })?;
+        let (read_end, write_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|source| TargetError::Spawn { program: program.clone(), source })?;
         // SAFETY: the child only calls async-signal-safe functions (read, close, execve, _exit)
         // on data prepared before the fork.
         match unsafe { fork() }.map_err(|source| TargetError::Spawn { program: program.clone(), source })? {
@@ -75,8 +77,10 @@ impl Launched {
                     libc::_exit(126);
                 }
                 libc::close(read_end.as_raw_fd());
-                let argv_p: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-                let env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+                let argv_p: Vec<*const libc::c_char> =
+                    args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+                let env_p: Vec<*const libc::c_char> =
+                    env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
                 libc::execve(path_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
                 libc::_exit(127);
             },
@@ -117,7 +121,8 @@ pub fn wait_exit_code(pid: u32) -> i32 {
 
 /// The thread-group id of a PID (a thread id resolves to its process).
 pub fn thread_group_of(pid: u32) -> Result<u32, TargetError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| TargetError::NoSuchProcess { pid: pid as i32 })?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| TargetError::NoSuchProcess { pid: pid as i32 })?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
@@ -135,7 +140,8 @@ pub fn is_alive(pid: u32) -> bool {
 
 fn find_program(program: &str) -> Option<PathBuf> {
     let is_exec = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+        std::fs::metadata(p)
+            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
     };
     if program.contains('/') {
         let p = PathBuf::from(program);

@@ -12,7 +12,10 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{
         bpf_probe_read_user,
-        generated::{bpf_loop, bpf_probe_read_user as raw_read_user, bpf_ringbuf_discard, bpf_ringbuf_reserve, bpf_ringbuf_submit},
+        generated::{
+            bpf_loop, bpf_probe_read_user as raw_read_user, bpf_ringbuf_discard, bpf_ringbuf_reserve,
+            bpf_ringbuf_submit,
+        },
     },
 };
 use retrace_common::{
@@ -77,7 +80,14 @@ impl Copy {
     /// Copies the payload of a successful data call. `buf_or_vec` and `len_or_count` are the
     /// call's buffer arguments; `moved` its positive return value.
     #[inline(always)]
-    pub fn run(call: &Call, fd: i32, source: Source, buf_or_vec: u64, len_or_count: u64, moved: u64) -> Option<&'static Copy> {
+    pub fn run(
+        call: &Call,
+        fd: i32,
+        source: Source,
+        buf_or_vec: u64,
+        len_or_count: u64,
+        moved: u64,
+    ) -> Option<&'static Copy> {
         let cap = max_payload();
         let slot = COPY_STATE.get_ptr_mut(0)?;
         // SAFETY: per-CPU slot; programs do not nest on a CPU while a syscall exit runs.

@@ -4,19 +4,21 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
 };
 use retrace_common::{
     config::{stat, AUX_MAX, SOCKADDR_MAX},
-    kind, syscall::Sys, FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, SYSCALL_DATA, SYSCALL_HAS_PENDING_LOSS,
+    kind,
+    syscall::Sys,
+    FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, SYSCALL_DATA, SYSCALL_HAS_PENDING_LOSS,
     SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
 };
 
 use crate::{
     call::Call,
     copy::Copy,
-    maps::{count, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SOCK_TUPLE},
+    maps::{count, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_TID, SK_REPORTED, SK_TUPLES},
 };
 
 /// Room for the largest record plus its path.
@@ -57,7 +59,10 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
             Aux::UserAddr(ptr, len) => {
                 let n = (if len > SOCKADDR_MAX as u64 { SOCKADDR_MAX as u64 } else { len }) as u32;
                 let n = n & (SOCKADDR_MAX as u32 * 2 - 1);
-                if ptr != 0 && n as usize <= SOCKADDR_MAX && raw_read_user(dst.as_mut_ptr().cast(), n, ptr as *const c_void) == 0 {
+                if ptr != 0
+                    && n as usize <= SOCKADDR_MAX
+                    && raw_read_user(dst.as_mut_ptr().cast(), n, ptr as *const c_void) == 0
+                {
                     n
                 } else {
                     0
@@ -75,13 +80,11 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
         (*rec).extra = extra;
         (*rec).lost_before_in = 0;
         (*rec).lost_before_out = 0;
-        (*rec).sock = SockTuple::default();
-        if matches!(sys, Sys::Connect | Sys::Listen) {
-            if let Some(t) = SOCK_TUPLE.get(&call.tid) {
-                (*rec).sock = *t;
-                let _ = SOCK_TUPLE.remove(&call.tid);
-            }
-        }
+        (*rec).sock = if sys.direction().is_some() || matches!(sys, Sys::Connect | Sys::Listen) {
+            socket_addresses(call.tid, sys)
+        } else {
+            SockTuple::default()
+        };
         match data {
             Some(d) => {
                 (*rec).flags = SYSCALL_DATA;
@@ -123,7 +126,9 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
             }
         };
         let value = match unsafe { PENDING_LOSS.get(&key) } {
-            Some(v) => PendingLoss { bytes_in: v.bytes_in + lost_in, bytes_out: v.bytes_out + lost_out, calls: v.calls + 1 },
+            Some(v) => {
+                PendingLoss { bytes_in: v.bytes_in + lost_in, bytes_out: v.bytes_out + lost_out, calls: v.calls + 1 }
+            }
             None => PendingLoss { bytes_in: lost_in, bytes_out: lost_out, calls: 1 },
         };
         let _ = PENDING_LOSS.insert(&key, &value, 0);
@@ -131,6 +136,51 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
             unsafe { *any = 1 };
         }
     }
+}
+
+/// The addresses of the socket this call used, the first time a record meets that socket (and
+/// always for connect/listen, which change them).
+#[inline(always)]
+fn socket_addresses(tid: u32, sys: Sys) -> SockTuple {
+    let Some(sk) = (unsafe { SK_OF_TID.get(&tid) }).copied() else { return SockTuple::default() };
+    let _ = SK_OF_TID.remove(&tid);
+    let always = matches!(sys, Sys::Connect | Sys::Listen);
+    if !always && unsafe { SK_REPORTED.get(&sk) }.is_some() {
+        return SockTuple::default();
+    }
+    let _ = SK_REPORTED.insert(&sk, &1, 0);
+    let mut t = unsafe { SK_TUPLES.get(&sk) }.copied().unwrap_or_else(|| sock_common_v4(sk));
+    if t.sport == 0 {
+        // connect enters SYN_SENT before the ephemeral port is chosen; it is set by now.
+        t.sport = unsafe { bpf_probe_read_kernel((sk + SKC_NUM) as *const u16) }.unwrap_or(0);
+    }
+    t
+}
+
+/// `struct sock_common` starts with daddr, rcv_saddr (u32 each), a hash, dport (be16), num
+/// (u16) and family: a layout unchanged for many kernel releases. Used for IPv4 sockets that
+/// never change TCP state (UDP).
+const SKC_DADDR: u64 = 0;
+const SKC_RCV_SADDR: u64 = 4;
+const SKC_DPORT: u64 = 12;
+const SKC_NUM: u64 = 14;
+const SKC_FAMILY: u64 = 16;
+const AF_INET: u16 = 2;
+
+#[inline(always)]
+fn sock_common_v4(sk: u64) -> SockTuple {
+    let read16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) }.unwrap_or(0);
+    let read4 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const [u8; 4]) }.unwrap_or([0; 4]);
+    let mut t = SockTuple::default();
+    if read16(SKC_FAMILY) != AF_INET {
+        return t;
+    }
+    t.family = AF_INET;
+    t.sport = read16(SKC_NUM);
+    t.dport = u16::from_be(read16(SKC_DPORT));
+    t.saddr[..4].copy_from_slice(&read4(SKC_RCV_SADDR));
+    t.daddr[..4].copy_from_slice(&read4(SKC_DADDR));
+    t
 }
 
 #[inline(always)]
@@ -152,7 +202,16 @@ fn take_pending_loss(rec: *mut SyscallRecord, key: &FdKey) {
 
 /// Writes a task record; `path` is a kernel string for exec.
 #[inline(always)]
-pub fn task(kind: u32, tgid: u32, tid: u32, ts_ns: u64, pid: i32, flags: u32, clone_flags: u64, path: Option<*const u8>) {
+pub fn task(
+    kind: u32,
+    tgid: u32,
+    tid: u32,
+    ts_ns: u64,
+    pid: i32,
+    flags: u32,
+    clone_flags: u64,
+    path: Option<*const u8>,
+) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let buf = unsafe { (*scratch).bytes.as_mut_ptr() };
     let rec = buf as *mut TaskRecord;

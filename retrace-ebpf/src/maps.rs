@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use retrace_common::{config::stat, FdKey, PendingLoss, SockTuple};
 
@@ -33,9 +33,19 @@ pub static PENDING_ANY: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static SYSCALL_EXITS: ProgramArray = ProgramArray::with_max_entries(512, 0);
 
-/// TCP addresses from the last state change a thread caused (connect, listen), by tid.
+/// TCP addresses by `struct sock *`, from every state change on the machine (the passive side
+/// of a connection becomes ESTABLISHED in softirq context, outside any traced task).
 #[map]
-pub static SOCK_TUPLE: HashMap<u32, SockTuple> = HashMap::with_max_entries(16384, 0);
+pub static SK_TUPLES: LruHashMap<u64, SockTuple> = LruHashMap::with_max_entries(65536, 0);
+
+/// The socket a traced thread's current syscall used (`sock_send_length`, `sock_recv_length`,
+/// or a connect/listen state change), by tid; taken by the syscall's record.
+#[map]
+pub static SK_OF_TID: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+
+/// Sockets whose addresses were already reported to the agent.
+#[map]
+pub static SK_REPORTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// The payload copier's loop state (see `copy.rs`).
 #[map]

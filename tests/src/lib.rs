@@ -1,0 +1,180 @@
+//! Support for the capture tests: run the real `retrace` binary against real programs, then
+//! read the recording back and compare bytes.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use retrace_agent::{
+    store::{
+        proto::{self, record::Kind as R, Direction},
+        Recording,
+    },
+    view::{self, StreamRow},
+};
+
+/// The `retrace` binary built next to this test (`cargo xtask test` builds it first).
+pub fn retrace_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("RETRACE_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("retrace");
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
+    bin
+}
+
+/// A fresh, empty directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join("retrace-tests").join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `retrace ARGS` and returns its output.
+pub fn retrace(args: &[&str]) -> Output {
+    Command::new(retrace_bin()).args(args).output().expect("run retrace")
+}
+
+/// Records `command` into `dir/rec` with extra `record` options; panics if retrace fails.
+pub fn record(dir: &Path, options: &[&str], command: &[&str]) -> (Rec, Output) {
+    let rec = dir.join("rec");
+    let mut args = vec!["record", "-o", rec.to_str().unwrap()];
+    args.extend_from_slice(options);
+    args.push("--");
+    args.extend_from_slice(command);
+    let out = retrace(&args);
+    assert_no_panic(&out);
+    assert!(
+        out.status.success(),
+        "retrace record {command:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (Rec::open(&rec), out)
+}
+
+pub fn assert_no_panic(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "retrace panicked:\n{stderr}");
+}
+
+/// A recording opened for checks.
+pub struct Rec {
+    pub recording: Recording,
+    pub streams: Vec<StreamRow>,
+    pub records: Vec<proto::Record>,
+}
+
+impl Rec {
+    pub fn open(dir: &Path) -> Rec {
+        let recording = Recording::open(dir).expect("open recording");
+        let (streams, _) = view::stream_table(&recording).expect("read streams");
+        let mut records = Vec::new();
+        recording.for_each(|r| records.push(r)).expect("read records");
+        Rec { recording, streams, records }
+    }
+
+    /// The one stream whose path is `path` (panics if none or several).
+    pub fn by_path(&self, path: &Path) -> &StreamRow {
+        let path = path.to_str().unwrap();
+        let found: Vec<&StreamRow> = self.streams.iter().filter(|s| s.path == path).collect();
+        assert_eq!(found.len(), 1, "expected one stream for {path}, found {}: {:#?}", found.len(), self.streams);
+        found[0]
+    }
+
+    pub fn find(&self, what: &str, pred: impl Fn(&StreamRow) -> bool) -> &StreamRow {
+        let found: Vec<&StreamRow> = self.streams.iter().filter(|s| pred(s)).collect();
+        assert_eq!(found.len(), 1, "expected one stream that is {what}, found {}: {:#?}", found.len(), self.streams);
+        found[0]
+    }
+
+    /// Recorded bytes of one direction of a stream, in order (through `view::cat`).
+    pub fn bytes(&self, stream: u64, dir: Direction) -> Vec<u8> {
+        let mut out = Vec::new();
+        view::cat(&self.recording, stream, dir, &mut out).expect("cat");
+        out
+    }
+
+    pub fn data(&self, stream: u64) -> Vec<&proto::Data> {
+        self.records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(R::Data(d)) if d.stream_id == stream => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn gaps(&self, stream: u64) -> Vec<&proto::Gap> {
+        self.records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(R::Gap(g)) if g.stream_id == stream => Some(g),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn processes(&self) -> Vec<&proto::Process> {
+        self.records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(R::Process(p)) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn counters(&self) -> &proto::Counters {
+        self.records
+            .iter()
+            .find_map(|r| match &r.kind {
+                Some(R::Counters(c)) => Some(c),
+                _ => None,
+            })
+            .expect("a recording ends with counters")
+    }
+}
+
+/// Asserts two byte strings are equal, naming the first difference instead of dumping them.
+#[track_caller]
+pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+    let ctx = |b: &[u8]| String::from_utf8_lossy(&b[first.saturating_sub(8)..(first + 24).min(b.len())]).into_owned();
+    panic!(
+        "{what}: recorded {} bytes, expected {}; first difference at byte {first}: recorded {:?} expected {:?}",
+        got.len(),
+        want.len(),
+        ctx(got),
+        ctx(want)
+    );
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+pub fn python() -> &'static str {
+    "python3"
+}

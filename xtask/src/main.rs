@@ -40,8 +40,10 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             setup::run()?;
+            // The capture tests drive the real `retrace` binary.
+            run(cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
             let mut cmd = cargo();
-            cmd.args(["test", "--workspace", "--release"]).args(&args);
+            cmd.args(["test", "--release"]).args(&args);
             run(&mut cmd)
         }
     }

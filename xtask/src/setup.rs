@@ -109,7 +109,13 @@ fn test_peers() -> Result<()> {
     let wanted = [("curl", "curl"), ("python3", "python3"), ("cc", "gcc"), ("strace", "strace")];
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(bin, _)| !Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().map(|o| o.status.success()).unwrap_or(false))
+        .filter(|(bin, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -117,5 +123,7 @@ fn test_peers() -> Result<()> {
     }
     eprintln!("setup: apt-get install {}", missing.join(" "));
     crate::run(Command::new("apt-get").arg("update").arg("-q"))?;
-    crate::run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::run(
+        Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

@@ -18,7 +18,8 @@ pub async fn consume(
     out: mpsc::Sender<Vec<Event>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<ConsumeStats, CaptureError> {
-    let mut fd = AsyncFd::new(ring).map_err(|source| CaptureError::Io { source })?;
+    // SAFETY: the ring buffer owns its fd, which stays open until the AsyncFd is dropped.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Io { source: e.into() })?;
     let mut stats = ConsumeStats::default();
     // Also drain on a timer: a wakeup can be missed between draining and clearing readiness,
     // and the writer seals segments by age on these empty batches.

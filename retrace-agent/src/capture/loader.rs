@@ -47,11 +47,13 @@ pub struct KernelStats {
 }
 
 /// Classic tracepoints: their record formats carry pids, clone flags and addresses directly.
-const TRACEPOINTS: [(&str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str); 6] = [
     ("task", "task_newtask"),
     ("sched", "sched_process_exec"),
     ("sched", "sched_process_exit"),
     ("sock", "inet_sock_set_state"),
+    ("sock", "sock_send_length"),
+    ("sock", "sock_recv_length"),
 ];
 
 impl Probes {
@@ -140,9 +142,8 @@ impl Probes {
     pub fn stats(&self) -> Result<KernelStats, CaptureError> {
         let stats: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map("STATS").expect("STATS map")).map_err(CaptureError::map)?;
-        let sum = |i: u32| -> Result<u64, CaptureError> {
-            Ok(stats.get(&i, 0).map_err(CaptureError::map)?.iter().sum())
-        };
+        let sum =
+            |i: u32| -> Result<u64, CaptureError> { Ok(stats.get(&i, 0).map_err(CaptureError::map)?.iter().sum()) };
         Ok(KernelStats {
             chunks_dropped: sum(stat::CHUNKS_DROPPED)?,
             chunk_bytes_dropped: sum(stat::CHUNK_BYTES_DROPPED)?,
@@ -157,7 +158,8 @@ impl Probes {
     /// Loss whose syscall records were dropped and that no later record has carried yet.
     pub fn pending_loss(&self) -> Result<Vec<(FdKey, PendingLoss)>, CaptureError> {
         let map: BpfHashMap<&MapData, FdKey, PendingLoss> =
-            BpfHashMap::try_from(self.ebpf.map("PENDING_LOSS").expect("PENDING_LOSS map")).map_err(CaptureError::map)?;
+            BpfHashMap::try_from(self.ebpf.map("PENDING_LOSS").expect("PENDING_LOSS map"))
+                .map_err(CaptureError::map)?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 }

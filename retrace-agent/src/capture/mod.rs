@@ -9,7 +9,9 @@ pub use loader::{KernelStats, ProbeConfig, Probes};
 /// Errors of the kernel side.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("this kernel exposes no BTF (/sys/kernel/btf/vmlinux); Retrace needs a kernel built with CONFIG_DEBUG_INFO_BTF")]
+    #[error(
+        "this kernel exposes no BTF (/sys/kernel/btf/vmlinux); Retrace needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+    )]
     NoBtf {
         #[source]
         source: aya::BtfError,

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use retrace_agent::{store::{proto::Direction, Recording}, view};
+use retrace_agent::{
+    store::{proto::Direction, Recording},
+    view,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,10 +28,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let report = view::cat(&recording, args.stream, dir, &mut out)?;
     if !report.found {
-        bail!("no stream {} in {}: list them with `retrace streams {}`", args.stream, args.recording.display(), args.recording.display());
+        bail!(
+            "no stream {} in {}: list them with `retrace streams {}`",
+            args.stream,
+            args.recording.display(),
+            args.recording.display()
+        );
     }
     if report.gaps > 0 {
-        eprintln!("retrace: warning: {} gap(s), {} bytes not recorded, are left out of this output", report.gaps, report.gap_bytes);
+        eprintln!(
+            "retrace: warning: {} gap(s), {} bytes not recorded, are left out of this output",
+            report.gaps, report.gap_bytes
+        );
     }
     Ok(0)
 }

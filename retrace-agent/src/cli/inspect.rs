@@ -2,7 +2,10 @@
 
 use std::{io::Write as _, path::Path};
 
-use retrace_agent::{store::Recording, view::{self, TimelineEntry}};
+use retrace_agent::{
+    store::Recording,
+    view::{self, TimelineEntry},
+};
 
 pub fn run(dir: &Path, json: bool) -> anyhow::Result<i32> {
     let recording = Recording::open(dir)?;

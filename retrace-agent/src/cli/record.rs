@@ -3,13 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
-use retrace_agent::{
-    capture::ProbeConfig,
-    record,
-    store::SegmentPolicy,
-    target::Target,
-    view, RecordConfig,
-};
+use retrace_agent::{capture::ProbeConfig, record, store::SegmentPolicy, target::Target, view, RecordConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         (Some(_), false) => bail!("give either --pid or a command, not both"),
     };
     let ring = args.ring_buffer;
-    if !ring.is_power_of_two() || ring < 4096 || ring > (1 << 31) {
+    if !ring.is_power_of_two() || !(4096..=(1 << 31)).contains(&ring) {
         bail!("--ring-buffer must be a power of two between 4K and 2G (e.g. 32M), not {ring}");
     }
     if args.max_payload == Some(0) {
@@ -63,7 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let summary = runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -10,12 +10,18 @@ pub fn parse(text: &str) -> Result<u64, String> {
                 "K" => 1 << 10,
                 "M" => 1 << 20,
                 "G" => 1 << 30,
-                _ => return Err(format!("`{text}` is not a size: use a number with an optional K, M or G suffix (e.g. 64M)")),
+                _ => {
+                    return Err(format!(
+                        "`{text}` is not a size: use a number with an optional K, M or G suffix (e.g. 64M)"
+                    ))
+                }
             };
             (&t[..i], mult)
         }
     };
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size: use a number with an optional K, M or G suffix (e.g. 64M)"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: use a number with an optional K, M or G suffix (e.g. 64M)"))?;
     n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
 }
 

@@ -36,5 +36,9 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<i32> {
 }
 
 fn or_dash(s: &str) -> &str {
-    if s.is_empty() { "-" } else { s }
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
 }

@@ -48,7 +48,8 @@ impl Recording {
                     }
                     _ => return Err(StoreError::Corrupt { path, offset }),
                 };
-                let record = proto::Record::decode(&probe[..len]).map_err(|_| StoreError::Corrupt { path: path.clone(), offset })?;
+                let record = proto::Record::decode(&probe[..len])
+                    .map_err(|_| StoreError::Corrupt { path: path.clone(), offset })?;
                 buf = &probe[len..];
                 f(record);
             }

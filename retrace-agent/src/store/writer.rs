@@ -89,7 +89,8 @@ impl Writer {
         let file = File::create(&path).map_err(io_err(&path))?;
         self.manifest.segments.push(name);
         self.manifest.write(&self.dir)?;
-        self.current = Some(Segment { path, out: BufWriter::with_capacity(1 << 20, file), bytes: 0, opened: Instant::now() });
+        self.current =
+            Some(Segment { path, out: BufWriter::with_capacity(1 << 20, file), bytes: 0, opened: Instant::now() });
         Ok(())
     }
 

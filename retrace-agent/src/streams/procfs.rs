@@ -45,7 +45,8 @@ pub fn resolve(pid: u32, fd: i32) -> Option<FdIdentity> {
                 id.position = pos.trim().parse().unwrap_or(0);
             }
             if let Some(flags) = line.strip_prefix("flags:") {
-                id.cloexec = u32::from_str_radix(flags.trim(), 8).map(|f| f & libc::O_CLOEXEC as u32 != 0).unwrap_or(false);
+                id.cloexec =
+                    u32::from_str_radix(flags.trim(), 8).map(|f| f & libc::O_CLOEXEC as u32 != 0).unwrap_or(false);
             }
         }
     }
@@ -129,6 +130,8 @@ pub fn cwd(pid: u32) -> Option<String> {
 /// argv of a process.
 pub fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .map(|b| {
+            b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+        })
         .unwrap_or_default()
 }

@@ -48,6 +48,8 @@ pub fn format(bytes: &[u8]) -> Option<String> {
 /// Local and peer addresses of a kernel `SockTuple`; `None` when the kernel reported none.
 pub fn tuple(t: &retrace_common::SockTuple) -> Option<(String, String)> {
     let fmt = |addr: &[u8; 16], port: u16| match t.family {
+        // An unconnected socket's peer, or an unbound local side.
+        _ if port == 0 && addr.iter().all(|&b| b == 0) => Some(String::new()),
         AF_INET => Some(format!("{}:{port}", Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
         AF_INET6 => Some(format!("[{}]:{port}", Ipv6Addr::from(*addr))),
         _ => None,

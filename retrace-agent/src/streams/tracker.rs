@@ -127,7 +127,15 @@ impl Tracker {
     }
 
     /// Loss the kernel could not attach to any record, read from its map at the end.
-    pub fn pending_loss(&mut self, tgid: u32, fd: i32, bytes_in: u64, bytes_out: u64, now_mono_ns: u64, out: &mut Vec<proto::Record>) {
+    pub fn pending_loss(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        bytes_in: u64,
+        bytes_out: u64,
+        now_mono_ns: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
         let ts = self.wall_ns(now_mono_ns);
         match self.tables.get(tgid, fd) {
             Some(entry) => {
@@ -162,6 +170,9 @@ impl Tracker {
         let mut detail = String::new();
         if sys.direction().is_some() {
             stream_id = self.stream_for_fd(tgid, fd0, ts, out);
+            if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
+                self.fill_addresses(stream_id, local, peer, out);
+            }
         }
         if rec.flags & SYSCALL_HAS_PENDING_LOSS != 0 {
             // Bytes of earlier calls on this fd whose records were dropped: they came first.
@@ -190,7 +201,10 @@ impl Tracker {
                     }
                 }
                 Sys::Socket => {
-                    let id = procfs::FdIdentity { kind: Kind::of_socket(args[0] as u16, args[1] as u32), ..Default::default() };
+                    let id = procfs::FdIdentity {
+                        kind: Kind::of_socket(args[0] as u16, args[1] as u32),
+                        ..Default::default()
+                    };
                     stream_id = self.new_stream(tgid, ret as i32, &id, "socket", false, ts, out);
                     self.bind_fd(tgid, ret as i32, stream_id, args[1] & SOCK_CLOEXEC != 0, ts, out);
                 }
@@ -207,8 +221,10 @@ impl Tracker {
                 Sys::Pipe | Sys::Pipe2 => {
                     let cloexec = sys == Sys::Pipe2 && args[1] & O_CLOEXEC != 0;
                     let (r, w) = (rec.extra[0] as i32, rec.extra[1] as i32);
-                    let read_end = procfs::FdIdentity { kind: Kind::Pipe, path: "pipe (read end)".into(), ..Default::default() };
-                    let write_end = procfs::FdIdentity { kind: Kind::Pipe, path: "pipe (write end)".into(), ..Default::default() };
+                    let read_end =
+                        procfs::FdIdentity { kind: Kind::Pipe, path: "pipe (read end)".into(), ..Default::default() };
+                    let write_end =
+                        procfs::FdIdentity { kind: Kind::Pipe, path: "pipe (write end)".into(), ..Default::default() };
                     let sr = self.new_stream(tgid, r, &read_end, "pipe", false, ts, out);
                     let sw = self.new_stream(tgid, w, &write_end, "pipe", false, ts, out);
                     self.bind_fd(tgid, r, sr, cloexec, ts, out);
@@ -312,7 +328,8 @@ impl Tracker {
                 },
                 Sys::Sendfile | Sys::Splice | Sys::CopyFileRange if ret > 0 => {
                     // sendfile(out, in, ..); splice/copy_file_range(in, _, out, ..).
-                    let (fd_in, fd_out) = if sys == Sys::Sendfile { (args[1] as i32, fd0) } else { (fd0, args[2] as i32) };
+                    let (fd_in, fd_out) =
+                        if sys == Sys::Sendfile { (args[1] as i32, fd0) } else { (fd0, args[2] as i32) };
                     let s_in = self.stream_for_fd(tgid, fd_in, ts, out);
                     let s_out = self.stream_for_fd(tgid, fd_out, ts, out);
                     self.gap(s_in, Direction::In, ret as u64, GapReason::InKernelCopy, sys.name(), ts, out);
@@ -340,12 +357,22 @@ impl Tracker {
 
     /// Places a data call's chunks at their stream positions and turns what is missing into gaps.
     #[allow(clippy::too_many_arguments)]
-    fn data(&mut self, sid: u64, dir: Direction, sys: Sys, rec: &SyscallRecord, call: PendingCall, ts: u64, out: &mut Vec<proto::Record>) {
+    fn data(
+        &mut self,
+        sid: u64,
+        dir: Direction,
+        sys: Sys,
+        rec: &SyscallRecord,
+        call: PendingCall,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
         if rec.bytes == 0 {
             return;
         }
         let base = self.position(sid, dir);
-        let addr_of = |index: u32| call.addrs.iter().find(|(i, _)| *i == index).map(|(_, a)| a.clone()).unwrap_or_default();
+        let addr_of =
+            |index: u32| call.addrs.iter().find(|(i, _)| *i == index).map(|(_, a)| a.clone()).unwrap_or_default();
         if let Some((_, first)) = call.addrs.first() {
             self.learn_peer_if_unset(sid, first, out);
         }
@@ -379,11 +406,30 @@ impl Tracker {
     /// Splits a hole into gaps by reason: truncation sits at the end of a call, ring and fault
     /// losses anywhere.
     #[allow(clippy::too_many_arguments)]
-    fn hole(&mut self, sid: u64, dir: Direction, mut offset: u64, len: u64, budget: &mut Budget, at_end: bool, sys: Sys, ts: u64, out: &mut Vec<proto::Record>) {
+    fn hole(
+        &mut self,
+        sid: u64,
+        dir: Direction,
+        mut offset: u64,
+        len: u64,
+        budget: &mut Budget,
+        at_end: bool,
+        sys: Sys,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
         let order: [(GapReason, &mut u64); 3] = if at_end {
-            [(GapReason::MaxPayload, &mut budget.truncated), (GapReason::RingFull, &mut budget.ring), (GapReason::Fault, &mut budget.fault)]
+            [
+                (GapReason::MaxPayload, &mut budget.truncated),
+                (GapReason::RingFull, &mut budget.ring),
+                (GapReason::Fault, &mut budget.fault),
+            ]
         } else {
-            [(GapReason::RingFull, &mut budget.ring), (GapReason::Fault, &mut budget.fault), (GapReason::MaxPayload, &mut budget.truncated)]
+            [
+                (GapReason::RingFull, &mut budget.ring),
+                (GapReason::Fault, &mut budget.fault),
+                (GapReason::MaxPayload, &mut budget.truncated),
+            ]
         };
         let mut left = len;
         let mut pieces = Vec::new();
@@ -414,7 +460,16 @@ impl Tracker {
 
     /// A gap of `len` bytes at the stream's current position, which it then advances.
     #[allow(clippy::too_many_arguments)]
-    fn gap(&mut self, sid: u64, dir: Direction, len: u64, reason: GapReason, syscall: &str, ts: u64, out: &mut Vec<proto::Record>) {
+    fn gap(
+        &mut self,
+        sid: u64,
+        dir: Direction,
+        len: u64,
+        reason: GapReason,
+        syscall: &str,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
         if len == 0 {
             return;
         }
@@ -445,10 +500,21 @@ impl Tracker {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn open(&mut self, tgid: u32, dirfd: Option<i32>, aux: &Bytes, fd: i32, flags: u64, ts: u64, out: &mut Vec<proto::Record>) -> u64 {
+    fn open(
+        &mut self,
+        tgid: u32,
+        dirfd: Option<i32>,
+        aux: &Bytes,
+        fd: i32,
+        flags: u64,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) -> u64 {
         let given = text(aux);
         let base = match dirfd {
-            Some(d) if d != AT_FDCWD && !given.starts_with('/') => self.fd_path(tgid, d, ts, out).unwrap_or_else(|| self.cwd_of(tgid)),
+            Some(d) if d != AT_FDCWD && !given.starts_with('/') => {
+                self.fd_path(tgid, d, ts, out).unwrap_or_else(|| self.cwd_of(tgid))
+            }
             _ => self.cwd_of(tgid),
         };
         let path = paths::absolute(&base, &given);
@@ -501,7 +567,16 @@ impl Tracker {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn new_stream(&mut self, tgid: u32, fd: i32, id: &procfs::FdIdentity, origin: &str, joined: bool, ts: u64, out: &mut Vec<proto::Record>) -> u64 {
+    fn new_stream(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        id: &procfs::FdIdentity,
+        origin: &str,
+        joined: bool,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) -> u64 {
         self.next_stream += 1;
         let sid = self.next_stream;
         let info = proto::StreamInfo {
@@ -563,9 +638,36 @@ impl Tracker {
         out.push(record(R::Stream(s.info.clone())));
     }
 
+    /// Fills in addresses a socket's stream does not have yet (accepted without asking for
+    /// the peer, connected before the kernel chose the port) from what the kernel reported.
+    fn fill_addresses(&mut self, sid: u64, local: String, peer: String, out: &mut Vec<proto::Record>) {
+        let Some(s) = self.streams.get_mut(&sid) else { return };
+        if !matches!(s.info.kind(), proto::StreamKind::Tcp | proto::StreamKind::Udp) {
+            return;
+        }
+        let mut changed = false;
+        if !local.is_empty() && (s.info.local.is_empty() || s.info.local.ends_with(":0")) && s.info.local != local {
+            s.info.local = local;
+            changed = true;
+        }
+        if !peer.is_empty() && s.info.peer.is_empty() {
+            s.info.peer = peer;
+            changed = true;
+        }
+        if changed {
+            out.push(record(R::Stream(s.info.clone())));
+        }
+    }
+
     /// The live socket's local address, if `check` accepts what the live fd is now (the agent
     /// runs behind the process, and the fd number may already name another socket).
-    fn live_local_if(&self, tgid: u32, fd: i32, sid: u64, check: impl Fn(&procfs::FdIdentity) -> bool) -> Option<String> {
+    fn live_local_if(
+        &self,
+        tgid: u32,
+        fd: i32,
+        sid: u64,
+        check: impl Fn(&procfs::FdIdentity) -> bool,
+    ) -> Option<String> {
         let kind = self.streams.get(&sid)?.info.kind();
         if kind != proto::StreamKind::Udp && kind != proto::StreamKind::Tcp {
             return None;

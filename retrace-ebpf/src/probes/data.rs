@@ -20,7 +20,14 @@ pub enum Addr {
 
 /// Records a data call: its payload (if it moved any), then its record.
 #[inline(always)]
-pub fn on_data(ctx: &RawTracePointContext, sys: Sys, source: Source, buf_arg: usize, len_arg: usize, addr: Addr) -> u32 {
+pub fn on_data(
+    ctx: &RawTracePointContext,
+    sys: Sys,
+    source: Source,
+    buf_arg: usize,
+    len_arg: usize,
+    addr: Addr,
+) -> u32 {
     let Some(call) = Call::exit(ctx) else { return 0 };
     let fd = call.args[0] as i32;
     let data = if call.ret > 0 {
@@ -48,7 +55,13 @@ pub fn on_data(ctx: &RawTracePointContext, sys: Sys, source: Source, buf_arg: us
 
 /// Records a call that names or changes fds but moves no payload.
 #[inline(always)]
-pub fn on_meta(ctx: &RawTracePointContext, sys: Sys, aux: impl FnOnce(&Call) -> Aux, extra: impl FnOnce(&Call) -> [i64; 2], loss_fd: bool) -> u32 {
+pub fn on_meta(
+    ctx: &RawTracePointContext,
+    sys: Sys,
+    aux: impl FnOnce(&Call) -> Aux,
+    extra: impl FnOnce(&Call) -> [i64; 2],
+    loss_fd: bool,
+) -> u32 {
     let Some(call) = Call::exit(ctx) else { return 0 };
     let aux = aux(&call);
     let extra = extra(&call);

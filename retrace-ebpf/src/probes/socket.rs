@@ -6,13 +6,13 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use retrace_common::SockTuple;
 use retrace_common::syscall::Sys;
+use retrace_common::SockTuple;
 
 use super::data::{no_aux, no_extra, on_meta};
 use crate::{
     emit::{user_i32, Aux},
-    maps::{SOCK_TUPLE, TRACED},
+    maps::{SK_OF_TID, SK_TUPLES, TRACED},
 };
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -75,23 +75,21 @@ pub fn two_fds(ptr: u64, ret: i64) -> [i64; 2] {
     [user_i32(ptr), user_i32(ptr + 4)]
 }
 
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_LISTEN: i32 = 10;
 const AF_INET: u16 = 2;
 
-/// connect (CLOSE -> SYN_SENT) and listen (CLOSE -> LISTEN) change the socket's state in the
-/// caller's context, with the addresses the kernel chose (ephemeral port, source address):
-/// kept for the thread's sys_exit_connect / sys_exit_listen.
+/// Every TCP state change on the machine: the addresses by socket, for the records of traced
+/// tasks' socket calls. connect (-> SYN_SENT) and listen (-> LISTEN) run in the caller's
+/// context: the socket is also remembered for that thread's syscall record.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    if unsafe { TRACED.get(&((id >> 32) as u32)) }.is_none() {
-        return 0;
-    }
     let newstate: i32 = unsafe { ctx.read_at(20) }.unwrap_or(0);
-    if newstate != TCP_SYN_SENT && newstate != TCP_LISTEN {
+    if newstate != TCP_ESTABLISHED && newstate != TCP_SYN_SENT && newstate != TCP_LISTEN {
         return 0;
     }
+    let sk: u64 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     let mut t = SockTuple {
         family: unsafe { ctx.read_at(28) }.unwrap_or(0),
         sport: unsafe { ctx.read_at(24) }.unwrap_or(0),
@@ -107,6 +105,31 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         t.saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
         t.daddr = unsafe { ctx.read_at(56) }.unwrap_or([0; 16]);
     }
-    let _ = SOCK_TUPLE.insert(&(id as u32), &t, 0);
+    let _ = SK_TUPLES.insert(&sk, &t, 0);
+    if newstate != TCP_ESTABLISHED {
+        remember_socket(sk);
+    }
     0
+}
+
+/// `sock_sendmsg`/`sock_recvmsg` of any socket, in the caller's context.
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    remember_socket(unsafe { ctx.read_at(8) }.unwrap_or(0));
+    0
+}
+
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    remember_socket(unsafe { ctx.read_at(8) }.unwrap_or(0));
+    0
+}
+
+#[inline(always)]
+fn remember_socket(sk: u64) {
+    let id = bpf_get_current_pid_tgid();
+    if sk == 0 || unsafe { TRACED.get(&((id >> 32) as u32)) }.is_none() {
+        return;
+    }
+    let _ = SK_OF_TID.insert(&(id as u32), &sk, 0);
 }

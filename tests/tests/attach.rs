@@ -1,0 +1,96 @@
+//! Attach by PID: a process that already holds a connection and a file when Retrace attaches.
+//! Both are known by peer/path, marked as joined mid-stream, and what moves after the attach
+//! is recorded exactly.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use retrace_agent::store::proto::Direction;
+use retrace_tests::{assert_bytes_eq, assert_no_panic, retrace_bin, scratch, Rec};
+
+const CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+f = open(sys.argv[2], "wb", buffering=0)
+f.write(b"before-attach;")
+print("ready", flush=True)
+sys.stdin.readline()
+c.sendall(b"hello-after-attach\n")
+data = b""
+while not data.endswith(b"\n"):
+    data += c.recv(100)
+f.write(b"after:" + data)
+c.close()
+f.close()
+"#;
+
+#[test]
+fn attach_to_a_process_with_an_open_connection_and_file() {
+    let dir = scratch("attach");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"\n") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "client closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"reply-from-server\n").unwrap();
+        (got, peer)
+    });
+    let file = dir.join("out.txt");
+    let mut client = Command::new("python3")
+        .args(["-c", CLIENT, &server_addr.port().to_string(), file.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(client.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+
+    let rec_dir = dir.join("rec");
+    let recorder = Command::new(retrace_bin())
+        .args(["record", "-o", rec_dir.to_str().unwrap(), "--pid", &client.id().to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The manifest is written right before the target is added to the kernel filter.
+    let start = Instant::now();
+    while !rec_dir.join("manifest.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "recorder did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(client.wait().unwrap().success());
+    let out = recorder.wait_with_output().unwrap();
+    assert_no_panic(&out);
+    assert!(out.status.success(), "recorder: {}", String::from_utf8_lossy(&out.stderr));
+    let (server_got, client_addr) = server.join().unwrap();
+    assert_eq!(server_got, b"hello-after-attach\n");
+
+    let rec = Rec::open(&rec_dir);
+    assert_eq!(rec.recording.manifest.mode, "attach");
+    let conn = rec.find("the pre-existing connection", |s| s.kind == "tcp" && s.peer == server_addr.to_string());
+    assert!(conn.joined_mid_stream, "{conn:?}");
+    assert_eq!(conn.origin, "attach");
+    assert_eq!(conn.local, client_addr.to_string(), "local address of the joined connection");
+    assert_bytes_eq(&rec.bytes(conn.id, Direction::Out), b"hello-after-attach\n", "sent after attach");
+    assert_bytes_eq(&rec.bytes(conn.id, Direction::In), b"reply-from-server\n", "received after attach");
+
+    let f = rec.by_path(&file);
+    assert!(f.joined_mid_stream && f.origin == "attach", "{f:?}");
+    assert_bytes_eq(&rec.bytes(f.id, Direction::Out), b"after:reply-from-server\n", "file bytes after attach");
+    // The file was joined at its position: the new bytes sit at their true file offset.
+    let first = rec.data(f.id)[0].offset;
+    assert_eq!(first, "before-attach;".len() as u64, "offset of the first write after attach");
+    assert_eq!(std::fs::read(&file).unwrap(), b"before-attach;after:reply-from-server\n");
+}

@@ -1,0 +1,86 @@
+//! The CLI: exit statuses, one-line errors for bad input, the JSON stream table, cat, inspect.
+
+use retrace_tests::{assert_no_panic, record, retrace, scratch};
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = retrace(args);
+    assert_no_panic(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "retrace {args:?} should fail");
+    assert!(stderr.contains(needle), "retrace {args:?}: expected {needle:?} in {stderr:?}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line of error, got {stderr:?}");
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let dir = scratch("cli-errors");
+    let rec = dir.join("r");
+    let r = rec.to_str().unwrap();
+    fails_with(&["record", "-o", r, "--pid", "999999999"], "no process with PID 999999999");
+    fails_with(&["record", "-o", r], "nothing to record");
+    fails_with(&["record", "-o", r, "--ring-buffer", "3000", "--", "true"], "power of two");
+    fails_with(&["record", "-o", r, "--ring-buffer", "12Q", "--", "true"], "not a size");
+    fails_with(&["record", "-o", r, "--", "/no/such/program"], "command not found");
+    fails_with(&["streams", "/no/such/recording"], "no recording at");
+    fails_with(&["cat", "/no/such/recording", "1", "--in"], "no recording at");
+    fails_with(&["inspect", "/no/such/recording"], "no recording at");
+    // A failed attempt leaves nothing behind, and a recording is never overwritten.
+    assert!(!rec.join("manifest.json").exists());
+    let (_, _) = record(&dir, &[], &["true"]);
+    fails_with(&["record", "-o", dir.join("rec").to_str().unwrap(), "--", "true"], "already holds a recording");
+    fails_with(&["cat", dir.join("rec").to_str().unwrap(), "4242", "--in"], "no stream 4242");
+}
+
+#[test]
+fn record_exits_with_the_command_status() {
+    let dir = scratch("cli-status");
+    let out = retrace(&["record", "-o", dir.join("r").to_str().unwrap(), "--", "sh", "-c", "exit 7"]);
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[test]
+fn streams_json_cat_and_inspect() {
+    let dir = scratch("cli-views");
+    let file = dir.join("hello.txt");
+    std::fs::write(&file, b"hello, retrace\n").unwrap();
+    let (rec, _) = record(&dir, &[], &["cat", file.to_str().unwrap()]);
+    let r = dir.join("rec");
+    let r = r.to_str().unwrap();
+
+    let out = retrace(&["streams", r, "--json"]);
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), rec.streams.len());
+    for key in
+        ["id", "kind", "pid", "path", "local", "peer", "bytes_in", "bytes_out", "lost_bytes_in", "lost_bytes_out"]
+    {
+        assert!(rows.iter().all(|row| row.get(key).is_some()), "every row has {key}");
+    }
+    let row = rows.iter().find(|row| row["path"] == file.to_str().unwrap()).expect("the file's stream");
+    assert_eq!(row["kind"], "file");
+    assert_eq!(row["bytes_in"], 15);
+
+    let id = row["id"].as_u64().unwrap().to_string();
+    let out = retrace(&["cat", r, &id, "--in"]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"hello, retrace\n");
+    // cat's stdout is the recording's stdout stream: what it wrote.
+    let stdout_stream = rec.streams.iter().find(|s| s.fd == 1 && s.bytes_out > 0).expect("stdout stream");
+    let out = retrace(&["cat", r, &stdout_stream.id.to_string(), "--out"]);
+    assert_eq!(out.stdout, b"hello, retrace\n");
+
+    let out = retrace(&["inspect", r]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].starts_with("counters:"), "drop counters come first: {:?}", &lines[..2]);
+    assert!(text.contains("exec"), "process events in the timeline");
+    let out = retrace(&["inspect", r, "--json"]);
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "counters");
+}
