@@ -177,6 +177,7 @@ pub async fn record(
             captured_bytes: kernel.captured_bytes,
             malformed_records: consume_stats.malformed,
             unattributed_bytes: tracker.unattributed_bytes,
+            program_misses: kernel.program_misses,
         })),
     });
     for record in &tail {

@@ -44,6 +44,9 @@ pub struct KernelStats {
     pub fault_bytes: u64,
     pub truncated_bytes: u64,
     pub captured_bytes: u64,
+    /// Program runs the kernel skipped because the program was already running on that CPU
+    /// (`recursion_misses`): events that never reached the ring buffer.
+    pub program_misses: u64,
 }
 
 /// Classic tracepoints: their record formats carry pids, clone flags and addresses directly.
@@ -152,7 +155,21 @@ impl Probes {
             fault_bytes: sum(stat::FAULT_BYTES)?,
             truncated_bytes: sum(stat::TRUNCATED_BYTES)?,
             captured_bytes: sum(stat::CAPTURED_BYTES)?,
+            program_misses: self.program_misses(),
         })
+    }
+
+    /// Sum of `recursion_misses` over the attached programs (tail-called programs count on
+    /// the dispatcher that runs them).
+    fn program_misses(&self) -> u64 {
+        let mut total = 0;
+        for name in ["sys_exit", "sys_enter"].into_iter().chain(TRACEPOINTS.iter().map(|(_, n)| *n)) {
+            let Some(program) = self.ebpf.program(name) else { continue };
+            if let Ok(fd) = program.fd() {
+                total += recursion_misses(std::os::fd::AsFd::as_fd(fd));
+            }
+        }
+        total
     }
 
     /// Loss whose syscall records were dropped and that no later record has carried yet.
@@ -221,6 +238,32 @@ fn syscall_nr(name: &str) -> Option<u32> {
         "openat2" => 437,
         _ => return None,
     })
+}
+
+/// `bpf_prog_info.recursion_misses` of a program (aya does not expose it).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = InfoAttr {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: attr and info are valid for the call and sized as declared.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr, std::mem::size_of::<InfoAttr>())
+    };
+    if rc == 0 {
+        info.recursion_misses
+    } else {
+        0
+    }
 }
 
 /// Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones (and this one) use memcg. Failing

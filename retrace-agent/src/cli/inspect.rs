@@ -31,8 +31,8 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<i32> {
 fn human(entry: &TimelineEntry) -> String {
     match entry {
         TimelineEntry::Counters(c) => format!(
-            "counters: chunks_dropped={} chunk_bytes_dropped={} records_dropped={} task_records_dropped={} fault_bytes={} truncated_bytes={} captured_bytes={} unattributed_bytes={}",
-            c.chunks_dropped, c.chunk_bytes_dropped, c.records_dropped, c.task_records_dropped, c.fault_bytes, c.truncated_bytes, c.captured_bytes, c.unattributed_bytes
+            "counters: chunks_dropped={} chunk_bytes_dropped={} records_dropped={} task_records_dropped={} fault_bytes={} truncated_bytes={} captured_bytes={} unattributed_bytes={} program_misses={}",
+            c.chunks_dropped, c.chunk_bytes_dropped, c.records_dropped, c.task_records_dropped, c.fault_bytes, c.truncated_bytes, c.captured_bytes, c.unattributed_bytes, c.program_misses
         ),
         TimelineEntry::Stream(s) => format!(
             "{} stream {} {} pid={} fd={} path={:?} local={:?} peer={:?} origin={}{}",
