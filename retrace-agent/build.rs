@@ -5,6 +5,8 @@ fn main() -> anyhow::Result<()> {
     prost_build::Config::new()
         .protoc_executable(protoc)
         .type_attribute(".", "#[derive(serde::Serialize)]")
+        // Payloads travel from the ring buffer to the segment without another copy.
+        .bytes([".retrace.v1.Data.payload"])
         .compile_protos(&["proto/retrace.proto"], &["proto"])
         .context("failed to compile proto/retrace.proto")?;
     println!("cargo:rerun-if-changed=proto/retrace.proto");

@@ -113,7 +113,8 @@ pub async fn record(
     let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(64);
     let (consumer_stop_tx, consumer_stop_rx) = watch::channel(false);
     let root_exited = Arc::new(AtomicBool::new(false));
-    let writer_thread = spawn_writer(writer, tracker, first, events_rx, root_exited.clone());
+    let writer_failed = Arc::new(AtomicBool::new(false));
+    let writer_thread = spawn_writer(writer, tracker, first, events_rx, root_exited.clone(), writer_failed.clone());
     let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx));
 
     let exit_status = match launched.as_mut() {
@@ -123,9 +124,18 @@ pub async fn record(
             let mut wait = tokio::task::spawn_blocking(move || target::wait_exit_code(pid));
             let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
             let mut asked = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
                 tokio::select! {
                     code = &mut wait => break Some(code.unwrap_or(-1)),
+                    _ = tick.tick(), if !asked => {
+                        // The recording cannot continue (disk full...): stop capturing now; the
+                        // command runs on and its status is still reported.
+                        if writer_failed.load(Ordering::Relaxed) {
+                            asked = true;
+                            probes.detach();
+                        }
+                    }
                     _ = stop.changed(), if !asked => {
                         asked = true;
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
@@ -145,7 +155,7 @@ pub async fn record(
                     _ = stop.changed() => break,
                     _ = sleep_until(deadline) => break,
                     _ = tick.tick() => {
-                        if root_exited.load(Ordering::Relaxed) || !target::is_alive(root) {
+                        if root_exited.load(Ordering::Relaxed) || !target::is_alive(root) || writer_failed.load(Ordering::Relaxed) {
                             break;
                         }
                     }
@@ -192,13 +202,30 @@ pub async fn record(
 type WriterResult = Result<(Writer, Tracker), StoreError>;
 
 fn spawn_writer(
+    writer: Writer,
+    tracker: Tracker,
+    first: Vec<proto::Record>,
+    events: mpsc::Receiver<Vec<Event>>,
+    root_exited: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<WriterResult> {
+    std::thread::spawn(move || {
+        let result = write_events(writer, tracker, first, events, root_exited);
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        result
+    })
+}
+
+fn write_events(
     mut writer: Writer,
     mut tracker: Tracker,
     first: Vec<proto::Record>,
     mut events: mpsc::Receiver<Vec<Event>>,
     root_exited: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<WriterResult> {
-    std::thread::spawn(move || {
+) -> WriterResult {
+    {
         for record in &first {
             writer.append(record)?;
         }
@@ -216,7 +243,7 @@ fn spawn_writer(
             }
         }
         Ok((writer, tracker))
-    })
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

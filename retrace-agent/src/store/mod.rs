@@ -23,6 +23,10 @@ pub enum StoreError {
     NotFound { path: PathBuf },
     #[error("`{path}` already holds a recording; choose another -o or remove it")]
     Exists { path: PathBuf },
+    #[error(
+        "no space left on the device holding `{path}`: recording stopped; what was written before is kept and readable"
+    )]
+    DiskFull { path: PathBuf },
     #[error("failed to access `{path}`")]
     Io {
         path: PathBuf,
@@ -43,5 +47,8 @@ pub enum StoreError {
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.into();
-    move |source| StoreError::Io { path, source }
+    move |source| match source.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::DiskFull { path },
+        _ => StoreError::Io { path, source },
+    }
 }

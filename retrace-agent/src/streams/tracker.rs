@@ -391,7 +391,7 @@ impl Tracker {
                 tid: rec.hdr.tid,
                 syscall: sys.name().to_owned(),
                 offset: base + chunk.offset,
-                payload: payload.to_vec(),
+                payload,
                 msg_index: chunk.msg_index,
                 addr: addr_of(chunk.msg_index),
             })));
