@@ -99,15 +99,22 @@ pub async fn record(
             return Err(e.into());
         }
     };
-    if let Err(e) = probes.trace(root) {
-        abort(&mut launched);
-        return Err(e.into());
+    // Attach: the processes the target already started are part of it (pre-fork servers).
+    let existing = if launched.is_none() { procfs::descendants(root) } else { Vec::new() };
+    for tgid in std::iter::once(root).chain(existing.iter().copied()) {
+        if let Err(e) = probes.trace(tgid) {
+            abort(&mut launched);
+            return Err(e.into());
+        }
     }
     let ring = probes.take_ring()?;
     let mut tracker = Tracker::new(root);
     let mut first = Vec::new();
     let origin = if launched.is_some() { "inherited" } else { "attach" };
     tracker.adopt_open_fds(root, origin, monotonic_ns(), &mut first);
+    for &tgid in &existing {
+        tracker.adopt_open_fds(tgid, origin, monotonic_ns(), &mut first);
+    }
 
     // Pipeline: consumer task (ring → events) → writer thread (events → streams → segments).
     let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(64);

@@ -40,6 +40,16 @@ pub struct DataChunk {
     /// Message index for recvmmsg/sendmmsg, else 0.
     pub msg_index: u32,
     pub fd: i32,
+    /// Payload bytes the whole call moved, when known before the walk (0 for recvmmsg and
+    /// sendmmsg): lets the agent place chunks without holding the call's payload.
+    pub call_bytes: u64,
+    /// [`crate::syscall::Sys`] number.
+    pub sys: u32,
+    pub _pad: u32,
+    /// Bytes of earlier calls on this fd whose records were dropped: they come before this
+    /// call in the stream (the same values as the call's record).
+    pub lost_before_in: u64,
+    pub lost_before_out: u64,
 }
 
 /// A datagram's address (msg_name / sendto dest / recvfrom src), before the call's chunks.
@@ -143,5 +153,5 @@ pub const TASK_RECORD_SIZE: usize = core::mem::size_of::<TaskRecord>();
 pub const DATAGRAM_ADDR_SIZE: usize = core::mem::size_of::<DatagramAddr>();
 
 const _: () = assert!(HEADER_SIZE == 24);
-const _: () = assert!(DATA_CHUNK_SIZE == 40);
+const _: () = assert!(DATA_CHUNK_SIZE == 72);
 const _: () = assert!(SYSCALL_RECORD_SIZE == 24 + 8 + 8 + 48 + 40 + 16 + 16 + 40);

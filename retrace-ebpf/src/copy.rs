@@ -8,14 +8,10 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
-    helpers::{
-        bpf_probe_read_user,
-        generated::{
-            bpf_loop, bpf_probe_read_user as raw_read_user, bpf_ringbuf_discard, bpf_ringbuf_reserve,
-            bpf_ringbuf_submit,
-        },
+use aya_ebpf::helpers::{
+    bpf_probe_read_user,
+    generated::{
+        bpf_loop, bpf_probe_read_user as raw_read_user, bpf_ringbuf_discard, bpf_ringbuf_reserve, bpf_ringbuf_submit,
     },
 };
 use retrace_common::{
@@ -57,6 +53,13 @@ pub struct Copy {
     pub ts_ns: u64,
     pub fd: i32,
     pub source: u32,
+    pub sys: u32,
+    pub _pad: u32,
+    /// Total payload of the call if known up front (0 for mmsghdr sources).
+    pub call_bytes: u64,
+    /// Pending loss of the fd taken at the start of the call (see `PENDING_LOSS`).
+    pub lost_before_in: u64,
+    pub lost_before_out: u64,
     pub msgs: u64,
     pub msg_count: u64,
     pub msg_index: u64,
@@ -82,6 +85,7 @@ impl Copy {
     #[inline(always)]
     pub fn run(
         call: &Call,
+        sys: u32,
         fd: i32,
         source: Source,
         buf_or_vec: u64,
@@ -92,12 +96,18 @@ impl Copy {
         let slot = COPY_STATE.get_ptr_mut(0)?;
         // SAFETY: per-CPU slot; programs do not nest on a CPU while a syscall exit runs.
         let s = unsafe { &mut *slot };
+        let (lost_before_in, lost_before_out) = crate::emit::take_pending_loss(call.tgid, fd);
         *s = Copy {
             tgid: call.tgid,
             tid: call.tid,
             ts_ns: call.ts_ns,
             fd,
             source: source as u32,
+            sys,
+            _pad: 0,
+            call_bytes: if source == Source::Mmsghdr { 0 } else { moved },
+            lost_before_in,
+            lost_before_out,
             msgs: 0,
             msg_count: 1,
             msg_index: 0,
@@ -191,6 +201,11 @@ pub fn emit_address_of(call: &Call, fd: i32, addr: u64, len: u64) {
         ts_ns: call.ts_ns,
         fd,
         source: 0,
+        sys: 0,
+        _pad: 0,
+        call_bytes: 0,
+        lost_before_in: 0,
+        lost_before_out: 0,
         msgs: 0,
         msg_count: 0,
         msg_index: 0,
@@ -286,10 +301,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
 
 #[inline(always)]
 fn emit_chunk(s: &mut Copy, n: u64) {
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    // 8 bytes of ring header per record.
-    if avail + DATA_CHUNK_SIZE as u64 + n + 8 + size / HEADROOM_DIVISOR > size {
+    if !crate::emit::ring_has_room(DATA_CHUNK_SIZE as u64 + n, HEADROOM_DIVISOR) {
         drop_chunk(s, n);
         return;
     }
@@ -330,6 +342,11 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64) -> bool {
         (*chunk).offset = s.offset;
         (*chunk).msg_index = s.msg_index as u32;
         (*chunk).fd = s.fd;
+        (*chunk).call_bytes = s.call_bytes;
+        (*chunk).lost_before_in = s.lost_before_in;
+        (*chunk).lost_before_out = s.lost_before_out;
+        (*chunk).sys = s.sys;
+        (*chunk)._pad = 0;
         let dst = (rec as *mut u8).add(DATA_CHUNK_SIZE);
         if n as usize <= C && raw_read_user(dst.cast(), n, s.cur_base as *const c_void) == 0 {
             bpf_ringbuf_submit(rec, 0);

@@ -3,9 +3,12 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-    generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
+    },
 };
 use retrace_common::{
     config::{stat, AUX_MAX, SOCKADDR_MAX},
@@ -34,6 +37,18 @@ pub enum Aux {
     UserPath(u64),
     /// A user socket address of known length.
     UserAddr(u64, u64),
+}
+
+/// Data-call records keep 1/16 of the ring free for lifecycle records.
+const LIFECYCLE_RESERVE_DIVISOR: u64 = 16;
+
+/// Whether `len` bytes fit while leaving `1/divisor` of the ring free.
+#[inline(always)]
+pub fn ring_has_room(len: u64, divisor: u64) -> bool {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    // 8 bytes of ring header per record.
+    avail + len + 8 + size / divisor <= size
 }
 
 #[inline(always)]
@@ -107,24 +122,47 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
         }
     }
     let key = loss_fd.map(|fd| FdKey { tgid: call.tgid, fd });
-    if let Some(key) = key {
-        take_pending_loss(rec, &key);
+    // A data call took its fd's pending loss when it started (its chunks carry it too).
+    let (lost_in, lost_out) = match (data, key) {
+        (Some(d), _) => (d.lost_before_in, d.lost_before_out),
+        (None, Some(key)) => take_pending_loss(key.tgid, key.fd),
+        (None, None) => (0, 0),
+    };
+    if lost_in + lost_out > 0 {
+        unsafe {
+            (*rec).flags |= SYSCALL_HAS_PENDING_LOSS;
+            (*rec).lost_before_in = lost_in;
+            (*rec).lost_before_out = lost_out;
+        }
     }
     if aux_len as usize > AUX_MAX {
         return;
     }
-    if output(buf, SYSCALL_RECORD_SIZE as u64 + aux_len as u64) {
+    let len = SYSCALL_RECORD_SIZE as u64 + aux_len as u64;
+    // Data calls leave the last part of the ring to lifecycle records (open, close, dup...):
+    // their loss can be carried by a later record, a lost close cannot.
+    if (data.is_none() || ring_has_room(len, LIFECYCLE_RESERVE_DIVISOR)) && output(buf, len) {
         return;
     }
     // The record did not fit: keep its payload bytes so the next record for the fd reports them.
     count(stat::RECORDS_DROPPED, 1);
-    if let (Some(key), Some(d), Some(dir)) = (key, data, sys.direction()) {
-        let (lost_in, lost_out) = unsafe {
-            match dir {
-                retrace_common::syscall::Direction::In => ((*rec).lost_before_in + d.bytes, (*rec).lost_before_out),
-                retrace_common::syscall::Direction::Out => ((*rec).lost_before_in, (*rec).lost_before_out + d.bytes),
+    if let Some(key) = key {
+        // When some chunks of a call of known size got through, they tell the agent the call's
+        // size and the earlier loss it carried: nothing more to keep. Otherwise the record was
+        // carrying earlier loss (put it back) and only this count can tell what the call moved.
+        let (mut lost_in, mut lost_out) = unsafe { ((*rec).lost_before_in, (*rec).lost_before_out) };
+        if let (Some(d), Some(dir)) = (data, sys.direction()) {
+            if d.captured > 0 && d.call_bytes > 0 {
+                return;
             }
-        };
+            match dir {
+                retrace_common::syscall::Direction::In => lost_in += d.bytes,
+                retrace_common::syscall::Direction::Out => lost_out += d.bytes,
+            }
+        }
+        if lost_in + lost_out == 0 {
+            return;
+        }
         let value = match unsafe { PENDING_LOSS.get(&key) } {
             Some(v) => {
                 PendingLoss { bytes_in: v.bytes_in + lost_in, bytes_out: v.bytes_out + lost_out, calls: v.calls + 1 }
@@ -183,20 +221,20 @@ fn sock_common_v4(sk: u64) -> SockTuple {
     t
 }
 
+/// Takes the loss waiting in `PENDING_LOSS` for (tgid, fd): (bytes in, bytes out).
 #[inline(always)]
-fn take_pending_loss(rec: *mut SyscallRecord, key: &FdKey) {
-    let any = PENDING_ANY.get(0).copied().unwrap_or(0);
-    if any == 0 {
-        return;
+pub fn take_pending_loss(tgid: u32, fd: i32) -> (u64, u64) {
+    if PENDING_ANY.get(0).copied().unwrap_or(0) == 0 {
+        return (0, 0);
     }
-    if let Some(v) = unsafe { PENDING_LOSS.get(key) } {
-        let v = *v;
-        let _ = PENDING_LOSS.remove(key);
-        unsafe {
-            (*rec).flags |= SYSCALL_HAS_PENDING_LOSS;
-            (*rec).lost_before_in = v.bytes_in;
-            (*rec).lost_before_out = v.bytes_out;
+    let key = FdKey { tgid, fd };
+    match unsafe { PENDING_LOSS.get(&key) } {
+        Some(v) => {
+            let v = *v;
+            let _ = PENDING_LOSS.remove(&key);
+            (v.bytes_in, v.bytes_out)
         }
+        None => (0, 0),
     }
 }
 

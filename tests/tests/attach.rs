@@ -94,3 +94,39 @@ fn attach_to_a_process_with_an_open_connection_and_file() {
     assert_eq!(first, "before-attach;".len() as u64, "offset of the first write after attach");
     assert_eq!(std::fs::read(&file).unwrap(), b"before-attach;after:reply-from-server\n");
 }
+
+const PREFORK: &str = r#"
+import os, sys, time
+path = sys.argv[1]
+pid = os.fork()
+if pid == 0:
+    time.sleep(1.5)                      # the recorder attaches to the parent meanwhile
+    with open(path, "wb") as f:
+        f.write(b"written by the worker after attach")
+    os._exit(0)
+print(pid, flush=True)
+os.waitpid(pid, 0)
+"#;
+
+#[test]
+fn attach_follows_children_started_before_the_attach() {
+    let dir = scratch("attach-prefork");
+    let file = dir.join("worker.txt");
+    let mut parent =
+        Command::new("python3").args(["-c", PREFORK, file.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut worker = String::new();
+    BufReader::new(parent.stdout.take().unwrap()).read_line(&mut worker).unwrap();
+    let worker: u32 = worker.trim().parse().unwrap();
+    let rec_dir = dir.join("rec");
+    let out = Command::new(retrace_bin())
+        .args(["record", "-o", rec_dir.to_str().unwrap(), "--pid", &parent.id().to_string()])
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(parent.wait().unwrap().success());
+    let rec = Rec::open(&rec_dir);
+    let f = rec.by_path(&file);
+    assert_eq!(f.pid, worker, "the worker forked before the attach wrote it");
+    assert_bytes_eq(&rec.bytes(f.id, Direction::Out), b"written by the worker after attach", "worker's write");
+}

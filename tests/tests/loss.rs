@@ -2,7 +2,7 @@
 //! explicit gaps such that recorded + lost = what the process moved, exactly.
 
 use retrace_agent::{store::proto::Direction, view::gap_reason_name};
-use retrace_tests::{python, record, scratch};
+use retrace_tests::{assert_bytes_eq, python, record, scratch};
 
 const FLOOD: &str = r#"
 import os, sys
@@ -25,13 +25,18 @@ fn flood_into_a_tiny_ring_buffer_is_accounted_exactly() {
     assert_eq!(content.len() as u64, written);
 
     let s = rec.by_path(&sink);
-    assert_eq!(s.bytes_out + s.lost_bytes_out, written, "recorded + lost = written, exactly: {s:?}");
+    assert_eq!(
+        s.bytes_out + s.lost_bytes_out,
+        written,
+        "recorded + lost = written, exactly: {s:?}; counters {:?}",
+        rec.counters()
+    );
     assert!(s.lost_bytes_out > 0, "a 64 KiB ring cannot keep up with {written} bytes; nothing was lost? {s:?}");
     assert!(s.bytes_out > 0, "nothing recorded at all");
     // Every byte that was recorded is the right byte at the right offset.
     for d in rec.data(s.id) {
         let at = d.offset as usize;
-        assert_eq!(&d.payload[..], &content[at..at + d.payload.len()], "chunk at offset {at}");
+        assert_bytes_eq(&d.payload, &content[at..at + d.payload.len()], &format!("chunk at offset {at}"));
     }
     // Gaps and data tile the stream: no overlap, no hole.
     let mut spans: Vec<(u64, u64)> = rec.data(s.id).iter().map(|d| (d.offset, d.payload.len() as u64)).collect();

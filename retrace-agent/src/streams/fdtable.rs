@@ -65,12 +65,12 @@ impl FdTables {
     }
 
     /// Detaches a process; returns the table's fds if it was the last user (they are closed).
-    pub fn detach(&mut self, tgid: u32) -> Vec<FdEntry> {
+    pub fn detach(&mut self, tgid: u32) -> Vec<(i32, FdEntry)> {
         let Some(id) = self.of_process.remove(&tgid) else { return Vec::new() };
         let table = self.tables.get_mut(&id).expect("table exists");
         table.users -= 1;
         if table.users == 0 {
-            return self.tables.remove(&id).expect("table exists").fds.into_values().collect();
+            return self.tables.remove(&id).expect("table exists").fds.into_iter().collect();
         }
         Vec::new()
     }

@@ -37,10 +37,18 @@ struct Stream {
     pos_out: u64,
 }
 
-/// The chunks and datagram addresses of a call whose record has not arrived yet.
+/// What arrived of a data call whose record has not arrived yet.
 #[derive(Default)]
 struct PendingCall {
     ts_ns: u64,
+    /// Calls of known size are placed on their first chunk: (stream, direction, base), with
+    /// the call's byte range reserved in the stream; their payload is written at once.
+    placed: Option<(u64, Direction, u64)>,
+    /// (offset, length) of the chunks written so far, to find holes.
+    spans: Vec<(u64, u64)>,
+    /// The call's total bytes, for placed calls.
+    total: Option<u64>,
+    /// Chunks held until the record (recvmmsg/sendmmsg, whose total is known only then).
     chunks: Vec<(DataChunk, Bytes)>,
     addrs: Vec<(u32, String)>,
 }
@@ -54,6 +62,9 @@ pub struct Tracker {
     cwd: HashMap<u32, String>,
     pending: HashMap<u32, PendingCall>,
     exit_codes: HashMap<u32, i32>,
+    /// Where the stream an fd last named ended, once the fd is closed: the kernel may report
+    /// loss for it later (a dropped record's bytes, read from its map at the end).
+    closed_fds: HashMap<(u32, i32), ClosedFd>,
     root: u32,
     root_exited: bool,
     /// Lost bytes no stream could be named for.
@@ -70,6 +81,7 @@ impl Tracker {
             cwd: HashMap::new(),
             pending: HashMap::new(),
             exit_codes: HashMap::new(),
+            closed_fds: HashMap::new(),
             root,
             root_exited: false,
             unattributed_bytes: 0,
@@ -109,15 +121,13 @@ impl Tracker {
 
     pub fn handle(&mut self, event: Event, out: &mut Vec<proto::Record>) {
         match event {
-            Event::Chunk { chunk, payload } => {
-                let call = self.pending_for(chunk.hdr.tid, chunk.hdr.ts_ns);
-                call.chunks.push((chunk, payload));
-            }
+            Event::Chunk { chunk, payload } => self.chunk(chunk, payload, out),
             Event::DatagramAddr { rec, addr } => {
-                let call = self.pending_for(rec.hdr.tid, rec.hdr.ts_ns);
+                let mut call = self.take_pending(rec.hdr.tid, rec.hdr.ts_ns, out);
                 if let Some(a) = sockaddr::format(&addr) {
                     call.addrs.push((rec.msg_index, a));
                 }
+                self.pending.insert(rec.hdr.tid, call);
             }
             Event::Syscall { rec, aux } => self.syscall(&rec, &aux, out),
             Event::TaskNew(rec) => self.task_new(&rec, out),
@@ -137,32 +147,128 @@ impl Tracker {
         out: &mut Vec<proto::Record>,
     ) {
         let ts = self.wall_ns(now_mono_ns);
-        match self.tables.get(tgid, fd) {
-            Some(entry) => {
-                self.gap(entry.stream, Direction::In, bytes_in, GapReason::RecordDropped, "", ts, out);
-                self.gap(entry.stream, Direction::Out, bytes_out, GapReason::RecordDropped, "", ts, out);
+        if let Some(entry) = self.tables.get(tgid, fd) {
+            self.gap(entry.stream, Direction::In, bytes_in, GapReason::RecordDropped, "", ts, out);
+            self.gap(entry.stream, Direction::Out, bytes_out, GapReason::RecordDropped, "", ts, out);
+            return;
+        }
+        // The fd was closed (or its process exited): the loss belongs at the end of the stream
+        // it named then.
+        let Some(closed) = self.closed_fds.get_mut(&(tgid, fd)) else {
+            self.unattributed_bytes += bytes_in + bytes_out;
+            return;
+        };
+        for (dir, len, pos) in
+            [(Direction::In, bytes_in, &mut closed.pos_in), (Direction::Out, bytes_out, &mut closed.pos_out)]
+        {
+            if len == 0 {
+                continue;
             }
-            None => self.unattributed_bytes += bytes_in + bytes_out,
+            out.push(record(R::Gap(proto::Gap {
+                stream_id: closed.stream,
+                direction: dir_proto(dir) as i32,
+                ts_ns: ts,
+                offset: *pos,
+                length: len,
+                reason: GapReason::RecordDropped as i32,
+                syscall: String::new(),
+            })));
+            *pos += len;
         }
     }
 
-    fn pending_for(&mut self, tid: u32, ts_ns: u64) -> &mut PendingCall {
-        let call = self.pending.entry(tid).or_default();
-        if call.ts_ns != ts_ns {
-            // A call whose record never came (dropped): its bytes were counted in the kernel.
-            *call = PendingCall { ts_ns, ..Default::default() };
+    /// Notes where the stream behind a closing fd ended.
+    fn remember_closed(&mut self, tgid: u32, fd: i32, stream: u64) {
+        let Some(s) = self.streams.get(&stream) else { return };
+        if self.closed_fds.len() >= CLOSED_FDS_MAX {
+            self.closed_fds.clear();
         }
-        call
+        self.closed_fds.insert((tgid, fd), ClosedFd { stream, pos_in: s.pos_in, pos_out: s.pos_out });
+    }
+
+    /// The pending call of a thread; a different call still pending there lost its record.
+    fn take_pending(&mut self, tid: u32, ts_ns: u64, out: &mut Vec<proto::Record>) -> PendingCall {
+        match self.pending.remove(&tid) {
+            Some(call) if call.ts_ns == ts_ns => call,
+            Some(stale) => {
+                self.abandon(stale, out);
+                PendingCall { ts_ns, ..Default::default() }
+            }
+            None => PendingCall { ts_ns, ..Default::default() },
+        }
+    }
+
+    /// A call whose record was dropped. A placed call's reserved range is completed with gaps
+    /// (the kernel counts nothing more for it); held chunks are discarded, as the kernel counted
+    /// the whole call as lost.
+    fn abandon(&mut self, call: PendingCall, out: &mut Vec<proto::Record>) {
+        let Some((sid, dir, base)) = call.placed else { return };
+        let Some(total) = call.total else { return };
+        let ts = self.wall_ns(call.ts_ns);
+        let mut expected = 0u64;
+        let mut holes = Vec::new();
+        for &(offset, len) in &call.spans {
+            if offset > expected {
+                holes.push((expected, offset - expected));
+            }
+            expected = offset + len;
+        }
+        if total > expected {
+            holes.push((expected, total - expected));
+        }
+        for (offset, len) in holes {
+            out.push(record(R::Gap(proto::Gap {
+                stream_id: sid,
+                direction: dir_proto(dir) as i32,
+                ts_ns: ts,
+                offset: base + offset,
+                length: len,
+                reason: GapReason::RecordDropped as i32,
+                syscall: String::new(),
+            })));
+        }
+    }
+
+    /// A payload chunk: written at once when its call's size is known, held otherwise.
+    fn chunk(&mut self, chunk: DataChunk, payload: Bytes, out: &mut Vec<proto::Record>) {
+        let dir = Sys::from_u32(chunk.sys).and_then(Sys::direction);
+        let (tid, ts_ns) = (chunk.hdr.tid, chunk.hdr.ts_ns);
+        let mut call = self.take_pending(tid, ts_ns, out);
+        match dir {
+            Some(dir) if chunk.call_bytes > 0 => {
+                let ts = self.wall_ns(ts_ns);
+                let (sid, dir, base) = match call.placed {
+                    Some(p) => p,
+                    None => {
+                        let sid = self.stream_for_fd(chunk.hdr.tgid, chunk.fd, ts, out);
+                        if let Some((_, first)) = call.addrs.first() {
+                            self.learn_peer_if_unset(sid, first, out);
+                        }
+                        // Earlier calls whose records were dropped came first.
+                        let name = Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?");
+                        self.gap(sid, Direction::In, chunk.lost_before_in, GapReason::RecordDropped, name, ts, out);
+                        self.gap(sid, Direction::Out, chunk.lost_before_out, GapReason::RecordDropped, name, ts, out);
+                        let base = self.position(sid, dir);
+                        self.advance(sid, dir, chunk.call_bytes);
+                        call.placed = Some((sid, dir, base));
+                        call.total = Some(chunk.call_bytes);
+                        (sid, dir, base)
+                    }
+                };
+                call.spans.push((chunk.offset, payload.len() as u64));
+                let addr = addr_of(&call.addrs, chunk.msg_index);
+                out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
+            }
+            _ => call.chunks.push((chunk, payload)),
+        }
+        self.pending.insert(tid, call);
     }
 
     fn syscall(&mut self, rec: &SyscallRecord, aux: &Bytes, out: &mut Vec<proto::Record>) {
         let Some(sys) = Sys::from_u32(rec.sys) else { return };
         let tgid = rec.hdr.tgid;
         let ts = self.wall_ns(rec.hdr.ts_ns);
-        let call = match self.pending.remove(&rec.hdr.tid) {
-            Some(c) if c.ts_ns == rec.hdr.ts_ns => c,
-            _ => PendingCall::default(),
-        };
+        let call = self.take_pending(rec.hdr.tid, rec.hdr.ts_ns, out);
         let ret = rec.ret;
         let args = rec.args;
         let fd0 = args[0] as i32;
@@ -174,7 +280,8 @@ impl Tracker {
                 self.fill_addresses(stream_id, local, peer, out);
             }
         }
-        if rec.flags & SYSCALL_HAS_PENDING_LOSS != 0 {
+        let placed = call.placed.is_some();
+        if rec.flags & SYSCALL_HAS_PENDING_LOSS != 0 && !placed {
             // Bytes of earlier calls on this fd whose records were dropped: they came first.
             let sid = if stream_id != 0 { stream_id } else { self.stream_for_fd(tgid, fd0, ts, out) };
             self.gap(sid, Direction::In, rec.lost_before_in, GapReason::RecordDropped, sys.name(), ts, out);
@@ -355,7 +462,8 @@ impl Tracker {
         })));
     }
 
-    /// Places a data call's chunks at their stream positions and turns what is missing into gaps.
+    /// Places a data call's held chunks at their stream positions (placed calls are already
+    /// written) and turns what is missing into gaps.
     #[allow(clippy::too_many_arguments)]
     fn data(
         &mut self,
@@ -370,37 +478,34 @@ impl Tracker {
         if rec.bytes == 0 {
             return;
         }
-        let base = self.position(sid, dir);
-        let addr_of =
-            |index: u32| call.addrs.iter().find(|(i, _)| *i == index).map(|(_, a)| a.clone()).unwrap_or_default();
-        if let Some((_, first)) = call.addrs.first() {
-            self.learn_peer_if_unset(sid, first, out);
-        }
         let mut budget = Budget { ring: rec.lost_ring, fault: rec.lost_fault, truncated: rec.truncated };
-        let mut expected = 0u64;
-        for (chunk, payload) in call.chunks {
-            if chunk.offset > expected {
-                self.hole(sid, dir, base + expected, chunk.offset - expected, &mut budget, false, sys, ts, out);
+        let (sid, base, spans) = match call.placed {
+            Some((placed_sid, _, base)) => (placed_sid, base, call.spans),
+            None => {
+                let base = self.position(sid, dir);
+                if let Some((_, first)) = call.addrs.first() {
+                    self.learn_peer_if_unset(sid, first, out);
+                }
+                let mut spans = Vec::with_capacity(call.chunks.len());
+                for (chunk, payload) in call.chunks {
+                    spans.push((chunk.offset, payload.len() as u64));
+                    let addr = addr_of(&call.addrs, chunk.msg_index);
+                    out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
+                }
+                self.advance(sid, dir, rec.bytes);
+                (sid, base, spans)
             }
-            let len = payload.len() as u64;
-            out.push(record(R::Data(proto::Data {
-                stream_id: sid,
-                direction: dir_proto(dir) as i32,
-                ts_ns: ts,
-                pid: rec.hdr.tgid,
-                tid: rec.hdr.tid,
-                syscall: sys.name().to_owned(),
-                offset: base + chunk.offset,
-                payload,
-                msg_index: chunk.msg_index,
-                addr: addr_of(chunk.msg_index),
-            })));
-            expected = chunk.offset + len;
+        };
+        let mut expected = 0u64;
+        for (offset, len) in spans {
+            if offset > expected {
+                self.hole(sid, dir, base + expected, offset - expected, &mut budget, false, sys, ts, out);
+            }
+            expected = offset + len;
         }
         if rec.bytes > expected {
             self.hole(sid, dir, base + expected, rec.bytes - expected, &mut budget, true, sys, ts, out);
         }
-        self.advance(sid, dir, rec.bytes);
     }
 
     /// Splits a hole into gaps by reason: truncation sits at the end of a call, ring and fault
@@ -553,7 +658,9 @@ impl Tracker {
 
     fn unbind_fd(&mut self, tgid: u32, fd: i32) -> Option<FdEntry> {
         let table = self.tables.table_id(tgid);
-        self.tables.table_mut(table).fds.remove(&fd)
+        let entry = self.tables.table_mut(table).fds.remove(&fd)?;
+        self.remember_closed(tgid, fd, entry.stream);
+        Some(entry)
     }
 
     /// One fd fewer refers to the stream; the last one closes it.
@@ -760,7 +867,8 @@ impl Tracker {
         let ts = self.wall_ns(rec.hdr.ts_ns);
         let group_dead = rec.flags & TASK_GROUP_DEAD != 0;
         if group_dead {
-            for entry in self.tables.detach(tgid) {
+            for (fd, entry) in self.tables.detach(tgid) {
+                self.remember_closed(tgid, fd, entry.stream);
                 self.release(entry.stream, ts, out);
             }
             if tgid == self.root {
@@ -779,6 +887,10 @@ impl Tracker {
 
     /// Closes every stream still open (end of recording), so every stream has an end.
     pub fn finish(&mut self, now_mono_ns: u64, out: &mut Vec<proto::Record>) {
+        let pending: Vec<PendingCall> = self.pending.drain().map(|(_, call)| call).collect();
+        for call in pending {
+            self.abandon(call, out);
+        }
         let ts = self.wall_ns(now_mono_ns);
         let mut ids: Vec<u64> = self.streams.keys().copied().collect();
         ids.sort();
@@ -789,10 +901,47 @@ impl Tracker {
     }
 }
 
+#[derive(Clone, Copy)]
+struct ClosedFd {
+    stream: u64,
+    pos_in: u64,
+    pos_out: u64,
+}
+
+/// Bound on remembered closed fds (a long recording opens many).
+const CLOSED_FDS_MAX: usize = 1 << 16;
+
 struct Budget {
     ring: u64,
     fault: u64,
     truncated: u64,
+}
+
+fn addr_of(addrs: &[(u32, String)], index: u32) -> String {
+    addrs.iter().find(|(i, _)| *i == index).map(|(_, a)| a.clone()).unwrap_or_default()
+}
+
+fn data_record(
+    sid: u64,
+    dir: Direction,
+    ts: u64,
+    chunk: &DataChunk,
+    offset: u64,
+    payload: Bytes,
+    addr: String,
+) -> proto::Record {
+    record(R::Data(proto::Data {
+        stream_id: sid,
+        direction: dir_proto(dir) as i32,
+        ts_ns: ts,
+        pid: chunk.hdr.tgid,
+        tid: chunk.hdr.tid,
+        syscall: Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?").to_owned(),
+        offset,
+        payload,
+        msg_index: chunk.msg_index,
+        addr,
+    }))
 }
 
 fn record(kind: R) -> proto::Record {

@@ -45,7 +45,7 @@ pub fn on_data(
                 }
             }
         }
-        Copy::run(&call, fd, source, call.args[buf_arg], call.args[len_arg], call.ret as u64)
+        Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], call.ret as u64)
     } else {
         None
     };
