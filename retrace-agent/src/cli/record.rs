@@ -68,15 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         record(config, target, stop_rx).await
     })?;
     let recording = retrace_agent::store::Recording::open(&args.output).context("failed to reopen the recording")?;
-    let (rows, _) = view::stream_table(&recording)?;
-    let (bytes, lost): (u64, u64) =
-        rows.iter().fold((0, 0), |(b, l), r| (b + r.bytes_in + r.bytes_out, l + r.lost_bytes_in + r.lost_bytes_out));
-    eprintln!(
-        "retrace: {} streams, {} bytes recorded, {} bytes lost -> {}",
-        rows.len(),
-        bytes,
-        lost,
-        args.output.display()
-    );
+    let summary_line = view::summary(&recording)?;
+    eprintln!("retrace: {summary_line} -> {}", args.output.display());
     Ok(summary.exit_status.unwrap_or(0))
 }
