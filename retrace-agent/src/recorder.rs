@@ -38,6 +38,7 @@ pub struct RecordConfig {
 #[derive(Debug, Clone)]
 pub struct RecordSummary {
     pub manifest: Manifest,
+    pub totals: crate::streams::tracker::Totals,
     pub exit_status: Option<i32>,
     pub kernel: KernelStats,
     pub records: u64,
@@ -117,7 +118,8 @@ pub async fn record(
     }
 
     // Pipeline: consumer task (ring → events) → writer thread (events → streams → segments).
-    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(64);
+    // A few batches in flight: the kernel ring buffer, not agent memory, absorbs bursts.
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(4);
     let (consumer_stop_tx, consumer_stop_rx) = watch::channel(false);
     let root_exited = Arc::new(AtomicBool::new(false));
     let writer_failed = Arc::new(AtomicBool::new(false));
@@ -203,7 +205,7 @@ pub async fn record(
     let exit_status = exit_status.or_else(|| tracker.exit_code(root));
     let manifest = writer.finish(now_wall_ns(), exit_status)?;
     drop(probes);
-    Ok(RecordSummary { manifest, exit_status, kernel, records: consume_stats.records })
+    Ok(RecordSummary { manifest, totals: tracker.totals, exit_status, kernel, records: consume_stats.records })
 }
 
 type WriterResult = Result<(Writer, Tracker), StoreError>;

@@ -215,22 +215,3 @@ pub fn timeline(rec: &Recording) -> Result<(Vec<TimelineEntry>, ReadReport), Sto
 pub fn preview(bytes: &[u8]) -> String {
     bytes.iter().take(48).map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect()
 }
-
-/// One line about a recording: streams, bytes recorded, bytes lost, bytes moved in the kernel.
-pub fn summary(rec: &Recording) -> Result<String, StoreError> {
-    let (mut streams, mut recorded, mut lost, mut in_kernel) = (std::collections::HashSet::new(), 0u64, 0u64, 0u64);
-    rec.for_each(|record| match record.kind {
-        Some(R::Stream(s)) => {
-            streams.insert(s.id);
-        }
-        Some(R::Data(d)) => recorded += d.payload.len() as u64,
-        Some(R::Gap(g)) if g.reason() == GapReason::InKernelCopy => in_kernel += g.length,
-        Some(R::Gap(g)) => lost += g.length,
-        _ => {}
-    })?;
-    let mut line = format!("{} streams, {recorded} bytes recorded, {lost} bytes lost", streams.len());
-    if in_kernel > 0 {
-        line.push_str(&format!(", {in_kernel} bytes moved inside the kernel (sendfile/splice, not captured)"));
-    }
-    Ok(line)
-}

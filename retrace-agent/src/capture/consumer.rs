@@ -8,8 +8,10 @@ use super::{
     CaptureError,
 };
 
-/// Largest batch handed on at once.
+/// Largest batch handed on at once, in records and in payload bytes: with the channel's few
+/// slots, this bounds the agent's memory beyond the ring buffer.
 const BATCH: usize = 4096;
+const BATCH_BYTES: usize = 4 << 20;
 
 /// Reads records until `stop` fires, then drains what is left and returns. Malformed records
 /// are counted, not fatal.
@@ -57,9 +59,11 @@ pub struct ConsumeStats {
 async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stats: &mut ConsumeStats) {
     loop {
         let mut batch = Vec::with_capacity(256);
-        while batch.len() < BATCH {
+        let mut bytes = 0;
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
             let Some(item) = ring.next() else { break };
             stats.records += 1;
+            bytes += item.len();
             match decode(&item) {
                 Ok(event) => batch.push(event),
                 Err(e) => {
@@ -71,7 +75,7 @@ async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stat
         if batch.is_empty() {
             return;
         }
-        let full = batch.len() == BATCH;
+        let full = batch.len() == BATCH || bytes >= BATCH_BYTES;
         if out.send(batch).await.is_err() {
             return;
         }

@@ -2,8 +2,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{bail, Context as _};
-use retrace_agent::{capture::ProbeConfig, record, store::SegmentPolicy, target::Target, view, RecordConfig};
+use anyhow::bail;
+use retrace_agent::{capture::ProbeConfig, record, store::SegmentPolicy, target::Target, RecordConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -67,8 +67,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         });
         record(config, target, stop_rx).await
     })?;
-    let recording = retrace_agent::store::Recording::open(&args.output).context("failed to reopen the recording")?;
-    let summary_line = view::summary(&recording)?;
-    eprintln!("retrace: {summary_line} -> {}", args.output.display());
+    let t = summary.totals;
+    let mut line = format!("{} streams, {} bytes recorded, {} bytes lost", t.streams, t.recorded_bytes, t.lost_bytes);
+    if t.in_kernel_bytes > 0 {
+        line.push_str(&format!(
+            ", {} bytes moved inside the kernel (sendfile/splice, not captured)",
+            t.in_kernel_bytes
+        ));
+    }
+    eprintln!("retrace: {line} -> {}", args.output.display());
     Ok(summary.exit_status.unwrap_or(0))
 }

@@ -61,9 +61,21 @@ impl Writer {
         }
         let segment = self.current.as_mut().expect("segment opened above");
         self.frame.clear();
-        record.encode_length_delimited(&mut self.frame).expect("Vec grows");
-        segment.out.write_all(&self.frame).map_err(io_err(&segment.path))?;
-        segment.bytes += self.frame.len() as u64;
+        match &record.kind {
+            // Large payloads go from the consumer's buffer to the file with one writev: only
+            // the frame header is encoded here (the payload field last, as protobuf allows).
+            Some(proto::record::Kind::Data(d)) if d.payload.len() >= DIRECT_WRITE_MIN => {
+                frame_data_header(d, &mut self.frame);
+                segment.out.flush().map_err(io_err(&segment.path))?;
+                write_all_vectored(segment.out.get_mut(), &self.frame, &d.payload).map_err(io_err(&segment.path))?;
+                segment.bytes += (self.frame.len() + d.payload.len()) as u64;
+            }
+            _ => {
+                record.encode_length_delimited(&mut self.frame).expect("Vec grows");
+                segment.out.write_all(&self.frame).map_err(io_err(&segment.path))?;
+                segment.bytes += self.frame.len() as u64;
+            }
+        }
         Ok(())
     }
 
@@ -114,6 +126,40 @@ impl Writer {
     }
 }
 
+/// Payloads at least this large skip the write buffer.
+const DIRECT_WRITE_MIN: usize = 16 * 1024;
+
+/// Encodes the frame of `Record { data: d }` up to, and including, the payload's tag and length:
+/// the payload bytes themselves follow. Decodes as the same message as prost's own encoding.
+fn frame_data_header(d: &proto::Data, out: &mut Vec<u8>) {
+    use prost::{encoding, Message as _};
+    let without_payload = proto::Data { payload: bytes::Bytes::new(), ..d.clone() };
+    let payload_key_len = encoding::key_len(8) + encoding::encoded_len_varint(d.payload.len() as u64);
+    let data_len = without_payload.encoded_len() + payload_key_len + d.payload.len();
+    let record_len = encoding::key_len(2) + encoding::encoded_len_varint(data_len as u64) + data_len;
+    encoding::encode_varint(record_len as u64, out);
+    encoding::encode_key(2, encoding::WireType::LengthDelimited, out);
+    encoding::encode_varint(data_len as u64, out);
+    without_payload.encode(out).expect("Vec grows");
+    encoding::encode_key(8, encoding::WireType::LengthDelimited, out);
+    encoding::encode_varint(d.payload.len() as u64, out);
+}
+
+fn write_all_vectored(file: &mut File, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() || !body.is_empty() {
+        let n = file.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut file = File::create(path).map_err(io_err(path))?;
     file.write_all(bytes).map_err(io_err(path))?;
@@ -122,4 +168,39 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError>
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn direct_frames_decode_like_prost_frames() {
+        for (payload_len, addr) in [(DIRECT_WRITE_MIN, ""), (100_000, "127.0.0.1:53"), (70_000, "")] {
+            let data = proto::Data {
+                stream_id: 7,
+                direction: proto::Direction::Out as i32,
+                ts_ns: 1_700_000_000_123_456_789,
+                pid: 42,
+                tid: 43,
+                syscall: "writev".into(),
+                offset: 1 << 40,
+                payload: bytes::Bytes::from((0..payload_len).map(|i| i as u8).collect::<Vec<_>>()),
+                msg_index: 2,
+                addr: addr.into(),
+            };
+            let mut frame = Vec::new();
+            frame_data_header(&data, &mut frame);
+            frame.extend_from_slice(&data.payload);
+            let record = proto::Record { kind: Some(proto::record::Kind::Data(data)) };
+            let decoded = proto::Record::decode_length_delimited(&frame[..]).expect("decodes");
+            assert_eq!(decoded, record);
+            assert_eq!(
+                frame.len(),
+                record.encoded_len() + prost::encoding::encoded_len_varint(record.encoded_len() as u64)
+            );
+        }
+    }
 }

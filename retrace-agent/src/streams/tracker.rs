@@ -69,6 +69,16 @@ pub struct Tracker {
     root_exited: bool,
     /// Lost bytes no stream could be named for.
     pub unattributed_bytes: u64,
+    pub totals: Totals,
+}
+
+/// What the recording holds, counted as it is written.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub streams: u64,
+    pub recorded_bytes: u64,
+    pub lost_bytes: u64,
+    pub in_kernel_bytes: u64,
 }
 
 impl Tracker {
@@ -85,6 +95,7 @@ impl Tracker {
             root,
             root_exited: false,
             unattributed_bytes: 0,
+            totals: Totals::default(),
         }
     }
 
@@ -154,27 +165,40 @@ impl Tracker {
         }
         // The fd was closed (or its process exited): the loss belongs at the end of the stream
         // it named then.
-        let Some(closed) = self.closed_fds.get_mut(&(tgid, fd)) else {
+        let Some(mut closed) = self.closed_fds.get(&(tgid, fd)).copied() else {
             self.unattributed_bytes += bytes_in + bytes_out;
             return;
         };
-        for (dir, len, pos) in
-            [(Direction::In, bytes_in, &mut closed.pos_in), (Direction::Out, bytes_out, &mut closed.pos_out)]
-        {
+        for (dir, len) in [(Direction::In, bytes_in), (Direction::Out, bytes_out)] {
             if len == 0 {
                 continue;
             }
-            out.push(record(R::Gap(proto::Gap {
-                stream_id: closed.stream,
-                direction: dir_proto(dir) as i32,
-                ts_ns: ts,
-                offset: *pos,
-                length: len,
-                reason: GapReason::RecordDropped as i32,
-                syscall: String::new(),
-            })));
+            let pos = if dir == Direction::In { &mut closed.pos_in } else { &mut closed.pos_out };
+            let offset = *pos;
             *pos += len;
+            self.push_gap(
+                out,
+                proto::Gap {
+                    stream_id: closed.stream,
+                    direction: dir_proto(dir) as i32,
+                    ts_ns: ts,
+                    offset,
+                    length: len,
+                    reason: GapReason::RecordDropped as i32,
+                    syscall: String::new(),
+                },
+            );
         }
+        self.closed_fds.insert((tgid, fd), closed);
+    }
+
+    fn push_gap(&mut self, out: &mut Vec<proto::Record>, gap: proto::Gap) {
+        if gap.reason == GapReason::InKernelCopy as i32 {
+            self.totals.in_kernel_bytes += gap.length;
+        } else {
+            self.totals.lost_bytes += gap.length;
+        }
+        out.push(record(R::Gap(gap)));
     }
 
     /// Notes where the stream behind a closing fd ended.
@@ -217,15 +241,18 @@ impl Tracker {
             holes.push((expected, total - expected));
         }
         for (offset, len) in holes {
-            out.push(record(R::Gap(proto::Gap {
-                stream_id: sid,
-                direction: dir_proto(dir) as i32,
-                ts_ns: ts,
-                offset: base + offset,
-                length: len,
-                reason: GapReason::RecordDropped as i32,
-                syscall: String::new(),
-            })));
+            self.push_gap(
+                out,
+                proto::Gap {
+                    stream_id: sid,
+                    direction: dir_proto(dir) as i32,
+                    ts_ns: ts,
+                    offset: base + offset,
+                    length: len,
+                    reason: GapReason::RecordDropped as i32,
+                    syscall: String::new(),
+                },
+            );
         }
     }
 
@@ -256,6 +283,7 @@ impl Tracker {
                     }
                 };
                 call.spans.push((chunk.offset, payload.len() as u64));
+                self.totals.recorded_bytes += payload.len() as u64;
                 let addr = addr_of(&call.addrs, chunk.msg_index);
                 out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
             }
@@ -489,6 +517,7 @@ impl Tracker {
                 let mut spans = Vec::with_capacity(call.chunks.len());
                 for (chunk, payload) in call.chunks {
                     spans.push((chunk.offset, payload.len() as u64));
+                    self.totals.recorded_bytes += payload.len() as u64;
                     let addr = addr_of(&call.addrs, chunk.msg_index);
                     out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
                 }
@@ -550,15 +579,18 @@ impl Tracker {
             pieces.push((GapReason::RingFull, left));
         }
         for (reason, n) in pieces {
-            out.push(record(R::Gap(proto::Gap {
-                stream_id: sid,
-                direction: dir_proto(dir) as i32,
-                ts_ns: ts,
-                offset,
-                length: n,
-                reason: reason as i32,
-                syscall: sys.name().to_owned(),
-            })));
+            self.push_gap(
+                out,
+                proto::Gap {
+                    stream_id: sid,
+                    direction: dir_proto(dir) as i32,
+                    ts_ns: ts,
+                    offset,
+                    length: n,
+                    reason: reason as i32,
+                    syscall: sys.name().to_owned(),
+                },
+            );
             offset += n;
         }
     }
@@ -579,15 +611,18 @@ impl Tracker {
             return;
         }
         let offset = self.position(sid, dir);
-        out.push(record(R::Gap(proto::Gap {
-            stream_id: sid,
-            direction: dir_proto(dir) as i32,
-            ts_ns: ts,
-            offset,
-            length: len,
-            reason: reason as i32,
-            syscall: syscall.to_owned(),
-        })));
+        self.push_gap(
+            out,
+            proto::Gap {
+                stream_id: sid,
+                direction: dir_proto(dir) as i32,
+                ts_ns: ts,
+                offset,
+                length: len,
+                reason: reason as i32,
+                syscall: syscall.to_owned(),
+            },
+        );
         self.advance(sid, dir, len);
     }
 
@@ -685,6 +720,7 @@ impl Tracker {
         out: &mut Vec<proto::Record>,
     ) -> u64 {
         self.next_stream += 1;
+        self.totals.streams += 1;
         let sid = self.next_stream;
         let info = proto::StreamInfo {
             id: sid,
