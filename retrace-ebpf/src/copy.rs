@@ -349,7 +349,7 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64) -> bool {
         (*chunk)._pad = 0;
         let dst = (rec as *mut u8).add(DATA_CHUNK_SIZE);
         if n as usize <= C && raw_read_user(dst.cast(), n, s.cur_base as *const c_void) == 0 {
-            bpf_ringbuf_submit(rec, 0);
+            bpf_ringbuf_submit(rec, crate::emit::wakeup_flags());
             s.captured += n as u64;
             count(stat::CAPTURED_BYTES, n as u64);
         } else {

@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
         generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
@@ -53,7 +53,21 @@ pub fn ring_has_room(len: u64, divisor: u64) -> bool {
 
 #[inline(always)]
 pub fn output(buf: *mut u8, len: u64) -> bool {
-    unsafe { bpf_ringbuf_output(&EVENTS as *const _ as *mut c_void, buf.cast(), len, 0) == 0 }
+    unsafe { bpf_ringbuf_output(&EVENTS as *const _ as *mut c_void, buf.cast(), len, wakeup_flags()) == 0 }
+}
+
+/// Wake the agent only once the ring holds a batch worth draining (1/32 of it); it also drains
+/// on a short timer. Waking it for every record costs a context switch per syscall, paid by
+/// the traced process.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if avail >= size / 32 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 /// Writes the record of a finished syscall. `data` carries the byte accounting of data calls;

@@ -84,3 +84,19 @@ fn streams_json_cat_and_inspect() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(first["type"], "counters");
 }
+
+#[test]
+fn readers_end_quietly_when_their_output_is_closed() {
+    let dir = scratch("cli-pipe");
+    let _ = record(&dir, &[], &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do cat /etc/hostname > /dev/null; done"]);
+    let r = dir.join("rec");
+    for args in [vec!["streams"], vec!["inspect"], vec!["streams", "--json"]] {
+        let mut cmd = std::process::Command::new(retrace_tests::retrace_bin());
+        cmd.args(&args).arg(&r).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        drop(child.stdout.take()); // the reader goes away at once
+        let out = child.wait_with_output().unwrap();
+        assert_no_panic(&out);
+        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -25,7 +25,7 @@ int main(int argc, char **argv) {
     int socket_mode = strcmp(argv[1], "socket") == 0;
     size_t size = strtoul(argv[2], NULL, 10);
     long long total = atoll(argv[3]) * 1024LL * 1024LL;
-    double rate = argc > 4 ? atof(argv[4]) * 1024 * 1024 : 0;
+    double rate = argc > 4 ? atof(argv[4]) * 1e6 : 0; /* MB/s */
     int sv[2] = {-1, -1}, fd = -1;
     if (socket_mode) {
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) { perror("socketpair"); return 1; }

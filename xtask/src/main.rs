@@ -3,6 +3,7 @@
 //! Everything a fresh machine needs to build and test Retrace is installed from here, so the
 //! README's two commands (`cargo xtask demo`, `cargo xtask test`) work on a clean checkout.
 
+mod bench;
 mod setup;
 
 use std::process::Command;
@@ -23,6 +24,13 @@ enum Task {
     Setup,
     /// Set up, build, and record a real program end to end (curl against a local HTTP server).
     Demo,
+    /// Measure Retrace against strace and bpftrace on redis, nginx and a throughput pump;
+    /// writes BENCHMARKS.md and BENCHMARKS.json.
+    Bench {
+        /// One round and shorter runs (a smoke test of the harness).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Set up, build, and run every test against the real kernel.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -37,6 +45,10 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup::run()?;
             demo()
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            bench::run(&std::env::current_dir()?, quick)
         }
         Task::Test { args } => {
             setup::run()?;

@@ -12,6 +12,8 @@ use super::{
 /// slots, this bounds the agent's memory beyond the ring buffer.
 const BATCH: usize = 4096;
 const BATCH_BYTES: usize = 4 << 20;
+/// How often the ring is drained when the kernel does not wake us.
+const DRAIN_INTERVAL_MS: u64 = 20;
 
 /// Reads records until `stop` fires, then drains what is left and returns. Malformed records
 /// are counted, not fatal.
@@ -23,14 +25,14 @@ pub async fn consume(
     // SAFETY: the ring buffer owns its fd, which stays open until the AsyncFd is dropped.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Io { source: e.into() })?;
     let mut stats = ConsumeStats::default();
-    // Also drain on a timer: a wakeup can be missed between draining and clearing readiness,
-    // and the writer seals segments by age on these empty batches.
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    // The kernel wakes us only when a batch has piled up; drain on a timer too, so small
+    // traffic is written promptly (the writer also seals segments by age on these ticks).
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(DRAIN_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => {
-                drain(fd.get_mut(), &out, &mut stats).await;
-                if out.send(Vec::new()).await.is_err() {
+                if !drain(fd.get_mut(), &out, &mut stats).await && out.send(Vec::new()).await.is_err() {
                     return Ok(stats);
                 }
                 false
@@ -56,7 +58,9 @@ pub struct ConsumeStats {
     pub malformed: u64,
 }
 
-async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stats: &mut ConsumeStats) {
+/// Hands on everything in the ring; returns whether anything was there.
+async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stats: &mut ConsumeStats) -> bool {
+    let mut any = false;
     loop {
         let mut batch = Vec::with_capacity(256);
         let mut bytes = 0;
@@ -73,14 +77,12 @@ async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stat
             }
         }
         if batch.is_empty() {
-            return;
+            return any;
         }
+        any = true;
         let full = batch.len() == BATCH || bytes >= BATCH_BYTES;
-        if out.send(batch).await.is_err() {
-            return;
-        }
-        if !full {
-            return;
+        if out.send(batch).await.is_err() || !full {
+            return any;
         }
     }
 }

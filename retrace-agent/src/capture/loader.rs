@@ -99,6 +99,10 @@ impl Probes {
             program.load().map_err(attach_err(name))?;
             links.push(Link::TracePoint(name, program.attach(category, name).map_err(attach_err(name))?));
         }
+        drop(btf);
+        // Parsing the kernel's BTF took tens of MB that are not needed again.
+        // SAFETY: malloc_trim only returns free heap memory to the kernel.
+        unsafe { libc::malloc_trim(0) };
         Ok(Probes { ebpf, _exits: exits, links })
     }
 

@@ -41,6 +41,11 @@ enum Command {
 
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if !matches!(cli.command, Command::Record(_)) {
+        // Readers end quietly when their reader goes away (`retrace streams rec | head`).
+        // SAFETY: restores the default disposition before any output.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Record(args) => record::run(args),
         Command::Streams { recording, json } => streams::run(&recording, json),

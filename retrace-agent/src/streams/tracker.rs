@@ -477,6 +477,10 @@ impl Tracker {
                 _ => {}
             }
         }
+        // A data call that moved bytes is in the timeline through its Data and Gap records.
+        if sys.direction().is_some() && ret > 0 {
+            return;
+        }
         out.push(record(R::Syscall(proto::Syscall {
             ts_ns: ts,
             pid: tgid,

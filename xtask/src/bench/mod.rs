@@ -1,0 +1,131 @@
+//! `cargo xtask bench`: Retrace against no tracing, strace and a bpftrace byte counter, on real
+//! servers and a throughput pump, in alternating rounds; writes BENCHMARKS.md and
+//! BENCHMARKS.json.
+
+mod report;
+mod tracers;
+mod workloads;
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use tracers::Tracer;
+use workloads::{pump, Nginx, Redis, Sample};
+
+/// How the highest zero-loss rate of one pump configuration was found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub sink: String,
+    pub chunk: usize,
+    pub unrecorded_mbps: f64,
+    pub recorded_full_speed_mbps: f64,
+    pub full_speed_loss_fraction: f64,
+    pub zero_loss_mbps: f64,
+    pub zero_loss_sample: Option<Sample>,
+}
+
+pub fn run(root: &Path, quick: bool) -> Result<()> {
+    install_peers()?;
+    crate::run(crate::cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
+    let retrace = root.join("target/release/retrace");
+    let work = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let pump_bin = work.join("pump");
+    crate::run(Command::new("cc").args(["-O2", "-o"]).arg(&pump_bin).arg(root.join("xtask/bench/pump.c")))?;
+    let rounds = if quick { 1 } else { 3 };
+    let secs = if quick { 2 } else { 5 };
+
+    let mut samples: Vec<Sample> = Vec::new();
+    {
+        let redis = Redis::start(&work)?;
+        for size in [512, 16 * 1024] {
+            for round in 0..rounds {
+                for tracer in Tracer::ALL {
+                    eprintln!("bench: redis {size}B round {round} {}", tracer.name());
+                    samples.extend(redis.run(&retrace, &work, tracer, size, round)?);
+                }
+            }
+        }
+    }
+    {
+        let nginx = Nginx::start(&work)?;
+        for file in ["1k.bin", "1m.bin"] {
+            for round in 0..rounds {
+                for tracer in Tracer::ALL {
+                    eprintln!("bench: nginx {file} round {round} {}", tracer.name());
+                    samples.push(nginx.run(&retrace, &work, tracer, file, round, secs)?);
+                }
+            }
+        }
+    }
+    let total_mb = if quick { 256 } else { 1024 };
+    let mut throughput = Vec::new();
+    for sink in ["file", "socket"] {
+        for chunk in [4096, 64 * 1024, 1 << 20] {
+            eprintln!("bench: pump {sink} {chunk}");
+            let base = pump(&pump_bin, &retrace, &work, Tracer::None, sink, chunk, total_mb, 0)?;
+            let full = pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, 0)?;
+            let moved = (full.cost.recorded_bytes + full.cost.lost_bytes).max(1) as f64;
+            // Bisect the writer's rate for the highest one recorded without losing a byte.
+            let (mut lo, mut hi, mut best) = (0.0f64, base.throughput, None);
+            if full.cost.lost_bytes == 0 {
+                lo = full.throughput;
+                best = Some(full.clone());
+            } else {
+                for _ in 0..if quick { 3 } else { 5 } {
+                    let mid = (lo + hi) / 2.0;
+                    let s = pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, mid as u64)?;
+                    if s.cost.lost_bytes == 0 {
+                        lo = s.throughput;
+                        best = Some(s);
+                    } else {
+                        hi = mid;
+                    }
+                }
+            }
+            throughput.push(Throughput {
+                sink: sink.into(),
+                chunk,
+                unrecorded_mbps: base.throughput,
+                recorded_full_speed_mbps: full.throughput,
+                full_speed_loss_fraction: full.cost.lost_bytes as f64 / moved,
+                zero_loss_mbps: lo,
+                zero_loss_sample: best,
+            });
+        }
+    }
+    report::write(root, &samples, &throughput, rounds)?;
+    eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
+    Ok(())
+}
+
+/// The benchmark's peers, from Debian's packages.
+fn install_peers() -> Result<()> {
+    let wanted = [
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
+        ("nginx", "nginx"),
+        ("wrk", "wrk"),
+        ("bpftrace", "bpftrace"),
+        ("strace", "strace"),
+        ("cc", "gcc"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| {
+            !Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench: apt-get install {}", missing.join(" "));
+    crate::run(Command::new("apt-get").args(["update", "-q"]))?;
+    crate::run(
+        Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("install the benchmark's peers")
+}

@@ -1,0 +1,210 @@
+//! BENCHMARKS.md (for people) and BENCHMARKS.json (for tools) from one run's samples.
+
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use anyhow::Result;
+
+use super::{
+    tracers::Tracer,
+    workloads::{human_size, Sample},
+    Throughput,
+};
+
+/// Median, min and max.
+fn stats(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    (median, v[0], v[v.len() - 1])
+}
+
+fn machine() -> Vec<(String, String)> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = read("/proc/meminfo")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or(0);
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let version = |cmd: &str, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    vec![
+        ("CPU".into(), format!("{cpu}, {cores} cores")),
+        ("memory".into(), format!("{} GiB", mem / (1 << 20))),
+        ("kernel".into(), kernel),
+        ("redis".into(), version("redis-server", "--version")),
+        (
+            "nginx".into(),
+            String::from_utf8_lossy(&Command::new("nginx").arg("-v").output().map(|o| o.stderr).unwrap_or_default())
+                .trim()
+                .to_owned(),
+        ),
+        ("wrk".into(), version("wrk", "--version")),
+        ("strace".into(), version("strace", "-V")),
+        ("bpftrace".into(), version("bpftrace", "--version")),
+    ]
+}
+
+pub fn write(root: &Path, samples: &[Sample], throughput: &[Throughput], rounds: usize) -> Result<()> {
+    let mut md = String::new();
+    let mut workloads: Vec<String> = Vec::new();
+    for s in samples {
+        if !workloads.contains(&s.workload) {
+            workloads.push(s.workload.clone());
+        }
+    }
+    let of = |w: &str, t: Tracer| samples.iter().filter(|s| s.workload == w && s.tracer == t).collect::<Vec<_>>();
+    let median = |w: &str, t: Tracer| stats(&of(w, t).iter().map(|s| s.throughput).collect::<Vec<_>>()).0;
+    let p99 = |w: &str, t: Tracer| stats(&of(w, t).iter().filter_map(|s| s.p99_ms).collect::<Vec<_>>()).0;
+
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(md, "Written by `cargo xtask bench` ({} alternating round(s) per configuration). Shared, noisy\nmachines: compare the ratios measured in this one run, not absolute numbers across runs.\n", rounds)?;
+    writeln!(md, "## Machine\n")?;
+    for (k, v) in machine() {
+        writeln!(md, "- {k}: {v}")?;
+    }
+
+    // Targets.
+    writeln!(md, "\n## Targets\n\n| target | measured | met |\n|---|---|---|")?;
+    let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+    for w in &workloads {
+        let ratio = median(w, Tracer::Retrace) / median(w, Tracer::None);
+        let lat = p99(w, Tracer::Retrace) / p99(w, Tracer::None);
+        let lost: u64 = of(w, Tracer::Retrace).iter().map(|s| s.cost.lost_bytes).sum();
+        writeln!(md, "| {w}: throughput recorded/unrecorded >= 0.97 | {ratio:.3} | {} |", yes(ratio >= 0.97))?;
+        writeln!(md, "| {w}: p99 latency within 10% | {:+.1}% | {} |", (lat - 1.0) * 100.0, yes(lat <= 1.10))?;
+        writeln!(md, "| {w}: zero loss with full payloads | {lost} bytes lost | {} |", yes(lost == 0))?;
+    }
+    let best = throughput.iter().map(|t| t.zero_loss_mbps).fold(0.0, f64::max);
+    writeln!(
+        md,
+        "| >= 1 GB/s captured with zero loss (best configuration) | {:.0} MB/s | {} |",
+        best,
+        yes(best >= 1000.0)
+    )?;
+    // The kernel maps a ring buffer's data pages twice (so records can wrap): it counts twice in RSS.
+    let ring_kb = 2 * 64 * 1024;
+    let max_rss = samples
+        .iter()
+        .filter(|s| s.tracer == Tracer::Retrace)
+        .map(|s| s.cost.max_rss_kb)
+        .chain(throughput.iter().filter_map(|t| t.zero_loss_sample.as_ref().map(|s| s.cost.max_rss_kb)))
+        .max()
+        .unwrap_or(0);
+    writeln!(
+        md,
+        "| agent peak RSS <= 64 MiB beyond the ring buffer | {:.1} MiB peak, {:.1} MiB beyond the 64 MiB ring (mapped twice) | {} |",
+        max_rss as f64 / 1024.0,
+        max_rss.saturating_sub(ring_kb) as f64 / 1024.0,
+        yes(max_rss.saturating_sub(ring_kb) <= 64 * 1024)
+    )?;
+    writeln!(md, "| replay at least as fast as the original run | replay is not built yet (issue 4) | n/a |")?;
+
+    // Server overhead.
+    writeln!(md, "\n## Server overhead\n")?;
+    writeln!(md, "redis-server under `redis-benchmark -t set,get -c 20 -d SIZE -r 1000 --csv`; nginx (1 worker, `sendfile off`) under\n`wrk -t2 -c20 -dNs --latency`. Retrace: `retrace record --pid PID --ring-buffer 64M` (full payloads).\nstrace: `strace -f -s 65536 -o /dev/null -p PID...`. bpftrace: a script that sums the return values of\nread/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/pread64/pwrite64 for the server's processes.\nMedians with [min–max] over the rounds; the ratio is against the unrecorded median.\n")?;
+    for w in &workloads {
+        writeln!(md, "### {w}\n\n| tracer | throughput (req/s) | ratio | p99 (ms) | p99 ratio | tracer CPU (s) | lost bytes |\n|---|---|---|---|---|---|---|")?;
+        let base_t = median(w, Tracer::None);
+        let base_p = p99(w, Tracer::None);
+        for t in Tracer::ALL {
+            let runs = of(w, t);
+            let (m, lo, hi) = stats(&runs.iter().map(|s| s.throughput).collect::<Vec<_>>());
+            let (pm, plo, phi) = stats(&runs.iter().filter_map(|s| s.p99_ms).collect::<Vec<_>>());
+            let cpu = stats(&runs.iter().map(|s| s.cost.cpu_seconds).collect::<Vec<_>>()).0;
+            let lost = if t == Tracer::Retrace {
+                runs.iter().map(|s| s.cost.lost_bytes).sum::<u64>().to_string()
+            } else {
+                "-".into()
+            };
+            writeln!(
+                md,
+                "| {} | {m:.0} [{lo:.0}–{hi:.0}] | {:.3} | {pm:.3} [{plo:.3}–{phi:.3}] | {:.2} | {cpu:.2} | {lost} |",
+                t.name(),
+                m / base_t,
+                pm / base_p
+            )?;
+        }
+        writeln!(md)?;
+    }
+
+    // Throughput.
+    writeln!(md, "## Capture throughput\n\nA writer (`xtask/bench/pump.c`) moving 1 GiB in fixed chunks into a tmpfs file or a unix socket\n(the reader is not recorded). Full speed first; then the writer's rate is bisected for the highest rate\nrecorded with zero lost bytes.\n\n| sink | chunk | unrecorded MB/s | recorded at full speed MB/s | loss at full speed | highest zero-loss MB/s |\n|---|---|---|---|---|---|")?;
+    for t in throughput {
+        writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | {:.1}% | {:.0} |",
+            t.sink,
+            human_size(t.chunk),
+            t.unrecorded_mbps,
+            t.recorded_full_speed_mbps,
+            t.full_speed_loss_fraction * 100.0,
+            t.zero_loss_mbps
+        )?;
+    }
+
+    // Cost per GB.
+    writeln!(md, "\n## Cost per GB captured\n\nFrom the zero-loss runs above: the agent's CPU (user+system) and peak RSS, and the recording's size on\ndisk, per GB of payload recorded (segments are not compressed).\n\n| sink | chunk | agent CPU s/GB | agent peak RSS (MiB) | disk bytes per payload byte |\n|---|---|---|---|---|")?;
+    for t in throughput {
+        if let Some(s) = &t.zero_loss_sample {
+            let gb = s.cost.recorded_bytes.max(1) as f64 / 1e9;
+            writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.1} | {:.3} |",
+                t.sink,
+                human_size(t.chunk),
+                s.cost.cpu_seconds / gb,
+                s.cost.max_rss_kb as f64 / 1024.0,
+                s.cost.recording_disk_bytes as f64 / s.cost.recorded_bytes.max(1) as f64
+            )?;
+        }
+    }
+
+    // Scaling.
+    writeln!(md, "\n## Scaling\n\nRecorded/unrecorded throughput as payload size grows (servers) and the writer's full-speed rate with\nRetrace attached (pump).\n\n| workload | payload | retrace ratio | strace ratio | bpftrace ratio |\n|---|---|---|---|---|")?;
+    for w in &workloads {
+        let base = median(w, Tracer::None);
+        writeln!(
+            md,
+            "| {w} | {} | {:.3} | {:.3} | {:.3} |",
+            w.rsplit(' ').next().unwrap_or(""),
+            median(w, Tracer::Retrace) / base,
+            median(w, Tracer::Strace) / base,
+            median(w, Tracer::Bpftrace) / base
+        )?;
+    }
+    for t in throughput {
+        writeln!(
+            md,
+            "| pump {} | {} chunks | {:.3} | - | - |",
+            t.sink,
+            human_size(t.chunk),
+            t.recorded_full_speed_mbps / t.unrecorded_mbps
+        )?;
+    }
+    std::fs::write(root.join("BENCHMARKS.md"), md)?;
+    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "throughput": throughput });
+    std::fs::write(root.join("BENCHMARKS.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The workloads: redis-server under redis-benchmark, nginx under wrk, and the throughput pump.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+
+use super::tracers::{attach, wait_for, Tracer, TracerCost};
+
+/// One measured run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub workload: String,
+    pub tracer: Tracer,
+    pub round: usize,
+    /// Requests/s (servers) or MB/s (pump).
+    pub throughput: f64,
+    /// 99th percentile latency, ms (servers).
+    pub p99_ms: Option<f64>,
+    pub cost: TracerCost,
+}
+
+pub struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    pub fn start(work: &Path) -> Result<Redis> {
+        let port = 16379;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir"])
+            .arg(work)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start redis-server")?;
+        wait_for(
+            || {
+                Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "ping"])
+                    .output()
+                    .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+            },
+            "redis-server",
+        )?;
+        Ok(Redis { child, port })
+    }
+
+    /// SET and GET of `size`-byte values from 20 clients, under `tracer`.
+    pub fn run(&self, retrace: &Path, work: &Path, tracer: Tracer, size: usize, round: usize) -> Result<Vec<Sample>> {
+        let requests = match (tracer, size) {
+            (Tracer::Strace, _) => 5_000,
+            (_, s) if s > 4096 => 40_000,
+            _ => 150_000,
+        };
+        let attached = attach(tracer, retrace, work, &[self.child.id()], None)?;
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &self.port.to_string(), "-t", "set,get", "-c", "20", "--csv", "-r", "1000"])
+            .args(["-d", &size.to_string(), "-n", &requests.to_string()])
+            .output()
+            .context("run redis-benchmark")?;
+        let cost = attached.detach()?;
+        let mut samples = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+            let f: Vec<String> = line.split(',').map(|s| s.trim_matches('"').to_owned()).collect();
+            if f.len() < 7 {
+                continue;
+            }
+            samples.push(Sample {
+                workload: format!("redis {} {}", f[0], human_size(size)),
+                tracer,
+                round,
+                throughput: f[1].parse()?,
+                p99_ms: f[6].parse().ok(),
+                cost: cost.clone(),
+            });
+        }
+        if samples.len() != 2 {
+            bail!("unexpected redis-benchmark output: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(samples)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Nginx {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    /// nginx with one worker serving 1 KiB and 1 MiB files. `sendfile off`: with sendfile the
+    /// body never passes through user memory and no tool could record it (Retrace records such
+    /// copies as byte counts only).
+    pub fn start(work: &Path) -> Result<Nginx> {
+        let port = 18080;
+        let dir = work.join("nginx");
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::write(dir.join("www/1k.bin"), pattern(1024))?;
+        std::fs::write(dir.join("www/1m.bin"), pattern(1 << 20))?;
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  sendfile off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  \
+             fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  \
+             server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start nginx")?;
+        wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "nginx")?;
+        Ok(Nginx { child, port, dir })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let master = self.child.id();
+        let mut pids = vec![master];
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
+        pids.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        pids
+    }
+
+    pub fn run(
+        &self,
+        retrace: &Path,
+        work: &Path,
+        tracer: Tracer,
+        file: &str,
+        round: usize,
+        secs: u32,
+    ) -> Result<Sample> {
+        let attached = attach(tracer, retrace, work, &self.pids(), Some("nginx"))?;
+        let url = format!("http://127.0.0.1:{}/{file}", self.port);
+        let out = Command::new("wrk")
+            .args(["-t2", "-c20", &format!("-d{secs}s"), "--latency", &url])
+            .output()
+            .context("run wrk")?;
+        let cost = attached.detach()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("unexpected wrk output: {text}"))?;
+        let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(|v| parse_duration_ms(v.trim()));
+        let _ = &self.dir;
+        Ok(Sample { workload: format!("nginx GET {file}"), tracer, round, throughput: rps, p99_ms: p99, cost })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The worker outlives a killed master: stop it by its pid file's group.
+        let _ =
+            Command::new("pkill").args(["-f", &format!("nginx -c {}", self.dir.join("nginx.conf").display())]).status();
+    }
+}
+
+/// wrk's "1.23ms" / "456.00us" / "1.02s".
+fn parse_duration_ms(v: &str) -> Option<f64> {
+    if let Some(us) = v.strip_suffix("us") {
+        return us.parse::<f64>().ok().map(|x| x / 1000.0);
+    }
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().ok();
+    }
+    v.strip_suffix('s').and_then(|s| s.parse::<f64>().ok()).map(|x| x * 1000.0)
+}
+
+/// One pump run: a writer moving `total_mb` MiB in `size`-byte chunks into a file or a socket,
+/// at `rate_mbps` (0 = as fast as it can), recorded by `tracer`. Returns MB/s achieved.
+#[allow(clippy::too_many_arguments)]
+pub fn pump(
+    bin: &Path,
+    retrace: &Path,
+    work: &Path,
+    tracer: Tracer,
+    sink: &str,
+    size: usize,
+    total_mb: u64,
+    rate_mbps: u64,
+) -> Result<Sample> {
+    let mut child = Command::new(bin)
+        .args([sink, &size.to_string(), &total_mb.to_string(), &rate_mbps.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start pump")?;
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let writer: u32 = line.trim().parse().context("pump pid")?;
+    let attached = attach(tracer, retrace, work, &[writer], None)?;
+    child.stdin.take().unwrap().write_all(b"g")?;
+    line.clear();
+    stdout.read_line(&mut line)?;
+    let fields: Vec<f64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    child.wait()?;
+    let cost = attached.detach()?;
+    let (bytes, secs) = (fields.first().copied().unwrap_or(0.0), fields.get(1).copied().unwrap_or(1.0));
+    Ok(Sample {
+        workload: format!("pump {sink} {}", human_size(size)),
+        tracer,
+        round: 0,
+        throughput: bytes / secs / 1e6,
+        p99_ms: None,
+        cost,
+    })
+}
+
+pub fn human_size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 131 + 7) as u8).collect()
+}
