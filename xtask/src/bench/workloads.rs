@@ -88,7 +88,8 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }
@@ -118,6 +119,9 @@ impl Nginx {
              server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            bail!("port {port} is already in use: stop whatever listens there (a leftover nginx?)");
+        }
         let child = Command::new("nginx")
             .arg("-c")
             .arg(dir.join("nginx.conf"))
@@ -126,8 +130,12 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .context("start nginx")?;
+        let mut nginx = Nginx { child, port, dir };
         wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "nginx")?;
-        Ok(Nginx { child, port, dir })
+        if nginx.child.try_wait()?.is_some() {
+            bail!("nginx exited at start: see {}", nginx.dir.join("error.log").display());
+        }
+        Ok(nginx)
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -161,7 +169,6 @@ impl Nginx {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .with_context(|| format!("unexpected wrk output: {text}"))?;
         let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(|v| parse_duration_ms(v.trim()));
-        let _ = &self.dir;
         Ok(Sample { workload: format!("nginx GET {file}"), tracer, round, throughput: rps, p99_ms: p99, cost })
     }
 }
