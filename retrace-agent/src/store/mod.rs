@@ -4,6 +4,7 @@
 
 pub mod manifest;
 pub mod reader;
+mod segment_file;
 pub mod writer;
 
 pub mod proto {

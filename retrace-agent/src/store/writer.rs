@@ -2,14 +2,14 @@
 
 use std::{
     fs::File,
-    io::{BufWriter, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use prost::Message as _;
 
-use super::{io_err, manifest::Manifest, proto, StoreError};
+use super::{io_err, manifest::Manifest, proto, segment_file::SegmentFile, StoreError};
 
 /// When a segment is sealed and a new one started.
 #[derive(Clone, Copy, Debug)]
@@ -34,7 +34,7 @@ pub struct Writer {
 
 struct Segment {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: SegmentFile,
     bytes: u64,
     opened: Instant,
 }
@@ -62,12 +62,12 @@ impl Writer {
         let segment = self.current.as_mut().expect("segment opened above");
         self.frame.clear();
         match &record.kind {
-            // Large payloads go from the consumer's buffer to the file with one writev: only
+            // Large payloads are copied once, from the consumer's buffer to the segment's: only
             // the frame header is encoded here (the payload field last, as protobuf allows).
             Some(proto::record::Kind::Data(d)) if d.payload.len() >= DIRECT_WRITE_MIN => {
                 frame_data_header(d, &mut self.frame);
-                segment.out.flush().map_err(io_err(&segment.path))?;
-                write_all_vectored(segment.out.get_mut(), &self.frame, &d.payload).map_err(io_err(&segment.path))?;
+                segment.out.write_all(&self.frame).map_err(io_err(&segment.path))?;
+                segment.out.write_all(&d.payload).map_err(io_err(&segment.path))?;
                 segment.bytes += (self.frame.len() + d.payload.len()) as u64;
             }
             _ => {
@@ -98,19 +98,17 @@ impl Writer {
     fn open_segment(&mut self) -> Result<(), StoreError> {
         let name = format!("seg-{:06}.rtr", self.manifest.segments.len());
         let path = self.dir.join(&name);
-        let file = File::create(&path).map_err(io_err(&path))?;
+        let out = SegmentFile::create(&path).map_err(io_err(&path))?;
         self.manifest.segments.push(name);
         self.manifest.write(&self.dir)?;
-        self.current =
-            Some(Segment { path, out: BufWriter::with_capacity(1 << 20, file), bytes: 0, opened: Instant::now() });
+        self.current = Some(Segment { path, out, bytes: 0, opened: Instant::now() });
         Ok(())
     }
 
     /// Flushes and fsyncs the current segment; the next record starts a new one.
     fn seal(&mut self) -> Result<(), StoreError> {
         if let Some(mut segment) = self.current.take() {
-            segment.out.flush().map_err(io_err(&segment.path))?;
-            segment.out.get_ref().sync_data().map_err(io_err(&segment.path))?;
+            segment.out.seal().map_err(io_err(&segment.path))?;
         }
         Ok(())
     }
@@ -126,7 +124,7 @@ impl Writer {
     }
 }
 
-/// Payloads at least this large skip the write buffer.
+/// Payloads at least this large are not copied into the frame buffer first.
 const DIRECT_WRITE_MIN: usize = 16 * 1024;
 
 /// Encodes the frame of `Record { data: d }` up to, and including, the payload's tag and length:
@@ -143,21 +141,6 @@ fn frame_data_header(d: &proto::Data, out: &mut Vec<u8>) {
     without_payload.encode(out).expect("Vec grows");
     encoding::encode_key(8, encoding::WireType::LengthDelimited, out);
     encoding::encode_varint(d.payload.len() as u64, out);
-}
-
-fn write_all_vectored(file: &mut File, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-    use std::io::IoSlice;
-    let (mut head, mut body) = (head, body);
-    while !head.is_empty() || !body.is_empty() {
-        let n = file.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        body = &body[n - from_head..];
-    }
-    Ok(())
 }
 
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
