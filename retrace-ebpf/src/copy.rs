@@ -183,7 +183,7 @@ fn load_message(s: &mut Copy) {
     let name: u64 = unsafe { bpf_probe_read_user(hdr as *const u64) }.unwrap_or(0);
     let name_len: u32 = unsafe { bpf_probe_read_user((hdr + 8) as *const u32) }.unwrap_or(0);
     if name != 0 && name_len != 0 {
-        emit_address(s, name, name_len as u64);
+        emit_address(s.tgid, s.tid, s.ts_ns, s.msg_index as u32, name, name_len as u64);
     }
     if s.iov == 0 && s.msg_left > 0 {
         s.lost_fault += s.msg_left;
@@ -193,48 +193,19 @@ fn load_message(s: &mut Copy) {
 
 /// A datagram address (msg_name, sendto's destination, recvfrom's source).
 #[inline(always)]
-pub fn emit_address_of(call: &Call, fd: i32, addr: u64, len: u64) {
-    // Reuse the copier's fields so the record looks like one made in the loop.
-    let s = Copy {
-        tgid: call.tgid,
-        tid: call.tid,
-        ts_ns: call.ts_ns,
-        fd,
-        source: 0,
-        sys: 0,
-        _pad: 0,
-        call_bytes: 0,
-        lost_before_in: 0,
-        lost_before_out: 0,
-        msgs: 0,
-        msg_count: 0,
-        msg_index: 0,
-        iov: 0,
-        iov_count: 0,
-        iov_index: 0,
-        cur_base: 0,
-        cur_left: 0,
-        msg_left: 0,
-        offset: 0,
-        cap_left: 0,
-        bytes: 0,
-        captured: 0,
-        lost_ring: 0,
-        lost_fault: 0,
-        truncated: 0,
-    };
-    emit_address(&s, addr, len);
+pub fn emit_address_of(call: &Call, addr: u64, len: u64) {
+    emit_address(call.tgid, call.tid, call.ts_ns, 0, addr, len);
 }
 
 #[inline(always)]
-fn emit_address(s: &Copy, addr: u64, len: u64) {
+fn emit_address(tgid: u32, tid: u32, ts_ns: u64, msg_index: u32, addr: u64, len: u64) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let len = if len > SOCKADDR_MAX as u64 { SOCKADDR_MAX as u64 } else { len };
     let buf = unsafe { (*scratch).bytes.as_mut_ptr() };
     let rec = buf as *mut DatagramAddr;
     unsafe {
-        (*rec).hdr = Header { kind: kind::DATAGRAM_ADDR, len: len as u32, ts_ns: s.ts_ns, tgid: s.tgid, tid: s.tid };
-        (*rec).msg_index = s.msg_index as u32;
+        (*rec).hdr = Header { kind: kind::DATAGRAM_ADDR, len: len as u32, ts_ns, tgid, tid };
+        (*rec).msg_index = msg_index;
         (*rec)._pad = 0;
         let dst = buf.add(DATAGRAM_ADDR_SIZE);
         let n = (len as u32) & (SOCKADDR_MAX as u32 * 2 - 1);

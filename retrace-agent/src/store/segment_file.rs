@@ -118,7 +118,9 @@ mod tests {
             let path = dir.join(format!("retrace-segment-test-{}", std::process::id()));
             let mut want = Vec::new();
             let mut file = SegmentFile::create(&path).unwrap();
-            for (i, len) in [0usize, 1, 4095, 4096, 4097, BUFFER - 3, BUFFER, 3 * BUFFER + 17, 12345].into_iter().enumerate() {
+            for (i, len) in
+                [0usize, 1, 4095, 4096, 4097, BUFFER - 3, BUFFER, 3 * BUFFER + 17, 12345].into_iter().enumerate()
+            {
                 let chunk: Vec<u8> = (0..len).map(|j| (i * 7 + j) as u8).collect();
                 file.write_all(&chunk).unwrap();
                 want.extend_from_slice(&chunk);

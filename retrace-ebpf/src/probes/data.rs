@@ -35,13 +35,13 @@ pub fn on_data(
             Addr::None => {}
             Addr::ByValue(a, l) => {
                 if call.args[a] != 0 {
-                    emit_address_of(&call, fd, call.args[a], call.args[l]);
+                    emit_address_of(&call, call.args[a], call.args[l]);
                 }
             }
             Addr::ByPointer(a, l) => {
                 let len = emit::user_i32(call.args[l]);
                 if call.args[a] != 0 && len > 0 {
-                    emit_address_of(&call, fd, call.args[a], len as u64);
+                    emit_address_of(&call, call.args[a], len as u64);
                 }
             }
         }

@@ -1,0 +1,305 @@
+//! Payload placement: chunks at their stream offsets, holes as gaps, loss reported late.
+
+use bytes::Bytes;
+use retrace_common::{
+    syscall::{Direction, Sys},
+    DataChunk, SyscallRecord,
+};
+
+use super::*;
+
+impl Tracker {
+    /// Loss the kernel could not attach to any record, read from its map at the end.
+    pub fn pending_loss(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        bytes_in: u64,
+        bytes_out: u64,
+        now_mono_ns: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
+        let ts = self.wall_ns(now_mono_ns);
+        if let Some(entry) = self.tables.get(tgid, fd) {
+            self.gap(entry.stream, Direction::In, bytes_in, GapReason::RecordDropped, "", ts, out);
+            self.gap(entry.stream, Direction::Out, bytes_out, GapReason::RecordDropped, "", ts, out);
+            return;
+        }
+        // The fd was closed (or its process exited): the loss belongs at the end of the stream
+        // it named then.
+        let Some(mut closed) = self.closed_fds.get(&(tgid, fd)).copied() else {
+            self.unattributed_bytes += bytes_in + bytes_out;
+            return;
+        };
+        for (dir, len) in [(Direction::In, bytes_in), (Direction::Out, bytes_out)] {
+            if len == 0 {
+                continue;
+            }
+            let pos = if dir == Direction::In { &mut closed.pos_in } else { &mut closed.pos_out };
+            let offset = *pos;
+            *pos += len;
+            self.push_gap(
+                out,
+                proto::Gap {
+                    stream_id: closed.stream,
+                    direction: dir_proto(dir) as i32,
+                    ts_ns: ts,
+                    offset,
+                    length: len,
+                    reason: GapReason::RecordDropped as i32,
+                    syscall: String::new(),
+                },
+            );
+        }
+        self.closed_fds.insert((tgid, fd), closed);
+    }
+
+    pub(super) fn push_gap(&mut self, out: &mut Vec<proto::Record>, gap: proto::Gap) {
+        if gap.reason == GapReason::InKernelCopy as i32 {
+            self.totals.in_kernel_bytes += gap.length;
+        } else {
+            self.totals.lost_bytes += gap.length;
+        }
+        out.push(record(R::Gap(gap)));
+    }
+
+    /// Notes where the stream behind a closing fd ended.
+    pub(super) fn remember_closed(&mut self, tgid: u32, fd: i32, stream: u64) {
+        let Some(s) = self.streams.get(&stream) else { return };
+        if self.closed_fds.len() >= CLOSED_FDS_MAX {
+            self.closed_fds.clear();
+        }
+        self.closed_fds.insert((tgid, fd), ClosedFd { stream, pos_in: s.pos_in, pos_out: s.pos_out });
+    }
+
+    /// The pending call of a thread; a different call still pending there lost its record.
+    pub(super) fn take_pending(&mut self, tid: u32, ts_ns: u64, out: &mut Vec<proto::Record>) -> PendingCall {
+        match self.pending.remove(&tid) {
+            Some(call) if call.ts_ns == ts_ns => call,
+            Some(stale) => {
+                self.abandon(stale, out);
+                PendingCall { ts_ns, ..Default::default() }
+            }
+            None => PendingCall { ts_ns, ..Default::default() },
+        }
+    }
+
+    /// A call whose record was dropped. A placed call's reserved range is completed with gaps
+    /// (the kernel counts nothing more for it); held chunks are discarded, as the kernel counted
+    /// the whole call as lost.
+    pub(super) fn abandon(&mut self, call: PendingCall, out: &mut Vec<proto::Record>) {
+        let Some((sid, dir, base)) = call.placed else { return };
+        let Some(total) = call.total else { return };
+        let ts = self.wall_ns(call.ts_ns);
+        let mut expected = 0u64;
+        let mut holes = Vec::new();
+        for &(offset, len) in &call.spans {
+            if offset > expected {
+                holes.push((expected, offset - expected));
+            }
+            expected = offset + len;
+        }
+        if total > expected {
+            holes.push((expected, total - expected));
+        }
+        for (offset, len) in holes {
+            self.push_gap(
+                out,
+                proto::Gap {
+                    stream_id: sid,
+                    direction: dir_proto(dir) as i32,
+                    ts_ns: ts,
+                    offset: base + offset,
+                    length: len,
+                    reason: GapReason::RecordDropped as i32,
+                    syscall: String::new(),
+                },
+            );
+        }
+    }
+
+    /// A payload chunk: written at once when its call's size is known, held otherwise.
+    pub(super) fn chunk(&mut self, chunk: DataChunk, payload: Bytes, out: &mut Vec<proto::Record>) {
+        let dir = Sys::from_u32(chunk.sys).and_then(Sys::direction);
+        let (tid, ts_ns) = (chunk.hdr.tid, chunk.hdr.ts_ns);
+        let mut call = self.take_pending(tid, ts_ns, out);
+        match dir {
+            Some(dir) if chunk.call_bytes > 0 => {
+                let ts = self.wall_ns(ts_ns);
+                let (sid, dir, base) = match call.placed {
+                    Some(p) => p,
+                    None => {
+                        let sid = self.stream_for_fd(chunk.hdr.tgid, chunk.fd, ts, out);
+                        if let Some((_, first)) = call.addrs.first() {
+                            self.learn_peer_if_unset(sid, first, out);
+                        }
+                        // Earlier calls whose records were dropped came first.
+                        let name = Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?");
+                        self.gap(sid, Direction::In, chunk.lost_before_in, GapReason::RecordDropped, name, ts, out);
+                        self.gap(sid, Direction::Out, chunk.lost_before_out, GapReason::RecordDropped, name, ts, out);
+                        let base = self.position(sid, dir);
+                        self.advance(sid, dir, chunk.call_bytes);
+                        call.placed = Some((sid, dir, base));
+                        call.total = Some(chunk.call_bytes);
+                        (sid, dir, base)
+                    }
+                };
+                call.spans.push((chunk.offset, payload.len() as u64));
+                self.totals.recorded_bytes += payload.len() as u64;
+                let addr = addr_of(&call.addrs, chunk.msg_index);
+                out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
+            }
+            _ => call.chunks.push((chunk, payload)),
+        }
+        self.pending.insert(tid, call);
+    }
+
+    /// Places a data call's held chunks at their stream positions (placed calls are already
+    /// written) and turns what is missing into gaps.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn data(
+        &mut self,
+        sid: u64,
+        dir: Direction,
+        sys: Sys,
+        rec: &SyscallRecord,
+        call: PendingCall,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
+        if rec.bytes == 0 {
+            return;
+        }
+        let mut budget = Budget { ring: rec.lost_ring, fault: rec.lost_fault, truncated: rec.truncated };
+        let (sid, base, spans) = match call.placed {
+            Some((placed_sid, _, base)) => (placed_sid, base, call.spans),
+            None => {
+                let base = self.position(sid, dir);
+                if let Some((_, first)) = call.addrs.first() {
+                    self.learn_peer_if_unset(sid, first, out);
+                }
+                let mut spans = Vec::with_capacity(call.chunks.len());
+                for (chunk, payload) in call.chunks {
+                    spans.push((chunk.offset, payload.len() as u64));
+                    self.totals.recorded_bytes += payload.len() as u64;
+                    let addr = addr_of(&call.addrs, chunk.msg_index);
+                    out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
+                }
+                self.advance(sid, dir, rec.bytes);
+                (sid, base, spans)
+            }
+        };
+        let mut expected = 0u64;
+        for (offset, len) in spans {
+            if offset > expected {
+                self.hole(sid, dir, base + expected, offset - expected, &mut budget, false, sys, ts, out);
+            }
+            expected = offset + len;
+        }
+        if rec.bytes > expected {
+            self.hole(sid, dir, base + expected, rec.bytes - expected, &mut budget, true, sys, ts, out);
+        }
+    }
+
+    /// Splits a hole into gaps by reason: truncation sits at the end of a call, ring and fault
+    /// losses anywhere.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn hole(
+        &mut self,
+        sid: u64,
+        dir: Direction,
+        mut offset: u64,
+        len: u64,
+        budget: &mut Budget,
+        at_end: bool,
+        sys: Sys,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
+        let order: [(GapReason, &mut u64); 3] = if at_end {
+            [
+                (GapReason::MaxPayload, &mut budget.truncated),
+                (GapReason::RingFull, &mut budget.ring),
+                (GapReason::Fault, &mut budget.fault),
+            ]
+        } else {
+            [
+                (GapReason::RingFull, &mut budget.ring),
+                (GapReason::Fault, &mut budget.fault),
+                (GapReason::MaxPayload, &mut budget.truncated),
+            ]
+        };
+        let mut left = len;
+        let mut pieces = Vec::new();
+        for (reason, avail) in order {
+            let n = left.min(*avail);
+            if n > 0 {
+                *avail -= n;
+                left -= n;
+                pieces.push((reason, n));
+            }
+        }
+        if left > 0 {
+            pieces.push((GapReason::RingFull, left));
+        }
+        for (reason, n) in pieces {
+            self.push_gap(
+                out,
+                proto::Gap {
+                    stream_id: sid,
+                    direction: dir_proto(dir) as i32,
+                    ts_ns: ts,
+                    offset,
+                    length: n,
+                    reason: reason as i32,
+                    syscall: sys.name().to_owned(),
+                },
+            );
+            offset += n;
+        }
+    }
+
+    /// A gap of `len` bytes at the stream's current position, which it then advances.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gap(
+        &mut self,
+        sid: u64,
+        dir: Direction,
+        len: u64,
+        reason: GapReason,
+        syscall: &str,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
+        if len == 0 {
+            return;
+        }
+        let offset = self.position(sid, dir);
+        self.push_gap(
+            out,
+            proto::Gap {
+                stream_id: sid,
+                direction: dir_proto(dir) as i32,
+                ts_ns: ts,
+                offset,
+                length: len,
+                reason: reason as i32,
+                syscall: syscall.to_owned(),
+            },
+        );
+        self.advance(sid, dir, len);
+    }
+
+    pub(super) fn position(&self, sid: u64, dir: Direction) -> u64 {
+        self.streams.get(&sid).map(|s| if dir == Direction::In { s.pos_in } else { s.pos_out }).unwrap_or(0)
+    }
+
+    pub(super) fn advance(&mut self, sid: u64, dir: Direction, n: u64) {
+        if let Some(s) = self.streams.get_mut(&sid) {
+            match dir {
+                Direction::In => s.pos_in += n,
+                Direction::Out => s.pos_out += n,
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! fd tables and stream identities: opening, binding, closing, addresses.
+
+use super::*;
+
+impl Tracker {
+    /// Records the fds a process already has open, known by path/peer and marked as joined
+    /// mid-stream: on attach (`origin` "attach"), and for a launched command held before exec
+    /// ("inherited": close-on-exec fds are left out, exec closes them).
+    pub fn adopt_open_fds(&mut self, tgid: u32, origin: &str, now_mono_ns: u64, out: &mut Vec<proto::Record>) {
+        let table = self.tables.table_id(tgid);
+        let ts = self.wall_ns(now_mono_ns);
+        for (fd, id) in procfs::open_fds(tgid).unwrap_or_default() {
+            if origin == "inherited" && id.cloexec {
+                continue;
+            }
+            let sid = self.new_stream(tgid, fd, &id, origin, true, ts, out);
+            if let Some(s) = self.streams.get_mut(&sid) {
+                s.refs += 1;
+            }
+            self.tables.table_mut(table).fds.insert(fd, FdEntry { stream: sid, cloexec: id.cloexec });
+        }
+    }
+
+    /// Points `fd` at stream `sid`, closing what it pointed at before.
+    pub(super) fn bind_fd(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        sid: u64,
+        cloexec: bool,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
+        if let Some(old) = self.unbind_fd(tgid, fd) {
+            self.release(old.stream, ts, out);
+        }
+        let table = self.tables.table_id(tgid);
+        self.tables.table_mut(table).fds.insert(fd, FdEntry { stream: sid, cloexec });
+        if let Some(s) = self.streams.get_mut(&sid) {
+            s.refs += 1;
+        }
+    }
+
+    pub(super) fn unbind_fd(&mut self, tgid: u32, fd: i32) -> Option<FdEntry> {
+        let table = self.tables.table_id(tgid);
+        let entry = self.tables.table_mut(table).fds.remove(&fd)?;
+        self.remember_closed(tgid, fd, entry.stream);
+        Some(entry)
+    }
+
+    /// One fd fewer refers to the stream; the last one closes it.
+    pub(super) fn release(&mut self, sid: u64, ts: u64, out: &mut Vec<proto::Record>) {
+        let Some(s) = self.streams.get_mut(&sid) else { return };
+        s.refs = s.refs.saturating_sub(1);
+        if s.refs == 0 {
+            self.streams.remove(&sid);
+            out.push(record(R::Close(proto::StreamClose { stream_id: sid, ts_ns: ts })));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_stream(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        id: &procfs::FdIdentity,
+        origin: &str,
+        joined: bool,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) -> u64 {
+        self.next_stream += 1;
+        self.totals.streams += 1;
+        let sid = self.next_stream;
+        let info = proto::StreamInfo {
+            id: sid,
+            kind: id.kind.to_proto() as i32,
+            pid: tgid,
+            fd,
+            path: id.path.clone(),
+            local: id.local.clone(),
+            peer: id.peer.clone(),
+            origin: origin.to_owned(),
+            joined_mid_stream: joined,
+            position: id.position,
+            ts_ns: ts,
+            listening: id.listening,
+        };
+        out.push(record(R::Stream(info.clone())));
+        // Joined streams count from the file position, so offsets stay true file offsets.
+        let pos = if joined && id.kind == Kind::File { id.position } else { 0 };
+        self.streams.insert(sid, Stream { info, refs: 0, pos_in: pos, pos_out: pos });
+        sid
+    }
+
+    /// The stream behind an fd; an fd we never saw opened (inherited, or opened before attach)
+    /// is looked up in /proc now and marked as joined mid-stream.
+    pub(super) fn stream_for_fd(&mut self, tgid: u32, fd: i32, ts: u64, out: &mut Vec<proto::Record>) -> u64 {
+        if let Some(entry) = self.tables.get(tgid, fd) {
+            return entry.stream;
+        }
+        let id = procfs::resolve(tgid, fd).unwrap_or_else(|| procfs::FdIdentity {
+            kind: Kind::Other,
+            path: format!("fd {fd} (closed before it could be identified)"),
+            ..Default::default()
+        });
+        let cloexec = id.cloexec;
+        let sid = self.new_stream(tgid, fd, &id, "inherited", true, ts, out);
+        self.bind_fd(tgid, fd, sid, cloexec, ts, out);
+        sid
+    }
+
+    pub(super) fn fd_path(&mut self, tgid: u32, fd: i32, ts: u64, out: &mut Vec<proto::Record>) -> Option<String> {
+        let sid = self.stream_for_fd(tgid, fd, ts, out);
+        self.streams.get(&sid).map(|s| s.info.path.clone()).filter(|p| p.starts_with('/'))
+    }
+
+    pub(super) fn cwd_of(&mut self, tgid: u32) -> String {
+        self.cwd.entry(tgid).or_insert_with(|| procfs::cwd(tgid).unwrap_or_else(|| "/".into())).clone()
+    }
+
+    /// Sets the addresses a syscall or the kernel reported, and writes the updated identity.
+    pub(super) fn set_addresses(
+        &mut self,
+        sid: u64,
+        local: Option<String>,
+        peer: Option<String>,
+        out: &mut Vec<proto::Record>,
+    ) {
+        let Some(s) = self.streams.get_mut(&sid) else { return };
+        if let Some(peer) = peer.filter(|p| !p.is_empty()) {
+            s.info.peer = peer;
+        }
+        if let Some(local) = local.filter(|l| !l.is_empty()) {
+            s.info.local = local;
+        }
+        out.push(record(R::Stream(s.info.clone())));
+    }
+
+    /// Fills in addresses a socket's stream does not have yet (accepted without asking for
+    /// the peer, connected before the kernel chose the port) from what the kernel reported.
+    pub(super) fn fill_addresses(&mut self, sid: u64, local: String, peer: String, out: &mut Vec<proto::Record>) {
+        let Some(s) = self.streams.get_mut(&sid) else { return };
+        if !matches!(s.info.kind(), proto::StreamKind::Tcp | proto::StreamKind::Udp) {
+            return;
+        }
+        let mut changed = false;
+        if !local.is_empty() && (s.info.local.is_empty() || s.info.local.ends_with(":0")) && s.info.local != local {
+            s.info.local = local;
+            changed = true;
+        }
+        if !peer.is_empty() && s.info.peer.is_empty() {
+            s.info.peer = peer;
+            changed = true;
+        }
+        if changed {
+            out.push(record(R::Stream(s.info.clone())));
+        }
+    }
+
+    /// The live socket's local address, if `check` accepts what the live fd is now (the agent
+    /// runs behind the process, and the fd number may already name another socket).
+    pub(super) fn live_local_if(
+        &self,
+        tgid: u32,
+        fd: i32,
+        sid: u64,
+        check: impl Fn(&procfs::FdIdentity) -> bool,
+    ) -> Option<String> {
+        let kind = self.streams.get(&sid)?.info.kind();
+        if kind != proto::StreamKind::Udp && kind != proto::StreamKind::Tcp {
+            return None;
+        }
+        let mut live = procfs::FdIdentity::default();
+        procfs::socket_identity(tgid, fd, &mut live);
+        (check(&live) && !live.local.is_empty()).then_some(live.local)
+    }
+
+    pub(super) fn learn_peer_if_unset(&mut self, sid: u64, peer: &str, out: &mut Vec<proto::Record>) {
+        if let Some(s) = self.streams.get_mut(&sid) {
+            if s.info.peer.is_empty() {
+                s.info.peer = peer.to_owned();
+                out.push(record(R::Stream(s.info.clone())));
+            }
+        }
+    }
+}

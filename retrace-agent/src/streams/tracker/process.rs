@@ -1,0 +1,99 @@
+//! The process tree: fork/clone, exec (close-on-exec), exit.
+
+use retrace_common::{TaskRecord, TASK_GROUP_DEAD};
+
+use super::*;
+
+impl Tracker {
+    pub(super) fn task_new(&mut self, rec: &TaskRecord, out: &mut Vec<proto::Record>) {
+        let parent = rec.hdr.tgid;
+        let child = rec.pid as u32;
+        let ts = self.wall_ns(rec.hdr.ts_ns);
+        let thread = rec.clone_flags & CLONE_THREAD != 0;
+        if !thread {
+            let parent_table = self.tables.table_id(parent);
+            if rec.clone_flags & CLONE_FILES != 0 {
+                self.tables.attach(child, parent_table);
+            } else {
+                let copy = FdTable { fds: self.tables.table(parent_table).fds.clone(), users: 0 };
+                for entry in copy.fds.values() {
+                    if let Some(s) = self.streams.get_mut(&entry.stream) {
+                        s.refs += 1;
+                    }
+                }
+                let id = self.tables.new_table(copy);
+                self.tables.attach(child, id);
+            }
+            let cwd = self.cwd_of(parent);
+            self.cwd.insert(child, cwd);
+        }
+        out.push(record(R::Process(proto::Process {
+            ts_ns: ts,
+            event: if thread { "thread" } else { "fork" }.to_owned(),
+            pid: parent,
+            tid: rec.hdr.tid,
+            child,
+            clone_flags: rec.clone_flags,
+            ..Default::default()
+        })));
+    }
+
+    pub(super) fn task_exec(&mut self, rec: &TaskRecord, path: String, out: &mut Vec<proto::Record>) {
+        let tgid = rec.hdr.tgid;
+        let ts = self.wall_ns(rec.hdr.ts_ns);
+        if self.tables.has_process(tgid) {
+            // exec unshares the fd table, then closes the close-on-exec fds.
+            let table = self.tables.table_id(tgid);
+            let fds = self.tables.table(table).fds.clone();
+            let shared = self.tables.table(table).users > 1;
+            if shared {
+                for entry in fds.values() {
+                    if let Some(s) = self.streams.get_mut(&entry.stream) {
+                        s.refs += 1;
+                    }
+                }
+                let _ = self.tables.detach(tgid);
+                let id = self.tables.new_table(FdTable { fds: fds.clone(), users: 0 });
+                self.tables.attach(tgid, id);
+            }
+            for (fd, entry) in fds {
+                if entry.cloexec {
+                    if let Some(entry) = self.unbind_fd(tgid, fd) {
+                        self.release(entry.stream, ts, out);
+                    }
+                }
+            }
+        }
+        out.push(record(R::Process(proto::Process {
+            ts_ns: ts,
+            event: "exec".to_owned(),
+            pid: tgid,
+            tid: rec.hdr.tid,
+            path,
+            ..Default::default()
+        })));
+    }
+
+    pub(super) fn task_exit(&mut self, rec: &TaskRecord, out: &mut Vec<proto::Record>) {
+        let tgid = rec.hdr.tgid;
+        let ts = self.wall_ns(rec.hdr.ts_ns);
+        let group_dead = rec.flags & TASK_GROUP_DEAD != 0;
+        if group_dead {
+            for (fd, entry) in self.tables.detach(tgid) {
+                self.remember_closed(tgid, fd, entry.stream);
+                self.release(entry.stream, ts, out);
+            }
+            if tgid == self.root {
+                self.root_exited = true;
+            }
+        }
+        out.push(record(R::Process(proto::Process {
+            ts_ns: ts,
+            event: if group_dead { "exit" } else { "thread_exit" }.to_owned(),
+            pid: tgid,
+            tid: rec.hdr.tid,
+            exit_status: if group_dead { self.exit_codes.get(&tgid).copied().unwrap_or(-1) } else { 0 },
+            ..Default::default()
+        })));
+    }
+}

@@ -1,0 +1,261 @@
+//! What each syscall does to streams and fd tables.
+
+use bytes::Bytes;
+use retrace_common::{
+    syscall::{Direction, Sys},
+    SyscallRecord, SYSCALL_HAS_PENDING_LOSS,
+};
+
+use super::*;
+
+impl Tracker {
+    pub(super) fn syscall(&mut self, rec: &SyscallRecord, aux: &Bytes, out: &mut Vec<proto::Record>) {
+        let Some(sys) = Sys::from_u32(rec.sys) else { return };
+        let tgid = rec.hdr.tgid;
+        let ts = self.wall_ns(rec.hdr.ts_ns);
+        let call = self.take_pending(rec.hdr.tid, rec.hdr.ts_ns, out);
+        let ret = rec.ret;
+        let args = rec.args;
+        let fd0 = args[0] as i32;
+        let mut stream_id = 0;
+        let mut detail = String::new();
+        if sys.direction().is_some() {
+            stream_id = self.stream_for_fd(tgid, fd0, ts, out);
+            if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
+                self.fill_addresses(stream_id, local, peer, out);
+            }
+        }
+        let placed = call.placed.is_some();
+        if rec.flags & SYSCALL_HAS_PENDING_LOSS != 0 && !placed {
+            // Bytes of earlier calls on this fd whose records were dropped: they came first.
+            let sid = if stream_id != 0 { stream_id } else { self.stream_for_fd(tgid, fd0, ts, out) };
+            self.gap(sid, Direction::In, rec.lost_before_in, GapReason::RecordDropped, sys.name(), ts, out);
+            self.gap(sid, Direction::Out, rec.lost_before_out, GapReason::RecordDropped, sys.name(), ts, out);
+        }
+        if let Some(dir) = sys.direction() {
+            self.data(stream_id, dir, sys, rec, call, ts, out);
+        }
+        if ret >= 0 || ret == -EINPROGRESS {
+            match sys {
+                Sys::Open | Sys::Creat => {
+                    let flags = if sys == Sys::Creat { 0 } else { args[1] };
+                    stream_id = self.open(tgid, None, aux, ret as i32, flags, ts, out);
+                }
+                Sys::Openat => stream_id = self.open(tgid, Some(fd0), aux, ret as i32, args[2], ts, out),
+                Sys::Openat2 => stream_id = self.open(tgid, Some(fd0), aux, ret as i32, rec.extra[0] as u64, ts, out),
+                Sys::Chdir => {
+                    let base = self.cwd_of(tgid);
+                    self.cwd.insert(tgid, paths::absolute(&base, &text(aux)));
+                }
+                Sys::Fchdir => {
+                    if let Some(path) = self.fd_path(tgid, fd0, ts, out) {
+                        self.cwd.insert(tgid, path);
+                    }
+                }
+                Sys::Socket => {
+                    let id = procfs::FdIdentity {
+                        kind: Kind::of_socket(args[0] as u16, args[1] as u32),
+                        ..Default::default()
+                    };
+                    stream_id = self.new_stream(tgid, ret as i32, &id, "socket", false, ts, out);
+                    self.bind_fd(tgid, ret as i32, stream_id, args[1] & SOCK_CLOEXEC != 0, ts, out);
+                }
+                Sys::Socketpair => {
+                    let kind = Kind::of_socket(args[0] as u16, args[1] as u32);
+                    let (a, b) = (rec.extra[0] as i32, rec.extra[1] as i32);
+                    let id = procfs::FdIdentity { kind, peer: "socketpair".into(), ..Default::default() };
+                    let sa = self.new_stream(tgid, a, &id, "socketpair", false, ts, out);
+                    let sb = self.new_stream(tgid, b, &id, "socketpair", false, ts, out);
+                    self.bind_fd(tgid, a, sa, args[1] & SOCK_CLOEXEC != 0, ts, out);
+                    self.bind_fd(tgid, b, sb, args[1] & SOCK_CLOEXEC != 0, ts, out);
+                    detail = format!("fds=[{a},{b}]");
+                }
+                Sys::Pipe | Sys::Pipe2 => {
+                    let cloexec = sys == Sys::Pipe2 && args[1] & O_CLOEXEC != 0;
+                    let (r, w) = (rec.extra[0] as i32, rec.extra[1] as i32);
+                    let read_end =
+                        procfs::FdIdentity { kind: Kind::Pipe, path: "pipe (read end)".into(), ..Default::default() };
+                    let write_end =
+                        procfs::FdIdentity { kind: Kind::Pipe, path: "pipe (write end)".into(), ..Default::default() };
+                    let sr = self.new_stream(tgid, r, &read_end, "pipe", false, ts, out);
+                    let sw = self.new_stream(tgid, w, &write_end, "pipe", false, ts, out);
+                    self.bind_fd(tgid, r, sr, cloexec, ts, out);
+                    self.bind_fd(tgid, w, sw, cloexec, ts, out);
+                    detail = format!("fds=[{r},{w}]");
+                }
+                Sys::Connect => {
+                    stream_id = self.stream_for_fd(tgid, fd0, ts, out);
+                    let peer = sockaddr::format(aux).unwrap_or_default();
+                    detail = peer.clone();
+                    // TCP enters SYN_SENT before the ephemeral port is chosen, and UDP reports
+                    // nothing: then ask the live socket, and trust the answer only if it is
+                    // still the socket connected to `peer`.
+                    let local = match sockaddr::tuple(&rec.sock) {
+                        Some((local, _)) if !local.ends_with(":0") => Some(local),
+                        _ => self.live_local_if(tgid, fd0, stream_id, |live| live.peer == peer),
+                    };
+                    self.set_addresses(stream_id, local, Some(peer), out);
+                }
+                Sys::Bind => {
+                    stream_id = self.stream_for_fd(tgid, fd0, ts, out);
+                    let local = sockaddr::format(aux).unwrap_or_default();
+                    detail = local.clone();
+                    // Port 0 is chosen by the kernel: listen reports it.
+                    let local = Some(local).filter(|l| !l.ends_with(":0"));
+                    self.set_addresses(stream_id, local, None, out);
+                }
+                Sys::Listen => {
+                    stream_id = self.stream_for_fd(tgid, fd0, ts, out);
+                    let local = sockaddr::tuple(&rec.sock).map(|(local, _)| local);
+                    if let Some(s) = self.streams.get_mut(&stream_id) {
+                        s.info.listening = true;
+                    }
+                    self.set_addresses(stream_id, local, None, out);
+                }
+                Sys::Accept | Sys::Accept4 => {
+                    let listener = self.stream_for_fd(tgid, fd0, ts, out);
+                    let (kind, local) = self
+                        .streams
+                        .get(&listener)
+                        .map(|s| (s.info.kind(), s.info.local.clone()))
+                        .unwrap_or((proto::StreamKind::Other, String::new()));
+                    let mut id = procfs::FdIdentity { kind: from_proto(kind), local, ..Default::default() };
+                    id.peer = sockaddr::format(aux).unwrap_or_default();
+                    if id.peer.is_empty() && kind != proto::StreamKind::Unix {
+                        // No address asked for: ask the live socket, and trust the answer only
+                        // if it is still a connection of this listener.
+                        let mut live = procfs::FdIdentity::default();
+                        procfs::socket_identity(tgid, ret as i32, &mut live);
+                        if !live.local.is_empty() && (live.local == id.local || id.local.is_empty()) {
+                            id.local = live.local;
+                            id.peer = live.peer;
+                        }
+                    }
+                    detail = id.peer.clone();
+                    stream_id = self.new_stream(tgid, ret as i32, &id, "accept", false, ts, out);
+                    let cloexec = sys == Sys::Accept4 && args[3] & SOCK_CLOEXEC != 0;
+                    self.bind_fd(tgid, ret as i32, stream_id, cloexec, ts, out);
+                }
+                Sys::Close => {
+                    if let Some(entry) = self.unbind_fd(tgid, fd0) {
+                        stream_id = entry.stream;
+                        self.release(entry.stream, ts, out);
+                    }
+                }
+                Sys::CloseRange => {
+                    let (first, last) = (args[0] as u32, args[1] as u32);
+                    let table = self.tables.table_id(tgid);
+                    let fds: Vec<i32> = self
+                        .tables
+                        .table(table)
+                        .fds
+                        .keys()
+                        .copied()
+                        .filter(|&fd| fd >= 0 && (fd as u32) >= first && (fd as u32) <= last)
+                        .collect();
+                    for fd in fds {
+                        if args[2] & CLOSE_RANGE_CLOEXEC != 0 {
+                            if let Some(e) = self.tables.table_mut(table).fds.get_mut(&fd) {
+                                e.cloexec = true;
+                            }
+                        } else if let Some(entry) = self.unbind_fd(tgid, fd) {
+                            self.release(entry.stream, ts, out);
+                        }
+                    }
+                }
+                Sys::Dup => stream_id = self.dup(tgid, fd0, ret as i32, false, ts, out),
+                Sys::Dup2 => stream_id = self.dup(tgid, fd0, ret as i32, false, ts, out),
+                Sys::Dup3 => stream_id = self.dup(tgid, fd0, ret as i32, args[2] & O_CLOEXEC != 0, ts, out),
+                Sys::Fcntl => match args[1] {
+                    F_DUPFD | F_DUPFD_CLOEXEC => {
+                        stream_id = self.dup(tgid, fd0, ret as i32, args[1] == F_DUPFD_CLOEXEC, ts, out)
+                    }
+                    F_SETFD => {
+                        let table = self.tables.table_id(tgid);
+                        if let Some(e) = self.tables.table_mut(table).fds.get_mut(&fd0) {
+                            e.cloexec = args[2] & 1 != 0;
+                        }
+                    }
+                    _ => {}
+                },
+                Sys::Sendfile | Sys::Splice | Sys::CopyFileRange if ret > 0 => {
+                    // sendfile(out, in, ..); splice/copy_file_range(in, _, out, ..).
+                    let (fd_in, fd_out) =
+                        if sys == Sys::Sendfile { (args[1] as i32, fd0) } else { (fd0, args[2] as i32) };
+                    let s_in = self.stream_for_fd(tgid, fd_in, ts, out);
+                    let s_out = self.stream_for_fd(tgid, fd_out, ts, out);
+                    self.gap(s_in, Direction::In, ret as u64, GapReason::InKernelCopy, sys.name(), ts, out);
+                    self.gap(s_out, Direction::Out, ret as u64, GapReason::InKernelCopy, sys.name(), ts, out);
+                    stream_id = s_out;
+                }
+                Sys::ExitGroup => {
+                    self.exit_codes.insert(tgid, (args[0] & 0xff) as i32);
+                }
+                _ => {}
+            }
+        }
+        // A data call that moved bytes is in the timeline through its Data and Gap records.
+        if sys.direction().is_some() && ret > 0 {
+            return;
+        }
+        out.push(record(R::Syscall(proto::Syscall {
+            ts_ns: ts,
+            pid: tgid,
+            tid: rec.hdr.tid,
+            name: sys.name().to_owned(),
+            ret,
+            args: args.to_vec(),
+            stream_id,
+            bytes: rec.bytes,
+            detail: if detail.is_empty() && !aux.is_empty() && sys.direction().is_none() { text(aux) } else { detail },
+        })));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open(
+        &mut self,
+        tgid: u32,
+        dirfd: Option<i32>,
+        aux: &Bytes,
+        fd: i32,
+        flags: u64,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) -> u64 {
+        let given = text(aux);
+        let base = match dirfd {
+            Some(d) if d != AT_FDCWD && !given.starts_with('/') => {
+                self.fd_path(tgid, d, ts, out).unwrap_or_else(|| self.cwd_of(tgid))
+            }
+            _ => self.cwd_of(tgid),
+        };
+        let path = paths::absolute(&base, &given);
+        let kind = match std::fs::metadata(&path) {
+            Ok(m) if std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()) => Kind::Pipe,
+            Ok(m) if m.is_file() || m.is_dir() => Kind::File,
+            Ok(_) => Kind::Other,
+            Err(_) => Kind::File,
+        };
+        let id = procfs::FdIdentity { kind, path, ..Default::default() };
+        let sid = self.new_stream(tgid, fd, &id, "open", false, ts, out);
+        self.bind_fd(tgid, fd, sid, flags & O_CLOEXEC != 0, ts, out);
+        sid
+    }
+
+    pub(super) fn dup(
+        &mut self,
+        tgid: u32,
+        old: i32,
+        new: i32,
+        cloexec: bool,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) -> u64 {
+        if old == new {
+            return self.stream_for_fd(tgid, old, ts, out);
+        }
+        let sid = self.stream_for_fd(tgid, old, ts, out);
+        self.bind_fd(tgid, new, sid, cloexec, ts, out);
+        sid
+    }
+}
