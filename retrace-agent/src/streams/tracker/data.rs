@@ -38,29 +38,9 @@ impl Tracker {
             let pos = if dir == Direction::In { &mut closed.pos_in } else { &mut closed.pos_out };
             let offset = *pos;
             *pos += len;
-            self.push_gap(
-                out,
-                proto::Gap {
-                    stream_id: closed.stream,
-                    direction: dir_proto(dir) as i32,
-                    ts_ns: ts,
-                    offset,
-                    length: len,
-                    reason: GapReason::RecordDropped as i32,
-                    syscall: String::new(),
-                },
-            );
+            self.gap_at(closed.stream, dir, offset, len, GapReason::RecordDropped, "", ts, out);
         }
         self.closed_fds.insert((tgid, fd), closed);
-    }
-
-    pub(super) fn push_gap(&mut self, out: &mut Vec<proto::Record>, gap: proto::Gap) {
-        if gap.reason == GapReason::InKernelCopy as i32 {
-            self.totals.in_kernel_bytes += gap.length;
-        } else {
-            self.totals.lost_bytes += gap.length;
-        }
-        out.push(record(R::Gap(gap)));
     }
 
     /// Notes where the stream behind a closing fd ended.
@@ -91,30 +71,8 @@ impl Tracker {
         let Some((sid, dir, base)) = call.placed else { return };
         let Some(total) = call.total else { return };
         let ts = self.wall_ns(call.ts_ns);
-        let mut expected = 0u64;
-        let mut holes = Vec::new();
-        for &(offset, len) in &call.spans {
-            if offset > expected {
-                holes.push((expected, offset - expected));
-            }
-            expected = offset + len;
-        }
-        if total > expected {
-            holes.push((expected, total - expected));
-        }
-        for (offset, len) in holes {
-            self.push_gap(
-                out,
-                proto::Gap {
-                    stream_id: sid,
-                    direction: dir_proto(dir) as i32,
-                    ts_ns: ts,
-                    offset: base + offset,
-                    length: len,
-                    reason: GapReason::RecordDropped as i32,
-                    syscall: String::new(),
-                },
-            );
+        for (offset, len) in holes(&call.spans, total) {
+            self.gap_at(sid, dir, base + offset, len, GapReason::RecordDropped, "", ts, out);
         }
     }
 
@@ -189,15 +147,9 @@ impl Tracker {
                 (sid, base, spans)
             }
         };
-        let mut expected = 0u64;
-        for (offset, len) in spans {
-            if offset > expected {
-                self.hole(sid, dir, base + expected, offset - expected, &mut budget, false, sys, ts, out);
-            }
-            expected = offset + len;
-        }
-        if rec.bytes > expected {
-            self.hole(sid, dir, base + expected, rec.bytes - expected, &mut budget, true, sys, ts, out);
+        for (offset, len) in holes(&spans, rec.bytes) {
+            let at_end = offset + len == rec.bytes;
+            self.hole(sid, dir, base + offset, len, &mut budget, at_end, sys, ts, out);
         }
     }
 
@@ -243,18 +195,7 @@ impl Tracker {
             pieces.push((GapReason::RingFull, left));
         }
         for (reason, n) in pieces {
-            self.push_gap(
-                out,
-                proto::Gap {
-                    stream_id: sid,
-                    direction: dir_proto(dir) as i32,
-                    ts_ns: ts,
-                    offset,
-                    length: n,
-                    reason: reason as i32,
-                    syscall: sys.name().to_owned(),
-                },
-            );
+            self.gap_at(sid, dir, offset, n, reason, sys.name(), ts, out);
             offset += n;
         }
     }
@@ -275,19 +216,37 @@ impl Tracker {
             return;
         }
         let offset = self.position(sid, dir);
-        self.push_gap(
-            out,
-            proto::Gap {
-                stream_id: sid,
-                direction: dir_proto(dir) as i32,
-                ts_ns: ts,
-                offset,
-                length: len,
-                reason: reason as i32,
-                syscall: syscall.to_owned(),
-            },
-        );
+        self.gap_at(sid, dir, offset, len, reason, syscall, ts, out);
         self.advance(sid, dir, len);
+    }
+
+    /// Writes a gap record at `offset` and counts it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gap_at(
+        &mut self,
+        sid: u64,
+        dir: Direction,
+        offset: u64,
+        len: u64,
+        reason: GapReason,
+        syscall: &str,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) {
+        if reason == GapReason::InKernelCopy {
+            self.totals.in_kernel_bytes += len;
+        } else {
+            self.totals.lost_bytes += len;
+        }
+        out.push(record(R::Gap(proto::Gap {
+            stream_id: sid,
+            direction: dir_proto(dir) as i32,
+            ts_ns: ts,
+            offset,
+            length: len,
+            reason: reason as i32,
+            syscall: syscall.to_owned(),
+        })));
     }
 
     pub(super) fn position(&self, sid: u64, dir: Direction) -> u64 {
@@ -302,4 +261,20 @@ impl Tracker {
             }
         }
     }
+}
+
+/// The (offset, length) ranges of `[0, total)` that the sorted `spans` do not cover.
+fn holes(spans: &[(u64, u64)], total: u64) -> Vec<(u64, u64)> {
+    let mut holes = Vec::new();
+    let mut expected = 0u64;
+    for &(offset, len) in spans {
+        if offset > expected {
+            holes.push((expected, offset - expected));
+        }
+        expected = offset + len;
+    }
+    if total > expected {
+        holes.push((expected, total - expected));
+    }
+    holes
 }
