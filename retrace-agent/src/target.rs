@@ -3,16 +3,15 @@
 
 use std::{
     ffi::CString,
-    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use nix::{
     sys::{
         signal::{kill, Signal},
-        wait::{waitpid, WaitStatus},
+        wait::{waitpid, WaitPidFlag, WaitStatus},
     },
-    unistd::{fork, pipe2, ForkResult, Pid},
+    unistd::{fork, ForkResult, Pid},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +42,12 @@ pub enum Target {
 /// A launched child, stopped before exec until `release`.
 pub struct Launched {
     pub pid: u32,
-    go: Option<OwnedFd>,
+    stopped: bool,
 }
 
 impl Launched {
-    /// Forks the command. The child waits on a pipe, then execs; it is not yet running the
-    /// program when this returns.
+    /// Forks the command. The child stops itself (SIGSTOP) before exec: it is not running the
+    /// program when this returns, and nothing it does to wait shows in the recording.
     pub fn spawn(argv: &[String]) -> Result<Launched, TargetError> {
         let program = argv.first().ok_or(TargetError::EmptyCommand)?;
         let path = find_program(program).ok_or_else(|| TargetError::NotFound { program: program.clone() })?;
@@ -64,43 +63,47 @@ impl Launched {
                 CString::new(kv).ok()
             })
             .collect();
-        let (read_end, write_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|source| TargetError::Spawn { program: program.clone(), source })?;
-        // SAFETY: the child only calls async-signal-safe functions (read, close, execve, _exit)
-        // on data prepared before the fork.
+        // Pointer arrays built before the fork: the child of a threaded process must not allocate.
+        let argv_p: Vec<*const libc::c_char> =
+            args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let env_p: Vec<*const libc::c_char> =
+            env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        // SAFETY: the child only calls async-signal-safe functions (raise, execve, _exit) on
+        // data prepared before the fork.
         match unsafe { fork() }.map_err(|source| TargetError::Spawn { program: program.clone(), source })? {
             ForkResult::Child => unsafe {
-                libc::close(write_end.as_raw_fd());
-                let mut byte = 0u8;
-                let n = libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
-                if n != 1 {
-                    libc::_exit(126);
-                }
-                libc::close(read_end.as_raw_fd());
-                let argv_p: Vec<*const libc::c_char> =
-                    args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-                let env_p: Vec<*const libc::c_char> =
-                    env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+                libc::raise(libc::SIGSTOP);
                 libc::execve(path_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
                 libc::_exit(127);
             },
             ForkResult::Parent { child } => {
-                drop(read_end);
-                Ok(Launched { pid: child.as_raw() as u32, go: Some(write_end) })
+                // Wait until it has stopped itself.
+                loop {
+                    match waitpid(child, Some(WaitPidFlag::WUNTRACED)) {
+                        Ok(WaitStatus::Stopped(..)) => break,
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Ok(_) | Err(_) => {
+                            return Err(TargetError::Spawn {
+                                program: program.clone(),
+                                source: nix::errno::Errno::ECHILD,
+                            })
+                        }
+                    }
+                }
+                Ok(Launched { pid: child.as_raw() as u32, stopped: true })
             }
         }
     }
 
     /// Lets the child exec the program.
     pub fn release(&mut self) {
-        if let Some(go) = self.go.take() {
-            let _ = nix::unistd::write(&go, &[1]);
+        if std::mem::take(&mut self.stopped) {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGCONT);
         }
     }
 
     /// Kills a child that never got to run (set-up failed after the fork).
-    pub fn abort(mut self) {
-        self.go.take();
+    pub fn abort(self) {
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         let _ = waitpid(Pid::from_raw(self.pid as i32), None);
     }

@@ -100,3 +100,13 @@ fn readers_end_quietly_when_their_output_is_closed() {
         assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn the_launcher_leaves_no_trace_in_the_recording() {
+    // The launched command waits for the probes before exec; that wait must not be recorded
+    // (it once showed as a one-byte read on a pipe of the recorder's).
+    let dir = scratch("launcher");
+    let (rec, _) = record(&dir, &[], &["true"]);
+    let foreign: Vec<_> = rec.streams.iter().filter(|s| s.bytes_in + s.bytes_out > 0 && s.kind != "file").collect();
+    assert!(foreign.is_empty(), "`true` moves bytes only on files it opens itself: {foreign:#?}");
+}
