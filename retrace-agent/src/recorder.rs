@@ -179,6 +179,11 @@ pub async fn record(
     let consume_stats = consumer.await.map_err(|_| RecordError::WriterDied)??;
     let (mut writer, mut tracker) = writer_thread.join().map_err(|_| RecordError::WriterDied)??;
     let kernel = probes.stats()?;
+    if std::env::var_os("RETRACE_PROBE_STATS").is_some() {
+        for (name, runs, avg_ns) in crate::capture::loader::program_costs(&probes) {
+            eprintln!("probe {name:<28} runs {runs:>10}  avg {avg_ns:>6} ns");
+        }
+    }
     let mut tail = Vec::new();
     let now = monotonic_ns();
     for (key, loss) in probes.pending_loss()? {

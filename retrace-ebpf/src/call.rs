@@ -13,7 +13,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 
 use crate::maps::{SYSCALL_EXITS, TRACED};
@@ -74,11 +74,11 @@ impl Call {
         Some(Call { tgid, tid, ts_ns: unsafe { bpf_ktime_get_ns() }, args: read_args(regs), ret })
     }
 
-    /// In `raw_syscalls:sys_enter(struct pt_regs *regs, long id)`, for calls that never return.
+    /// In `syscalls:sys_enter_exit_group`, whose record holds the status at offset 16.
     #[inline(always)]
-    pub fn entry(ctx: &RawTracePointContext) -> Option<Call> {
+    pub fn entry_exit_group(ctx: &TracePointContext) -> Option<Call> {
         let (tgid, tid) = traced()?;
-        let regs: *const pt_regs = ctx.arg(0);
-        Some(Call { tgid, tid, ts_ns: unsafe { bpf_ktime_get_ns() }, args: read_args(regs), ret: 0 })
+        let status: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+        Some(Call { tgid, tid, ts_ns: unsafe { bpf_ktime_get_ns() }, args: [status, 0, 0, 0, 0, 0], ret: 0 })
     }
 }

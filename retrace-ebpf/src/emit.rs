@@ -21,7 +21,7 @@ use retrace_common::{
 use crate::{
     call::Call,
     copy::Copy,
-    maps::{count, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_TID, SK_REPORTED, SK_TUPLES},
+    maps::{count, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES},
 };
 
 /// Room for the largest record plus its path.
@@ -194,8 +194,12 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
 /// always for connect/listen, which change them).
 #[inline(always)]
 fn socket_addresses(tid: u32, sys: Sys) -> SockTuple {
-    let Some(sk) = (unsafe { SK_OF_TID.get(&tid) }).copied() else { return SockTuple::default() };
-    let _ = SK_OF_TID.remove(&tid);
+    let Some(slot) = SK_OF_CALL.get_ptr_mut(0) else { return SockTuple::default() };
+    let (owner, sk) = unsafe { ((*slot).tid, (*slot).sk) };
+    if owner != tid || sk == 0 {
+        return SockTuple::default();
+    }
+    unsafe { (*slot).sk = 0 };
     let always = matches!(sys, Sys::Connect | Sys::Listen);
     if !always && unsafe { SK_REPORTED.get(&sk) }.is_some() {
         return SockTuple::default();

@@ -38,10 +38,20 @@ pub static SYSCALL_EXITS: ProgramArray = ProgramArray::with_max_entries(512, 0);
 #[map]
 pub static SK_TUPLES: LruHashMap<u64, SockTuple> = LruHashMap::with_max_entries(65536, 0);
 
-/// The socket a traced thread's current syscall used (`sock_send_length`, `sock_recv_length`,
-/// or a connect/listen state change), by tid; taken by the syscall's record.
+/// The socket the current syscall on this CPU used (`sock_send_length`, `sock_recv_length`, or
+/// a connect/listen state change), tagged with the thread: the syscall's record takes it. A
+/// per-CPU slot instead of a map keyed by thread, because these hooks run for every socket call
+/// on the machine; a thread that migrates in between just finds another tag.
 #[map]
-pub static SK_OF_TID: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
+pub static SK_OF_CALL: PerCpuArray<SkSlot> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SkSlot {
+    pub tid: u32,
+    pub _pad: u32,
+    pub sk: u64,
+}
 
 /// Sockets whose addresses were already reported to the agent.
 #[map]

@@ -50,14 +50,16 @@ pub struct KernelStats {
 }
 
 /// Classic tracepoints: their record formats carry pids, clone flags and addresses directly.
-const TRACEPOINTS: [(&str, &str); 6] = [
+const TRACEPOINTS: [(&str, &str); 5] = [
     ("task", "task_newtask"),
     ("sched", "sched_process_exec"),
     ("sched", "sched_process_exit"),
     ("sock", "inet_sock_set_state"),
-    ("sock", "sock_send_length"),
-    ("sock", "sock_recv_length"),
+    ("syscalls", "sys_enter_exit_group"),
 ];
+
+/// Raw tracepoints: the syscall dispatcher and the hooks on every socket call.
+const RAW_TRACEPOINTS: [&str; 3] = ["sys_exit", "sock_send_length", "sock_recv_length"];
 
 impl Probes {
     pub fn load(config: &ProbeConfig) -> Result<Probes, CaptureError> {
@@ -85,7 +87,7 @@ impl Probes {
         }
 
         let mut links = Vec::new();
-        for name in ["sys_exit", "sys_enter"] {
+        for name in RAW_TRACEPOINTS {
             let program = raw_program(&mut ebpf, name)?;
             program.load().map_err(attach_err(name))?;
             links.push(Link::Raw(name, program.attach(name).map_err(attach_err(name))?));
@@ -167,7 +169,7 @@ impl Probes {
     /// the dispatcher that runs them).
     fn program_misses(&self) -> u64 {
         let mut total = 0;
-        for name in ["sys_exit", "sys_enter"].into_iter().chain(TRACEPOINTS.iter().map(|(_, n)| *n)) {
+        for name in RAW_TRACEPOINTS.into_iter().chain(TRACEPOINTS.iter().map(|(_, n)| *n)) {
             let Some(program) = self.ebpf.program(name) else { continue };
             if let Ok(fd) = program.fd() {
                 total += recursion_misses(std::os::fd::AsFd::as_fd(fd));
@@ -246,6 +248,25 @@ fn syscall_nr(name: &str) -> Option<u32> {
 
 /// `bpf_prog_info.recursion_misses` of a program (aya does not expose it).
 fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    prog_info(fd).map(|i| i.recursion_misses).unwrap_or(0)
+}
+
+/// Per-program run counts and average nanoseconds (needs `sysctl kernel.bpf_stats_enabled=1`),
+/// most expensive first: where a traced syscall's kernel time goes.
+pub fn program_costs(probes: &Probes) -> Vec<(String, u64, u64)> {
+    let mut costs: Vec<(String, u64, u64)> = probes
+        .ebpf
+        .programs()
+        .filter_map(|(name, program)| {
+            let info = prog_info(std::os::fd::AsFd::as_fd(program.fd().ok()?))?;
+            (info.run_cnt > 0).then(|| (name.to_owned(), info.run_cnt, info.run_time_ns / info.run_cnt))
+        })
+        .collect();
+    costs.sort_by_key(|(_, count, avg)| std::cmp::Reverse(count * avg));
+    costs
+}
+
+fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<aya_obj::generated::bpf_prog_info> {
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     #[repr(C)]
     struct InfoAttr {
@@ -263,11 +284,7 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
     let rc = unsafe {
         libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr, std::mem::size_of::<InfoAttr>())
     };
-    if rc == 0 {
-        info.recursion_misses
-    } else {
-        0
-    }
+    (rc == 0).then_some(info)
 }
 
 /// Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones (and this one) use memcg. Failing

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::tracepoint,
+    programs::TracePointContext,
     EbpfContext as _,
 };
 use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD};
@@ -59,16 +59,11 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-const NR_EXIT_GROUP: i64 = 231;
-
-/// `raw_syscalls:sys_enter`, for exit_group only: it never reaches sys_exit.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> u32 {
-    let nr: i64 = ctx.arg(1);
-    if nr != NR_EXIT_GROUP {
-        return 0;
-    }
-    let Some(call) = Call::entry(&ctx) else { return 0 };
+/// exit_group never reaches sys_exit: its status is taken at entry. The syscall's own trace
+/// event fires for exit_group only (a raw `sys_enter` program would run for every syscall).
+#[tracepoint(category = "syscalls", name = "sys_enter_exit_group")]
+pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
+    let Some(call) = Call::entry_exit_group(&ctx) else { return 0 };
     emit::syscall(&call, Sys::ExitGroup, Aux::None, [0, 0], None, None);
     0
 }

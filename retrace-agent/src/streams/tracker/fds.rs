@@ -145,7 +145,12 @@ impl Tracker {
             return;
         }
         let mut changed = false;
-        if !local.is_empty() && (s.info.local.is_empty() || s.info.local.ends_with(":0")) && s.info.local != local {
+        // Empty, port 0, or a listener's wildcard address: the kernel's is exact.
+        let vague = s.info.local.is_empty()
+            || s.info.local.ends_with(":0")
+            || s.info.local.starts_with("0.0.0.0:")
+            || s.info.local.starts_with("[::]:");
+        if !local.is_empty() && vague && s.info.local != local {
             s.info.local = local;
             changed = true;
         }
