@@ -80,7 +80,8 @@ fn exit_statuses_of_children_are_recorded() {
     let dir = scratch("exit-status");
     let (rec, _) = record(&dir, &[], &["sh", "-c", "sh -c 'exit 5'; true"]);
     let root = rec.recording.manifest.root_pid;
-    let exits: Vec<(u32, i32)> = rec.processes().iter().filter(|p| p.event == "exit").map(|p| (p.pid, p.exit_status)).collect();
+    let exits: Vec<(u32, i32)> =
+        rec.processes().iter().filter(|p| p.event == "exit").map(|p| (p.pid, p.exit_status)).collect();
     assert!(exits.iter().any(|&(pid, status)| pid != root && status == 5), "the inner sh exited with 5: {exits:?}");
     assert!(exits.contains(&(root, 0)), "the outer sh exited with 0: {exits:?}");
 }
