@@ -50,6 +50,8 @@ fn flood_into_a_tiny_ring_buffer_is_accounted_exactly() {
     assert_eq!(end, written);
     let counters = rec.counters();
     assert!(counters.chunk_bytes_dropped > 0, "kernel counters: {counters:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("larger --ring-buffer (now 64K)"), "record says what to do about the loss: {stderr}");
 }
 
 #[test]
