@@ -205,7 +205,7 @@ fn socket_addresses(tid: u32, sys: Sys) -> SockTuple {
         return SockTuple::default();
     }
     let _ = SK_REPORTED.insert(&sk, &1, 0);
-    let mut t = unsafe { SK_TUPLES.get(&sk) }.copied().unwrap_or_else(|| sock_common_v4(sk));
+    let mut t = unsafe { SK_TUPLES.get(&sk) }.copied().unwrap_or_else(|| sock_common_head(sk));
     if t.sport == 0 {
         // connect enters SYN_SENT before the ephemeral port is chosen; it is set by now.
         t.sport = unsafe { bpf_probe_read_kernel((sk + SKC_NUM) as *const u16) }.unwrap_or(0);
@@ -214,32 +214,36 @@ fn socket_addresses(tid: u32, sys: Sys) -> SockTuple {
 }
 
 /// `struct sock_common` starts with daddr, rcv_saddr (u32 each), a hash, dport (be16), num
-/// (u16) and family: a layout unchanged for many kernel releases. Used for IPv4 sockets that
-/// never change TCP state (UDP).
+/// (u16) and family: a layout unchanged for many kernel releases. Used for sockets that never
+/// change TCP state (UDP). IPv6 addresses sit at build-dependent offsets: for AF_INET6 only the
+/// ports are reported, with the addresses left zero (unknown).
 const SKC_DADDR: u64 = 0;
 const SKC_RCV_SADDR: u64 = 4;
 const SKC_DPORT: u64 = 12;
 const SKC_NUM: u64 = 14;
 const SKC_FAMILY: u64 = 16;
 const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 
 #[inline(always)]
-fn sock_common_v4(sk: u64) -> SockTuple {
+fn sock_common_head(sk: u64) -> SockTuple {
     let read16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) }.unwrap_or(0);
     let read4 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const [u8; 4]) }.unwrap_or([0; 4]);
     let mut t = SockTuple::default();
-    if read16(SKC_FAMILY) != AF_INET {
+    let family = read16(SKC_FAMILY);
+    if family != AF_INET && family != AF_INET6 {
         return t;
     }
-    t.family = AF_INET;
+    t.family = family;
     t.sport = read16(SKC_NUM);
     t.dport = u16::from_be(read16(SKC_DPORT));
-    t.saddr[..4].copy_from_slice(&read4(SKC_RCV_SADDR));
-    t.daddr[..4].copy_from_slice(&read4(SKC_DADDR));
+    if family == AF_INET {
+        t.saddr[..4].copy_from_slice(&read4(SKC_RCV_SADDR));
+        t.daddr[..4].copy_from_slice(&read4(SKC_DADDR));
+    }
     t
 }
 
-/// Takes the loss waiting in `PENDING_LOSS` for (tgid, fd): (bytes in, bytes out).
 #[inline(always)]
 pub fn take_pending_loss(tgid: u32, fd: i32) -> (u64, u64) {
     if PENDING_ANY.get(0).copied().unwrap_or(0) == 0 {

@@ -154,3 +154,65 @@ fn curl_request_and_response_are_exact() {
     let body_stream = rec.by_path(&body);
     assert_bytes_eq(&rec.bytes(body_stream.id, Direction::Out), &std::fs::read(&body).unwrap(), "body file");
 }
+
+const UDP_PEERS: &str = r#"
+import socket, sys
+fam = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
+a = socket.socket(fam, socket.SOCK_DGRAM); a.bind((host, 0))
+b = socket.socket(fam, socket.SOCK_DGRAM); b.bind((host, 0))
+c = socket.socket(fam, socket.SOCK_DGRAM); c.bind((host, 0))
+for i in range(3):
+    c.sendto(b"to-a-%d" % i, a.getsockname())
+    c.sendto(b"to-b-%d" % i, b.getsockname())
+for s, name in ((a, b"a"), (b, b"b")):
+    for i in range(3):
+        data, peer = s.recvfrom(100)
+        s.sendto(b"reply-from-" + name + data[-2:], peer)
+for i in range(6):
+    c.recvfrom(100)
+print(c.getsockname()[1], a.getsockname()[1], b.getsockname()[1])
+"#;
+
+#[test]
+fn unconnected_udp_datagrams_carry_their_peer() {
+    for family in ["4", "6"] {
+        let dir = scratch(&format!("udp-peers-{family}"));
+        let (rec, out) = record(&dir, &[], &["python3", "-c", UDP_PEERS, family]);
+        let ports: Vec<u16> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|p| p.parse().unwrap()).collect();
+        let fmt = |port: u16| if family == "6" { format!("[::1]:{port}") } else { format!("127.0.0.1:{port}") };
+        let (c, a, b) = (fmt(ports[0]), fmt(ports[1]), fmt(ports[2]));
+        let sender = rec.find("the sending socket", |s| s.kind == "udp" && s.local == c);
+        let data = rec.data(sender.id);
+        let sent: Vec<(String, Vec<u8>)> = data
+            .iter()
+            .filter(|d| d.direction() == Direction::Out)
+            .map(|d| (d.addr.clone(), d.payload.to_vec()))
+            .collect();
+        let want_sent: Vec<(String, Vec<u8>)> = (0..3)
+            .flat_map(|i| {
+                [(a.clone(), format!("to-a-{i}").into_bytes()), (b.clone(), format!("to-b-{i}").into_bytes())]
+            })
+            .collect();
+        assert_eq!(sent, want_sent, "IPv{family}: each datagram sent, with its destination");
+        let received: Vec<(String, Vec<u8>)> = data
+            .iter()
+            .filter(|d| d.direction() == Direction::In)
+            .map(|d| (d.addr.clone(), d.payload.to_vec()))
+            .collect();
+        assert_eq!(received.len(), 6, "IPv{family}: six replies: {received:?}");
+        for (from, payload) in &received {
+            let expect = if from == &a {
+                "reply-from-a"
+            } else {
+                assert_eq!(from, &b);
+                "reply-from-b"
+            };
+            assert!(payload.starts_with(expect.as_bytes()), "IPv{family}: {payload:?} from {from}");
+        }
+        // The receivers' streams know their own address and see the sender as the datagram source.
+        let ra = rec.find("receiver a", |s| s.kind == "udp" && s.local == a);
+        assert!(rec.data(ra.id).iter().filter(|d| d.direction() == Direction::In).all(|d| d.addr == c));
+    }
+}

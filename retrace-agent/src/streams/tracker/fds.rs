@@ -145,16 +145,12 @@ impl Tracker {
             return;
         }
         let mut changed = false;
-        // Empty, port 0, or a listener's wildcard address: the kernel's is exact.
-        let vague = s.info.local.is_empty()
-            || s.info.local.ends_with(":0")
-            || s.info.local.starts_with("0.0.0.0:")
-            || s.info.local.starts_with("[::]:");
-        if !local.is_empty() && vague && s.info.local != local {
-            s.info.local = local;
+        if let Some(merged) = merge_local(&s.info.local, &local) {
+            s.info.local = merged;
             changed = true;
         }
-        if !peer.is_empty() && s.info.peer.is_empty() {
+        // An all-zero address is unknown (IPv6 UDP), not a peer.
+        if !peer.is_empty() && !is_unspecified(&peer) && s.info.peer.is_empty() {
             s.info.peer = peer;
             changed = true;
         }
@@ -188,5 +184,41 @@ impl Tracker {
                 out.push(record(R::Stream(s.info.clone())));
             }
         }
+    }
+}
+
+/// The better of the local address a stream has and the one the kernel reported: the kernel's
+/// port replaces a port 0 (bind to port 0), and its exact address replaces a wildcard (accepted
+/// from a listener on 0.0.0.0); an unknown (all-zero) kernel address keeps the bound one.
+fn merge_local(current: &str, kernel: &str) -> Option<String> {
+    let (Some((cur_addr, cur_port)), Some((_, k_port))) = (current.rsplit_once(':'), kernel.rsplit_once(':')) else {
+        return (current.is_empty() && !kernel.is_empty()).then(|| kernel.to_owned());
+    };
+    let merged = match (is_unspecified(current), is_unspecified(kernel)) {
+        (_, false) if cur_port == "0" || is_unspecified(current) => kernel.to_owned(),
+        (_, true) if cur_port == "0" && k_port != "0" => format!("{cur_addr}:{k_port}"),
+        _ => return None,
+    };
+    (merged != current).then_some(merged)
+}
+
+/// `0.0.0.0:port` or `[::]:port`.
+fn is_unspecified(addr: &str) -> bool {
+    addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_local;
+
+    #[test]
+    fn kernel_addresses_refine_known_ones() {
+        assert_eq!(merge_local("", "127.0.0.1:5"), Some("127.0.0.1:5".into()));
+        assert_eq!(merge_local("[::1]:0", "[::]:4242"), Some("[::1]:4242".into()));
+        assert_eq!(merge_local("0.0.0.0:80", "127.0.0.1:80"), Some("127.0.0.1:80".into()));
+        assert_eq!(merge_local("127.0.0.1:0", "127.0.0.1:9"), Some("127.0.0.1:9".into()));
+        assert_eq!(merge_local("127.0.0.1:9", "127.0.0.1:9"), None);
+        assert_eq!(merge_local("127.0.0.1:9", "[::]:9"), None);
+        assert_eq!(merge_local("/run/x.sock", ""), None);
     }
 }

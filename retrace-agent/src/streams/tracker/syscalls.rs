@@ -100,9 +100,9 @@ impl Tracker {
                     stream_id = self.stream_for_fd(tgid, fd0, ts, out);
                     let local = sockaddr::format(aux).unwrap_or_default();
                     detail = local.clone();
-                    // Port 0 is chosen by the kernel: listen reports it.
-                    let local = Some(local).filter(|l| !l.ends_with(":0"));
-                    self.set_addresses(stream_id, local, None, out);
+                    // Port 0 is chosen by the kernel: the socket's first data call or listen
+                    // reports it, and it is merged into this address then.
+                    self.set_addresses(stream_id, Some(local), None, out);
                 }
                 Sys::Listen => {
                     stream_id = self.stream_for_fd(tgid, fd0, ts, out);
