@@ -65,13 +65,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
 }
 
 impl Call {
-    /// In a `sys_exit_*` program: `None` when the task is not traced.
+    /// In a `sys_exit_*` program. Those run only as tail calls from `sys_exit`, which already
+    /// checked that the task is traced: no second lookup.
     #[inline(always)]
-    pub fn exit(ctx: &RawTracePointContext) -> Option<Call> {
-        let (tgid, tid) = traced()?;
+    pub fn exit(ctx: &RawTracePointContext) -> Call {
+        let id = bpf_get_current_pid_tgid();
         let regs: *const pt_regs = ctx.arg(0);
         let ret: i64 = ctx.arg(1);
-        Some(Call { tgid, tid, ts_ns: unsafe { bpf_ktime_get_ns() }, args: read_args(regs), ret })
+        Call {
+            tgid: (id >> 32) as u32,
+            tid: id as u32,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            args: read_args(regs),
+            ret,
+        }
     }
 
     /// In `syscalls:sys_enter_exit_group`, whose record holds the status at offset 16.

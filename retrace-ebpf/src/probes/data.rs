@@ -28,7 +28,7 @@ pub fn on_data(
     len_arg: usize,
     addr: Addr,
 ) -> u32 {
-    let Some(call) = Call::exit(ctx) else { return 0 };
+    let call = Call::exit(ctx);
     let fd = call.args[0] as i32;
     let data = if call.ret > 0 {
         match addr {
@@ -62,7 +62,7 @@ pub fn on_meta(
     extra: impl FnOnce(&Call) -> [i64; 2],
     loss_fd: bool,
 ) -> u32 {
-    let Some(call) = Call::exit(ctx) else { return 0 };
+    let call = Call::exit(ctx);
     let aux = aux(&call);
     let extra = extra(&call);
     let fd = if loss_fd { Some(call.args[0] as i32) } else { None };

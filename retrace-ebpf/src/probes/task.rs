@@ -1,33 +1,20 @@
 //! The process tree: new threads and processes (task_newtask, which runs in the parent before
 //! the child can run, so no child syscall escapes the filter), exec, exit, exit_group status.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
-    EbpfContext as _,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext, EbpfContext as _};
 use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD};
 
 use crate::{
-    call::Call,
+    call::{traced, Call},
     emit::{self, Aux},
     maps::TRACED,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-#[inline(always)]
-fn current() -> Option<(u32, u32)> {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    unsafe { TRACED.get(&tgid) }?;
-    Some((tgid, id as u32))
-}
-
 #[tracepoint(category = "task", name = "task_newtask")]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current() else { return 0 };
+    let Some((tgid, tid)) = traced() else { return 0 };
     let pid: i32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     let clone_flags: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
     if clone_flags & CLONE_THREAD == 0 {
@@ -39,7 +26,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current() else { return 0 };
+    let Some((tgid, tid)) = traced() else { return 0 };
     let loc: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     let old_pid: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
     let path = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
@@ -49,7 +36,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = current() else { return 0 };
+    let Some((tgid, tid)) = traced() else { return 0 };
     let group_dead: u8 = unsafe { ctx.read_at(32) }.unwrap_or(0);
     let flags = if group_dead != 0 { TASK_GROUP_DEAD } else { 0 };
     emit::task(kind::TASK_EXIT, tgid, tid, unsafe { bpf_ktime_get_ns() }, tid as i32, flags, 0, None);
