@@ -239,25 +239,23 @@ fn write_events(
     mut events: mpsc::Receiver<Vec<Event>>,
     root_exited: Arc<AtomicBool>,
 ) -> WriterResult {
-    {
-        for record in &first {
-            writer.append(record)?;
-        }
-        let mut out = Vec::with_capacity(1024);
-        while let Some(batch) = events.blocking_recv() {
-            for event in batch {
-                tracker.handle(event, &mut out);
-            }
-            for record in out.drain(..) {
-                writer.append(&record)?;
-            }
-            writer.tick()?;
-            if tracker.root_exited() {
-                root_exited.store(true, Ordering::Relaxed);
-            }
-        }
-        Ok((writer, tracker))
+    for record in &first {
+        writer.append(record)?;
     }
+    let mut out = Vec::with_capacity(1024);
+    while let Some(batch) = events.blocking_recv() {
+        for event in batch {
+            tracker.handle(event, &mut out);
+        }
+        for record in out.drain(..) {
+            writer.append(&record)?;
+        }
+        writer.tick()?;
+        if tracker.root_exited() {
+            root_exited.store(true, Ordering::Relaxed);
+        }
+    }
+    Ok((writer, tracker))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -83,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
              each is a gap in the recording): record again with a larger --ring-buffer (now {})",
             k.chunk_bytes_dropped,
             k.records_dropped + k.task_records_dropped,
-            human(args.ring_buffer)
+            super::size::format(args.ring_buffer)
         );
     }
     if k.program_misses > 0 {
@@ -93,13 +93,4 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         );
     }
     Ok(summary.exit_status.unwrap_or(0))
-}
-
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
-        b => b.to_string(),
-    }
 }

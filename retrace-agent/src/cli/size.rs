@@ -1,4 +1,4 @@
-//! Sizes with K/M/G suffixes (powers of 1024).
+//! Sizes with K/M/G suffixes (powers of 1024), read and written.
 
 pub fn parse(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -25,9 +25,26 @@ pub fn parse(text: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// The shortest exact K/M/G form of a size, as `parse` reads it.
+pub fn format(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse;
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in ["64K", "32M", "2G", "1000", "1536K"] {
+            assert_eq!(super::format(parse(text).unwrap()), text);
+        }
+    }
 
     #[test]
     fn parses_suffixes_and_rejects_junk() {

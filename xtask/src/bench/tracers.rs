@@ -11,6 +11,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
+/// The ring buffer Retrace records with in the benchmark.
+pub const RING_BUFFER_MIB: u64 = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tracer {
@@ -61,7 +64,7 @@ pub fn attach(tracer: Tracer, retrace: &Path, work: &Path, pids: &[u32], comm: O
             let child = Command::new(retrace)
                 .args(["record", "-o"])
                 .arg(&dir)
-                .args(["--ring-buffer", "64M", "--pid", &pids[0].to_string()])
+                .args(["--ring-buffer", &format!("{RING_BUFFER_MIB}M"), "--pid", &pids[0].to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
