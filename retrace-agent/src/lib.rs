@@ -2,11 +2,30 @@
 //! and connections from syscalls), store (the recording format), the recorder engine that ties
 //! them together, and read-side views. The CLI in `main.rs`/`cli/` only parses and dispatches.
 
+pub mod audit;
 pub mod capture;
+pub mod export;
+pub mod keys;
 pub mod recorder;
+pub mod redact;
+pub mod retention;
 pub mod store;
 pub mod streams;
 pub mod target;
 pub mod view;
 
 pub use recorder::{record, RecordConfig, RecordError, RecordSummary};
+
+/// Fills `buf` from the kernel's random source.
+pub fn random_bytes(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: writes at most the rest of `buf`.
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            panic!("getrandom failed: {}", std::io::Error::last_os_error());
+        }
+    }
+}

@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     capture::{consumer, decode::Event, CaptureError, KernelStats, ProbeConfig, Probes},
+    keys::Recipient,
+    redact::{RedactStage, RedactStats, Redactor, RulesFile},
     store::{
         manifest::{Manifest, FORMAT_VERSION},
         proto::{self, record::Kind as R},
@@ -32,6 +34,12 @@ pub struct RecordConfig {
     /// Stop after this long (attach mode; a launched command is asked to stop too).
     pub duration: Option<Duration>,
     pub segments: SegmentPolicy,
+    /// age recipients the segments are encrypted to (public keys only).
+    pub recipients: Vec<Recipient>,
+    /// How long the recording is kept (`retrace gc` deletes it after).
+    pub expires: Duration,
+    /// Redaction rules and capture allowlist.
+    pub rules: RulesFile,
 }
 
 /// What a finished recording holds.
@@ -42,6 +50,7 @@ pub struct RecordSummary {
     pub exit_status: Option<i32>,
     pub kernel: KernelStats,
     pub records: u64,
+    pub redaction: RedactStats,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +63,8 @@ pub enum RecordError {
     Target(#[from] TargetError),
     #[error("the recording writer stopped unexpectedly")]
     WriterDied,
+    #[error(transparent)]
+    Rules(#[from] crate::redact::RulesError),
 }
 
 /// Records `target` until it exits, `stop` turns true, or the duration ends.
@@ -62,6 +73,8 @@ pub async fn record(
     target: Target,
     mut stop: watch::Receiver<bool>,
 ) -> Result<RecordSummary, RecordError> {
+    // Rules first: a bad rules file must not start anything.
+    let stage = RedactStage::new(Redactor::new(config.rules.compile()?));
     let mut probes = Probes::load(&config.probes)?;
     let (mut launched, root, command, mode) = match &target {
         Target::Launch(argv) => {
@@ -74,13 +87,18 @@ pub async fn record(
             (None, tgid, procfs::cmdline(tgid), "attach")
         }
     };
+    let started_ns = now_wall_ns();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         id: recording_id(),
         mode: mode.to_owned(),
-        command,
+        program: command.first().map(|c| c.rsplit('/').next().unwrap_or(c).to_owned()).unwrap_or_default(),
         root_pid: root,
-        started_ns: now_wall_ns(),
+        started_ns,
+        expires_ns: started_ns.saturating_add(config.expires.as_nanos() as u64),
+        recipients: config.recipients.iter().map(|r| r.to_string()).collect(),
+        redaction_rules: config.rules.rule_names(),
+        capture_allowlist: config.rules.capture.is_some(),
         ring_buffer_bytes: config.probes.ring_buffer_bytes as u64,
         max_payload: config.probes.max_payload,
         hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -93,7 +111,7 @@ pub async fn record(
             child.abort();
         }
     };
-    let writer = match Writer::create(&config.output, manifest, config.segments) {
+    let writer = match Writer::create(&config.output, manifest, config.recipients.clone(), config.segments) {
         Ok(w) => w,
         Err(e) => {
             abort(&mut launched);
@@ -110,20 +128,27 @@ pub async fn record(
     }
     let ring = probes.take_ring()?;
     let mut tracker = Tracker::new(root);
-    let mut first = Vec::new();
+    let rules = config.rules.rule_names().join(",");
+    let mut first = vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }];
     let origin = if launched.is_some() { "inherited" } else { "attach" };
     tracker.adopt_open_fds(root, origin, monotonic_ns(), &mut first);
     for &tgid in &existing {
         tracker.adopt_open_fds(tgid, origin, monotonic_ns(), &mut first);
     }
 
-    // Pipeline: consumer task (ring → events) → writer thread (events → streams → segments).
-    // A few batches in flight: the kernel ring buffer, not agent memory, absorbs bursts.
+    // Pipeline: consumer task (ring → events) → streams thread (events → streams → redacted
+    // records) → writer thread (records → encrypted segments). A few batches in flight: the
+    // kernel ring buffer, not agent memory, absorbs bursts.
     let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(4);
+    let (records_tx, records_rx) = std::sync::mpsc::sync_channel::<Vec<proto::Record>>(4);
     let (consumer_stop_tx, consumer_stop_rx) = watch::channel(false);
     let root_exited = Arc::new(AtomicBool::new(false));
     let writer_failed = Arc::new(AtomicBool::new(false));
-    let writer_thread = spawn_writer(writer, tracker, first, events_rx, root_exited.clone(), writer_failed.clone());
+    let writer_thread = spawn_writer(writer, records_rx, writer_failed.clone());
+    let streams_thread = std::thread::spawn({
+        let root_exited = root_exited.clone();
+        move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited)
+    });
     let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx));
 
     let exit_status = match launched.as_mut() {
@@ -177,7 +202,8 @@ pub async fn record(
     // Everything the target did is in the ring now: drain it and stop.
     let _ = consumer_stop_tx.send(true);
     let consume_stats = consumer.await.map_err(|_| RecordError::WriterDied)??;
-    let (mut writer, mut tracker) = writer_thread.join().map_err(|_| RecordError::WriterDied)??;
+    let (mut tracker, mut stage) = streams_thread.join().map_err(|_| RecordError::WriterDied)?;
+    let mut writer = writer_thread.join().map_err(|_| RecordError::WriterDied)??;
     let kernel = probes.stats()?;
     if std::env::var_os("RETRACE_PROBE_STATS").is_some() {
         for (name, runs, avg_ns) in crate::capture::loader::program_costs(&probes) {
@@ -204,58 +230,86 @@ pub async fn record(
             program_misses: kernel.program_misses,
         })),
     });
-    for record in &tail {
+    let mut records = Vec::with_capacity(tail.len());
+    for record in tail {
+        stage.push(record, &mut records);
+    }
+    let counters = records.iter().position(|r| matches!(r.kind, Some(R::Counters(_))));
+    let counters = counters.map(|i| records.remove(i));
+    stage.finish(&mut records);
+    records.extend(counters);
+    for record in &records {
         writer.append(record)?;
     }
     let exit_status = exit_status.or_else(|| tracker.exit_code(root));
     let manifest = writer.finish(now_wall_ns(), exit_status)?;
     drop(probes);
-    Ok(RecordSummary { manifest, totals: tracker.totals, exit_status, kernel, records: consume_stats.records })
-}
-
-type WriterResult = Result<(Writer, Tracker), StoreError>;
-
-fn spawn_writer(
-    writer: Writer,
-    tracker: Tracker,
-    first: Vec<proto::Record>,
-    events: mpsc::Receiver<Vec<Event>>,
-    root_exited: Arc<AtomicBool>,
-    failed: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<WriterResult> {
-    std::thread::spawn(move || {
-        let result = write_events(writer, tracker, first, events, root_exited);
-        if result.is_err() {
-            failed.store(true, Ordering::Relaxed);
-        }
-        result
+    Ok(RecordSummary {
+        manifest,
+        totals: tracker.totals,
+        exit_status,
+        kernel,
+        records: consume_stats.records,
+        redaction: stage.stats.clone(),
     })
 }
 
-fn write_events(
+fn spawn_writer(
     mut writer: Writer,
+    records: std::sync::mpsc::Receiver<Vec<proto::Record>>,
+    failed: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<Writer, StoreError>> {
+    std::thread::spawn(move || {
+        let result = (|| {
+            for batch in records {
+                for record in &batch {
+                    writer.append(record)?;
+                }
+                writer.tick()?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(writer),
+            Err(e) => {
+                failed.store(true, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Events to redacted records. Ends when the consumer is done or the writer has failed.
+fn rebuild_streams(
     mut tracker: Tracker,
+    mut stage: RedactStage,
     first: Vec<proto::Record>,
     mut events: mpsc::Receiver<Vec<Event>>,
+    records: std::sync::mpsc::SyncSender<Vec<proto::Record>>,
     root_exited: Arc<AtomicBool>,
-) -> WriterResult {
-    for record in &first {
-        writer.append(record)?;
-    }
+) -> (Tracker, RedactStage) {
     let mut out = Vec::with_capacity(1024);
+    for record in first {
+        stage.push(record, &mut out);
+    }
+    let mut rebuilt = Vec::with_capacity(1024);
     while let Some(batch) = events.blocking_recv() {
         for event in batch {
-            tracker.handle(event, &mut out);
+            tracker.handle(event, &mut rebuilt);
         }
-        for record in out.drain(..) {
-            writer.append(&record)?;
+        for record in rebuilt.drain(..) {
+            stage.push(record, &mut out);
         }
-        writer.tick()?;
+        stage.tick(&mut out);
+        // Sent even when empty: the writer seals segments by age on these.
+        if records.send(std::mem::replace(&mut out, Vec::with_capacity(1024))).is_err() {
+            break;
+        }
         if tracker.root_exited() {
             root_exited.store(true, Ordering::Relaxed);
         }
     }
-    Ok((writer, tracker))
+    (tracker, stage)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -269,7 +323,7 @@ fn now_wall_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-fn recording_id() -> String {
+pub(crate) fn recording_id() -> String {
     let mut bytes = [0u8; 16];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err() {
         bytes[..8].copy_from_slice(&now_wall_ns().to_le_bytes());

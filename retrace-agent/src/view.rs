@@ -134,6 +134,9 @@ pub enum TimelineEntry {
         pid: u32,
         tid: u32,
         preview: String,
+        /// Spans replaced by placeholders: (offset in payload, length, rule).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        redactions: Vec<(u32, u32, String)>,
     },
     Gap {
         ts_ns: u64,
@@ -163,6 +166,7 @@ pub fn gap_reason_name(r: GapReason) -> &'static str {
         GapReason::Fault => "fault",
         GapReason::InKernelCopy => "in_kernel_copy",
         GapReason::RecordDropped => "record_dropped",
+        GapReason::NotCaptured => "not_captured",
         GapReason::Unspecified => "unknown",
     }
 }
@@ -189,6 +193,7 @@ pub fn timeline(rec: &Recording) -> Result<(Vec<TimelineEntry>, ReadReport), Sto
                 pid: d.pid,
                 tid: d.tid,
                 preview: preview(&d.payload),
+                redactions: d.redactions.iter().map(|r| (r.offset, r.length, r.rule.clone())).collect(),
             },
             Some(R::Gap(g)) => TimelineEntry::Gap {
                 ts_ns: g.ts_ns,
@@ -201,7 +206,7 @@ pub fn timeline(rec: &Recording) -> Result<(Vec<TimelineEntry>, ReadReport), Sto
             },
             Some(R::Close(c)) => TimelineEntry::Close(c),
             Some(R::Process(p)) => TimelineEntry::Process(p),
-            None => return,
+            Some(R::SegmentHeader(_) | R::SegmentEnd(_) | R::Info(_)) | None => return,
         };
         entries.push(entry);
     })?;

@@ -40,9 +40,36 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The key and audit folders the tests' retrace uses (its XDG config and state homes), shared
+/// by the tests of one run.
+pub fn test_home() -> PathBuf {
+    let home = std::env::temp_dir().join("retrace-tests").join(format!("home-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    home
+}
+
+/// `retrace` with the tests' own identity and audit log.
+pub fn retrace_command() -> Command {
+    let home = test_home();
+    let mut cmd = Command::new(retrace_bin());
+    cmd.env("XDG_CONFIG_HOME", home.join("config")).env("XDG_STATE_HOME", home.join("state"));
+    cmd.env_remove("RETRACE_AUDIT_LOG");
+    cmd
+}
+
+/// The identity `retrace record` made for the tests (on first use).
+pub fn test_identity() -> retrace_agent::keys::Identity {
+    retrace_agent::keys::read_identity(&test_home().join("config/retrace/identity.txt")).expect("the tests' identity")
+}
+
+/// The tests' audit log.
+pub fn audit_log() -> PathBuf {
+    test_home().join("state/retrace/audit.jsonl")
+}
+
 /// Runs `retrace ARGS` and returns its output.
 pub fn retrace(args: &[&str]) -> Output {
-    Command::new(retrace_bin()).args(args).output().expect("run retrace")
+    retrace_command().args(args).output().expect("run retrace")
 }
 
 /// Records `command` into `dir/rec` with extra `record` options; panics if retrace fails.
@@ -78,7 +105,7 @@ pub struct Rec {
 
 impl Rec {
     pub fn open(dir: &Path) -> Rec {
-        let recording = Recording::open(dir).expect("open recording");
+        let recording = Recording::open(dir, test_identity()).expect("open recording");
         let (streams, _) = view::stream_table(&recording).expect("read streams");
         let mut records = Vec::new();
         recording.for_each(|r| records.push(r)).expect("read records");

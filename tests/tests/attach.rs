@@ -10,7 +10,7 @@ use std::{
 };
 
 use retrace_agent::store::proto::Direction;
-use retrace_tests::{assert_bytes_eq, assert_no_panic, retrace_bin, scratch, Rec};
+use retrace_tests::{assert_bytes_eq, assert_no_panic, retrace_command, scratch, Rec};
 
 const CLIENT: &str = r#"
 import socket, sys
@@ -57,7 +57,7 @@ fn attach_to_a_process_with_an_open_connection_and_file() {
     assert_eq!(ready.trim(), "ready");
 
     let rec_dir = dir.join("rec");
-    let recorder = Command::new(retrace_bin())
+    let recorder = retrace_command()
         .args(["record", "-o", rec_dir.to_str().unwrap(), "--pid", &client.id().to_string()])
         .stderr(Stdio::piped())
         .spawn()
@@ -118,7 +118,7 @@ fn attach_follows_children_started_before_the_attach() {
     BufReader::new(parent.stdout.take().unwrap()).read_line(&mut worker).unwrap();
     let worker: u32 = worker.trim().parse().unwrap();
     let rec_dir = dir.join("rec");
-    let out = Command::new(retrace_bin())
+    let out = retrace_command()
         .args(["record", "-o", rec_dir.to_str().unwrap(), "--pid", &parent.id().to_string()])
         .output()
         .unwrap();

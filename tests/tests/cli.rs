@@ -91,7 +91,7 @@ fn readers_end_quietly_when_their_output_is_closed() {
     let _ = record(&dir, &[], &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do cat /etc/hostname > /dev/null; done"]);
     let r = dir.join("rec");
     for args in [vec!["streams"], vec!["inspect"], vec!["streams", "--json"]] {
-        let mut cmd = std::process::Command::new(retrace_tests::retrace_bin());
+        let mut cmd = retrace_tests::retrace_command();
         cmd.args(&args).arg(&r).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         drop(child.stdout.take()); // the reader goes away at once

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use retrace_tests::{assert_no_panic, retrace_bin, scratch, Rec};
+use retrace_tests::{assert_no_panic, retrace_command, scratch, Rec};
 
 #[test]
 fn duration_stops_an_attached_recording() {
@@ -14,7 +14,7 @@ fn duration_stops_an_attached_recording() {
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let rec = dir.join("rec");
     let start = Instant::now();
-    let out = Command::new(retrace_bin())
+    let out = retrace_command()
         .args(["record", "-o", rec.to_str().unwrap(), "--pid", &sleeper.id().to_string(), "--duration", "1"])
         .output()
         .unwrap();
@@ -34,7 +34,7 @@ fn sigterm_stops_a_launched_command_and_keeps_the_recording() {
     let dir = scratch("sigterm");
     let rec = dir.join("rec");
     let script = "echo started; exec sleep 60";
-    let mut recorder = Command::new(retrace_bin())
+    let mut recorder = retrace_command()
         .args(["record", "-o", rec.to_str().unwrap(), "--", "sh", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,7 +81,7 @@ fn a_full_disk_stops_the_recording_cleanly() {
     let rec = mnt.join("rec");
     let script =
         "import os\nfd=os.open('/dev/null', os.O_WRONLY)\nfor i in range(3000): os.write(fd, b'y'*4096)\nprint('done')";
-    let out = Command::new(retrace_bin())
+    let out = retrace_command()
         .args(["record", "-o", rec.to_str().unwrap(), "--", "python3", "-c", script])
         .output()
         .unwrap();

@@ -3,10 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use retrace_agent::{
-    store::{proto::Direction, Recording},
-    view,
-};
+use retrace_agent::{store::proto::Direction, view};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,10 +16,13 @@ pub struct Args {
     /// What the process wrote or sent.
     #[arg(long = "out")]
     output: bool,
+    /// age identity file to decrypt with (default: your retrace identity).
+    #[arg(long, short = 'i')]
+    identity: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let recording = Recording::open(&args.recording)?;
+    let recording = super::open_for_reading(&args.recording, args.identity.as_ref(), &format!("cat {}", args.stream))?;
     let dir = if args.input { Direction::In } else { Direction::Out };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());

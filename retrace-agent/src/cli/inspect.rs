@@ -1,20 +1,31 @@
 //! `retrace inspect`: the timeline, drop counters first.
 
-use std::{io::Write as _, path::Path};
+use std::{io::Write as _, path::PathBuf};
 
-use retrace_agent::{
-    store::Recording,
-    view::{self, TimelineEntry},
-};
+use retrace_agent::view::{self, TimelineEntry};
 
-pub fn run(dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let recording = Recording::open(dir)?;
+#[derive(clap::Args)]
+pub struct Args {
+    /// Recording directory.
+    recording: PathBuf,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// age identity file to decrypt with (default: your retrace identity).
+    #[arg(long, short = 'i')]
+    identity: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let json = args.json;
+    let recording = super::open_for_reading(&args.recording, args.identity.as_ref(), "inspect")?;
     let (entries, report) = view::timeline(&recording)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let m = &recording.manifest;
     if !json {
-        writeln!(out, "recording {} ({}): {:?} pid {} complete={}", m.id, m.mode, m.command, m.root_pid, m.complete)?;
+        let command = report.info.as_ref().map(|i| i.command.clone()).unwrap_or_default();
+        writeln!(out, "recording {} ({}): {:?} pid {} complete={}", m.id, m.mode, command, m.root_pid, m.complete)?;
     }
     for entry in &entries {
         let line = if json { serde_json::to_string(entry)? } else { human(entry) };
@@ -22,9 +33,7 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<i32> {
             return Ok(0); // stdout closed (e.g. `| head`)
         }
     }
-    if let Some((segment, offset)) = report.torn_tail {
-        eprintln!("retrace: warning: recording unfinished: {segment} ends mid-record at byte {offset}");
-    }
+    super::warn_unfinished(&report);
     Ok(0)
 }
 
@@ -44,8 +53,14 @@ fn human(entry: &TimelineEntry) -> String {
             let detail = if s.detail.is_empty() { String::new() } else { format!(" {:?}", s.detail) };
             format!("{} {}/{} {}({}) = {}{stream}{detail}", ts(s.ts_ns), s.pid, s.tid, s.name, s.args.first().map(|a| (*a as i32).to_string()).unwrap_or_default(), s.ret)
         }
-        TimelineEntry::Data { ts_ns, stream_id, direction, offset, len, syscall, pid, tid, preview } => {
-            format!("{} {pid}/{tid} data stream={stream_id} {direction} @{offset} {len}B ({syscall}) {preview:?}", ts(*ts_ns))
+        TimelineEntry::Data { ts_ns, stream_id, direction, offset, len, syscall, pid, tid, preview, redactions } => {
+            let redacted = if redactions.is_empty() {
+                String::new()
+            } else {
+                let spans: Vec<String> = redactions.iter().map(|(o, l, rule)| format!("{rule}@{o}+{l}")).collect();
+                format!(" redacted[{}]", spans.join(","))
+            };
+            format!("{} {pid}/{tid} data stream={stream_id} {direction} @{offset} {len}B ({syscall}) {preview:?}{redacted}", ts(*ts_ns))
         }
         TimelineEntry::Gap { ts_ns, stream_id, direction, offset, length, reason, syscall } => {
             format!("{} GAP stream={stream_id} {direction} @{offset} {length}B lost: {reason} ({syscall})", ts(*ts_ns))

@@ -1,14 +1,24 @@
 //! Command-line interface: one file per subcommand; no capture logic lives here.
 
+mod audit;
 mod cat;
+mod export;
+mod gc;
 mod inspect;
+mod keygen;
 mod record;
 mod size;
 mod streams;
+mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use retrace_agent::{
+    audit::{self as audit_log, Subject},
+    keys,
+    store::{Manifest, Recording, StoreError},
+};
 
 #[derive(Parser)]
 #[command(name = "retrace", version, about = "Record what a process reads and writes, byte for byte")]
@@ -22,21 +32,22 @@ enum Command {
     /// Record a command (after `--`) or a running process (`--pid`).
     Record(record::Args),
     /// List the streams (files, connections, pipes) of a recording.
-    Streams {
-        /// Recording directory.
-        recording: PathBuf,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
+    Streams(streams::Args),
     /// Write the raw bytes of one direction of one stream to stdout.
     Cat(cat::Args),
     /// Print the timeline: drop counters first, then one event per line.
-    Inspect {
-        recording: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect(inspect::Args),
+    /// Make an age identity (private key, mode 0600) and print its recipient (public key).
+    Keygen(keygen::Args),
+    /// Check every sealed segment of a recording; report an unfinished tail.
+    Verify(verify::Args),
+    /// Write a sanitised, re-encrypted copy of a recording for one recipient.
+    Export(export::Args),
+    /// Delete every expired recording under a folder.
+    Gc(gc::Args),
+    /// The audit log of every recording access.
+    #[command(subcommand)]
+    Audit(audit::Command),
 }
 
 /// Runs the command; returns the process exit code.
@@ -48,8 +59,41 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     match cli.command {
         Command::Record(args) => record::run(args),
-        Command::Streams { recording, json } => streams::run(&recording, json),
+        Command::Streams(args) => streams::run(args),
         Command::Cat(args) => cat::run(args),
-        Command::Inspect { recording, json } => inspect::run(&recording, json),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Gc(args) => gc::run(args),
+        Command::Audit(cmd) => audit::run(cmd),
+    }
+}
+
+/// Logs `action` on `subject` to the audit log; the action must not happen if this fails.
+pub fn audit(action: &str, subject: Subject) -> anyhow::Result<()> {
+    let path = audit_log::default_path()?;
+    audit_log::log(&path, action, &subject).map_err(|e| StoreError::Audit(e.to_string()))?;
+    Ok(())
+}
+
+/// Opens a recording to read it: refuses an expired one, logs the read, then decrypts with the
+/// identity given (or the default one).
+pub fn open_for_reading(dir: &Path, identity: Option<&PathBuf>, what: &str) -> anyhow::Result<Recording> {
+    let manifest = Manifest::read(dir)?;
+    let now = retrace_agent::store::writer::now_wall_ns();
+    if manifest.expired(now) {
+        return Err(StoreError::Expired { when: audit_log::rfc3339(manifest.expires_ns) }.into());
+    }
+    let identity = keys::identity_for_reading(identity.map(PathBuf::as_path))?;
+    audit("read", Subject::recording(dir, &manifest.id).detail(what))?;
+    Ok(Recording::open(dir, identity)?)
+}
+
+pub fn warn_unfinished(report: &retrace_agent::store::reader::ReadReport) {
+    if let Some((segment, records)) = &report.torn_tail {
+        eprintln!(
+            "retrace: warning: recording unfinished (the recorder stopped without sealing it): {records} records read from its unsealed tail {segment}"
+        );
     }
 }

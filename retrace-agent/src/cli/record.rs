@@ -3,7 +3,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::bail;
-use retrace_agent::{capture::ProbeConfig, record, store::SegmentPolicy, target::Target, RecordConfig};
+use retrace_agent::{
+    audit::Subject, capture::ProbeConfig, keys, record, redact::RulesFile, retention, store::SegmentPolicy,
+    target::Target, RecordConfig,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,6 +26,20 @@ pub struct Args {
     /// truncation gap. Default: no cap.
     #[arg(long, value_parser = super::size::parse)]
     max_payload: Option<u64>,
+    /// Encrypt to this age recipient (`age1…`; repeat for several). Default: your own
+    /// retrace identity's (created on first use). The recorder never needs a private key.
+    #[arg(long = "recipient", short = 'r', value_name = "RECIPIENT")]
+    recipients: Vec<String>,
+    /// Redaction rules and capture allowlist (TOML; see SECURITY.md). Built-in detectors
+    /// apply without it.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Keep the recording this long (s, m, h, d, w); `retrace gc` deletes it after.
+    #[arg(long, default_value = "7d", value_parser = retention::parse_duration)]
+    expires: Duration,
+    /// Seal segments at this size (they are also sealed every second).
+    #[arg(long, default_value = "64M", value_parser = super::size::parse)]
+    segment_size: u64,
     /// The command to launch and record.
     #[arg(last = true)]
     command: Vec<String>,
@@ -47,11 +64,32 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Some(s) => Some(Duration::from_secs_f64(s)),
         None => None,
     };
+    if args.segment_size < 4096 {
+        bail!("--segment-size must be at least 4K");
+    }
+    let rules = match &args.rules {
+        Some(path) => RulesFile::read(path)?,
+        None => RulesFile::default(),
+    };
+    rules.compile()?;
+    let recipients = if args.recipients.is_empty() {
+        vec![keys::default_recipient()?]
+    } else {
+        args.recipients.iter().map(|r| keys::parse_recipient(r)).collect::<Result<_, _>>()?
+    };
+    let what = match &target {
+        Target::Attach(pid) => format!("pid {pid}"),
+        Target::Launch(argv) => format!("launch {}", argv[0]),
+    };
+    super::audit("record_start", Subject::recording(&args.output, "").detail(what))?;
     let config = RecordConfig {
         output: args.output.clone(),
         probes: ProbeConfig { ring_buffer_bytes: ring as u32, max_payload: args.max_payload },
         duration,
-        segments: SegmentPolicy::default(),
+        segments: SegmentPolicy { max_bytes: args.segment_size, ..SegmentPolicy::default() },
+        recipients,
+        expires: args.expires,
+        rules,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let summary = runtime.block_on(async move {
@@ -67,12 +105,29 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         });
         record(config, target, stop_rx).await
     })?;
+    let redacted: u64 = summary.redaction.by_rule.values().map(|(_, bytes)| bytes).sum();
+    super::audit(
+        "record_stop",
+        Subject::recording(&args.output, &summary.manifest.id)
+            .detail(format!("{} bytes recorded, {redacted} redacted", summary.totals.recorded_bytes)),
+    )?;
     let t = summary.totals;
     let mut line = format!("{} streams, {} bytes recorded, {} bytes lost", t.streams, t.recorded_bytes, t.lost_bytes);
     if t.in_kernel_bytes > 0 {
         line.push_str(&format!(
             ", {} bytes moved inside the kernel (sendfile/splice, not captured)",
             t.in_kernel_bytes
+        ));
+    }
+    if redacted > 0 {
+        let rules: Vec<String> =
+            summary.redaction.by_rule.iter().map(|(rule, (n, _))| format!("{rule} x{n}")).collect();
+        line.push_str(&format!(", {redacted} bytes redacted ({})", rules.join(", ")));
+    }
+    if summary.redaction.not_captured_bytes > 0 {
+        line.push_str(&format!(
+            ", {} bytes of {} streams kept as metadata only (capture allowlist)",
+            summary.redaction.not_captured_bytes, summary.redaction.not_captured_streams
         ));
     }
     eprintln!("retrace: {line} -> {}", args.output.display());

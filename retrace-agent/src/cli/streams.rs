@@ -1,11 +1,24 @@
 //! `retrace streams`: one line (or JSON object) per stream.
 
-use std::path::Path;
+use std::path::PathBuf;
 
-use retrace_agent::{store::Recording, view};
+use retrace_agent::view;
 
-pub fn run(dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let recording = Recording::open(dir)?;
+#[derive(clap::Args)]
+pub struct Args {
+    /// Recording directory.
+    recording: PathBuf,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// age identity file to decrypt with (default: your retrace identity).
+    #[arg(long, short = 'i')]
+    identity: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let json = args.json;
+    let recording = super::open_for_reading(&args.recording, args.identity.as_ref(), "streams")?;
     let (rows, report) = view::stream_table(&recording)?;
     for row in &rows {
         if json {
@@ -29,9 +42,7 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<i32> {
             );
         }
     }
-    if let Some((segment, offset)) = report.torn_tail {
-        eprintln!("retrace: warning: recording unfinished: {segment} ends mid-record at byte {offset}");
-    }
+    super::warn_unfinished(&report);
     Ok(0)
 }
 

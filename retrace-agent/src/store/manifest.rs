@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{io_err, StoreError};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -16,14 +16,14 @@ pub struct Manifest {
     pub id: String,
     /// `launch` or `attach`.
     pub mode: String,
-    /// The launched command line (argv), or the attached process's cmdline.
-    pub command: Vec<String>,
+    /// The program's file name (the full command line is inside the encryption).
+    pub program: String,
     pub root_pid: u32,
     /// Wall clock, ns since the epoch.
     pub started_ns: u64,
     pub ended_ns: Option<u64>,
-    /// Segment file names, in order.
-    pub segments: Vec<String>,
+    /// Sealed segments, in order, with the hash of each file.
+    pub segments: Vec<SegmentEntry>,
     /// False while recording, or if the recorder died.
     pub complete: bool,
     /// Exit status of the launched command or root process, if known.
@@ -32,6 +32,34 @@ pub struct Manifest {
     pub max_payload: Option<u64>,
     pub hostname: String,
     pub kernel: String,
+    /// age recipients (public keys) the segments are encrypted to.
+    pub recipients: Vec<String>,
+    /// Wall clock, ns since the epoch, after which `retrace gc` deletes the recording.
+    pub expires_ns: u64,
+    /// Names of the redaction rules applied at record time.
+    pub redaction_rules: Vec<String>,
+    /// Whether a capture allowlist limited which streams keep their payload.
+    pub capture_allowlist: bool,
+    /// The recording this one was exported from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported_from: Option<String>,
+}
+
+/// One sealed segment file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct SegmentEntry {
+    pub name: String,
+    /// SHA-256 of the file (its ciphertext), hex.
+    pub sha256: String,
+    pub bytes: u64,
+    /// Records inside, segment header and end excluded.
+    pub records: u64,
+}
+
+impl Manifest {
+    pub fn expired(&self, now_ns: u64) -> bool {
+        self.expires_ns != 0 && now_ns >= self.expires_ns
+    }
 }
 
 impl Manifest {
@@ -46,7 +74,7 @@ impl Manifest {
         };
         let manifest: Manifest =
             serde_json::from_slice(&text).map_err(|source| StoreError::Manifest { path: path.clone(), source })?;
-        if manifest.format_version > FORMAT_VERSION {
+        if manifest.format_version != FORMAT_VERSION {
             return Err(StoreError::Version { found: manifest.format_version, supported: FORMAT_VERSION });
         }
         Ok(manifest)

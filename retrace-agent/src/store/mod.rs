@@ -1,17 +1,19 @@
-//! The recording on disk: a directory with `manifest.json` and segment files of framed
-//! protobuf records (`seg-000000.rtr`, …) that rotate by size and age. Only this module writes
-//! recording files.
+//! The recording on disk: a directory with `manifest.json` and segment files (`seg-000000.age`,
+//! …), each an age file of framed protobuf records bound to its recording, sealed by size and
+//! at least every second. Only this module writes recording files.
 
+mod crypt;
 pub mod manifest;
 pub mod reader;
 mod segment_file;
+pub mod verify;
 pub mod writer;
 
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/retrace.v1.rs"));
 }
 
-pub use manifest::Manifest;
+pub use manifest::{Manifest, SegmentEntry};
 pub use reader::Recording;
 pub use writer::{SegmentPolicy, Writer};
 
@@ -42,8 +44,16 @@ pub enum StoreError {
     },
     #[error("corrupt record in `{path}` at byte {offset}")]
     Corrupt { path: PathBuf, offset: u64 },
-    #[error("recording format {found} is newer than this retrace understands ({supported})")]
+    #[error("recording format {found} is not the one this retrace reads ({supported})")]
     Version { found: u32, supported: u32 },
+    #[error("cannot decrypt `{path}` with the identity given ({reason}): it is encrypted to {recipients}; give the matching --identity")]
+    Decrypt { path: PathBuf, reason: String, recipients: String },
+    #[error("`{path}` fails verification: {what} (run `retrace verify` for the whole recording)")]
+    Tampered { path: PathBuf, what: String },
+    #[error("the recording expired at {when}: it is due for deletion (`retrace gc`); export a copy before it expires to keep it")]
+    Expired { when: String },
+    #[error("the audit log could not be written, so nothing was done: {0}")]
+    Audit(String),
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {

@@ -1,59 +1,180 @@
-//! Reads a recording back: the manifest, then every record of every segment in order. A torn
-//! last frame (the recorder was killed mid-write) ends the read of that segment and is reported.
+//! Reads a recording back: the manifest, then every record of every sealed segment in order,
+//! each segment checked against the manifest's hash and its header's binding before any of its
+//! records is used. An unfinished tail (the recorder died before sealing it) is read as far as
+//! it authenticates, and reported.
 
 use std::path::{Path, PathBuf};
 
 use bytes::Buf as _;
 use prost::Message as _;
 
-use super::{io_err, manifest::Manifest, proto, StoreError};
+use super::{
+    crypt, io_err,
+    manifest::Manifest,
+    proto::{self, record::Kind as R},
+    writer::{partial_name, segment_name},
+    StoreError,
+};
+use crate::keys::Identity;
 
 pub struct Recording {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    identity: Identity,
 }
 
 /// What reading the segments found besides records.
 #[derive(Debug, Default)]
 pub struct ReadReport {
-    /// A segment ended inside a frame (unfinished tail).
+    /// The recording was not finished: the unsealed segment (or the last sealed one) and what
+    /// could be read of it.
     pub torn_tail: Option<(String, u64)>,
+    /// The recording information (command line).
+    pub info: Option<proto::RecordingInfo>,
+}
+
+/// One segment's records after its checks.
+pub(crate) struct SegmentRecords {
+    pub records: Vec<proto::Record>,
+    pub end: Option<proto::SegmentEnd>,
+    /// The plaintext ended inside a frame or before the segment's end record.
+    pub torn_at: Option<u64>,
 }
 
 impl Recording {
-    pub fn open(dir: &Path) -> Result<Recording, StoreError> {
-        Ok(Recording { dir: dir.to_path_buf(), manifest: Manifest::read(dir)? })
+    pub fn open(dir: &Path, identity: Identity) -> Result<Recording, StoreError> {
+        Ok(Recording { dir: dir.to_path_buf(), manifest: Manifest::read(dir)?, identity })
     }
 
     /// Calls `f` for every record, in recording order.
     pub fn for_each(&self, mut f: impl FnMut(proto::Record)) -> Result<ReadReport, StoreError> {
         let mut report = ReadReport::default();
-        for name in &self.manifest.segments {
-            let path = self.dir.join(name);
-            let data = match std::fs::read(&path) {
-                Ok(d) => d,
-                // The recorder may die between naming a segment and creating it.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.manifest.complete => continue,
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            let mut buf = &data[..];
-            while buf.has_remaining() {
-                let offset = (data.len() - buf.len()) as u64;
-                let mut probe = buf;
-                let len = match prost::encoding::decode_varint(&mut probe) {
-                    Ok(len) if (probe.len() as u64) >= len => len as usize,
-                    _ if !self.manifest.complete => {
-                        report.torn_tail = Some((name.clone(), offset));
-                        break;
+        let mut prev: Vec<u8> = Vec::new();
+        for (index, entry) in self.manifest.segments.iter().enumerate() {
+            let path = self.dir.join(&entry.name);
+            let ciphertext = std::fs::read(&path).map_err(io_err(&path))?;
+            if crypt::sha256_hex(&ciphertext) != entry.sha256 {
+                return Err(StoreError::Tampered {
+                    path,
+                    what: "its bytes do not match the hash in the manifest (changed, truncated or replaced)".into(),
+                });
+            }
+            let segment = self.decode(&path, &ciphertext, index, &prev, false)?;
+            if segment.end.is_none() || segment.torn_at.is_some() {
+                return Err(StoreError::Tampered { path, what: "the segment ends before its end record".into() });
+            }
+            prev = hex_decode(&entry.sha256);
+            for record in segment.records {
+                take_info(&mut report, record, &mut f);
+            }
+        }
+        if !self.manifest.complete {
+            // The segment being written when the recorder stopped: what of it authenticates.
+            let index = self.manifest.segments.len();
+            for name in [segment_name(index), partial_name(index)] {
+                let path = self.dir.join(&name);
+                let Ok(ciphertext) = std::fs::read(&path) else { continue };
+                let mut read = 0;
+                if let Ok(segment) = self.decode(&path, &ciphertext, index, &prev, true) {
+                    read = segment.records.len() as u64;
+                    for record in segment.records {
+                        take_info(&mut report, record, &mut f);
                     }
-                    _ => return Err(StoreError::Corrupt { path, offset }),
-                };
-                let record = proto::Record::decode(&probe[..len])
-                    .map_err(|_| StoreError::Corrupt { path: path.clone(), offset })?;
-                buf = &probe[len..];
-                f(record);
+                }
+                report.torn_tail = Some((name, read));
+                break;
             }
         }
         Ok(report)
     }
+
+    /// Decrypts a segment and checks its header: this recording, this place, after this
+    /// previous segment.
+    pub(crate) fn decode(
+        &self,
+        path: &Path,
+        ciphertext: &[u8],
+        index: usize,
+        prev_sha256: &[u8],
+        tail: bool,
+    ) -> Result<SegmentRecords, StoreError> {
+        let plain = crypt::decrypt(path, ciphertext, &self.identity, &self.manifest.recipients)?;
+        if plain.truncated && !tail {
+            return Err(StoreError::Tampered {
+                path: path.to_path_buf(),
+                what: "its encryption does not verify".into(),
+            });
+        }
+        let (records, torn_at) =
+            parse_frames(&plain.bytes).map_err(|offset| StoreError::Corrupt { path: path.to_path_buf(), offset })?;
+        let mut records = records.into_iter();
+        let tampered = |what: String| StoreError::Tampered { path: path.to_path_buf(), what };
+        match records.next().and_then(|r| r.kind) {
+            Some(R::SegmentHeader(h)) => {
+                if h.recording_id != self.manifest.id {
+                    return Err(tampered(format!(
+                        "it belongs to recording {}, not {}",
+                        h.recording_id, self.manifest.id
+                    )));
+                }
+                if h.index as usize != index {
+                    return Err(tampered(format!(
+                        "it is segment {} of its recording, found in place {index}",
+                        h.index
+                    )));
+                }
+                if h.prev_sha256 != prev_sha256 {
+                    return Err(tampered("it does not follow the segment before it".into()));
+                }
+            }
+            _ if tail && plain.bytes.is_empty() => {
+                return Ok(SegmentRecords { records: Vec::new(), end: None, torn_at: Some(0) })
+            }
+            _ => return Err(tampered("it has no segment header".into())),
+        }
+        let mut out: Vec<proto::Record> = records.collect();
+        let end = match out.last().and_then(|r| r.kind.as_ref()) {
+            Some(R::SegmentEnd(e)) => {
+                let e = e.clone();
+                out.pop();
+                if e.records != out.len() as u64 {
+                    return Err(tampered(format!("it holds {} records, its end record says {}", out.len(), e.records)));
+                }
+                Some(e)
+            }
+            _ => None,
+        };
+        let torn_at = torn_at.or(if plain.truncated { Some(plain.bytes.len() as u64) } else { None });
+        Ok(SegmentRecords { records: out, end, torn_at })
+    }
+}
+
+fn take_info(report: &mut ReadReport, record: proto::Record, f: &mut impl FnMut(proto::Record)) {
+    if let Some(R::Info(info)) = &record.kind {
+        report.info = Some(info.clone());
+    }
+    f(record)
+}
+
+/// Splits plaintext into records. A frame cut short at the end is reported by its offset;
+/// a frame that does not decode is an error at its offset.
+pub fn parse_frames(data: &[u8]) -> Result<(Vec<proto::Record>, Option<u64>), u64> {
+    let mut records = Vec::new();
+    let mut buf = data;
+    while buf.has_remaining() {
+        let offset = (data.len() - buf.len()) as u64;
+        let mut probe = buf;
+        let len = match prost::encoding::decode_varint(&mut probe) {
+            Ok(len) if (probe.len() as u64) >= len => len as usize,
+            _ => return Ok((records, Some(offset))),
+        };
+        let record = proto::Record::decode(&probe[..len]).map_err(|_| offset)?;
+        buf = &probe[len..];
+        records.push(record);
+    }
+    Ok((records, None))
+}
+
+pub(crate) fn hex_decode(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }

@@ -1,4 +1,6 @@
-//! Appends records to the current segment and rotates segments by size and age.
+//! Appends records to the current segment and seals segments by size and age. A segment is
+//! written under a temporary name as an age stream; sealing finishes the stream, fsyncs it,
+//! renames it, fsyncs the directory and only then lists it (with its hash) in the manifest.
 
 use std::{
     fs::File,
@@ -9,7 +11,15 @@ use std::{
 
 use prost::Message as _;
 
-use super::{io_err, manifest::Manifest, proto, segment_file::SegmentFile, StoreError};
+use super::{
+    crypt::{self, EncryptingWriter, HashingFile},
+    io_err,
+    manifest::{Manifest, SegmentEntry},
+    proto::{self, record::Kind as R},
+    segment_file::SegmentFile,
+    StoreError,
+};
+use crate::keys::Recipient;
 
 /// When a segment is sealed and a new one started.
 #[derive(Clone, Copy, Debug)]
@@ -19,35 +29,65 @@ pub struct SegmentPolicy {
 }
 
 impl Default for SegmentPolicy {
+    /// Sealed at least every second: a crash loses at most about a second of data.
     fn default() -> Self {
-        SegmentPolicy { max_bytes: 64 << 20, max_age: Duration::from_secs(10) }
+        SegmentPolicy { max_bytes: 64 << 20, max_age: Duration::from_secs(1) }
     }
+}
+
+pub fn segment_name(index: usize) -> String {
+    format!("seg-{index:06}.age")
+}
+
+/// The name a segment has while it is written (an unfinished tail if the recorder died).
+pub fn partial_name(index: usize) -> String {
+    format!(".seg-{index:06}.age.partial")
 }
 
 pub struct Writer {
     dir: PathBuf,
     manifest: Manifest,
     policy: SegmentPolicy,
+    recipients: Vec<Recipient>,
     current: Option<Segment>,
+    prev_sha256: Vec<u8>,
     frame: Vec<u8>,
 }
 
 struct Segment {
+    index: usize,
     path: PathBuf,
-    out: SegmentFile,
+    out: EncryptingWriter,
+    /// Plaintext bytes written.
     bytes: u64,
+    records: u64,
     opened: Instant,
 }
 
 impl Writer {
     /// Creates the recording directory (it must not hold a recording yet) and its manifest.
-    pub fn create(dir: &Path, manifest: Manifest, policy: SegmentPolicy) -> Result<Writer, StoreError> {
+    pub fn create(
+        dir: &Path,
+        manifest: Manifest,
+        recipients: Vec<Recipient>,
+        policy: SegmentPolicy,
+    ) -> Result<Writer, StoreError> {
         if dir.join(super::manifest::MANIFEST).exists() {
             return Err(StoreError::Exists { path: dir.to_path_buf() });
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // Recordings are readable by their owner only (the ciphertext too: metadata).
+        let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         manifest.write(dir)?;
-        Ok(Writer { dir: dir.to_path_buf(), manifest, policy, current: None, frame: Vec::with_capacity(64 << 10) })
+        Ok(Writer {
+            dir: dir.to_path_buf(),
+            manifest,
+            policy,
+            recipients,
+            current: None,
+            prev_sha256: Vec::new(),
+            frame: Vec::with_capacity(64 << 10),
+        })
     }
 
     pub fn manifest_mut(&mut self) -> &mut Manifest {
@@ -60,11 +100,12 @@ impl Writer {
             self.open_segment()?;
         }
         let segment = self.current.as_mut().expect("segment opened above");
+        segment.records += 1;
         self.frame.clear();
         match &record.kind {
-            // Large payloads are copied once, from the consumer's buffer to the segment's: only
-            // the frame header is encoded here (the payload field last, as protobuf allows).
-            Some(proto::record::Kind::Data(d)) if d.payload.len() >= DIRECT_WRITE_MIN => {
+            // Large payloads go from the consumer's buffer to the encryptor: only the frame
+            // header is encoded here (the payload field last, as protobuf allows).
+            Some(R::Data(d)) if d.payload.len() >= DIRECT_WRITE_MIN => {
                 frame_data_header(d, &mut self.frame);
                 segment.out.write_all(&self.frame).map_err(io_err(&segment.path))?;
                 segment.out.write_all(&d.payload).map_err(io_err(&segment.path))?;
@@ -90,38 +131,78 @@ impl Writer {
             .as_ref()
             .is_some_and(|s| s.bytes >= self.policy.max_bytes || s.opened.elapsed() >= self.policy.max_age);
         if due {
-            self.seal()?;
+            self.seal(false)?;
         }
         Ok(())
     }
 
     fn open_segment(&mut self) -> Result<(), StoreError> {
-        let name = format!("seg-{:06}.rtr", self.manifest.segments.len());
-        let path = self.dir.join(&name);
-        let out = SegmentFile::create(&path).map_err(io_err(&path))?;
-        self.manifest.segments.push(name);
-        self.manifest.write(&self.dir)?;
-        self.current = Some(Segment { path, out, bytes: 0, opened: Instant::now() });
+        let index = self.manifest.segments.len();
+        let path = self.dir.join(partial_name(index));
+        let file = SegmentFile::create(&path).map_err(io_err(&path))?;
+        let out = crypt::encrypt_to(&self.recipients, HashingFile::new(file)).map_err(io_err(&path))?;
+        let mut segment = Segment { index, path, out, bytes: 0, records: 0, opened: Instant::now() };
+        let header = proto::Record {
+            kind: Some(R::SegmentHeader(proto::SegmentHeader {
+                recording_id: self.manifest.id.clone(),
+                index: index as u32,
+                prev_sha256: self.prev_sha256.clone(),
+                ts_ns: now_wall_ns(),
+            })),
+        };
+        write_frame(&mut segment, &header, &mut self.frame)?;
+        self.current = Some(segment);
         Ok(())
     }
 
-    /// Flushes and fsyncs the current segment; the next record starts a new one.
-    fn seal(&mut self) -> Result<(), StoreError> {
-        if let Some(mut segment) = self.current.take() {
-            segment.out.seal().map_err(io_err(&segment.path))?;
-        }
-        Ok(())
+    /// Ends the segment's age stream, makes it durable under its final name and lists it.
+    fn seal(&mut self, last: bool) -> Result<(), StoreError> {
+        let Some(mut segment) = self.current.take() else { return Ok(()) };
+        let end = proto::Record { kind: Some(R::SegmentEnd(proto::SegmentEnd { records: segment.records, last })) };
+        write_frame(&mut segment, &end, &mut self.frame)?;
+        let path = segment.path.clone();
+        let mut hashed = segment.out.finish().map_err(io_err(&path))?;
+        // An fsync failure is not retried: the data it covered may be gone from the page cache.
+        hashed.file.seal().map_err(io_err(&path))?;
+        let sha = hashed.digest();
+        let name = segment_name(segment.index);
+        let final_path = self.dir.join(&name);
+        std::fs::rename(&path, &final_path).map_err(io_err(&final_path))?;
+        sync_dir(&self.dir)?;
+        self.manifest.segments.push(SegmentEntry {
+            name,
+            sha256: crypt::hex(&sha),
+            bytes: hashed.bytes,
+            records: segment.records,
+        });
+        self.prev_sha256 = sha.to_vec();
+        self.manifest.write(&self.dir)
     }
 
     /// Seals the last segment and marks the recording complete.
     pub fn finish(mut self, ended_ns: u64, exit_status: Option<i32>) -> Result<Manifest, StoreError> {
-        self.seal()?;
+        if self.current.is_none() {
+            self.open_segment()?;
+        }
+        self.seal(true)?;
         self.manifest.ended_ns = Some(ended_ns);
         self.manifest.exit_status = exit_status;
         self.manifest.complete = true;
         self.manifest.write(&self.dir)?;
         Ok(self.manifest)
     }
+}
+
+fn write_frame(segment: &mut Segment, record: &proto::Record, frame: &mut Vec<u8>) -> Result<(), StoreError> {
+    frame.clear();
+    record.encode_length_delimited(frame).expect("Vec grows");
+    segment.out.write_all(frame).map_err(io_err(&segment.path))?;
+    segment.bytes += frame.len() as u64;
+    Ok(())
+}
+
+pub fn now_wall_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Payloads at least this large are not copied into the frame buffer first.
@@ -143,7 +224,7 @@ fn frame_data_header(d: &proto::Data, out: &mut Vec<u8>) {
     encoding::encode_varint(d.payload.len() as u64, out);
 }
 
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut file = File::create(path).map_err(io_err(path))?;
     file.write_all(bytes).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
@@ -173,6 +254,7 @@ mod tests {
                 payload: bytes::Bytes::from((0..payload_len).map(|i| i as u8).collect::<Vec<_>>()),
                 msg_index: 2,
                 addr: addr.into(),
+                redactions: vec![proto::Redaction { offset: 3, length: 9, rule: "jwt".into() }],
             };
             let mut frame = Vec::new();
             frame_data_header(&data, &mut frame);

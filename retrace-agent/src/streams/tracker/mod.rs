@@ -193,6 +193,7 @@ fn data_record(
         payload,
         msg_index: chunk.msg_index,
         addr,
+        redactions: Vec::new(),
     }))
 }
 

@@ -1,0 +1,51 @@
+//! `retrace export`: a sanitised copy of a recording for one recipient.
+
+use std::path::PathBuf;
+
+use retrace_agent::{audit::Subject, export, keys, redact::RulesFile, retention};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Recording directory.
+    recording: PathBuf,
+    /// The recipient (age1…) who will read the copy; nobody else can, you included.
+    #[arg(long, value_name = "RECIPIENT")]
+    to: String,
+    /// Directory to create for the copy.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// How long the copy is kept (s, m, h, d, w).
+    #[arg(long, default_value = "1d", value_parser = retention::parse_duration)]
+    expires: std::time::Duration,
+    /// Redaction rules and capture allowlist to apply (on top of every built-in detector).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// age identity file to decrypt the source with (default: your retrace identity).
+    #[arg(long, short = 'i')]
+    identity: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let to = keys::parse_recipient(&args.to)?;
+    let rules = match &args.rules {
+        Some(path) => RulesFile::read(path)?,
+        None => RulesFile::default(),
+    };
+    rules.compile()?; // a bad rules file fails before anything is read
+    let source = super::open_for_reading(&args.recording, args.identity.as_ref(), "export")?;
+    super::audit(
+        "export",
+        Subject::recording(&args.recording, &source.manifest.id)
+            .detail(format!("to {to} as {}", args.output.display())),
+    )?;
+    let (manifest, _) = export::export(&source, &rules, to, args.expires, &args.output)?;
+    eprintln!(
+        "retrace: exported {} to {} for {} (expires {}); see {}",
+        source.manifest.id,
+        args.output.display(),
+        manifest.recipients.join(", "),
+        retrace_agent::audit::rfc3339(manifest.expires_ns),
+        args.output.join(export::NOTE).display()
+    );
+    Ok(0)
+}

@@ -1,0 +1,93 @@
+//! Export: a sanitised copy of a recording for one recipient. Decrypts, applies the rules again
+//! at their strictest (every built-in detector, no allowlisted values), re-encrypts to the
+//! recipient only (the exporter's own identity cannot read it) with its own expiry, and writes
+//! a plain note of what was removed.
+
+use std::{path::Path, time::Duration};
+
+use crate::{
+    keys::Recipient,
+    redact::{RedactStage, RedactStats, Redactor, RulesFile},
+    store::{manifest::Manifest, writer::now_wall_ns, Recording, SegmentPolicy, StoreError, Writer},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rules(#[from] crate::redact::RulesError),
+}
+
+pub const NOTE: &str = "EXPORT-NOTE.txt";
+
+pub fn export(
+    source: &Recording,
+    rules: &RulesFile,
+    to: Recipient,
+    expires: Duration,
+    out: &Path,
+) -> Result<(Manifest, RedactStats), ExportError> {
+    let strict = rules.strictest();
+    let mut stage = RedactStage::new(Redactor::new(strict.compile()?));
+    let now = now_wall_ns();
+    let src = &source.manifest;
+    let manifest = Manifest {
+        id: crate::recorder::recording_id(),
+        segments: Vec::new(),
+        complete: false,
+        recipients: vec![to.to_string()],
+        expires_ns: now.saturating_add(expires.as_nanos() as u64),
+        redaction_rules: strict.rule_names(),
+        capture_allowlist: strict.capture.is_some(),
+        exported_from: Some(src.id.clone()),
+        ..src.clone()
+    };
+    let mut writer = Writer::create(out, manifest, vec![to], SegmentPolicy::default())?;
+    let mut failed = None;
+    let mut records = Vec::new();
+    let report = source.for_each(|record| {
+        if failed.is_some() {
+            return;
+        }
+        stage.push(record, &mut records);
+        for r in records.drain(..) {
+            if let Err(e) = writer.append(&r) {
+                failed = Some(e);
+                return;
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    stage.finish(&mut records);
+    for r in &records {
+        writer.append(r)?;
+    }
+    let manifest = writer.finish(src.ended_ns.unwrap_or(now), src.exit_status)?;
+    let stats = stage.stats.clone();
+    let mut note = format!(
+        "Export of recording {} as {}, for {}\nexpires {}\nrules applied: {}\n",
+        src.id,
+        manifest.id,
+        manifest.recipients.join(", "),
+        crate::audit::rfc3339(manifest.expires_ns),
+        manifest.redaction_rules.join(", ")
+    );
+    if report.torn_tail.is_some() {
+        note.push_str("the source recording was unfinished: its unsealed tail is included as far as it verified\n");
+    }
+    note.push_str("redacted (pieces, bytes) per rule, on top of what was redacted at record time:\n");
+    for (rule, (pieces, bytes)) in &stats.by_rule {
+        note.push_str(&format!("  {rule}: {pieces} pieces, {bytes} bytes\n"));
+    }
+    if stats.not_captured_bytes > 0 {
+        note.push_str(&format!(
+            "left out by the capture allowlist: {} bytes of {} streams\n",
+            stats.not_captured_bytes, stats.not_captured_streams
+        ));
+    }
+    crate::store::writer::write_durably(&out.join(NOTE), note.as_bytes())?;
+    Ok((manifest, stats))
+}

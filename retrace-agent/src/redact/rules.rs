@@ -1,0 +1,273 @@
+//! Redaction and capture rules: built-in detectors, plus what a TOML file adds (header names,
+//! JSON keys, custom regexes, allowlisted values, a capture allowlist), compiled into one regex.
+
+use std::path::Path;
+
+use regex::bytes::Regex;
+use serde::Deserialize;
+
+use super::policy::CapturePolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("cannot read rules file `{path}`: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("rules file `{path}`: {message}")]
+    Parse { path: String, message: String },
+    #[error("rule `{name}`: invalid regex: {message}")]
+    Regex { name: String, message: String },
+    #[error("unknown built-in detector `{name}` in `disable` (known: {known})")]
+    UnknownDetector { name: String, known: String },
+    #[error("capture allowlist: {0}")]
+    Capture(String),
+}
+
+/// The rules file, as written.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    /// Built-in detectors to switch off (by name).
+    #[serde(default)]
+    pub disable: Vec<String>,
+    /// Values that are never redacted (exact bytes of the matched secret).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// More HTTP header names whose values are redacted.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// More JSON keys whose string values are redacted.
+    #[serde(default)]
+    pub json_keys: Vec<String>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<CustomRule>,
+    #[serde(default)]
+    pub capture: Option<CaptureSection>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CustomRule {
+    pub name: String,
+    /// Matched on bytes, ASCII classes. With a capture group, only group 1 is redacted.
+    pub regex: String,
+}
+
+/// Streams whose payload is recorded; every other stream is kept as metadata only.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSection {
+    /// Globs of file paths (and unix socket paths).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Socket peers or local addresses: `10.0.0.5:6379`, `10.0.0.0/8`, `:443`, `[::1]:80`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Pipes, terminals and other non-file, non-socket streams.
+    #[serde(default)]
+    pub pipes: bool,
+}
+
+const HEADER_NAMES: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-csrf-token",
+    "x-amz-security-token",
+];
+
+const JSON_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "private_key",
+    "credential",
+    "credentials",
+];
+
+/// Built-in detector names, in match priority order.
+pub const BUILT_IN: &[&str] =
+    &["private_key", "header", "json_key", "url_password", "jwt", "bearer", "aws_access_key", "card", "email"];
+
+/// How a detector's placeholder keeps the secret's shape, and what must hold for a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    None,
+    Luhn,
+}
+
+/// One compiled alternative of the combined regex.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    pub name: String,
+    /// Capture group (in the combined regex) of this alternative as a whole.
+    pub outer: usize,
+    /// Capture group (in the combined regex) holding the secret.
+    pub group: usize,
+    /// Bytes kept as they are in the placeholder (structure, not secret).
+    pub keep: &'static [u8],
+    pub check: Check,
+}
+
+/// Everything the redactor needs, compiled.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub regex: Option<Regex>,
+    pub detectors: Vec<Detector>,
+    pub allow: Vec<Vec<u8>>,
+    pub capture: Option<CapturePolicy>,
+}
+
+fn escape_names(names: impl IntoIterator<Item = String>) -> String {
+    names.into_iter().map(|n| regex::escape(&n.to_ascii_lowercase())).collect::<Vec<_>>().join("|")
+}
+
+fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'static [u8], Check) {
+    match name {
+        // The key body up to its END line, or to the end of what has arrived so far (then the
+        // match is still open and the stream holds it back until the END line comes).
+        "private_key" => (
+            r"-----BEGIN[A-Z ]{0,32} PRIVATE KEY-----((?s:.)*?)(?:-----END[A-Z ]{0,32} PRIVATE KEY-----|\z)".into(),
+            b"\r\n",
+            Check::None,
+        ),
+        "header" => {
+            let names = escape_names(HEADER_NAMES.iter().map(|s| s.to_string()).chain(file.headers.iter().cloned()));
+            (
+                format!(r"(?i:\b(?:{names})[ \t]*:[ \t]*(?:(?:bearer|basic|token|digest|negotiate)[ \t]+)?)([^\r\n]+)"),
+                b"",
+                Check::None,
+            )
+        }
+        "json_key" => {
+            let keys = escape_names(JSON_KEYS.iter().map(|s| s.to_string()).chain(file.json_keys.iter().cloned()));
+            (format!(r#""(?i:{keys})"[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\\r\n]|\\.)+)""#), b"", Check::None)
+        }
+        "url_password" => {
+            (r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,15}://[^:/@\s]{1,256}:([^@/\s]{1,256})@".into(), b"", Check::None)
+        }
+        "jwt" => (r"\b(eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{8,})".into(), b".", Check::None),
+        "bearer" => (r"(?i:\bbearer[ \t]+)([A-Za-z0-9._~+/\-]{8,}=*)".into(), b"", Check::None),
+        "aws_access_key" => (r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b".into(), b"", Check::None),
+        "card" => (r"\b([0-9](?:[ \-]?[0-9]){12,18})\b".into(), b" -", Check::Luhn),
+        "email" => (
+            r"\b([A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24})\b".into(),
+            b"@.",
+            Check::None,
+        ),
+        _ => unreachable!("listed in BUILT_IN"),
+    }
+}
+
+impl RulesFile {
+    pub fn read(path: &Path) -> Result<RulesFile, RulesError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read { path: p.clone(), source })?;
+        toml::from_str(&text).map_err(|e| RulesError::Parse {
+            path: p,
+            message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    /// The names of the rules this file turns on (for the manifest).
+    pub fn rule_names(&self) -> Vec<String> {
+        BUILT_IN
+            .iter()
+            .filter(|n| !self.disable.iter().any(|d| d == *n))
+            .map(|n| n.to_string())
+            .chain(self.rules.iter().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    /// This file with every built-in on and no allowlisted values: what `export` applies.
+    pub fn strictest(&self) -> RulesFile {
+        RulesFile { disable: Vec::new(), allow: Vec::new(), ..self.clone() }
+    }
+
+    pub fn compile(&self) -> Result<Rules, RulesError> {
+        for d in &self.disable {
+            if !BUILT_IN.contains(&d.as_str()) {
+                return Err(RulesError::UnknownDetector { name: d.clone(), known: BUILT_IN.join(", ") });
+            }
+        }
+        let mut alternatives = Vec::new();
+        let mut detectors = Vec::new();
+        // Group 0 is the whole match; each alternative adds its own group, then its inner ones.
+        let mut next_group = 1;
+        let mut add = |name: String, pattern: String, keep, check, detectors: &mut Vec<Detector>| {
+            let inner = Regex::new(&format!("(?-u:{pattern})"))
+                .map_err(|e| RulesError::Regex { name: name.clone(), message: one_line(&e.to_string()) })?;
+            let inner_groups = inner.captures_len() - 1;
+            let outer = next_group;
+            let group = if inner_groups > 0 { outer + 1 } else { outer };
+            next_group += 1 + inner_groups;
+            alternatives.push(format!("(?-u:({pattern}))"));
+            detectors.push(Detector { name, outer, group, keep, check });
+            Ok::<(), RulesError>(())
+        };
+        for name in BUILT_IN {
+            if self.disable.iter().any(|d| d == name) {
+                continue;
+            }
+            let (pattern, keep, check) = built_in_pattern(name, self);
+            add(name.to_string(), pattern, keep, check, &mut detectors)?;
+        }
+        for rule in &self.rules {
+            add(rule.name.clone(), rule.regex.clone(), b"", Check::None, &mut detectors)?;
+        }
+        let regex = if alternatives.is_empty() {
+            None
+        } else {
+            let combined = alternatives.join("|");
+            Some(
+                regex::bytes::RegexBuilder::new(&combined)
+                    .size_limit(64 << 20)
+                    .dfa_size_limit(16 << 20)
+                    .build()
+                    .map_err(|e| RulesError::Regex { name: "combined".into(), message: one_line(&e.to_string()) })?,
+            )
+        };
+        let capture = self.capture.as_ref().map(CapturePolicy::new).transpose().map_err(RulesError::Capture)?;
+        Ok(Rules { regex, detectors, allow: self.allow.iter().map(|a| a.as_bytes().to_vec()).collect(), capture })
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Luhn checksum over the digits of `bytes` (separators ignored).
+pub fn luhn(bytes: &[u8]) -> bool {
+    let digits: Vec<u32> = bytes.iter().filter(|b| b.is_ascii_digit()).map(|b| u32::from(b - b'0')).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}

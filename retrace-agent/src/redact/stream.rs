@@ -1,0 +1,149 @@
+//! Streaming redaction of one direction of one stream. Records are held back only while their
+//! last bytes could still be part of a secret that has not fully arrived: the trailing line
+//! (at least `HOLD_MIN`, at most `HOLD_MAX` bytes) and any match still open at the end (up to
+//! `OPEN_MAX`). So a secret split across reads or ring-buffer chunks is found whole, memory per
+//! stream stays bounded, and records keep their boundaries.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::Redactor;
+use crate::store::proto;
+
+/// Always held back from the end of what has arrived (multi-line constructs).
+const HOLD_MIN: usize = 256;
+/// Held back at most, when no match is open: the trailing line up to this.
+const HOLD_MAX: usize = 1024;
+/// Longest open match held back (a private key block, a long cookie).
+const OPEN_MAX: usize = 16 << 10;
+
+/// A redacted span, at absolute stream positions.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub start: u64,
+    pub end: u64,
+    pub detector: usize,
+    pub placeholder: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct StreamRedactor {
+    /// Bytes from `window_start` to `end`, after one byte of look-behind if `has_lookbehind`.
+    window: Vec<u8>,
+    has_lookbehind: bool,
+    window_start: u64,
+    end: u64,
+    /// Records not yet released, in order.
+    pending: VecDeque<proto::Data>,
+    /// Final spans not yet applied to every record they cover.
+    spans: VecDeque<Span>,
+}
+
+impl StreamRedactor {
+    pub fn held_bytes(&self) -> usize {
+        self.pending.iter().map(|d| d.payload.len()).sum()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Takes one record; appends the records that are final now to `out`.
+    pub fn push(&mut self, redactor: &Redactor, data: proto::Data, out: &mut Vec<proto::Data>) {
+        if data.offset != self.end || (self.pending.is_empty() && self.window.is_empty()) {
+            // Discontinuity (a gap) or a fresh start: what came before is final.
+            self.flush(redactor, out);
+            self.window.clear();
+            self.has_lookbehind = false;
+            self.window_start = data.offset;
+            self.end = data.offset;
+        }
+        self.window.extend_from_slice(&data.payload);
+        self.end += data.payload.len() as u64;
+        self.pending.push_back(data);
+        self.scan(redactor, false);
+        self.release(redactor, out, self.window_start);
+    }
+
+    /// Everything held is final (idle stream, gap, close, end of recording).
+    pub fn flush(&mut self, redactor: &Redactor, out: &mut Vec<proto::Data>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.scan(redactor, true);
+        self.release(redactor, out, self.end);
+    }
+
+    /// Finds the spans that are final, records them, and moves the window to where the next
+    /// scan must start.
+    fn scan(&mut self, redactor: &Redactor, finished: bool) {
+        let lb = usize::from(self.has_lookbehind);
+        let data_len = self.window.len() - lb;
+        // Where matches stop being final: the held-back tail.
+        let mut final_upto = if finished {
+            data_len
+        } else {
+            let line_start = self.window[lb..].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            line_start.min(data_len.saturating_sub(HOLD_MIN)).max(data_len.saturating_sub(HOLD_MAX))
+        };
+        let mut last_end = 0;
+        let found = redactor.find(&self.window, lb, finished);
+        if let Some(open) = found.open_from {
+            final_upto = final_upto.min(open.max(data_len.saturating_sub(OPEN_MAX)));
+        }
+        for m in found.spans {
+            if m.match_start >= final_upto {
+                break;
+            }
+            last_end = last_end.max(m.end);
+            self.spans.push_back(Span {
+                start: self.window_start + m.start as u64,
+                end: self.window_start + m.end as u64,
+                detector: m.detector,
+                placeholder: m.placeholder,
+            });
+        }
+        // The next scan starts after the final part and after any span already taken.
+        let next = final_upto.max(last_end).min(data_len);
+        if next > 0 {
+            let keep_from = lb + next - 1;
+            self.window.drain(..keep_from);
+            self.has_lookbehind = true;
+        }
+        self.window_start += next as u64;
+    }
+
+    /// Releases the records that end at or before `upto` (absolute), with their spans applied.
+    fn release(&mut self, redactor: &Redactor, out: &mut Vec<proto::Data>, upto: u64) {
+        while let Some(front) = self.pending.front() {
+            let start = front.offset;
+            let end = start + front.payload.len() as u64;
+            if end > upto {
+                break;
+            }
+            let mut data = self.pending.pop_front().expect("front exists");
+            let mut payload: Option<Vec<u8>> = None;
+            for span in self.spans.iter().filter(|s| s.start < end && s.end > start) {
+                let from = span.start.max(start);
+                let to = span.end.min(end);
+                let buf = payload.get_or_insert_with(|| data.payload.to_vec());
+                let at = (from - start) as usize;
+                let src = &span.placeholder[(from - span.start) as usize..(to - span.start) as usize];
+                buf[at..at + src.len()].copy_from_slice(src);
+                data.redactions.push(proto::Redaction {
+                    offset: at as u32,
+                    length: src.len() as u32,
+                    rule: redactor.rule_name(span.detector).to_owned(),
+                });
+            }
+            if let Some(buf) = payload {
+                data.payload = Bytes::from(buf);
+            }
+            while self.spans.front().is_some_and(|s| s.end <= end) {
+                self.spans.pop_front();
+            }
+            out.push(data);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The redactor against canaries of every detector, split at every point.
+
+use bytes::Bytes;
+
+use super::{redact_all, stream::StreamRedactor, Redactor, RulesFile};
+use crate::store::proto;
+
+/// (detector, text around it, the secret that must disappear)
+pub const CANARIES: &[(&str, &str, &str)] = &[
+    ("header", "GET / HTTP/1.1\r\nAuthorization: Bearer sk_live_CANARYhdr0123456789\r\n\r\n", "sk_live_CANARYhdr0123456789"),
+    ("header", "Cookie: session=CANARYcookie123abc; theme=dark\r\n", "session=CANARYcookie123abc"),
+    ("json_key", "{\"user\": \"bob\", \"password\": \"CANARY-pass-w0rd!\"}", "CANARY-pass-w0rd!"),
+    ("url_password", "DATABASE_URL=postgres://admin:CANARYurlpass@db.internal:5432/app", "CANARYurlpass"),
+    ("aws_access_key", "aws_access_key_id = AKIACANARY7AWSKEY234\n", "AKIACANARY7AWSKEY234"),
+    ("jwt", "id=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJDQU5BUlkifQ.c2lnbmF0dXJlQ0FOQVJZand0 end", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJDQU5BUlkifQ.c2lnbmF0dXJlQ0FOQVJZand0"),
+    ("bearer", "use bearer CANARYbearerTok3n99 here", "CANARYbearerTok3n99"),
+    ("private_key", "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEcanaryKEYbodyAAAA\nBBBBcanaryKEYbody2\n-----END RSA PRIVATE KEY-----\n", "MIIEcanaryKEYbodyAAAA"),
+    ("card", "card: 4111 1111 1111 1111, exp 12/30", "4111 1111 1111 1111"),
+    ("email", "contact canary.user@example.com today", "canary.user@example.com"),
+];
+
+fn redactor() -> Redactor {
+    Redactor::new(RulesFile::default().compile().unwrap())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn stream(redactor: &Redactor, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut s = StreamRedactor::default();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for chunk in chunks {
+        let data = proto::Data { offset, payload: Bytes::copy_from_slice(chunk), ..Default::default() };
+        offset += chunk.len() as u64;
+        s.push(redactor, data, &mut out);
+    }
+    s.flush(redactor, &mut out);
+    let mut bytes = Vec::new();
+    let mut next = 0;
+    for d in &out {
+        assert_eq!(d.offset, next, "records leave in order, whole");
+        next += d.payload.len() as u64;
+        for r in &d.redactions {
+            assert!((r.offset + r.length) as usize <= d.payload.len());
+        }
+        bytes.extend_from_slice(&d.payload);
+    }
+    bytes
+}
+
+#[test]
+fn every_detector_redacts_its_canary_keeping_length() {
+    let r = redactor();
+    for (detector, text, secret) in CANARIES {
+        let (out, spans) = redact_all(&r, text.as_bytes());
+        assert_eq!(out.len(), text.len());
+        assert!(!find(&out, secret.as_bytes()), "{detector}: {secret} left in {:?}", String::from_utf8_lossy(&out));
+        assert!(spans.iter().any(|m| r.rule_name(m.detector) == *detector), "{detector} matched {text:?}");
+    }
+}
+
+#[test]
+fn lookalikes_are_left_alone() {
+    let r = redactor();
+    for text in ["card 4111 1111 1111 1112 fails Luhn", "plain words, numbers 12345 and a@b", "Content-Length: 42\r\n"]
+    {
+        let (out, _) = redact_all(&r, text.as_bytes());
+        assert_eq!(out, text.as_bytes());
+    }
+}
+
+#[test]
+fn same_secret_same_placeholder_within_a_recording() {
+    let r = redactor();
+    let text = b"{\"token\": \"CANARYsameTOKEN42\"}\r\nAuthorization: Bearer CANARYsameTOKEN42\r\n";
+    let (out, spans) = redact_all(&r, text);
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0].placeholder, spans[1].placeholder);
+    assert!(!find(&out, b"CANARYsameTOKEN42"));
+    // Another recording (another key): another placeholder.
+    assert_ne!(redactor().placeholder(b"CANARYsameTOKEN42", b""), spans[0].placeholder);
+}
+
+#[test]
+fn a_secret_split_at_any_point_is_found() {
+    let r = redactor();
+    let all: String = CANARIES.iter().map(|c| c.1).collect::<Vec<_>>().join(" filler\n");
+    let text = all.as_bytes();
+    let (want, _) = redact_all(&r, text);
+    for split in 0..=text.len() {
+        let got = stream(&r, &[&text[..split], &text[split..]]);
+        assert!(got == want, "split at {split}: {:?}", String::from_utf8_lossy(&got));
+    }
+    // Byte by byte, and in uneven pieces.
+    let bytes: Vec<&[u8]> = text.chunks(1).collect();
+    assert!(stream(&r, &bytes) == want, "one byte per read");
+    for size in [2, 3, 7, 64, 300] {
+        let pieces: Vec<&[u8]> = text.chunks(size).collect();
+        assert!(stream(&r, &pieces) == want, "reads of {size} bytes");
+    }
+}
+
+#[test]
+fn long_streams_stay_bounded() {
+    let r = redactor();
+    let mut s = StreamRedactor::default();
+    let mut out = Vec::new();
+    let line = vec![b'x'; 4096];
+    for i in 0..256u64 {
+        let data = proto::Data { offset: i * 4096, payload: Bytes::copy_from_slice(&line), ..Default::default() };
+        s.push(&r, data, &mut out);
+        assert!(s.held_bytes() <= 4096 + 1024, "holds {} bytes", s.held_bytes());
+    }
+}
+
+#[test]
+fn custom_rules_and_allowlist() {
+    let file: RulesFile = toml::from_str(
+        r#"
+        allow = ["ops@example.com"]
+        disable = ["card"]
+        headers = ["X-Session"]
+        json_keys = ["ssn"]
+        [[rule]]
+        name = "customer"
+        regex = 'cust=(C-[0-9]{6})'
+        "#,
+    )
+    .unwrap();
+    let r = Redactor::new(file.compile().unwrap());
+    let text = b"X-Session: abcdef\r\n{\"ssn\": \"123-45-6789\"} cust=C-123456 ops@example.com 4111111111111111";
+    let (out, _) = redact_all(&r, text);
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("abcdef") && !out.contains("123-45-6789") && !out.contains("C-123456"), "{out}");
+    assert!(out.contains("cust=") && out.contains("ops@example.com") && out.contains("4111111111111111"), "{out}");
+    let bad: Result<RulesFile, _> = toml::from_str("unknown = 1");
+    assert!(bad.is_err());
+    let bad = RulesFile { disable: vec!["nope".into()], ..Default::default() };
+    assert!(bad.compile().is_err());
+}
