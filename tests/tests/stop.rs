@@ -91,7 +91,9 @@ fn a_full_disk_stops_the_recording_cleanly() {
     assert!(stderr.contains("no space left"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done", "the command ran to its end");
-    // What was written is readable: streams and bytes up to the torn tail.
+    // Every sealed segment verifies; what was written is readable up to the unsealed tail.
+    let verify = retrace_command().args(["verify", rec.to_str().unwrap()]).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
     let rec = Rec::open(&rec);
     assert!(!rec.recording.manifest.complete);
     let null = rec.streams.iter().filter(|s| s.path == "/dev/null").max_by_key(|s| s.bytes_out).expect("/dev/null");

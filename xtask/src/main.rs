@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | fuzz`.
 //!
 //! Everything a fresh machine needs to build and test Retrace is installed from here, so the
 //! README's two commands (`cargo xtask demo`, `cargo xtask test`) work on a clean checkout.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::process::Command;
@@ -31,9 +32,16 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Set up, build, and run every test against the real kernel.
+    /// Run the fuzz targets (recording reader, redactor) for a while each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
+    /// Set up, build, run every test against the real kernel, then fuzz briefly.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Extra arguments for `cargo test` (e.g. a test name filter); fuzzing is skipped
+        /// when any are given.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -56,8 +64,13 @@ fn main() -> Result<()> {
             run(cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
             let mut cmd = cargo();
             cmd.args(["test", "--release"]).args(&args);
-            run(&mut cmd)
+            run(&mut cmd)?;
+            if args.is_empty() {
+                fuzz::run(&std::env::current_dir()?, 30)?;
+            }
+            Ok(())
         }
+        Task::Fuzz { seconds } => fuzz::run(&std::env::current_dir()?, seconds),
     }
 }
 
@@ -104,6 +117,8 @@ fn demo() -> Result<()> {
         ]))?;
         println!("\n$ retrace streams {}", rec.display());
         run(Command::new(&retrace).arg("streams").arg(&rec))?;
+        println!("\n$ retrace verify {}   # age-encrypted segments, hashes, binding", rec.display());
+        run(Command::new(&retrace).arg("verify").arg(&rec))?;
         println!("\n$ retrace inspect {} | head -20", rec.display());
         let out = Command::new(&retrace).arg("inspect").arg(&rec).output()?;
         for line in String::from_utf8_lossy(&out.stdout).lines().take(20) {

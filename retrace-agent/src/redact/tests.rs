@@ -140,3 +140,26 @@ fn custom_rules_and_allowlist() {
     let bad = RulesFile { disable: vec!["nope".into()], ..Default::default() };
     assert!(bad.compile().is_err());
 }
+
+/// `cargo test --release -p retrace-agent redaction_throughput -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn redaction_throughput() {
+    let disable: Vec<String> =
+        std::env::var("DISABLE").unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+    let r = Redactor::new(RulesFile { disable, ..Default::default() }.compile().unwrap());
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let text: Vec<u8> = (0..64u64 << 20)
+        .map(|i| if i % 101 == 100 { b'\n' } else { alphabet[(i.wrapping_mul(0x9E3779B97F4A7C15) >> 58) as usize] })
+        .collect();
+    let mut s = StreamRedactor::default();
+    let mut out = Vec::new();
+    let start = std::time::Instant::now();
+    for (i, chunk) in text.chunks(32 << 10).enumerate() {
+        let offset = (i * (32 << 10)) as u64;
+        s.push(&r, proto::Data { offset, payload: Bytes::copy_from_slice(chunk), ..Default::default() }, &mut out);
+        out.clear();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("redaction: {:.0} MB/s on base64-like text", text.len() as f64 / secs / 1e6);
+}
