@@ -52,37 +52,61 @@ impl Redactor {
 
     /// Finds secrets in `window[lookbehind..]` (`window[..lookbehind]` is context only). Unless
     /// `finished`, a match reaching the end of the window is reported as open, not as a span.
+    /// Each detector searches on its own; overlaps go to the match that starts first (then to
+    /// the detector listed first).
     pub fn find(&self, window: &[u8], lookbehind: usize, finished: bool) -> Found {
-        let mut found = Found::default();
-        let Some(re) = &self.rules.regex else { return found };
-        let mut locs = re.capture_locations();
-        let mut pos = lookbehind;
-        while pos <= window.len() {
-            let Some(m) = re.captures_read_at(&mut locs, window, pos) else { break };
-            let (ms, me) = (m.start(), m.end());
-            pos = if me > ms { me } else { me + 1 };
-            if me == window.len() && !finished {
-                found.open_from = Some(ms - lookbehind);
-                break;
+        // (match start, match end, secret start, secret end, detector)
+        let mut candidates: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+        let mut open: Option<usize> = None;
+        for (index, d) in self.rules.detectors.iter().enumerate() {
+            match &d.matcher {
+                rules::Matcher::Regex(re) => {
+                    let mut locs = re.capture_locations();
+                    let mut pos = lookbehind;
+                    while pos <= window.len() {
+                        let Some(m) = re.captures_read_at(&mut locs, window, pos) else { break };
+                        let (ms, me) = (m.start(), m.end());
+                        if me == window.len() && !finished {
+                            open = Some(open.map_or(ms, |o| o.min(ms)));
+                            break;
+                        }
+                        let (s, e) = locs.get(d.group).unwrap_or((ms, me));
+                        candidates.push((ms, me, s, e, index));
+                        pos = if me > ms { me } else { me + 1 };
+                    }
+                }
+                rules::Matcher::Card => {
+                    let (cards, card_open) = rules::find_cards(window, lookbehind, finished);
+                    candidates.extend(cards.into_iter().map(|(s, e)| (s, e, s, e, index)));
+                    if let Some(o) = card_open {
+                        open = Some(open.map_or(o, |x| x.min(o)));
+                    }
+                }
             }
-            let Some((detector, d)) =
-                self.rules.detectors.iter().enumerate().find(|(_, d)| locs.get(d.outer).is_some())
-            else {
-                continue;
-            };
-            let (s, e) = locs.get(d.group).unwrap_or((ms, me));
-            if e <= s {
+        }
+        candidates.sort_unstable_by_key(|c| (c.0, c.4));
+        let mut found = Found { spans: Vec::new(), open_from: open.map(|o| o - lookbehind) };
+        let mut taken_to = lookbehind;
+        for (ms, me, s, e, index) in candidates {
+            if ms < taken_to || e <= s {
                 continue;
             }
+            let d = &self.rules.detectors[index];
             let secret = &window[s..e];
-            if self.rules.allow.iter().any(|a| a == secret) || (d.check == rules::Check::Luhn && !rules::luhn(secret)) {
+            let valid = match d.check {
+                rules::Check::None => true,
+                rules::Check::Luhn => rules::luhn(secret),
+                rules::Check::MinLen(n) => secret.len() >= n,
+            };
+            if !valid || self.rules.allow.iter().any(|a| a == secret) {
                 continue;
             }
+            taken_to = me;
             found.spans.push(Match {
                 match_start: ms - lookbehind,
                 start: s - lookbehind,
                 end: e - lookbehind,
-                detector,
+                detector: index,
                 placeholder: self.placeholder(secret, d.keep),
             });
         }
