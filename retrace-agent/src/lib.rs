@@ -8,6 +8,7 @@ pub mod export;
 pub mod keys;
 pub mod recorder;
 pub mod redact;
+pub mod replay;
 pub mod retention;
 pub mod store;
 pub mod streams;

@@ -141,7 +141,7 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-fn find_program(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
             .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)

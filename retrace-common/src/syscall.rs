@@ -75,4 +75,5 @@ syscalls! {
     Chdir = 56 => "chdir", None;
     Fchdir = 57 => "fchdir", None;
     ExitGroup = 58 => "exit_group", None;
+    Lseek = 59 => "lseek", None;
 }

@@ -106,7 +106,14 @@ fn tracefs() -> Result<()> {
 
 /// The tests drive real programs; install the ones a fresh machine may lack.
 fn test_peers() -> Result<()> {
-    let wanted = [("curl", "curl"), ("python3", "python3"), ("cc", "gcc"), ("strace", "strace"), ("age", "age")];
+    let wanted = [
+        ("curl", "curl"),
+        ("python3", "python3"),
+        ("cc", "gcc"),
+        ("strace", "strace"),
+        ("age", "age"),
+        ("redis-server", "redis-server"),
+    ];
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(bin, _)| {

@@ -225,6 +225,7 @@ fn syscall_nr(name: &str) -> Option<u32> {
         "listen" => 50,
         "socketpair" => 53,
         "fcntl" => 72,
+        "lseek" => 8,
         "chdir" => 80,
         "fchdir" => 81,
         "creat" => 85,

@@ -7,6 +7,7 @@ mod gc;
 mod inspect;
 mod keygen;
 mod record;
+mod replay;
 mod size;
 mod streams;
 mod verify;
@@ -37,6 +38,9 @@ enum Command {
     Cat(cat::Args),
     /// Print the timeline: drop counters first, then one event per line.
     Inspect(inspect::Args),
+    /// Run a program in a sandbox against a recording: recorded peers answer it, recorded
+    /// files feed it, nothing else is reachable.
+    Replay(replay::Args),
     /// Make an age identity (private key, mode 0600) and print its recipient (public key).
     Keygen(keygen::Args),
     /// Check every sealed segment of a recording; report an unfinished tail.
@@ -62,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Streams(args) => streams::run(args),
         Command::Cat(args) => cat::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Export(args) => export::run(args),

@@ -1,4 +1,4 @@
-//! close, close_range, dup, dup2, dup3, fcntl, pipe, pipe2: the fd table.
+//! close, close_range, dup, dup2, dup3, fcntl, pipe, pipe2: the fd table; lseek: file positions.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use retrace_common::syscall::Sys;
@@ -47,4 +47,10 @@ pub fn sys_exit_pipe(ctx: RawTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_pipe2(ctx: RawTracePointContext) -> u32 {
     on_meta(&ctx, Sys::Pipe2, no_aux, |c| two_fds(c.args[0], c.ret), false)
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_lseek(ctx: RawTracePointContext) -> u32 {
+    // The new position: replay rebuilds a file's content from reads placed where they were.
+    on_meta(&ctx, Sys::Lseek, no_aux, no_extra, false)
 }

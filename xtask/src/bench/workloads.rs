@@ -175,11 +175,11 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // The worker outlives a killed master, and renames itself ("nginx: worker process"):
+        // kill the master's children first, while they are still its children.
+        let _ = Command::new("pkill").args(["-KILL", "-P", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // The worker outlives a killed master: stop it by its pid file's group.
-        let _ =
-            Command::new("pkill").args(["-f", &format!("nginx -c {}", self.dir.join("nginx.conf").display())]).status();
     }
 }
 

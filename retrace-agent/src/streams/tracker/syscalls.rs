@@ -35,6 +35,10 @@ impl Tracker {
         if let Some(dir) = sys.direction() {
             self.data(stream_id, dir, sys, rec, call, ts, out);
         }
+        if matches!(sys, Sys::Connect | Sys::Bind) && ret < 0 && ret != -EINPROGRESS {
+            // A failed attempt still names where it went (replay answers it the same way).
+            detail = sockaddr::format(aux).unwrap_or_default();
+        }
         if ret >= 0 || ret == -EINPROGRESS {
             match sys {
                 Sys::Open | Sys::Creat => {
@@ -163,6 +167,7 @@ impl Tracker {
                         }
                     }
                 }
+                Sys::Lseek => stream_id = self.stream_for_fd(tgid, fd0, ts, out),
                 Sys::Dup => stream_id = self.dup(tgid, fd0, ret as i32, false, ts, out),
                 Sys::Dup2 => stream_id = self.dup(tgid, fd0, ret as i32, false, ts, out),
                 Sys::Dup3 => stream_id = self.dup(tgid, fd0, ret as i32, args[2] & O_CLOEXEC != 0, ts, out),

@@ -1,0 +1,42 @@
+//! `retrace replay`: run a program in the sandbox against a recording.
+
+use std::path::PathBuf;
+
+use retrace_agent::replay::{self, ReplayConfig};
+
+/// Exit status when the replay diverged from the recording or something was blocked.
+pub const DIVERGED: i32 = 86;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Recording directory.
+    recording: PathBuf,
+    /// age identity file to decrypt with (default: your retrace identity).
+    #[arg(long, short = 'i')]
+    identity: Option<PathBuf>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Report divergences but exit with the program's own status.
+    #[arg(long)]
+    lenient: bool,
+    /// Serve paths matching this glob from the disk even if the recording read them
+    /// (e.g. the code under test). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    live: Vec<String>,
+    /// The program to replay, and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let recording = super::open_for_reading(&args.recording, args.identity.as_ref(), "replay")?;
+    let config = ReplayConfig { argv: args.command.clone(), live: args.live.clone() };
+    let report = replay::replay(&recording, &config)?;
+    eprint!("{}", report.summary());
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
+    }
+    Ok(if report.passed() || args.lenient { report.exit_status } else { DIVERGED })
+}

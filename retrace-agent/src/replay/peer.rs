@@ -1,0 +1,132 @@
+//! Plays the recorded peer of one connection: reads what the program sends and compares it
+//! with what was recorded (as a byte stream: how the program chunks its writes does not
+//! matter; redacted spans match anything), and sends back what was received, in order.
+
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::TcpStream,
+    sync::Arc,
+    time::Duration,
+};
+
+use super::{
+    report::{Difference, Exchange},
+    script::{Connection, Step},
+    Shared,
+};
+
+/// How long the program may take to send what the recording says comes next.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the last recorded step: how long to wait for the program to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn play(connection: Connection, mut sock: TcpStream, shared: Arc<Shared>) {
+    let mut exchange = Exchange {
+        stream_id: connection.stream_id,
+        peer: connection.peer.to_string(),
+        status: "matched".into(),
+        ..Default::default()
+    };
+    let _ = sock.set_nodelay(true);
+    let _ = sock.set_read_timeout(Some(STEP_TIMEOUT));
+    let mut sent_offset = 0usize; // position in what the program sent
+    for step in &connection.steps {
+        match step {
+            Step::Receive(bytes) => {
+                if sock.write_all(bytes).is_err() {
+                    diverge(&mut exchange, sent_offset, b"", b"", "the program closed the connection early");
+                    break;
+                }
+                exchange.bytes_to_program += bytes.len() as u64;
+            }
+            Step::Send { bytes, wildcards } => {
+                let mut got = vec![0u8; bytes.len()];
+                let mut filled = 0;
+                while filled < got.len() {
+                    match sock.read(&mut got[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                exchange.bytes_from_program += filled as u64;
+                let wild = |i: usize| wildcards.iter().any(|&(o, l)| i >= o && i < o + l);
+                if let Some(at) = (0..filled).find(|&i| got[i] != bytes[i] && !wild(i)) {
+                    diverge(&mut exchange, sent_offset + at, &bytes[at..], &got[at..filled], "different bytes");
+                } else if filled < bytes.len() && exchange.difference.is_none() {
+                    diverge(&mut exchange, sent_offset + filled, &bytes[filled..], b"", "the program sent less");
+                }
+                sent_offset += filled;
+                if filled < bytes.len() {
+                    break;
+                }
+            }
+        }
+    }
+    // Anything more than the recording holds is a divergence too.
+    let _ = sock.set_read_timeout(Some(CLOSE_TIMEOUT));
+    let mut extra = [0u8; 4096];
+    if let Ok(n) = sock.read(&mut extra) {
+        if n > 0 && exchange.difference.is_none() {
+            diverge(&mut exchange, sent_offset, b"", &extra[..n], "the program sent more than was recorded");
+        }
+        exchange.bytes_from_program += n as u64;
+    }
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+    shared.exchange(exchange);
+}
+
+fn diverge(exchange: &mut Exchange, offset: usize, expected: &[u8], actual: &[u8], what: &str) {
+    exchange.status = "diverged".into();
+    if exchange.difference.is_none() {
+        exchange.difference = Some(Difference {
+            offset: offset as u64,
+            what: what.into(),
+            expected: context(expected),
+            actual: context(actual),
+        });
+    }
+}
+
+/// A short printable excerpt: text as text, the rest escaped.
+fn context(bytes: &[u8]) -> String {
+    bytes.iter().take(32).flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect()
+}
+
+/// Server replay: opens each recorded inbound connection to the address it reached (retrying
+/// while the program gets ready), plays it, then stops the program (TERM, then KILL).
+pub fn play_clients(inbound: Vec<Connection>, child: libc::pid_t, shared: Arc<Shared>) {
+    for connection in inbound {
+        let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+        let sock = loop {
+            match TcpStream::connect(connection.peer) {
+                Ok(s) => break Some(s),
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break None,
+            }
+        };
+        match sock {
+            Some(sock) => play(connection, sock, shared.clone()),
+            None => shared.exchange(Exchange {
+                stream_id: connection.stream_id,
+                peer: connection.peer.to_string(),
+                status: "diverged".into(),
+                difference: Some(Difference {
+                    what: "the program did not accept the connection".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+    shared.stopped_by_replayer.store(true, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: signals to the sandboxed process group we started.
+    unsafe { libc::kill(-child, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    // SAFETY: probing (signal 0) and killing our own child's group.
+    while std::time::Instant::now() < deadline && unsafe { libc::kill(child, 0) } == 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(-child, libc::SIGKILL) };
+}

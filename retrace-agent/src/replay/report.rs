@@ -1,0 +1,82 @@
+//! The replay report: every recorded exchange matched or diverged (with the first differing
+//! offset and context), blocked attempts, files served, scratch writes.
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Difference {
+    /// Offset in what the program sent on this connection.
+    pub offset: u64,
+    pub what: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Exchange {
+    pub stream_id: u64,
+    pub peer: String,
+    /// `matched`, `diverged` or `not_played` (the program never made this connection).
+    pub status: String,
+    pub bytes_from_program: u64,
+    pub bytes_to_program: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub difference: Option<Difference>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Blocked {
+    pub syscall: String,
+    pub address: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReplayReport {
+    /// `passed` or `failed`.
+    pub result: String,
+    /// The program's own exit status (128+N for signal N).
+    pub exit_status: i32,
+    pub exchanges: Vec<Exchange>,
+    pub blocked: Vec<Blocked>,
+    pub files_served: Vec<String>,
+    pub scratch_writes: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl ReplayReport {
+    pub fn passed(&self) -> bool {
+        self.errors.is_empty() && self.blocked.is_empty() && self.exchanges.iter().all(|e| e.status == "matched")
+    }
+
+    /// Human summary, for stderr.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let matched = self.exchanges.iter().filter(|e| e.status == "matched").count();
+        s.push_str(&format!(
+            "retrace: replay {}: {matched}/{} exchanges matched, {} blocked attempts, {} files served from the recording, {} files written to scratch; program exited {}\n",
+            if self.passed() { "passed" } else { "FAILED" },
+            self.exchanges.len(),
+            self.blocked.len(),
+            self.files_served.len(),
+            self.scratch_writes.len(),
+            self.exit_status
+        ));
+        for e in self.exchanges.iter().filter(|e| e.status != "matched") {
+            match &e.difference {
+                Some(d) => s.push_str(&format!(
+                    "retrace:   stream {} to {}: {} at byte {}: expected \"{}\", got \"{}\"\n",
+                    e.stream_id, e.peer, d.what, d.offset, d.expected, d.actual
+                )),
+                None => s.push_str(&format!("retrace:   stream {} to {}: {}\n", e.stream_id, e.peer, e.status)),
+            }
+        }
+        for b in &self.blocked {
+            s.push_str(&format!("retrace:   blocked {} to {} (pid {})\n", b.syscall, b.address, b.pid));
+        }
+        for e in &self.errors {
+            s.push_str(&format!("retrace:   error: {e}\n"));
+        }
+        s
+    }
+}

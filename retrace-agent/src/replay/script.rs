@@ -1,0 +1,196 @@
+//! What a replay plays: the recording turned into the program's outbound connections (each a
+//! sequence of steps, from the program's side) and the contents of the files it read.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use crate::store::{
+    proto::{self, record::Kind as R, Direction, StreamKind},
+    Recording, StoreError,
+};
+
+/// One step of a connection, seen from the program.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// The program sends these bytes; `wildcards` are spans (offset, length) that were redacted
+    /// at record time and match anything.
+    Send { bytes: Vec<u8>, wildcards: Vec<(usize, usize)> },
+    /// The program receives these bytes.
+    Receive(Vec<u8>),
+}
+
+/// A connection the program opened (connect), to be answered by the replayer.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub stream_id: u64,
+    pub peer: SocketAddr,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Default)]
+pub struct Script {
+    pub connections: Vec<Connection>,
+    /// Connections the program accepted (it was a server): the replayer opens them again to
+    /// the address they reached (`peer` here is the program's local address).
+    pub inbound: Vec<Connection>,
+    /// Absolute path → the bytes the program read from it, from offset 0.
+    pub files: HashMap<String, Vec<u8>>,
+    pub command: Vec<String>,
+    /// Connect attempts that failed when recorded: address and errno, in order.
+    pub failed_connects: Vec<(String, i32)>,
+}
+
+impl Script {
+    pub fn from_recording(recording: &Recording) -> Result<Script, StoreError> {
+        let mut infos: HashMap<u64, proto::StreamInfo> = HashMap::new();
+        let mut data: HashMap<u64, Vec<(u64, usize, proto::Data)>> = HashMap::new();
+        let mut order = 0usize;
+        // File position events, by stream: (ts, order, what).
+        let mut positions: HashMap<u64, Vec<(u64, usize, FileEvent)>> = HashMap::new();
+        let mut failed_connects = Vec::new();
+        let report = recording.for_each(|record| match record.kind {
+            Some(R::Stream(info)) => {
+                infos.insert(info.id, info);
+            }
+            Some(R::Syscall(call)) => {
+                order += 1;
+                let event = match call.name.as_str() {
+                    "read" | "readv" if call.ret == 0 => Some(FileEvent::Eof),
+                    "lseek" if call.ret >= 0 => Some(FileEvent::Seek(call.ret as u64)),
+                    _ => None,
+                };
+                if let (Some(event), true) = (event, call.stream_id != 0) {
+                    positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
+                }
+                if call.name == "connect" && call.ret < 0 && call.ret != -(libc::EINPROGRESS as i64) {
+                    failed_connects.push((call.detail, (-call.ret) as i32));
+                }
+            }
+            Some(R::Data(d)) => {
+                order += 1;
+                data.entry(d.stream_id).or_default().push((d.ts_ns, order, d));
+            }
+            _ => {}
+        })?;
+        let mut script = Script {
+            command: report.info.map(|i| i.command).unwrap_or_default(),
+            failed_connects,
+            ..Default::default()
+        };
+        let mut ids: Vec<u64> = data.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(info) = infos.get(&id) else { continue };
+            let mut chunks = data.remove(&id).unwrap_or_default();
+            // Redaction may hold one direction back on disk: time says what came first.
+            chunks.sort_by_key(|c| (c.0, c.1));
+            match info.kind() {
+                StreamKind::Tcp if info.origin == "socket" && !info.listening => {
+                    let Ok(peer) = info.peer.parse::<SocketAddr>() else { continue };
+                    script.connections.push(Connection { stream_id: id, peer, steps: steps(&chunks) });
+                }
+                StreamKind::Tcp if info.origin == "accept" => {
+                    let Ok(local) = info.local.parse::<SocketAddr>() else { continue };
+                    script.inbound.push(Connection { stream_id: id, peer: local, steps: steps(&chunks) });
+                }
+                // Only files read to their end: a file that was partly read (a library the loader
+                // then maps) must come from the disk whole.
+                StreamKind::File if info.origin == "open" && !info.joined_mid_stream => {
+                    let events = positions.remove(&id).unwrap_or_default();
+                    if let Some(content) = file_content(&chunks, events) {
+                        script.files.entry(info.path.clone()).or_insert(content);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Connections in the order the program opened them.
+        script.connections.sort_by_key(|c| c.stream_id);
+        script.inbound.sort_by_key(|c| c.stream_id);
+        Ok(script)
+    }
+}
+
+fn steps(chunks: &[(u64, usize, proto::Data)]) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for (_, _, d) in chunks {
+        match (d.direction(), steps.last_mut()) {
+            (Direction::Out, Some(Step::Send { bytes, wildcards })) => {
+                let base = bytes.len();
+                wildcards.extend(d.redactions.iter().map(|r| (base + r.offset as usize, r.length as usize)));
+                bytes.extend_from_slice(&d.payload);
+            }
+            (Direction::Out, _) => steps.push(Step::Send {
+                bytes: d.payload.to_vec(),
+                wildcards: d.redactions.iter().map(|r| (r.offset as usize, r.length as usize)).collect(),
+            }),
+            (Direction::In, Some(Step::Receive(bytes))) => bytes.extend_from_slice(&d.payload),
+            (Direction::In, _) => steps.push(Step::Receive(d.payload.to_vec())),
+            _ => {}
+        }
+    }
+    steps
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FileEvent {
+    Seek(u64),
+    Eof,
+}
+
+/// A file's content as the program read it: reads placed at the file position (following
+/// lseek), complete only if a read hit the end and every byte before it was read. Positional
+/// reads (pread) carry no position in the recording: such files come from the disk.
+fn file_content(chunks: &[(u64, usize, proto::Data)], events: Vec<(u64, usize, FileEvent)>) -> Option<Vec<u8>> {
+    enum Ev<'a> {
+        Read(&'a proto::Data),
+        File(FileEvent),
+    }
+    let mut timeline: Vec<(u64, usize, Ev)> = chunks
+        .iter()
+        .filter(|c| c.2.direction() == Direction::In)
+        .map(|c| (c.0, c.1, Ev::Read(&c.2)))
+        .chain(events.into_iter().map(|(ts, order, e)| (ts, order, Ev::File(e))))
+        .collect();
+    timeline.sort_by_key(|e| (e.0, e.1));
+    let mut content: Vec<u8> = Vec::new();
+    let mut covered: Vec<(usize, usize)> = Vec::new();
+    let mut pos = 0usize;
+    let mut end = None;
+    for (_, _, ev) in timeline {
+        match ev {
+            Ev::Read(d) if d.syscall == "read" || d.syscall == "readv" => {
+                let to = pos + d.payload.len();
+                if content.len() < to {
+                    content.resize(to, 0);
+                }
+                content[pos..to].copy_from_slice(&d.payload);
+                covered.push((pos, to));
+                pos = to;
+            }
+            Ev::Read(_) => return None,
+            Ev::File(FileEvent::Seek(to)) => pos = to as usize,
+            Ev::File(FileEvent::Eof) => end = Some(pos),
+        }
+    }
+    let end = end?;
+    covered.sort_unstable();
+    let mut reach = 0;
+    for (from, to) in covered {
+        if from > reach {
+            break;
+        }
+        reach = reach.max(to);
+    }
+    if reach < end || end == 0 {
+        return None;
+    }
+    content.truncate(end);
+    // Redaction keeps lengths, not binary formats: a binary file with a redacted span (an
+    // "email" in bytecode) is served from the disk, a text file as recorded (its placeholders
+    // then flow into requests where the recording has the same placeholders).
+    let redacted = chunks.iter().any(|c| !c.2.redactions.is_empty());
+    if redacted && std::str::from_utf8(&content).is_err() {
+        return None;
+    }
+    Some(content)
+}

@@ -1,0 +1,270 @@
+//! Replay in the sandbox: real programs (curl, redis-cli, python) fed a recording with their
+//! real peers gone; servers fed their recorded clients; egress refused; divergence reported.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    net::{TcpListener, UdpSocket},
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use retrace_tests::{assert_bytes_eq, assert_no_panic, record, retrace_command, scratch};
+
+/// Exit status of a replay that diverged (documented in the README).
+const DIVERGED: i32 = 86;
+
+fn replay(rec: &Path, report: &Path, command: &[&str], stdin: Option<&Path>) -> (Output, serde_json::Value) {
+    let mut cmd = retrace_command();
+    cmd.arg("replay").arg(rec).arg("--report").arg(report).arg("--").args(command);
+    if let Some(input) = stdin {
+        cmd.stdin(std::fs::File::open(input).unwrap());
+    }
+    let out = cmd.output().unwrap();
+    assert_no_panic(&out);
+    let report = std::fs::read(report).map(|r| serde_json::from_slice(&r).unwrap()).unwrap_or_default();
+    (out, report)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A static HTTP server (python), not recorded, serving `dir`.
+struct HttpServer(std::process::Child, u16);
+
+impl HttpServer {
+    fn start(dir: &Path) -> HttpServer {
+        let script = "import http.server,functools,sys\nclass Q(http.server.SimpleHTTPRequestHandler):\n    def log_message(self, *a): pass\nh=functools.partial(Q, directory=sys.argv[1])\ns=http.server.HTTPServer(('127.0.0.1',0),h)\nprint(s.server_address[1],flush=True)\ns.serve_forever()";
+        let mut child = Command::new("python3").args(["-c", script]).arg(dir).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        HttpServer(child, line.trim().parse().unwrap())
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn curl_replays_a_1mb_body_with_the_server_gone() {
+    let dir = scratch("replay-curl");
+    let body = retrace_tests::pattern(1 << 20, 7);
+    std::fs::write(dir.join("big.bin"), &body).unwrap();
+    let server = HttpServer::start(&dir);
+    let url = format!("http://127.0.0.1:{}/big.bin", server.1);
+    let (_, out) = record(&dir, &[], &["curl", "-sS", &url]);
+    assert_bytes_eq(&out.stdout, &body, "curl's output when recorded");
+    drop(server);
+    let (out, report) = replay(&dir.join("rec"), &dir.join("report.json"), &["curl", "-sS", &url], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_bytes_eq(&out.stdout, &body, "curl's output when replayed");
+    assert_eq!(report["result"], "passed");
+    assert_eq!(report["exchanges"][0]["status"], "matched");
+    assert_eq!(report["exchanges"][0]["bytes_to_program"].as_u64().unwrap() as usize > body.len(), true);
+}
+
+#[test]
+fn a_divergent_client_fails_and_names_the_first_differing_offset() {
+    let dir = scratch("replay-diverge");
+    std::fs::write(dir.join("a.txt"), b"A\n").unwrap();
+    let server = HttpServer::start(&dir);
+    let (_, _) = record(&dir, &[], &["curl", "-sS", &format!("http://127.0.0.1:{}/a.txt", server.1)]);
+    drop(server);
+    let other = format!("http://127.0.0.1:{}/b.txt", server_port_of(&dir));
+    let (out, report) = replay(&dir.join("rec"), &dir.join("report.json"), &["curl", "-sS", &other], None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    let difference = &report["exchanges"][0]["difference"];
+    assert_eq!(difference["offset"], 5, "`GET /` is 5 bytes: {report}");
+    assert!(difference["expected"].as_str().unwrap().starts_with("a.txt"));
+    assert!(difference["actual"].as_str().unwrap().starts_with("b.txt"));
+    assert!(stderr(&out).contains("at byte 5"), "{}", stderr(&out));
+}
+
+#[test]
+fn redacted_spans_match_anything() {
+    let dir = scratch("replay-wildcard");
+    std::fs::write(dir.join("a.txt"), b"A\n").unwrap();
+    let server = HttpServer::start(&dir);
+    let url = format!("http://127.0.0.1:{}/a.txt", server.1);
+    let (rec, _) = record(&dir, &[], &["curl", "-sS", "-H", "Authorization: Bearer sk_live_recordedToken1", &url]);
+    drop(server);
+    let tcp = rec.find("curl's connection", |s| s.kind == "tcp");
+    assert!(rec.data(tcp.id).iter().any(|d| !d.redactions.is_empty()), "the token was redacted when recorded");
+    // Today's token differs: the redacted span is a wildcard.
+    let (out, report) = replay(
+        &dir.join("rec"),
+        &dir.join("report.json"),
+        &["curl", "-sS", "-H", "Authorization: Bearer sk_live_anotherToken22", &url],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, b"A\n");
+}
+
+/// The port curl used in the recording (from the connect it made).
+fn server_port_of(dir: &Path) -> u16 {
+    let rec = retrace_tests::Rec::open(&dir.join("rec"));
+    let tcp = rec.find("curl's connection", |s| s.kind == "tcp");
+    tcp.peer.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn redis_cli_replays_several_commands_with_redis_gone() {
+    let dir = scratch("replay-redis");
+    let port = free_port();
+    let status = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--daemonize", "yes"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("redis-server (cargo xtask setup installs it)");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let commands = dir.join("commands.txt");
+    std::fs::write(
+        &commands,
+        "SET greeting hello\nGET greeting\nINCR counter\nINCR counter\nRPUSH list a b c\nLRANGE list 0 -1\n",
+    )
+    .unwrap();
+    let p = port.to_string();
+    let rec = dir.join("rec");
+    let recorded = retrace_command()
+        .args(["record", "-o", rec.to_str().unwrap(), "--", "redis-cli", "-p", &p])
+        .stdin(std::fs::File::open(&commands).unwrap())
+        .output()
+        .unwrap();
+    let _ = Command::new("redis-cli").args(["-p", &p, "shutdown", "nosave"]).output();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    assert!(String::from_utf8_lossy(&recorded.stdout).contains("hello"));
+    std::thread::sleep(Duration::from_millis(200));
+    let (out, report) = replay(&rec, &dir.join("report.json"), &["redis-cli", "-p", &p], Some(&commands));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, recorded.stdout, "identical output");
+    assert_eq!(report["result"], "passed");
+}
+
+#[test]
+fn a_python_client_sees_the_recorded_config_not_todays() {
+    let dir = scratch("replay-config");
+    std::fs::write(dir.join("data.txt"), b"recorded answer\n").unwrap();
+    let server = HttpServer::start(&dir);
+    let config = dir.join("config.json");
+    std::fs::write(&config, format!("{{\"url\": \"http://127.0.0.1:{}/data.txt\"}}", server.1)).unwrap();
+    let out_file = dir.join("written.txt");
+    let script = format!(
+        "import json,urllib.request\nc=json.load(open('{}'))\nbody=urllib.request.urlopen(c['url']).read()\nprint(c['url'], body.decode().strip())\nopen('{}','w').write('replayed write')\n",
+        config.display(),
+        out_file.display()
+    );
+    let (_, recorded) = record(&dir, &[], &["python3", "-c", &script]);
+    drop(server);
+    // Today the config points elsewhere, and the earlier output file is gone.
+    std::fs::write(&config, b"{\"url\": \"http://127.0.0.1:9/changed\"}").unwrap();
+    std::fs::remove_file(&out_file).unwrap();
+    let (out, report) = replay(&dir.join("rec"), &dir.join("report.json"), &["python3", "-c", &script], None);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, recorded.stdout, "the recorded config and answer");
+    assert!(report["files_served"].as_array().unwrap().iter().any(|f| f == config.to_str().unwrap()));
+    assert!(!out_file.exists(), "the replayed write went to the scratch area, not the host");
+    assert!(report["scratch_writes"].as_array().unwrap().iter().any(|f| f == out_file.to_str().unwrap()));
+}
+
+#[test]
+fn a_server_recorded_by_pid_is_fed_its_three_requests() {
+    let dir = scratch("replay-server");
+    let port = free_port();
+    let server = dir.join("server.py");
+    std::fs::write(&server, SERVER).unwrap();
+    let mut live = Command::new("python3").arg(&server).arg(port.to_string()).arg("v1").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let rec = dir.join("rec");
+    let mut recorder = retrace_command()
+        .args(["record", "-o", rec.to_str().unwrap(), "--pid", &live.id().to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    for path in ["/one", "/two", "/three"] {
+        let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(path));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: SIGINT to the recorder we started.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    let mut err = String::new();
+    recorder.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(recorder.wait().unwrap().success(), "{err}");
+    let _ = live.kill();
+    let _ = live.wait();
+
+    let p = port.to_string();
+    let s = server.to_str().unwrap();
+    let (out, report) = replay(&rec, &dir.join("same.json"), &["python3", s, &p, "v1"], None);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    let exchanges = report["exchanges"].as_array().unwrap();
+    assert_eq!(exchanges.len(), 3, "{report}");
+    assert!(exchanges.iter().all(|e| e["status"] == "matched"), "{report}");
+
+    let (out, report) = replay(&rec, &dir.join("changed.json"), &["python3", s, &p, "v2"], None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    let first = &report["exchanges"][0];
+    assert_eq!(first["status"], "diverged");
+    let difference = &first["difference"];
+    // The first difference is the version digit: "v1 answers /one" against "v2 answers /one".
+    assert!(difference["expected"].as_str().unwrap().starts_with("1 answers /one"), "{report}");
+    assert!(difference["actual"].as_str().unwrap().starts_with("2 answers /one"), "{report}");
+}
+
+/// A tiny HTTP server whose answer has no date in it (a replay cannot know today's date).
+const SERVER: &str = r#"
+import socket, sys
+port, version = int(sys.argv[1]), sys.argv[2]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port)); s.listen(8)
+while True:
+    c, _ = s.accept()
+    req = b""
+    while b"\r\n\r\n" not in req:
+        d = c.recv(4096)
+        if not d: break
+        req += d
+    body = ("%s answers %s\n" % (version, req.split(b" ")[1].decode())).encode()
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    c.close()
+"#;
+
+#[test]
+fn egress_to_unrecorded_addresses_is_refused_and_reported() {
+    let dir = scratch("replay-egress");
+    let (_, _) = record(&dir, &[], &["python3", "-c", "print('nothing')"]);
+    // Real listeners on the host, waiting.
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (tcp_port, udp_port) = (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port());
+    let script = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {tcp_port}), timeout=2)\n    print('tcp reached')\nexcept OSError as e:\n    print('tcp refused', e.errno)\nu=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    u.sendto(b'leak', ('127.0.0.1', {udp_port}))\n    print('udp sent')\nexcept OSError as e:\n    print('udp refused', e.errno)\n"
+    );
+    let (out, report) = replay(&dir.join("rec"), &dir.join("report.json"), &["python3", "-c", &script], None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("tcp refused 111") && stdout.contains("udp refused 13"), "clean errors: {stdout}");
+    let blocked: Vec<String> =
+        report["blocked"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_owned()).collect();
+    assert!(blocked.contains(&format!("127.0.0.1:{tcp_port}")), "{blocked:?}");
+    assert!(blocked.contains(&format!("127.0.0.1:{udp_port}")), "{blocked:?}");
+    // The listeners got nothing.
+    tcp.set_nonblocking(true).unwrap();
+    assert!(tcp.accept().is_err(), "no connection reached the host");
+    udp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(udp.recv_from(&mut [0u8; 16]).is_err(), "no datagram reached the host");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
