@@ -265,6 +265,23 @@ fn egress_to_unrecorded_addresses_is_refused_and_reported() {
     assert!(udp.recv_from(&mut [0u8; 16]).is_err(), "no datagram reached the host");
 }
 
+#[test]
+fn the_sandbox_hides_host_processes_and_keeps_the_host_read_only() {
+    let dir = scratch("replay-isolation");
+    let (_, _) = record(&dir, &[], &["python3", "-c", "print('nothing')"]);
+    let probe = dir.join("made-by-replay");
+    let script = format!(
+        "import os,socket\nprint('pids', len([p for p in os.listdir('/proc') if p.isdigit()]))\ntry:\n    os.mkdir('{}')\n    print('mkdir ok')\nexcept OSError as e:\n    print('mkdir', e.errno)\ntry:\n    socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n    print('packet ok')\nexcept OSError as e:\n    print('packet', e.errno)\n",
+        probe.display()
+    );
+    let (out, _) = replay(&dir.join("rec"), &dir.join("report.json"), &["python3", "-c", &script], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("pids 2"), "only the sandbox's init and the program: {stdout}");
+    assert!(stdout.contains("mkdir 30"), "EROFS on the host's filesystem: {stdout}");
+    assert!(stdout.contains("packet 13"), "EACCES for packet sockets: {stdout}");
+    assert!(!probe.exists());
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -121,12 +121,24 @@ pub fn play_clients(inbound: Vec<Connection>, child: libc::pid_t, shared: Arc<Sh
         }
     }
     shared.stopped_by_replayer.store(true, std::sync::atomic::Ordering::Relaxed);
-    // SAFETY: signals to the sandboxed process group we started.
-    unsafe { libc::kill(-child, libc::SIGTERM) };
+    // TERM goes to the program (forwarded through the sandbox's init); KILL of our handle takes
+    // the whole pid namespace down.
+    // SAFETY: signals to the sandbox handle we started (still our unreaped child).
+    unsafe { libc::kill(child, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    // SAFETY: probing (signal 0) and killing our own child's group.
-    while std::time::Instant::now() < deadline && unsafe { libc::kill(child, 0) } == 0 {
+    while std::time::Instant::now() < deadline && alive(child) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    unsafe { libc::kill(-child, libc::SIGKILL) };
+    if alive(child) {
+        // SAFETY: as above.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+}
+
+/// Whether our child still runs (not yet exited; a zombie counts as gone).
+fn alive(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }

@@ -170,7 +170,7 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
                 libc::write(pair[1], msg.as_ptr().cast(), 2);
                 libc::_exit(126);
             };
-            if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) != 0 {
+            if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWPID) != 0 {
                 fail(1);
             }
             // Loopback up: the only interface there is.
@@ -212,8 +212,30 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
             }
             attr = [0, 0x1, 0, 0]; // attr_clr = RDONLY
             libc::syscall(libc::SYS_mount_setattr, libc::AT_FDCWD, dev.as_ptr(), 0x8000, attr.as_mut_ptr(), 32);
-            // Its own process group: the replayer stops a server and its workers together.
-            libc::setpgid(0, 0);
+            // A PID namespace of its own: the program cannot see or signal host processes. This
+            // process stays outside as the replayer's handle: it forwards TERM/INT to the
+            // namespace's init and exits with the program's status; if it is killed, the init
+            // dies with it (PDEATHSIG), and every process of the namespace with the init.
+            let init = libc::fork();
+            if init < 0 {
+                fail(9);
+            }
+            if init > 0 {
+                libc::close(pair[1]);
+                forward_signals_to(init);
+                libc::_exit(wait_status(init));
+            }
+            // (Its parent is outside the namespace: getppid() says 0, so no check for a parent
+            // already gone; the handle only dies by the replayer's SIGKILL, after this.)
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // The namespace's own /proc (pids as the program sees them).
+            libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            );
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 fail(5);
             }
@@ -240,8 +262,15 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
                 fail(7);
             }
             libc::close(listener as i32);
-            libc::execve(path_c.as_ptr(), argv_p.as_ptr(), environ());
-            fail(8);
+            // The init (pid 1) forks the program (pid 2), reaps orphans, and ends with it.
+            let program = libc::fork();
+            if program == 0 {
+                libc::execve(path_c.as_ptr(), argv_p.as_ptr(), environ());
+                fail(8);
+            }
+            libc::close(pair[1]);
+            forward_signals_to(program);
+            libc::_exit(wait_status(program));
         }
     }
     // SAFETY: our end of the pair, owned from here.
@@ -261,6 +290,44 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
         ReplayError::Sandbox(what.to_owned())
     })?;
     Ok(Sandboxed { pid, listener })
+}
+
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(signal: libc::c_int) {
+    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// TERM and INT sent to this process go to `pid` (a pid namespace's init gets signals from
+/// outside only for signals it handles).
+unsafe fn forward_signals_to(pid: libc::pid_t) {
+    FORWARD_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
+    let handler = forward as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    libc::signal(libc::SIGTERM, handler);
+    libc::signal(libc::SIGINT, handler);
+}
+
+/// Waits for `pid`, reaping any other child meanwhile (orphans of a pid namespace's init);
+/// its exit status, or 128+N if killed by signal N.
+unsafe fn wait_status(pid: libc::pid_t) -> i32 {
+    loop {
+        let mut status = 0;
+        let r = libc::waitpid(-1, &mut status, 0);
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            if libc::WIFSIGNALED(status) {
+                return 128 + libc::WTERMSIG(status);
+            }
+        } else if r < 0 && *libc::__errno_location() != libc::EINTR {
+            return 127;
+        }
+    }
 }
 
 fn environ() -> *const *const libc::c_char {
