@@ -83,6 +83,15 @@ fn a_divergent_client_fails_and_names_the_first_differing_offset() {
     assert!(difference["expected"].as_str().unwrap().starts_with("a.txt"));
     assert!(difference["actual"].as_str().unwrap().starts_with("b.txt"));
     assert!(stderr(&out).contains("at byte 5"), "{}", stderr(&out));
+    // --lenient: the same report, the program's own status.
+    let out = retrace_command()
+        .arg("replay")
+        .arg(dir.join("rec"))
+        .args(["--lenient", "--", "curl", "-sS", &other])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("at byte 5"));
 }
 
 #[test]
@@ -173,6 +182,17 @@ fn a_python_client_sees_the_recorded_config_not_todays() {
     assert!(report["files_served"].as_array().unwrap().iter().any(|f| f == config.to_str().unwrap()));
     assert!(!out_file.exists(), "the replayed write went to the scratch area, not the host");
     assert!(report["scratch_writes"].as_array().unwrap().iter().any(|f| f == out_file.to_str().unwrap()));
+
+    // --live: today's config from the disk; it names an address the recording never saw.
+    let mut cmd = retrace_command();
+    cmd.arg("replay")
+        .arg(dir.join("rec"))
+        .arg("--live")
+        .arg(config.to_str().unwrap())
+        .args(["--", "python3", "-c", &script]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert!(stderr(&out).contains("blocked connect to 127.0.0.1:9"), "{}", stderr(&out));
 }
 
 #[test]

@@ -229,6 +229,7 @@ impl Notifier {
         if fd_info(req.pid, sockfd).is_some_and(|f| f & libc::O_NONBLOCK != 0) {
             client.set_nonblocking(true)?;
         }
+        copy_socket_options(req.pid, sockfd, client.as_raw_fd());
         let addfd = NotifAddfd {
             id: req.id,
             flags: ADDFD_FLAG_SETFD,
@@ -318,6 +319,41 @@ impl Notifier {
             return Answer::Error(libc::EMFILE);
         }
         Answer::Done
+    }
+}
+
+/// Options the program set on its socket before connecting (timeouts, buffer sizes, keepalive,
+/// TCP_NODELAY) carried over to the replacement: read from a copy of its socket.
+fn copy_socket_options(pid: u32, their_fd: i32, ours: i32) {
+    // SAFETY: pidfd_open/pidfd_getfd give us our own fds; getsockopt/setsockopt read and write
+    // buffers of the size passed.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if pidfd < 0 {
+            return;
+        }
+        let theirs = libc::syscall(libc::SYS_pidfd_getfd, pidfd, their_fd, 0) as i32;
+        libc::close(pidfd);
+        if theirs < 0 {
+            return;
+        }
+        let options = [
+            (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+            (libc::SOL_SOCKET, libc::SO_RCVBUF),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF),
+            (libc::SOL_SOCKET, libc::SO_RCVTIMEO),
+            (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
+            (libc::SOL_SOCKET, libc::SO_LINGER),
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        ];
+        for (level, name) in options {
+            let mut value = [0u8; 32];
+            let mut len = value.len() as libc::socklen_t;
+            if libc::getsockopt(theirs, level, name, value.as_mut_ptr().cast(), &mut len) == 0 {
+                libc::setsockopt(ours, level, name, value.as_ptr().cast(), len);
+            }
+        }
+        libc::close(theirs);
     }
 }
 

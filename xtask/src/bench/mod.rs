@@ -2,6 +2,7 @@
 //! servers and a throughput pump, in alternating rounds; writes BENCHMARKS.md and
 //! BENCHMARKS.json.
 
+mod replay;
 mod report;
 mod tracers;
 mod workloads;
@@ -38,8 +39,11 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     let secs = if quick { 2 } else { 5 };
 
     let mut samples: Vec<Sample> = Vec::new();
+    let replay_speed;
     {
         let redis = Redis::start(&work)?;
+        eprintln!("bench: replay of redis-cli");
+        replay_speed = replay::redis_cli(&retrace, &work, redis.port(), if quick { 500 } else { 5000 }, rounds.max(3))?;
         for size in [512, 16 * 1024] {
             for round in 0..rounds {
                 for tracer in Tracer::ALL {
@@ -96,7 +100,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             });
         }
     }
-    report::write(root, &samples, &throughput, rounds)?;
+    report::write(root, &samples, &throughput, &replay_speed, rounds)?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
 }

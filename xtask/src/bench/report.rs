@@ -66,7 +66,13 @@ fn machine() -> Vec<(String, String)> {
     ]
 }
 
-pub fn write(root: &Path, samples: &[Sample], throughput: &[Throughput], rounds: usize) -> Result<()> {
+pub fn write(
+    root: &Path,
+    samples: &[Sample],
+    throughput: &[Throughput],
+    replay: &super::replay::ReplaySpeed,
+    rounds: usize,
+) -> Result<()> {
     let mut md = String::new();
     let mut workloads: Vec<String> = Vec::new();
     for s in samples {
@@ -120,7 +126,17 @@ pub fn write(root: &Path, samples: &[Sample], throughput: &[Throughput], rounds:
         RING_BUFFER_MIB,
         yes(max_rss.saturating_sub(ring_kb) <= 64 * 1024)
     )?;
-    writeln!(md, "| replay at least as fast as the original run | replay is not built yet (issue 4) | n/a |")?;
+    let original = stats(&replay.original_s).0;
+    let replayed = stats(&replay.replay_s).0;
+    writeln!(
+        md,
+        "| replay at least as fast as the original run ({}) | replay {:.3} s vs original {:.3} s: {:.2}x | {} |",
+        replay.client,
+        replayed,
+        original,
+        original / replayed,
+        yes(replayed <= original)
+    )?;
 
     // Server overhead.
     writeln!(md, "\n## Server overhead\n")?;
@@ -204,8 +220,14 @@ pub fn write(root: &Path, samples: &[Sample], throughput: &[Throughput], rounds:
             t.recorded_full_speed_mbps / t.unrecorded_mbps
         )?;
     }
+    // Replay.
+    writeln!(md, "\n## Replay speed\n\n{} against redis-server (original), and the same command replayed with\n`retrace replay` against its recording (inside the sandbox it cannot reach redis at all). Wall\nclock of the whole command, medians with [min–max] over {} alternating rounds; the replay includes\nopening and decrypting the recording and setting up the sandbox.\n\n| run | seconds |\n|---|---|", replay.client, replay.original_s.len())?;
+    for (name, runs) in [("original", &replay.original_s), ("replay", &replay.replay_s)] {
+        let (m, lo, hi) = stats(runs);
+        writeln!(md, "| {name} | {m:.3} [{lo:.3}–{hi:.3}] |")?;
+    }
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
-    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "throughput": throughput });
+    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "throughput": throughput, "replay": replay });
     std::fs::write(root.join("BENCHMARKS.json"), serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }

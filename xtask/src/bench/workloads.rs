@@ -30,6 +30,10 @@ pub struct Redis {
 }
 
 impl Redis {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn start(work: &Path) -> Result<Redis> {
         let port = 16379;
         let child = Command::new("redis-server")
