@@ -139,7 +139,7 @@ pub async fn record(
     // Pipeline: consumer task (ring → events) → streams thread (events → streams → redacted
     // records) → writer thread (records → encrypted segments). A few batches in flight: the
     // kernel ring buffer, not agent memory, absorbs bursts.
-    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(4);
+    let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(2);
     let (records_tx, records_rx) = std::sync::mpsc::sync_channel::<Vec<proto::Record>>(2);
     let (consumer_stop_tx, consumer_stop_rx) = watch::channel(false);
     let root_exited = Arc::new(AtomicBool::new(false));

@@ -11,7 +11,7 @@ use super::{
 /// Largest batch handed on at once, in records and in payload bytes: with the channel's few
 /// slots, this bounds the agent's memory beyond the ring buffer.
 const BATCH: usize = 4096;
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 2 << 20;
 /// How often the ring is drained when the kernel does not wake us.
 const DRAIN_INTERVAL_MS: u64 = 20;
 

@@ -49,8 +49,8 @@ pub struct Manifest {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct SegmentEntry {
     pub name: String,
-    /// SHA-256 of the file (its ciphertext), hex.
-    pub sha256: String,
+    /// BLAKE3 of the file (its ciphertext), hex (`b3sum` prints the same).
+    pub blake3: String,
     pub bytes: u64,
     /// Records inside, segment header and end excluded.
     pub records: u64,

@@ -53,7 +53,7 @@ impl Recording {
         for (index, entry) in self.manifest.segments.iter().enumerate() {
             let path = self.dir.join(&entry.name);
             let ciphertext = std::fs::read(&path).map_err(io_err(&path))?;
-            if crypt::sha256_hex(&ciphertext) != entry.sha256 {
+            if crypt::hash_hex(&ciphertext) != entry.blake3 {
                 return Err(StoreError::Tampered {
                     path,
                     what: "its bytes do not match the hash in the manifest (changed, truncated or replaced)".into(),
@@ -63,7 +63,7 @@ impl Recording {
             if segment.end.is_none() || segment.torn_at.is_some() {
                 return Err(StoreError::Tampered { path, what: "the segment ends before its end record".into() });
             }
-            prev = hex_decode(&entry.sha256);
+            prev = hex_decode(&entry.blake3);
             for record in segment.records {
                 take_info(&mut report, record, &mut f);
             }
@@ -95,7 +95,7 @@ impl Recording {
         path: &Path,
         ciphertext: &[u8],
         index: usize,
-        prev_sha256: &[u8],
+        prev_hash: &[u8],
         tail: bool,
     ) -> Result<SegmentRecords, StoreError> {
         let plain = crypt::decrypt(path, ciphertext, &self.identity, &self.manifest.recipients)?;
@@ -123,7 +123,7 @@ impl Recording {
                         h.index
                     )));
                 }
-                if h.prev_sha256 != prev_sha256 {
+                if h.prev_hash != prev_hash {
                     return Err(tampered("it does not follow the segment before it".into()));
                 }
             }

@@ -59,12 +59,12 @@ pub fn verify(dir: &Path, identity: Option<Identity>) -> Result<VerifyReport, St
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 problem("missing".into());
-                prev = hex_decode(&entry.sha256);
+                prev = hex_decode(&entry.blake3);
                 continue;
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
-        if crypt::sha256_hex(&ciphertext) != entry.sha256 {
+        if crypt::hash_hex(&ciphertext) != entry.blake3 {
             let how = if (ciphertext.len() as u64) < entry.bytes {
                 format!("truncated ({} of {} bytes)", ciphertext.len(), entry.bytes)
             } else {
@@ -89,7 +89,7 @@ pub fn verify(dir: &Path, identity: Option<Identity>) -> Result<VerifyReport, St
                 Err(e) => problem(format!("{e}")),
             }
         }
-        prev = hex_decode(&entry.sha256);
+        prev = hex_decode(&entry.blake3);
     }
     if report.decrypted && manifest.complete && !saw_last {
         report.problems.push("the recording is marked complete but its last segment is missing".into());

@@ -50,7 +50,7 @@ pub struct Writer {
     policy: SegmentPolicy,
     recipients: Vec<Recipient>,
     current: Option<Segment>,
-    prev_sha256: Vec<u8>,
+    prev_hash: Vec<u8>,
     frame: Vec<u8>,
 }
 
@@ -85,7 +85,7 @@ impl Writer {
             policy,
             recipients,
             current: None,
-            prev_sha256: Vec::new(),
+            prev_hash: Vec::new(),
             frame: Vec::with_capacity(64 << 10),
         })
     }
@@ -146,7 +146,7 @@ impl Writer {
             kind: Some(R::SegmentHeader(proto::SegmentHeader {
                 recording_id: self.manifest.id.clone(),
                 index: index as u32,
-                prev_sha256: self.prev_sha256.clone(),
+                prev_hash: self.prev_hash.clone(),
                 ts_ns: now_wall_ns(),
             })),
         };
@@ -171,11 +171,11 @@ impl Writer {
         sync_dir(&self.dir)?;
         self.manifest.segments.push(SegmentEntry {
             name,
-            sha256: crypt::hex(&sha),
+            blake3: crypt::hex(&sha),
             bytes: hashed.bytes,
             records: segment.records,
         });
-        self.prev_sha256 = sha.to_vec();
+        self.prev_hash = sha.to_vec();
         self.manifest.write(&self.dir)
     }
 
