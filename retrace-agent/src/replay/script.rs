@@ -194,3 +194,33 @@ fn file_content(chunks: &[(u64, usize, proto::Data)], events: Vec<(u64, usize, F
     }
     Some(content)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(ts: u64, syscall: &str, bytes: &[u8]) -> (u64, usize, proto::Data) {
+        let d = proto::Data {
+            direction: Direction::In as i32,
+            syscall: syscall.into(),
+            payload: bytes::Bytes::copy_from_slice(bytes),
+            ..Default::default()
+        };
+        (ts, ts as usize, d)
+    }
+
+    #[test]
+    fn reads_land_at_their_file_positions() {
+        // bash: read 8 bytes, seek back to 0, read all, read 0 (end).
+        let chunks = [read(1, "read", b"#!/bin/b"), read(3, "read", b"#!/bin/bash\necho hi\n")];
+        let events = vec![(2, 2, FileEvent::Seek(0)), (4, 4, FileEvent::Eof)];
+        assert_eq!(file_content(&chunks, events).as_deref(), Some(&b"#!/bin/bash\necho hi\n"[..]));
+        // No read hit the end: not served (the loader maps the rest of a library).
+        assert_eq!(file_content(&chunks[..1], vec![]), None);
+        // A hole (seek past unread bytes): not served.
+        let chunks = [read(1, "read", b"abc"), read(3, "read", b"xyz")];
+        assert_eq!(file_content(&chunks, vec![(2, 2, FileEvent::Seek(10)), (4, 4, FileEvent::Eof)]), None);
+        // pread carries no position in the recording: not served.
+        assert_eq!(file_content(&[read(1, "pread64", b"abc")], vec![(2, 2, FileEvent::Eof)]), None);
+    }
+}
