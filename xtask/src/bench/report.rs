@@ -138,6 +138,11 @@ pub fn write(
         yes(replayed <= original)
     )?;
 
+    writeln!(
+        md,
+        "\nWhere a target is missed, [docs/performance.md](docs/performance.md) has the profile and the levers."
+    )?;
+
     // Server overhead.
     writeln!(md, "\n## Server overhead\n")?;
     writeln!(md, "redis-server under `redis-benchmark -t set,get -c 20 -d SIZE -r 1000 --csv`; nginx (1 worker, `sendfile off`) under\n`wrk -t2 -c20 -dNs --latency`. Retrace: `retrace record --pid PID --ring-buffer 64M` (full payloads).\nstrace: `strace -f -s 65536 -o /dev/null -p PID...`. bpftrace: a script that sums the return values of\nread/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/pread64/pwrite64 for the server's processes.\nMedians with [min–max] over the rounds; the ratio is against the unrecorded median.\n")?;
