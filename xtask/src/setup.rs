@@ -110,6 +110,7 @@ fn test_peers() -> Result<()> {
         ("curl", "curl"),
         ("python3", "python3"),
         ("cc", "gcc"),
+        ("c++", "g++"), // libFuzzer, for the fuzz targets
         ("strace", "strace"),
         ("age", "age"),
         ("redis-server", "redis-server"),
