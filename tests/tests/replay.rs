@@ -209,7 +209,12 @@ fn a_server_recorded_by_pid_is_fed_its_three_requests() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The manifest appears once the probes are loaded; attaching follows at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !rec.join("manifest.json").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     for path in ["/one", "/two", "/three"] {
         let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains(path));
