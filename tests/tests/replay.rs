@@ -134,7 +134,14 @@ fn redis_cli_replays_several_commands_with_redis_gone() {
         .status()
         .expect("redis-server (cargo xtask setup installs it)");
     assert!(status.success());
-    std::thread::sleep(Duration::from_millis(300));
+    let ready = (0..250).any(|_| {
+        let pong = Command::new("redis-cli").args(["-p", &port.to_string(), "ping"]).output();
+        pong.is_ok_and(|o| o.stdout.starts_with(b"PONG")) || {
+            std::thread::sleep(Duration::from_millis(20));
+            false
+        }
+    });
+    assert!(ready, "redis-server answers");
     let commands = dir.join("commands.txt");
     std::fs::write(
         &commands,
