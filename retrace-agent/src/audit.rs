@@ -57,7 +57,7 @@ impl Entry {
         let mut unhashed = self.clone();
         unhashed.hash = String::new();
         let text = serde_json::to_vec(&unhashed).expect("entry serialises");
-        hex(&Sha256::digest(&text))
+        crate::store::crypt::hex(&Sha256::digest(&text))
     }
 }
 
@@ -213,10 +213,6 @@ fn whoami() -> (u32, String) {
     let uid = nix::unistd::getuid();
     let user = nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
     (uid.as_raw(), user)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

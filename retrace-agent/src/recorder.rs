@@ -20,6 +20,7 @@ use crate::{
     store::{
         manifest::{Manifest, FORMAT_VERSION},
         proto::{self, record::Kind as R},
+        writer::now_wall_ns,
         SegmentPolicy, StoreError, Writer,
     },
     streams::{procfs, tracker::monotonic_ns, Tracker},
@@ -319,14 +320,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn now_wall_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
 pub(crate) fn recording_id() -> String {
     let mut bytes = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err() {
-        bytes[..8].copy_from_slice(&now_wall_ns().to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random_bytes(&mut bytes);
+    crate::store::crypt::hex(&bytes)
 }

@@ -138,7 +138,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         stop: stop.clone(),
     };
     let notifier = std::thread::spawn(move || notifier.run());
-    let exit_status = wait_exit(sandboxed.pid);
+    let exit_status = crate::target::wait_exit_code(sandboxed.pid as u32);
     // The notifier ends when no sandboxed process is left; daemons the program left behind get
     // a short grace period.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -166,22 +166,4 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     report.exit_status = if shared.stopped_by_replayer.load(Ordering::Relaxed) { 0 } else { exit_status };
     report.result = if report.passed() { "passed" } else { "failed" }.into();
     Ok(report)
-}
-
-fn wait_exit(pid: libc::pid_t) -> i32 {
-    loop {
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            if libc::WIFEXITED(status) {
-                return libc::WEXITSTATUS(status);
-            }
-            if libc::WIFSIGNALED(status) {
-                return 128 + libc::WTERMSIG(status);
-            }
-        } else if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return -1;
-        }
-    }
 }

@@ -226,7 +226,8 @@ impl Notifier {
         let client = TcpStream::connect(listener.local_addr()?)?;
         let (server_side, _) = listener.accept()?;
         let sockfd = req.data.args[0] as i32;
-        if fd_info(req.pid, sockfd).is_some_and(|f| f & libc::O_NONBLOCK != 0) {
+        let flags = fd_flags(req.pid, sockfd).unwrap_or(0);
+        if flags & libc::O_NONBLOCK != 0 {
             client.set_nonblocking(true)?;
         }
         copy_socket_options(req.pid, sockfd, client.as_raw_fd());
@@ -235,7 +236,7 @@ impl Notifier {
             flags: ADDFD_FLAG_SETFD,
             srcfd: client.as_raw_fd() as u32,
             newfd: sockfd as u32,
-            newfd_flags: fd_cloexec(req.pid, sockfd),
+            newfd_flags: (flags & libc::O_CLOEXEC) as u32,
         };
         // SAFETY: ADDFD takes a seccomp_notif_addfd.
         if unsafe { libc::ioctl(self.listener.as_raw_fd(), IOCTL_ADDFD, &addfd) } < 0 {
@@ -409,17 +410,11 @@ fn absolute(pid: u32, dirfd: i32, path: &str) -> Option<String> {
     Some(crate::streams::paths::absolute(&base.to_string_lossy(), path))
 }
 
-fn fd_info(pid: u32, fd: i32) -> Option<i32> {
+/// The file status flags of the program's fd (as `/proc/PID/fdinfo` shows them).
+fn fd_flags(pid: u32, fd: i32) -> Option<i32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
     let flags = text.lines().find_map(|l| l.strip_prefix("flags:"))?;
     i32::from_str_radix(flags.trim(), 8).ok()
-}
-
-fn fd_cloexec(pid: u32, fd: i32) -> u32 {
-    match fd_info(pid, fd) {
-        Some(f) if f & libc::O_CLOEXEC != 0 => libc::O_CLOEXEC as u32,
-        _ => 0,
-    }
 }
 
 fn memfd_with(path: &str, content: &[u8]) -> std::io::Result<File> {

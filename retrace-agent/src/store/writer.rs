@@ -111,11 +111,7 @@ impl Writer {
                 segment.out.write_all(&d.payload).map_err(io_err(&segment.path))?;
                 segment.bytes += (self.frame.len() + d.payload.len()) as u64;
             }
-            _ => {
-                record.encode_length_delimited(&mut self.frame).expect("Vec grows");
-                segment.out.write_all(&self.frame).map_err(io_err(&segment.path))?;
-                segment.bytes += self.frame.len() as u64;
-            }
+            _ => write_frame(segment, record, &mut self.frame)?,
         }
         Ok(())
     }
