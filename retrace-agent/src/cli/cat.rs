@@ -1,13 +1,12 @@
 //! `retrace cat`: raw bytes of one direction of one stream.
 
-use std::path::PathBuf;
-
 use anyhow::bail;
 use retrace_agent::{store::proto::Direction, view};
 
 #[derive(clap::Args)]
 pub struct Args {
-    recording: PathBuf,
+    #[command(flatten)]
+    source: super::Source,
     /// Stream id (see `retrace streams`).
     stream: u64,
     /// What the process read or received.
@@ -16,13 +15,10 @@ pub struct Args {
     /// What the process wrote or sent.
     #[arg(long = "out")]
     output: bool,
-    /// age identity file to decrypt with (default: your retrace identity).
-    #[arg(long, short = 'i')]
-    identity: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let recording = super::open_for_reading(&args.recording, args.identity.as_ref(), &format!("cat {}", args.stream))?;
+    let recording = args.source.open(&format!("cat {}", args.stream))?;
     let dir = if args.input { Direction::In } else { Direction::Out };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -31,8 +27,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         bail!(
             "no stream {} in {}: list them with `retrace streams {}`",
             args.stream,
-            args.recording.display(),
-            args.recording.display()
+            args.source.recording.display(),
+            args.source.recording.display()
         );
     }
     if report.gaps > 0 {

@@ -6,8 +6,8 @@ use retrace_agent::{audit::Subject, export, keys, redact::RulesFile, retention};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Recording directory.
-    recording: PathBuf,
+    #[command(flatten)]
+    source: super::Source,
     /// The recipient (age1…) who will read the copy; nobody else can, you included.
     #[arg(long, value_name = "RECIPIENT")]
     to: String,
@@ -20,9 +20,6 @@ pub struct Args {
     /// Redaction rules and capture allowlist to apply (on top of every built-in detector).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// age identity file to decrypt the source with (default: your retrace identity).
-    #[arg(long, short = 'i')]
-    identity: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -32,10 +29,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         None => RulesFile::default(),
     };
     rules.compile()?; // a bad rules file fails before anything is read
-    let source = super::open_for_reading(&args.recording, args.identity.as_ref(), "export")?;
+    let source = args.source.open("export")?;
     super::audit(
         "export",
-        Subject::recording(&args.recording, &source.manifest.id)
+        Subject::recording(&args.source.recording, &source.manifest.id)
             .detail(format!("to {to} as {}", args.output.display())),
     )?;
     let (manifest, _) = export::export(&source, &rules, to, args.expires, &args.output)?;

@@ -1,24 +1,21 @@
 //! `retrace inspect`: the timeline, drop counters first.
 
-use std::{io::Write as _, path::PathBuf};
+use std::io::Write as _;
 
 use retrace_agent::view::{self, TimelineEntry};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Recording directory.
-    recording: PathBuf,
+    #[command(flatten)]
+    source: super::Source,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
-    /// age identity file to decrypt with (default: your retrace identity).
-    #[arg(long, short = 'i')]
-    identity: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let json = args.json;
-    let recording = super::open_for_reading(&args.recording, args.identity.as_ref(), "inspect")?;
+    let recording = args.source.open("inspect")?;
     let (entries, report) = view::timeline(&recording)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

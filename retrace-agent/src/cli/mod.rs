@@ -12,7 +12,7 @@ mod size;
 mod streams;
 mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use retrace_agent::{
@@ -82,17 +82,29 @@ pub fn audit(action: &str, subject: Subject) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens a recording to read it: refuses an expired one, logs the read, then decrypts with the
-/// identity given (or the default one).
-pub fn open_for_reading(dir: &Path, identity: Option<&PathBuf>, what: &str) -> anyhow::Result<Recording> {
-    let manifest = Manifest::read(dir)?;
-    let now = retrace_agent::store::writer::now_wall_ns();
-    if manifest.expired(now) {
-        return Err(StoreError::Expired { when: audit_log::rfc3339(manifest.expires_ns) }.into());
+/// The recording a reading command opens, and the identity to decrypt it with.
+#[derive(clap::Args)]
+pub struct Source {
+    /// Recording directory.
+    pub recording: PathBuf,
+    /// age identity file to decrypt with (default: your retrace identity).
+    #[arg(long, short = 'i')]
+    pub identity: Option<PathBuf>,
+}
+
+impl Source {
+    /// Opens the recording to read it: refuses an expired one, logs the read (`what`), then
+    /// decrypts with the identity given (or the default one).
+    pub fn open(&self, what: &str) -> anyhow::Result<Recording> {
+        let manifest = Manifest::read(&self.recording)?;
+        let now = retrace_agent::store::writer::now_wall_ns();
+        if manifest.expired(now) {
+            return Err(StoreError::Expired { when: audit_log::rfc3339(manifest.expires_ns) }.into());
+        }
+        let identity = keys::identity_for_reading(self.identity.as_deref())?;
+        audit("read", Subject::recording(&self.recording, &manifest.id).detail(what))?;
+        Ok(Recording::with_manifest(&self.recording, manifest, identity))
     }
-    let identity = keys::identity_for_reading(identity.map(PathBuf::as_path))?;
-    audit("read", Subject::recording(dir, &manifest.id).detail(what))?;
-    Ok(Recording::open(dir, identity)?)
 }
 
 pub fn warn_unfinished(report: &retrace_agent::store::reader::ReadReport) {

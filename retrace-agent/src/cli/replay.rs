@@ -9,11 +9,8 @@ pub const DIVERGED: i32 = 86;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Recording directory.
-    recording: PathBuf,
-    /// age identity file to decrypt with (default: your retrace identity).
-    #[arg(long, short = 'i')]
-    identity: Option<PathBuf>,
+    #[command(flatten)]
+    source: super::Source,
     /// Write the report as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -30,7 +27,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let recording = super::open_for_reading(&args.recording, args.identity.as_ref(), "replay")?;
+    let recording = args.source.open("replay")?;
     let config = ReplayConfig { argv: args.command.clone(), live: args.live.clone() };
     let report = replay::replay(&recording, &config)?;
     eprint!("{}", report.summary());

@@ -1,24 +1,19 @@
 //! `retrace streams`: one line (or JSON object) per stream.
 
-use std::path::PathBuf;
-
 use retrace_agent::view;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Recording directory.
-    recording: PathBuf,
+    #[command(flatten)]
+    source: super::Source,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
-    /// age identity file to decrypt with (default: your retrace identity).
-    #[arg(long, short = 'i')]
-    identity: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let json = args.json;
-    let recording = super::open_for_reading(&args.recording, args.identity.as_ref(), "streams")?;
+    let recording = args.source.open("streams")?;
     let (rows, report) = view::stream_table(&recording)?;
     for row in &rows {
         if json {

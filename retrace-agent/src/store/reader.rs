@@ -43,7 +43,12 @@ pub(crate) struct SegmentRecords {
 
 impl Recording {
     pub fn open(dir: &Path, identity: Identity) -> Result<Recording, StoreError> {
-        Ok(Recording { dir: dir.to_path_buf(), manifest: Manifest::read(dir)?, identity })
+        Ok(Recording::with_manifest(dir, Manifest::read(dir)?, identity))
+    }
+
+    /// A recording whose manifest the caller has read already.
+    pub fn with_manifest(dir: &Path, manifest: Manifest, identity: Identity) -> Recording {
+        Recording { dir: dir.to_path_buf(), manifest, identity }
     }
 
     /// Calls `f` for every record, in recording order.

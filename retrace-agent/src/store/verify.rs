@@ -43,10 +43,7 @@ pub fn verify(dir: &Path, identity: Option<Identity>) -> Result<VerifyReport, St
         complete: manifest.complete,
         ..Default::default()
     };
-    let recording = match identity {
-        Some(identity) => Some(Recording::open(dir, identity)?),
-        None => None,
-    };
+    let recording = identity.map(|identity| Recording::with_manifest(dir, manifest.clone(), identity));
     let mut prev = Vec::new();
     let mut saw_last = false;
     for (index, entry) in manifest.segments.iter().enumerate() {
