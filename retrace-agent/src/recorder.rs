@@ -217,7 +217,13 @@ pub async fn record(
         tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, now, &mut tail);
     }
     tracker.finish(now, &mut tail);
-    tail.push(proto::Record {
+    // What redaction still holds comes out before the counters, the last record.
+    let mut records = Vec::with_capacity(tail.len() + 1);
+    for record in tail {
+        stage.push(record, &mut records);
+    }
+    stage.finish(&mut records);
+    records.push(proto::Record {
         kind: Some(R::Counters(proto::Counters {
             chunks_dropped: kernel.chunks_dropped,
             chunk_bytes_dropped: kernel.chunk_bytes_dropped,
@@ -231,14 +237,6 @@ pub async fn record(
             program_misses: kernel.program_misses,
         })),
     });
-    let mut records = Vec::with_capacity(tail.len());
-    for record in tail {
-        stage.push(record, &mut records);
-    }
-    let counters = records.iter().position(|r| matches!(r.kind, Some(R::Counters(_))));
-    let counters = counters.map(|i| records.remove(i));
-    stage.finish(&mut records);
-    records.extend(counters);
     for record in &records {
         writer.append(record)?;
     }

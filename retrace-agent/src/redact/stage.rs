@@ -114,12 +114,10 @@ impl RedactStage {
         }
         state.last_push = Some(Instant::now());
         let redactor = &mut state.dirs[dir_index(data.direction())];
+        redactor.push(&self.redactor, data, &mut self.released);
         if state.datagram {
             // Each datagram stands alone: no secret spans two of them.
-            redactor.push(&self.redactor, data, &mut self.released);
             redactor.flush(&self.redactor, &mut self.released);
-        } else {
-            redactor.push(&self.redactor, data, &mut self.released);
         }
         self.emit(out);
     }

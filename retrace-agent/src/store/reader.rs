@@ -10,7 +10,7 @@ use prost::Message as _;
 
 use super::{
     crypt, io_err,
-    manifest::Manifest,
+    manifest::{Manifest, SegmentEntry},
     proto::{self, record::Kind as R},
     writer::{partial_name, segment_name},
     StoreError,
@@ -56,20 +56,10 @@ impl Recording {
         let mut report = ReadReport::default();
         let mut prev: Vec<u8> = Vec::new();
         for (index, entry) in self.manifest.segments.iter().enumerate() {
-            let path = self.dir.join(&entry.name);
-            let ciphertext = std::fs::read(&path).map_err(io_err(&path))?;
-            if crypt::hash_hex(&ciphertext) != entry.blake3 {
-                return Err(StoreError::Tampered {
-                    path,
-                    what: "its bytes do not match the hash in the manifest (changed, truncated or replaced)".into(),
-                });
-            }
-            let segment = self.decode(&path, &ciphertext, index, &prev, false)?;
-            if segment.end.is_none() || segment.torn_at.is_some() {
-                return Err(StoreError::Tampered { path, what: "the segment ends before its end record".into() });
-            }
+            let ciphertext = read_sealed(&self.dir, entry)?;
+            let (_, records) = self.decode_sealed(&self.dir.join(&entry.name), &ciphertext, index, &prev)?;
             prev = hex_decode(&entry.blake3);
-            for record in segment.records {
+            for record in records {
                 take_info(&mut report, record, &mut f);
             }
         }
@@ -91,6 +81,21 @@ impl Recording {
             }
         }
         Ok(report)
+    }
+
+    /// A sealed segment's records and its end record; it must end with that record.
+    pub(crate) fn decode_sealed(
+        &self,
+        path: &Path,
+        ciphertext: &[u8],
+        index: usize,
+        prev_hash: &[u8],
+    ) -> Result<(proto::SegmentEnd, Vec<proto::Record>), StoreError> {
+        let segment = self.decode(path, ciphertext, index, prev_hash, false)?;
+        match segment.end {
+            Some(end) if segment.torn_at.is_none() => Ok((end, segment.records)),
+            _ => Err(StoreError::Tampered { path: path.to_path_buf(), what: "it ends before its end record".into() }),
+        }
     }
 
     /// Decrypts a segment and checks its header: this recording, this place, after this
@@ -152,6 +157,26 @@ impl Recording {
         let torn_at = torn_at.or(if plain.truncated { Some(plain.bytes.len() as u64) } else { None });
         Ok(SegmentRecords { records: out, end, torn_at })
     }
+}
+
+/// A listed segment's file, checked against the manifest's hash: missing, truncated or
+/// changed files are `Tampered` errors that say which.
+pub(crate) fn read_sealed(dir: &Path, entry: &SegmentEntry) -> Result<Vec<u8>, StoreError> {
+    let path = dir.join(&entry.name);
+    let tampered = |what: String| StoreError::Tampered { path: path.clone(), what };
+    let ciphertext = match std::fs::read(&path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(tampered("missing".into())),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    if crypt::hash_hex(&ciphertext) != entry.blake3 {
+        return Err(tampered(if (ciphertext.len() as u64) < entry.bytes {
+            format!("truncated ({} of {} bytes)", ciphertext.len(), entry.bytes)
+        } else {
+            "its bytes differ from the hash in the manifest (changed, reordered or replaced)".into()
+        }));
+    }
+    Ok(ciphertext)
 }
 
 fn take_info(report: &mut ReadReport, record: proto::Record, f: &mut impl FnMut(proto::Record)) {

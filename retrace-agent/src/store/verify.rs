@@ -7,9 +7,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{
-    crypt, io_err,
+    io_err,
     manifest::Manifest,
-    reader::{hex_decode, Recording},
+    reader::{hex_decode, read_sealed, Recording},
     writer::{partial_name, segment_name},
     StoreError,
 };
@@ -51,40 +51,23 @@ pub fn verify(dir: &Path, identity: Option<Identity>) -> Result<VerifyReport, St
         if entry.name != segment_name(index) {
             problem(format!("listed in place {index}, where {} belongs", segment_name(index)));
         }
-        let path = dir.join(&entry.name);
-        let ciphertext = match std::fs::read(&path) {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                problem("missing".into());
-                prev = hex_decode(&entry.blake3);
-                continue;
-            }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        if crypt::hash_hex(&ciphertext) != entry.blake3 {
-            let how = if (ciphertext.len() as u64) < entry.bytes {
-                format!("truncated ({} of {} bytes)", ciphertext.len(), entry.bytes)
-            } else {
-                "its bytes differ from the hash in the manifest (changed, reordered or replaced)".into()
-            };
-            problem(how);
-        } else if let Some(rec) = &recording {
-            match rec.decode(&path, &ciphertext, index, &prev, false) {
-                Ok(seg) => match seg.end {
-                    Some(end) if seg.torn_at.is_none() => {
-                        if saw_last {
-                            problem("follows the segment marked last".into());
-                        }
-                        saw_last |= end.last;
-                        if end.records != entry.records {
-                            problem(format!("holds {} records, the manifest says {}", end.records, entry.records));
-                        }
+        match (read_sealed(dir, entry), &recording) {
+            (Err(StoreError::Tampered { what, .. }), _) => problem(what),
+            (Err(e), _) => return Err(e),
+            (Ok(_), None) => {}
+            (Ok(ciphertext), Some(rec)) => match rec.decode_sealed(&dir.join(&entry.name), &ciphertext, index, &prev) {
+                Ok((end, _)) => {
+                    if saw_last {
+                        problem("follows the segment marked last".into());
                     }
-                    _ => problem("ends before its end record".into()),
-                },
+                    saw_last |= end.last;
+                    if end.records != entry.records {
+                        problem(format!("holds {} records, the manifest says {}", end.records, entry.records));
+                    }
+                }
                 Err(StoreError::Tampered { what, .. }) => problem(what),
                 Err(e) => problem(format!("{e}")),
-            }
+            },
         }
         prev = hex_decode(&entry.blake3);
     }
