@@ -86,12 +86,7 @@ pub fn default_path() -> Result<PathBuf, AuditError> {
     if let Some(p) = std::env::var_os("RETRACE_AUDIT_LOG").filter(|v| !v.is_empty()) {
         return Ok(p.into());
     }
-    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(AuditError::NoStateDir)?)
-            .join(".local/state"),
-    };
-    Ok(base.join("retrace").join("audit.jsonl"))
+    Ok(crate::xdg_retrace_dir("XDG_STATE_HOME", ".local/state").ok_or(AuditError::NoStateDir)?.join("audit.jsonl"))
 }
 
 fn head_path(log: &Path) -> PathBuf {

@@ -95,12 +95,7 @@ fn identity_file_text(identity: &Identity) -> String {
 
 /// The user's key folder: `$XDG_CONFIG_HOME/retrace` or `~/.config/retrace`.
 pub fn config_dir() -> Result<PathBuf, KeyError> {
-    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(KeyError::NoConfigDir)?)
-            .join(".config"),
-    };
-    Ok(base.join("retrace"))
+    crate::xdg_retrace_dir("XDG_CONFIG_HOME", ".config").ok_or(KeyError::NoConfigDir)
 }
 
 pub fn default_identity_path() -> Result<PathBuf, KeyError> {

@@ -30,3 +30,10 @@ pub fn random_bytes(buf: &mut [u8]) {
         }
     }
 }
+
+/// Retrace's folder under an XDG base directory: `$VAR/retrace`, else `~/DEFAULT/retrace`.
+pub(crate) fn xdg_retrace_dir(var: &str, default_under_home: &str) -> Option<std::path::PathBuf> {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let base = set(var).or_else(|| set("HOME").map(|home| home.join(default_under_home)))?;
+    Some(base.join("retrace"))
+}

@@ -131,7 +131,6 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         connections,
         failed_connects,
         files,
-        live,
         scratch: scratch.clone(),
         inbound: script.inbound,
         shared: shared.clone(),
@@ -139,8 +138,8 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     };
     let notifier = std::thread::spawn(move || notifier.run());
     let exit_status = crate::target::wait_exit_code(sandboxed.pid as u32);
-    // The notifier ends when no sandboxed process is left; daemons the program left behind get
-    // a short grace period.
+    // The notifier ends once no sandboxed process is left: the PID namespace dies with the
+    // program, so this wait is short; the deadline only guards against a stuck notifier.
     let deadline = Instant::now() + Duration::from_secs(2);
     while !notifier.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -76,9 +76,9 @@ pub struct Notifier {
     pub connections: HashMap<SocketAddr, VecDeque<Connection>>,
     /// Recorded connect attempts that failed, by address: replayed with the same error.
     pub failed_connects: HashMap<String, VecDeque<i32>>,
-    /// Files the recording read to their end, served from it.
+    /// Files the recording read to their end that do not exist today (the others are
+    /// mounted at their paths; `--live` paths are not here): served from memory when opened.
     pub files: HashMap<String, Vec<u8>>,
-    pub live: globset::GlobSet,
     pub scratch: PathBuf,
     /// Recorded inbound connections, opened again once the program listens.
     pub inbound: Vec<Connection>,
@@ -276,9 +276,6 @@ impl Notifier {
                 Err(e) => return Answer::Error(e.raw_os_error().unwrap_or(libc::EACCES)),
             };
             return self.add_fd(req.id, file.as_raw_fd(), cloexec);
-        }
-        if self.live.is_match(&path) {
-            return Answer::Continue;
         }
         let Some(content) = self.files.get(&path) else { return Answer::Continue };
         let memfd = match memfd_with(&path, content) {
