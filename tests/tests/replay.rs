@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _},
     net::{TcpListener, UdpSocket},
+    os::unix::net::UnixListener,
     path::Path,
     process::{Command, Output, Stdio},
     time::Duration,
@@ -279,17 +280,32 @@ fn egress_to_unrecorded_addresses_is_refused_and_reported() {
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (tcp_port, udp_port) = (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port());
+    let host_socket = dir.join("host.sock");
+    let unix = UnixListener::bind(&host_socket).unwrap();
+    let absent_socket = dir.join("absent.sock");
     let script = format!(
-        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {tcp_port}), timeout=2)\n    print('tcp reached')\nexcept OSError as e:\n    print('tcp refused', e.errno)\nu=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    u.sendto(b'leak', ('127.0.0.1', {udp_port}))\n    print('udp sent')\nexcept OSError as e:\n    print('udp refused', e.errno)\n"
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {tcp_port}), timeout=2)\n    print('tcp reached')\nexcept OSError as e:\n    print('tcp refused', e.errno)\nu=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    u.sendto(b'leak', ('127.0.0.1', {udp_port}))\n    print('udp sent')\nexcept OSError as e:\n    print('udp refused', e.errno)\nfor name, path in (('unix', {host:?}), ('absent', {absent:?})):\n    try:\n        socket.socket(socket.AF_UNIX).connect(path)\n        print(name, 'reached')\n    except OSError as e:\n        print(name, 'refused', e.errno)\n",
+        host = host_socket.to_str().unwrap(),
+        absent = absent_socket.to_str().unwrap(),
     );
     let (out, report) = replay(&dir.join("rec"), &dir.join("report.json"), &["python3", "-c", &script], None);
     assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("tcp refused 111") && stdout.contains("udp refused 13"), "clean errors: {stdout}");
+    assert!(stdout.contains("unix refused 111") && stdout.contains("absent refused 2"), "clean errors: {stdout}");
     let blocked: Vec<String> =
         report["blocked"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_owned()).collect();
     assert!(blocked.contains(&format!("127.0.0.1:{tcp_port}")), "{blocked:?}");
     assert!(blocked.contains(&format!("127.0.0.1:{udp_port}")), "{blocked:?}");
+    assert!(blocked.contains(&host_socket.to_str().unwrap().to_owned()), "{blocked:?}");
+    // A socket that does not exist on the host is no way out: ENOENT, listed, not blocked.
+    assert!(!blocked.contains(&absent_socket.to_str().unwrap().to_owned()), "{blocked:?}");
+    assert!(
+        report["absent_sockets"].as_array().unwrap().iter().any(|p| p == absent_socket.to_str().unwrap()),
+        "{report}"
+    );
+    unix.set_nonblocking(true).unwrap();
+    assert!(unix.accept().is_err(), "no unix connection reached the host");
     // The listeners got nothing.
     tcp.set_nonblocking(true).unwrap();
     assert!(tcp.accept().is_err(), "no connection reached the host");

@@ -68,6 +68,12 @@ impl Shared {
             r.files_served.push(path.to_owned());
         }
     }
+    fn absent_socket(&self, path: &str) {
+        let mut r = self.report.lock().expect("report");
+        if !r.absent_sockets.iter().any(|p| p == path) {
+            r.absent_sockets.push(path.to_owned());
+        }
+    }
     fn scratch_write(&self, path: &str) {
         self.report.lock().expect("report").scratch_writes.push(path.to_owned());
     }

@@ -188,6 +188,15 @@ impl Notifier {
         if let Some(errno) = self.failed_connects.get_mut(&address).and_then(VecDeque::pop_front) {
             return Answer::Error(errno); // it failed the same way when recorded
         }
+        if family == libc::AF_UNIX as u16 && !address.starts_with('@') {
+            // A socket path that does not exist on the host is no way out: answer what the kernel
+            // would (libc probes /var/run/nscd/socket on every user lookup, for one).
+            let path = absolute(req.pid, libc::AT_FDCWD, &address);
+            if path.as_deref().is_some_and(|p| std::fs::symlink_metadata(p).is_err()) {
+                self.shared.absent_socket(&address);
+                return Answer::Error(libc::ENOENT);
+            }
+        }
         let parsed = address.parse::<SocketAddr>().ok();
         let Some(connection) = parsed.and_then(|a| self.connections.get_mut(&a)).and_then(VecDeque::pop_front) else {
             self.shared.blocked(Blocked { syscall: "connect".into(), address, pid: req.pid });

@@ -39,6 +39,9 @@ pub struct ReplayReport {
     pub exit_status: i32,
     pub exchanges: Vec<Exchange>,
     pub blocked: Vec<Blocked>,
+    /// Unix socket paths the program tried that do not exist on the host: refused with ENOENT,
+    /// as the host would, and not a failure (nothing could be reached there).
+    pub absent_sockets: Vec<String>,
     pub files_served: Vec<String>,
     pub scratch_writes: Vec<String>,
     pub errors: Vec<String>,
@@ -73,6 +76,12 @@ impl ReplayReport {
         }
         for b in &self.blocked {
             s.push_str(&format!("retrace:   blocked {} to {} (pid {})\n", b.syscall, b.address, b.pid));
+        }
+        if !self.absent_sockets.is_empty() {
+            s.push_str(&format!(
+                "retrace:   note: connects to absent unix sockets refused with ENOENT: {}\n",
+                self.absent_sockets.join(", ")
+            ));
         }
         for e in &self.errors {
             s.push_str(&format!("retrace:   error: {e}\n"));
