@@ -4,6 +4,7 @@
 //! secret gets the same placeholder throughout one recording and cannot be guessed back.
 //! Also the capture allowlist (`policy`) and the record stage that applies both (`stage`).
 
+pub mod anchors;
 pub mod policy;
 pub mod rules;
 pub mod stage;
@@ -52,12 +53,17 @@ impl Redactor {
 
     /// Finds secrets in `window[lookbehind..]` (`window[..lookbehind]` is context only). Unless
     /// `finished`, a match reaching the end of the window is reported as open, not as a span.
-    /// Each detector searches on its own; overlaps go to the match that starts first (then to
-    /// the detector listed first).
+    /// Each detector searches on its own (three built-ins only around their anchors); overlaps
+    /// go to the match that starts first (then to the detector listed first).
     pub fn find(&self, window: &[u8], lookbehind: usize, finished: bool) -> Found {
         // (match start, match end, secret start, secret end, detector)
-        let mut candidates: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+        let mut candidates: Vec<anchors::Candidate> = Vec::new();
         let mut open: Option<usize> = None;
+        let mut take = |found: anchors::Found, candidates: &mut Vec<anchors::Candidate>| match found {
+            anchors::Found::None => {}
+            anchors::Found::Match(c) => candidates.push(c),
+            anchors::Found::Open(at) => open = Some(open.map_or(at, |o: usize| o.min(at))),
+        };
         for (index, d) in self.rules.detectors.iter().enumerate() {
             match &d.matcher {
                 rules::Matcher::Regex(re) => {
@@ -67,7 +73,7 @@ impl Redactor {
                         let Some(m) = re.captures_read_at(&mut locs, window, pos) else { break };
                         let (ms, me) = (m.start(), m.end());
                         if me == window.len() && !finished {
-                            open = Some(open.map_or(ms, |o| o.min(ms)));
+                            take(anchors::Found::Open(ms), &mut candidates);
                             break;
                         }
                         let (s, e) = locs.get(d.group).unwrap_or((ms, me));
@@ -75,11 +81,34 @@ impl Redactor {
                         pos = if me > ms { me } else { me + 1 };
                     }
                 }
+                rules::Matcher::Anchored { regex, anchor } => {
+                    let mut searcher = anchors::Searcher {
+                        regex,
+                        caps: regex.create_captures(),
+                        window,
+                        group: d.group,
+                        detector: index,
+                        finished,
+                        resume: lookbehind,
+                    };
+                    let mut search = |start: usize, end: usize, anchored: bool| {
+                        take(searcher.search(start, end, anchored), &mut candidates);
+                    };
+                    match anchor {
+                        anchors::Anchor::At => anchors::email_regions(window, lookbehind, |s, e| search(s, e, false)),
+                        anchors::Anchor::SchemeSeparator => {
+                            anchors::url_regions(window, lookbehind, |s, e| search(s, e, false))
+                        }
+                        anchors::Anchor::JsonKey(keys) => {
+                            anchors::json_key_starts(keys, window, lookbehind, |s| search(s, window.len(), true))
+                        }
+                    }
+                }
                 rules::Matcher::Card => {
                     let (cards, card_open) = rules::find_cards(window, lookbehind, finished);
                     candidates.extend(cards.into_iter().map(|(s, e)| (s, e, s, e, index)));
                     if let Some(o) = card_open {
-                        open = Some(open.map_or(o, |x| x.min(o)));
+                        take(anchors::Found::Open(o), &mut candidates);
                     }
                 }
             }

@@ -6,7 +6,10 @@ use std::path::Path;
 use regex::bytes::Regex;
 use serde::Deserialize;
 
-use super::policy::CapturePolicy;
+use super::{
+    anchors::{Anchor, JsonKeys},
+    policy::CapturePolicy,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
@@ -118,6 +121,8 @@ pub enum Matcher {
     /// `eyJ`, `AKIA`, `@`...), which one combined regex loses, so most bytes are skipped at
     /// memchr speed.
     Regex(Regex),
+    /// A built-in whose regex runs only where its anchor says (see `anchors`).
+    Anchored { regex: regex_automata::meta::Regex, anchor: Anchor },
     /// Digit runs, scanned by hand: a regex for them runs a byte at a time.
     Card,
 }
@@ -147,7 +152,7 @@ fn escape_names(names: impl IntoIterator<Item = String>) -> String {
     names.into_iter().map(|n| regex::escape(&n.to_ascii_lowercase())).collect::<Vec<_>>().join("|")
 }
 
-fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'static [u8], Check) {
+pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'static [u8], Check) {
     match name {
         // The key body up to its END line, or to the end of what has arrived so far (then the
         // match is still open and the stream holds it back until the END line comes).
@@ -224,7 +229,11 @@ impl RulesFile {
                 continue;
             }
             let (pattern, keep, check) = built_in_pattern(name, self);
-            let matcher = if *name == "card" { Matcher::Card } else { Matcher::Regex(compile(name, &pattern)?) };
+            let matcher = match (*name, anchor_of(name, self)) {
+                ("card", _) => Matcher::Card,
+                (_, Some(anchor)) => Matcher::Anchored { regex: compile_anchored(name, &pattern)?, anchor },
+                (_, None) => Matcher::Regex(compile(name, &pattern)?),
+            };
             detectors.push(Detector { name: name.to_string(), matcher, group: 1, keep, check });
         }
         for rule in &self.rules {
@@ -241,6 +250,27 @@ impl RulesFile {
         let capture = self.capture.as_ref().map(CapturePolicy::new).transpose().map_err(RulesError::Capture)?;
         Ok(Rules { detectors, allow: self.allow.iter().map(|a| a.as_bytes().to_vec()).collect(), capture })
     }
+}
+
+/// How a built-in is anchored (`None`: its regex searches the whole window).
+fn anchor_of(name: &str, file: &RulesFile) -> Option<Anchor> {
+    match name {
+        "json_key" => Some(Anchor::JsonKey(JsonKeys::new(
+            JSON_KEYS.iter().map(|s| s.to_string()).chain(file.json_keys.iter().cloned()),
+        ))),
+        "url_password" => Some(Anchor::SchemeSeparator),
+        "email" => Some(Anchor::At),
+        _ => None,
+    }
+}
+
+/// A built-in's regex on bytes (not UTF-8), searched at its anchors.
+fn compile_anchored(name: &str, pattern: &str) -> Result<regex_automata::meta::Regex, RulesError> {
+    regex_automata::meta::Regex::builder()
+        .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+        .configure(regex_automata::meta::Regex::config().utf8_empty(false))
+        .build(&format!("(?-u:{pattern})"))
+        .map_err(|e| RulesError::Regex { name: name.to_owned(), message: one_line(&e.to_string()) })
 }
 
 fn one_line(s: &str) -> String {
@@ -269,7 +299,7 @@ pub fn luhn(bytes: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn is_word(b: u8) -> bool {

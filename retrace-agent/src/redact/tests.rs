@@ -163,3 +163,71 @@ fn redaction_throughput() {
     let secs = start.elapsed().as_secs_f64();
     eprintln!("redaction: {:.0} MB/s on base64-like text", text.len() as f64 / secs / 1e6);
 }
+
+/// The anchored detectors (email, URL password, JSON key) find exactly what their regex finds
+/// searching the whole buffer, on random bytes mixed with secrets and near misses.
+#[test]
+fn anchored_detectors_find_what_a_whole_buffer_search_finds() {
+    const PIECES: &[&str] = &[
+        "bob@example.com",
+        "a.b-c+d%e_f@sub.example.co.uk",
+        "x@y",
+        "@example.com",
+        "me@host.c0m",
+        "me@@x.org",
+        "postgres://admin:pw@db:5432/app",
+        "https://user:p:a:ss@h.io/x",
+        "s3+x.y://u:p@b",
+        "://u:p@h",
+        "ftp://nouser@h",
+        "\"password\":\"hunter2\"",
+        "\"PassWord\" :\t\"x\\\"y\"",
+        "\"token\"\r\n:\n\"abc\"",
+        "\"tokens\":\"no\"",
+        "\"api-key\": \"k\"",
+        "{\"secret\":\"\"}",
+        "\"credentials\": 12",
+        " ",
+        "\n",
+        "\"",
+        ":",
+        "@",
+        "/",
+    ];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for name in ["email", "url_password", "json_key"] {
+        let file = RulesFile {
+            disable: super::rules::BUILT_IN.iter().filter(|d| **d != name).map(|d| d.to_string()).collect(),
+            ..Default::default()
+        };
+        let redactor = Redactor::new(file.compile().unwrap());
+        let (pattern, _, _) = super::rules::built_in_pattern(name, &file);
+        let whole = regex::bytes::Regex::new(&format!("(?-u:{pattern})")).unwrap();
+        for _ in 0..3000 {
+            let mut buf = Vec::new();
+            while buf.len() < 400 {
+                if next() % 3 == 0 {
+                    buf.extend_from_slice(PIECES[next() as usize % PIECES.len()].as_bytes());
+                } else {
+                    // Mostly text-like bytes, some binary.
+                    let b = next() as u8;
+                    buf.push(if b < 200 { b' ' + b % 95 } else { b });
+                }
+            }
+            let expected: Vec<(usize, usize)> = whole
+                .captures_iter(&buf)
+                .map(|c| c.get(1).map(|g| (g.start(), g.end())).unwrap())
+                .filter(|(s, e)| e > s)
+                .collect();
+            let found: Vec<(usize, usize)> =
+                redactor.find(&buf, 0, true).spans.iter().map(|m| (m.start, m.end)).collect();
+            assert_eq!(found, expected, "{name} on {:?}", String::from_utf8_lossy(&buf));
+        }
+    }
+}

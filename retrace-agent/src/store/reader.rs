@@ -145,7 +145,7 @@ impl Recording {
         let mut out: Vec<proto::Record> = records.collect();
         let end = match out.last().and_then(|r| r.kind.as_ref()) {
             Some(R::SegmentEnd(e)) => {
-                let e = e.clone();
+                let e = *e;
                 out.pop();
                 if e.records != out.len() as u64 {
                     return Err(tampered(format!("it holds {} records, its end record says {}", out.len(), e.records)));
