@@ -60,6 +60,37 @@ impl SegmentFile {
         Ok(())
     }
 
+    /// `n` writable bytes right after what is buffered, to be filled in place and then
+    /// `commit`ted (the encryptor seals its chunks there: one copy fewer). Whole blocks are
+    /// written out first when the room is short; the unaligned rest moves to the front.
+    pub fn reserve(&mut self, n: usize) -> io::Result<&mut [u8]> {
+        assert!(n <= BUFFER - BLOCK, "reserve at most BUFFER - BLOCK bytes");
+        if BUFFER - self.len < n {
+            let whole = if self.direct { self.len / BLOCK * BLOCK } else { self.len };
+            // SAFETY: the first `len` bytes are initialised; `whole <= len`.
+            let bytes = unsafe { std::slice::from_raw_parts(self.buf, whole) };
+            match (&self.file).write_all(bytes) {
+                Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.buffered()?;
+                    (&self.file).write_all(bytes)?;
+                }
+                other => other?,
+            }
+            // SAFETY: both ranges lie in the buffer; `copy` allows overlap.
+            unsafe { std::ptr::copy(self.buf.add(whole), self.buf, self.len - whole) };
+            self.len -= whole;
+        }
+        // SAFETY: len + n <= BUFFER; the bytes are only written through the slice before commit
+        // (uninitialised bytes are never read: a u8 slice over them is filled first).
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.buf.add(self.len), n) })
+    }
+
+    /// Counts `n` bytes filled through `reserve` as written.
+    pub fn commit(&mut self, n: usize) {
+        assert!(self.len + n <= BUFFER);
+        self.len += n;
+    }
+
     fn write_buffer(&mut self) -> io::Result<()> {
         // SAFETY: the first `len` bytes of the buffer are initialised.
         let bytes = unsafe { std::slice::from_raw_parts(self.buf, self.len) };
