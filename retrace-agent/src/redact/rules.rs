@@ -170,7 +170,7 @@ pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'stati
             )
         }
         "json_key" => {
-            let keys = escape_names(JSON_KEYS.iter().map(|s| s.to_string()).chain(file.json_keys.iter().cloned()));
+            let keys = escape_names(json_keys(file));
             (format!(r#""(?i:{keys})"[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\\r\n]|\\.)+)""#), b"", Check::None)
         }
         "url_password" => (r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]+:([^@/\s]+)@".into(), b"", Check::None),
@@ -220,10 +220,8 @@ impl RulesFile {
             }
         }
         let mut detectors = Vec::new();
-        let compile = |name: &str, pattern: &str| {
-            Regex::new(&format!("(?-u:{pattern})"))
-                .map_err(|e| RulesError::Regex { name: name.to_owned(), message: one_line(&e.to_string()) })
-        };
+        let compile =
+            |name: &str, pattern: &str| Regex::new(&format!("(?-u:{pattern})")).map_err(|e| regex_error(name, e));
         for name in BUILT_IN {
             if self.disable.iter().any(|d| d == name) {
                 continue;
@@ -252,12 +250,19 @@ impl RulesFile {
     }
 }
 
+/// The JSON keys whose values are redacted: built in, then the rules file's.
+fn json_keys(file: &RulesFile) -> impl Iterator<Item = String> + '_ {
+    JSON_KEYS.iter().map(|s| s.to_string()).chain(file.json_keys.iter().cloned())
+}
+
+fn regex_error(name: &str, e: impl std::fmt::Display) -> RulesError {
+    RulesError::Regex { name: name.to_owned(), message: one_line(&e.to_string()) }
+}
+
 /// How a built-in is anchored (`None`: its regex searches the whole window).
 fn anchor_of(name: &str, file: &RulesFile) -> Option<Anchor> {
     match name {
-        "json_key" => Some(Anchor::JsonKey(JsonKeys::new(
-            JSON_KEYS.iter().map(|s| s.to_string()).chain(file.json_keys.iter().cloned()),
-        ))),
+        "json_key" => Some(Anchor::JsonKey(JsonKeys::new(json_keys(file)))),
         "url_password" => Some(Anchor::SchemeSeparator),
         "email" => Some(Anchor::At),
         _ => None,
@@ -270,7 +275,7 @@ fn compile_anchored(name: &str, pattern: &str) -> Result<regex_automata::meta::R
         .syntax(regex_automata::util::syntax::Config::new().utf8(false))
         .configure(regex_automata::meta::Regex::config().utf8_empty(false))
         .build(&format!("(?-u:{pattern})"))
-        .map_err(|e| RulesError::Regex { name: name.to_owned(), message: one_line(&e.to_string()) })
+        .map_err(|e| regex_error(name, e))
 }
 
 fn one_line(s: &str) -> String {

@@ -23,6 +23,12 @@ impl HashingFile {
         HashingFile { file, hasher: blake3::Hasher::new(), bytes: 0 }
     }
 
+    /// Hashes and counts `n` bytes filled in place through `file.reserve`, and commits them.
+    fn commit(&mut self, n: usize) {
+        self.hasher.update(self.file.commit(n));
+        self.bytes += n as u64;
+    }
+
     pub fn digest(&self) -> [u8; 32] {
         *self.hasher.finalize().as_bytes()
     }
@@ -75,10 +81,7 @@ impl EncryptingWriter {
             )
             .map_err(|_| io::Error::other("age payload: chunk could not be sealed"))?;
         tag_room[..TAG_SIZE].copy_from_slice(tag.as_ref());
-        let sealed = self.filled + TAG_SIZE;
-        self.inner.hasher.update(&room[..sealed]);
-        self.inner.bytes += sealed as u64;
-        self.inner.file.commit(sealed);
+        self.inner.commit(self.filled + TAG_SIZE);
         self.filled = 0;
         self.counter += 1;
         Ok(())

@@ -66,34 +66,29 @@ impl SegmentFile {
     pub fn reserve(&mut self, n: usize) -> io::Result<&mut [u8]> {
         assert!(n <= BUFFER - BLOCK, "reserve at most BUFFER - BLOCK bytes");
         if BUFFER - self.len < n {
-            let whole = if self.direct { self.len / BLOCK * BLOCK } else { self.len };
-            // SAFETY: the first `len` bytes are initialised; `whole <= len`.
-            let bytes = unsafe { std::slice::from_raw_parts(self.buf, whole) };
-            match (&self.file).write_all(bytes) {
-                Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.buffered()?;
-                    (&self.file).write_all(bytes)?;
-                }
-                other => other?,
-            }
-            // SAFETY: both ranges lie in the buffer; `copy` allows overlap.
-            unsafe { std::ptr::copy(self.buf.add(whole), self.buf, self.len - whole) };
-            self.len -= whole;
+            self.write_out(if self.direct { self.len / BLOCK * BLOCK } else { self.len })?;
         }
         // SAFETY: len + n <= BUFFER; the bytes are only written through the slice before commit
         // (uninitialised bytes are never read: a u8 slice over them is filled first).
         Ok(unsafe { std::slice::from_raw_parts_mut(self.buf.add(self.len), n) })
     }
 
-    /// Counts `n` bytes filled through `reserve` as written.
-    pub fn commit(&mut self, n: usize) {
+    /// Counts `n` bytes filled through `reserve` as written; returns them.
+    pub fn commit(&mut self, n: usize) -> &[u8] {
         assert!(self.len + n <= BUFFER);
         self.len += n;
+        // SAFETY: the bytes were filled through `reserve`'s slice.
+        unsafe { std::slice::from_raw_parts(self.buf.add(self.len - n), n) }
     }
 
     fn write_buffer(&mut self) -> io::Result<()> {
-        // SAFETY: the first `len` bytes of the buffer are initialised.
-        let bytes = unsafe { std::slice::from_raw_parts(self.buf, self.len) };
+        self.write_out(self.len)
+    }
+
+    /// Writes the first `n` buffered bytes to the file and moves the rest to the front.
+    fn write_out(&mut self, n: usize) -> io::Result<()> {
+        // SAFETY: the first `len` bytes of the buffer are initialised; `n <= len`.
+        let bytes = unsafe { std::slice::from_raw_parts(self.buf, n.min(self.len)) };
         match (&self.file).write_all(bytes) {
             // A filesystem that accepted O_DIRECT at open but not for this write.
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
@@ -102,7 +97,10 @@ impl SegmentFile {
             }
             other => other?,
         }
-        self.len = 0;
+        let n = bytes.len();
+        // SAFETY: both ranges lie in the buffer; `copy` allows overlap.
+        unsafe { std::ptr::copy(self.buf.add(n), self.buf, self.len - n) };
+        self.len -= n;
         Ok(())
     }
 
