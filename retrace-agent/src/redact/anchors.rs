@@ -149,6 +149,12 @@ pub fn email_regions(window: &[u8], from: usize, mut each: impl FnMut(usize, usi
         while end < window.len() && email_domain(window[end]) {
             end += 1;
         }
+        // A domain ends in a dot and two letters; unless the run may still grow, without
+        // them there is no email here (most `@` in binary or base64 text stop at this check).
+        let tld = |w: &[u8]| w[0] == b'.' && w[1].is_ascii_alphabetic() && w[2].is_ascii_alphabetic();
+        if end < window.len() && !window[at + 1..end].windows(3).any(tld) {
+            continue;
+        }
         each(start, (end + 1).min(window.len()));
     }
 }

@@ -5,6 +5,7 @@
 //! Also the capture allowlist (`policy`) and the record stage that applies both (`stage`).
 
 pub mod anchors;
+pub mod gate;
 pub mod policy;
 pub mod rules;
 pub mod stage;
@@ -64,7 +65,11 @@ impl Redactor {
             anchors::Found::Match(c) => candidates.push(c),
             anchors::Found::Open(at) => open = Some(open.map_or(at, |o: usize| o.min(at))),
         };
+        let active = self.rules.gate.active(&window[lookbehind..]);
         for (index, d) in self.rules.detectors.iter().enumerate() {
+            if !active.runs(index) {
+                continue;
+            }
             match &d.matcher {
                 rules::Matcher::Regex(re) => {
                     let mut locs = re.capture_locations();

@@ -1,0 +1,172 @@
+//! One pass over a window decides which detectors can match in it at all. Most built-ins need
+//! a literal of their own (a header name, a JSON key, `://`, `eyJ`, `bearer`, `AKIA`,
+//! `-----BEGIN`), so a single search for all of them replaces six searches, each with its own
+//! set-up, on every record: small records (a redis command, an HTTP header block) paid more for
+//! the set-ups than for the scanning. The window is folded to lowercase first so that a
+//! case-sensitive SIMD searcher (Teddy) can look for every literal at once; an Aho-Corasick
+//! automaton with case folding has no such prefilter and walks every byte.
+
+use std::cell::RefCell;
+
+use aho_corasick::{packed, AhoCorasick, AhoCorasickBuilder, MatchKind, Span};
+
+/// Detectors past this index are never gated (they always run).
+const GATED_MAX: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// Lowercase literals.
+    literals: Vec<Vec<u8>>,
+    finder: Option<Finder>,
+    /// For each literal, the detectors (bits) that need it.
+    needed_by: Vec<u64>,
+    /// Detectors that run on every window (no literal of their own).
+    always: u64,
+    /// Every detector that is gated by some literal.
+    gated: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Finder {
+    /// Finds the leftmost literal start from a position; the gate restarts one byte later so
+    /// that overlapping literals are all seen.
+    Teddy(packed::Searcher),
+    /// Where Teddy cannot be built (no SIMD, too many literals).
+    Automaton(AhoCorasick),
+}
+
+/// Which detectors to run, by index.
+#[derive(Debug, Clone, Copy)]
+pub struct Active {
+    bits: u64,
+}
+
+impl Active {
+    pub fn runs(&self, detector: usize) -> bool {
+        detector >= GATED_MAX || self.bits & (1 << detector) != 0
+    }
+}
+
+thread_local! {
+    /// The window folded to lowercase (kept to avoid an allocation per record).
+    static FOLDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Gate {
+    /// `triggers[i]`: literals, one of which (ASCII case ignored) occurs inside every match of
+    /// detector `i`; `None` when it has none.
+    pub fn new(triggers: &[Option<Vec<Vec<u8>>>]) -> Gate {
+        let mut literals: Vec<Vec<u8>> = Vec::new();
+        let mut needed_by: Vec<u64> = Vec::new();
+        let mut always = 0u64;
+        let mut gated = 0u64;
+        for (index, trigger) in triggers.iter().enumerate().take(GATED_MAX) {
+            let bit = 1u64 << index;
+            match trigger {
+                Some(lits) if !lits.is_empty() && lits.iter().all(|l| !l.is_empty()) => {
+                    gated |= bit;
+                    for lit in lits {
+                        let lit = lit.to_ascii_lowercase();
+                        match literals.iter().position(|l| *l == lit) {
+                            Some(at) => needed_by[at] |= bit,
+                            None => {
+                                literals.push(lit);
+                                needed_by.push(bit);
+                            }
+                        }
+                    }
+                }
+                _ => always |= bit,
+            }
+        }
+        let finder = (!literals.is_empty()).then(|| {
+            match packed::Config::new().match_kind(packed::MatchKind::LeftmostFirst).builder().extend(&literals).build()
+            {
+                Some(teddy) => Finder::Teddy(teddy),
+                None => Finder::Automaton(
+                    AhoCorasickBuilder::new()
+                        .match_kind(MatchKind::Standard)
+                        .build(&literals)
+                        .expect("a few hundred short literals always build"),
+                ),
+            }
+        });
+        Gate { literals, finder, needed_by, always, gated }
+    }
+
+    /// The detectors that can match somewhere in `hay` (the part of a window where matches
+    /// may lie).
+    pub fn active(&self, hay: &[u8]) -> Active {
+        let mut bits = self.always;
+        let Some(finder) = &self.finder else { return Active { bits } };
+        FOLDED.with_borrow_mut(|folded| {
+            folded.clear();
+            folded.extend(hay.iter().map(u8::to_ascii_lowercase));
+            let all = |bits: u64| bits & self.gated == self.gated;
+            match finder {
+                Finder::Teddy(teddy) => {
+                    let mut at = 0;
+                    while let Some(m) = teddy.find_in(&folded[..], Span::from(at..folded.len())) {
+                        let rest = &folded[m.start()..];
+                        for (lit, needed_by) in self.literals.iter().zip(&self.needed_by) {
+                            if rest.starts_with(lit) {
+                                bits |= needed_by;
+                            }
+                        }
+                        if all(bits) {
+                            break;
+                        }
+                        at = m.start() + 1;
+                    }
+                }
+                Finder::Automaton(ac) => {
+                    for m in ac.find_overlapping_iter(&folded[..]) {
+                        bits |= self.needed_by[m.pattern().as_usize()];
+                        if all(bits) {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Active { bits }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detector_runs_only_where_one_of_its_literals_occurs() {
+        let gate = Gate::new(&[
+            Some(vec![b"Authorization".to_vec(), b"cookie".to_vec()]),
+            None,
+            Some(vec![b"token".to_vec()]),
+            Some(vec![b"@".to_vec()]),
+        ]);
+        assert!(matches!(gate.finder, Some(Finder::Teddy(_))));
+        let a = gate.active(b"GET / HTTP/1.1\r\nCOOKIE: x\r\n");
+        assert!(a.runs(0) && a.runs(1) && !a.runs(2) && !a.runs(3));
+        // Overlapping literals are all seen.
+        let a = gate.active(b"x-auth-token@");
+        assert!(!a.runs(0) && a.runs(1) && a.runs(2) && a.runs(3));
+        let a = gate.active(b"");
+        assert!(!a.runs(0) && a.runs(1) && !a.runs(2) && !a.runs(3));
+        // Far detectors always run.
+        assert!(a.runs(GATED_MAX + 3));
+    }
+
+    #[test]
+    fn too_many_literals_for_teddy_fall_back_to_an_automaton() {
+        let many: Vec<Vec<u8>> = (0..300).map(|i| format!("Key{i}x").into_bytes()).collect();
+        let gate = Gate::new(&[Some(many), Some(vec![b"key1".to_vec()])]);
+        assert!(matches!(gate.finder, Some(Finder::Automaton(_))));
+        let a = gate.active(b"..KEY17X..");
+        assert!(a.runs(0) && a.runs(1));
+        let a = gate.active(b"..key2x..");
+        assert!(a.runs(0) && !a.runs(1));
+        let a = gate.active(b"..key..");
+        assert!(!a.runs(0) && !a.runs(1));
+    }
+}
