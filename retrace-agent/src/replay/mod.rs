@@ -148,7 +148,9 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     // program, so this wait is short; the deadline only guards against a stuck notifier.
     let deadline = Instant::now() + Duration::from_secs(2);
     while !notifier.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+        // The notifier ends as soon as the sandbox is empty: wait for it in small steps (this
+        // is added to every replay's run time).
+        std::thread::sleep(Duration::from_millis(1));
     }
     stop.store(true, Ordering::Relaxed);
     let unplayed = notifier.join().unwrap_or_default();
