@@ -17,6 +17,10 @@ pub mod view;
 
 pub use recorder::{record, RecordConfig, RecordError, RecordSummary};
 
+/// The hot path's maps (streams, fd tables, per-stream redaction state, by small integer keys):
+/// foldhash, seeded per process, costs a fraction of SipHash per lookup.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Fills `buf` from the kernel's random source.
 pub fn random_bytes(buf: &mut [u8]) {
     let mut filled = 0;

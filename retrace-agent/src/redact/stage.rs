@@ -3,8 +3,9 @@
 //! of a stream may leave later than records of other streams; within a stream direction the
 //! order of data and gaps is kept.
 
+use crate::FastMap as HashMap;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
@@ -47,7 +48,7 @@ fn dir_index(d: Direction) -> usize {
 
 impl RedactStage {
     pub fn new(redactor: Redactor) -> RedactStage {
-        RedactStage { redactor, streams: HashMap::new(), stats: RedactStats::default(), released: Vec::new() }
+        RedactStage { redactor, streams: HashMap::default(), stats: RedactStats::default(), released: Vec::new() }
     }
 
     pub fn push(&mut self, record: proto::Record, out: &mut Vec<proto::Record>) {

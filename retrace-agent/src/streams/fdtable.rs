@@ -1,7 +1,7 @@
 //! fd tables: one per process (threads share their process's), copied on fork, shared with
 //! CLONE_FILES, unshared and cleared of close-on-exec fds on exec.
 
-use std::collections::HashMap;
+use crate::FastMap as HashMap;
 
 pub type TableId = u64;
 

@@ -10,7 +10,7 @@ mod fds;
 mod process;
 mod syscalls;
 
-use std::collections::HashMap;
+use crate::FastMap as HashMap;
 
 use bytes::Bytes;
 use retrace_common::{
@@ -93,13 +93,13 @@ impl Tracker {
     pub fn new(root: u32) -> Tracker {
         Tracker {
             clock_offset: clock_offset(),
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             next_stream: 0,
             tables: FdTables::default(),
-            cwd: HashMap::new(),
-            pending: HashMap::new(),
-            exit_codes: HashMap::new(),
-            closed_fds: HashMap::new(),
+            cwd: HashMap::default(),
+            pending: HashMap::default(),
+            exit_codes: HashMap::default(),
+            closed_fds: HashMap::default(),
             root,
             root_exited: false,
             unattributed_bytes: 0,
