@@ -354,8 +354,18 @@ pub fn find_cards(hay: &[u8], from: usize, finished: bool) -> (Vec<(usize, usize
     let card_byte = |b: u8| b.is_ascii_digit() || b == b' ' || b == b'-';
     let mut i = from;
     while i < hay.len() {
-        // A card is at least 13 bytes of digits and separators: if byte i+12 is neither, no
-        // card starts in i..=i+12 (most text is skipped 13 bytes at a time).
+        // A card is at least 13 bytes of digits and separators in a row: 64 bytes at a time,
+        // find where such a run starts; none in the first 52 positions skips them all.
+        if let Some(block) = hay.get(i..i + 64) {
+            let starts = run13_starts(card_byte_mask(block.try_into().expect("64 bytes")));
+            if starts == 0 {
+                i += 52;
+                continue;
+            }
+            i += starts.trailing_zeros() as usize;
+        }
+        // Byte by byte near a candidate and at the end: if byte i+12 is neither, no card
+        // starts in i..=i+12.
         if i + 12 < hay.len() && !card_byte(hay[i + 12]) {
             i += 13;
             continue;
@@ -389,4 +399,44 @@ pub fn find_cards(hay: &[u8], from: usize, finished: bool) -> (Vec<(usize, usize
         i = j.max(start + 1);
     }
     (found, None)
+}
+
+/// Bit k set: `block[k]` is a digit, a space or a dash.
+fn card_byte_mask(block: &[u8; 64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+            _mm_sub_epi8,
+        };
+        let mut mask = 0u64;
+        for (k, lane) in block.chunks_exact(16).enumerate() {
+            // SAFETY: SSE2 is part of x86_64; the load reads the 16 bytes of `lane`.
+            let bits = unsafe {
+                let v = _mm_loadu_si128(lane.as_ptr().cast::<__m128i>());
+                let t = _mm_sub_epi8(v, _mm_set1_epi8(b'0' as i8));
+                let digit = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(9)), t);
+                let space = _mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8));
+                let dash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8));
+                _mm_movemask_epi8(_mm_or_si128(digit, _mm_or_si128(space, dash))) as u16
+            };
+            mask |= u64::from(bits) << (16 * k);
+        }
+        mask
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        block
+            .iter()
+            .enumerate()
+            .fold(0u64, |m, (k, &b)| m | (u64::from(b.is_ascii_digit() || b == b' ' || b == b'-') << k))
+    }
+}
+
+/// Bit k set: bits k..k+13 of `mask` are all set (a run of 13 starts at k).
+fn run13_starts(mask: u64) -> u64 {
+    let mut r = mask & (mask >> 1); // runs of 2
+    r &= r >> 2; // 4
+    r &= r >> 4; // 8
+    r & (r >> 5) // 13
 }
