@@ -21,6 +21,7 @@ use retrace_common::{
 
 use crate::{
     call::Call,
+    emit::RingLevel,
     maps::{count, max_payload, COPY_STATE, EVENTS, SCRATCH},
 };
 
@@ -152,9 +153,15 @@ impl Copy {
         }
         // The state is handed over through the map, not the stack: the verifier does not track
         // map values across iterations, so it checks the step once instead of unrolling it.
-        let step_fn = step as extern "C" fn(u64, *mut c_void) -> i64;
-        let callback = unsafe { core::mem::transmute::<extern "C" fn(u64, *mut c_void) -> i64, *mut c_void>(step_fn) };
-        unsafe { bpf_loop(MAX_STEPS, callback, core::ptr::null_mut(), 0) };
+        if source == Source::Buffer && moved <= CHUNK_MAX as u64 {
+            // The common case, one buffer that fits one chunk: one step, without the loop.
+            step(0, core::ptr::null_mut());
+        } else {
+            let step_fn = step as extern "C" fn(u64, *mut c_void) -> i64;
+            let callback =
+                unsafe { core::mem::transmute::<extern "C" fn(u64, *mut c_void) -> i64, *mut c_void>(step_fn) };
+            unsafe { bpf_loop(MAX_STEPS, callback, core::ptr::null_mut(), 0) };
+        }
         let s = unsafe { &mut *COPY_STATE.get_ptr_mut(0)? };
         // Whatever the loop bound left unwalked was not captured.
         let accounted = s.captured + s.lost_ring + s.lost_fault + s.truncated;
@@ -272,20 +279,22 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
 
 #[inline(always)]
 fn emit_chunk(s: &mut Copy, n: u64) {
-    if !crate::emit::ring_has_room(DATA_CHUNK_SIZE as u64 + n, HEADROOM_DIVISOR) {
+    let level = RingLevel::now();
+    if !level.has_room(DATA_CHUNK_SIZE as u64 + n, HEADROOM_DIVISOR) {
         drop_chunk(s, n);
         return;
     }
+    let wakeup = level.wakeup_flags();
     let ok = if n <= 128 {
-        emit_class::<128>(s, n)
+        emit_class::<128>(s, n, wakeup)
     } else if n <= 1024 {
-        emit_class::<1024>(s, n)
+        emit_class::<1024>(s, n, wakeup)
     } else if n <= 4096 {
-        emit_class::<4096>(s, n)
+        emit_class::<4096>(s, n, wakeup)
     } else if n <= 16384 {
-        emit_class::<16384>(s, n)
+        emit_class::<16384>(s, n, wakeup)
     } else {
-        emit_class::<CHUNK_MAX>(s, n)
+        emit_class::<CHUNK_MAX>(s, n, wakeup)
     };
     if !ok {
         drop_chunk(s, n);
@@ -301,7 +310,7 @@ fn drop_chunk(s: &mut Copy, n: u64) {
 
 /// Reserves a record with room for `C` payload bytes and fills `n <= C` of them.
 #[inline(always)]
-fn emit_class<const C: usize>(s: &mut Copy, n: u64) -> bool {
+fn emit_class<const C: usize>(s: &mut Copy, n: u64, wakeup: u64) -> bool {
     let rec = unsafe { bpf_ringbuf_reserve(&EVENTS as *const _ as *mut c_void, (DATA_CHUNK_SIZE + C) as u64, 0) };
     if rec.is_null() {
         return false;
@@ -320,7 +329,7 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64) -> bool {
         (*chunk)._pad = 0;
         let dst = (rec as *mut u8).add(DATA_CHUNK_SIZE);
         if n as usize <= C && raw_read_user(dst.cast(), n, s.cur_base as *const c_void) == 0 {
-            bpf_ringbuf_submit(rec, crate::emit::wakeup_flags());
+            bpf_ringbuf_submit(rec, wakeup);
             s.captured += n as u64;
             count(stat::CAPTURED_BYTES, n as u64);
         } else {

@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
         generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
@@ -21,7 +21,7 @@ use retrace_common::{
 use crate::{
     call::Call,
     copy::Copy,
-    maps::{count, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES},
+    maps::{count, ring_size, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES},
 };
 
 /// Room for the largest record plus its path.
@@ -42,32 +42,47 @@ pub enum Aux {
 /// Data-call records keep 1/16 of the ring free for lifecycle records.
 const LIFECYCLE_RESERVE_DIVISOR: u64 = 16;
 
-/// Whether `len` bytes fit while leaving `1/divisor` of the ring free.
-#[inline(always)]
-pub fn ring_has_room(len: u64, divisor: u64) -> bool {
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    // 8 bytes of ring header per record.
-    avail + len + 8 + size / divisor <= size
+/// How full the ring is, read once per record: room checks and the wakeup decision use it.
+#[derive(Clone, Copy)]
+pub struct RingLevel {
+    avail: u64,
+    size: u64,
+}
+
+impl RingLevel {
+    #[inline(always)]
+    pub fn now() -> RingLevel {
+        RingLevel { avail: EVENTS.query(BPF_RB_AVAIL_DATA as u64), size: ring_size() }
+    }
+
+    /// Whether `len` bytes fit while leaving `1/divisor` of the ring free.
+    #[inline(always)]
+    pub fn has_room(&self, len: u64, divisor: u64) -> bool {
+        // 8 bytes of ring header per record.
+        self.avail + len + 8 + self.size / divisor <= self.size
+    }
+
+    /// Wake the agent only once the ring holds a batch worth draining (1/32 of it); it also
+    /// drains on a short timer. Waking it for every record costs a context switch per
+    /// syscall, paid by the traced process.
+    #[inline(always)]
+    pub fn wakeup_flags(&self) -> u64 {
+        if self.avail >= self.size / 32 {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
+    }
 }
 
 #[inline(always)]
 pub fn output(buf: *mut u8, len: u64) -> bool {
-    unsafe { bpf_ringbuf_output(&EVENTS as *const _ as *mut c_void, buf.cast(), len, wakeup_flags()) == 0 }
+    output_at(buf, len, RingLevel::now())
 }
 
-/// Wake the agent only once the ring holds a batch worth draining (1/32 of it); it also drains
-/// on a short timer. Waking it for every record costs a context switch per syscall, paid by
-/// the traced process.
 #[inline(always)]
-pub fn wakeup_flags() -> u64 {
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    if avail >= size / 32 {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
+fn output_at(buf: *mut u8, len: u64, level: RingLevel) -> bool {
+    unsafe { bpf_ringbuf_output(&EVENTS as *const _ as *mut c_void, buf.cast(), len, level.wakeup_flags()) == 0 }
 }
 
 /// Writes the record of a finished syscall. `data` carries the byte accounting of data calls;
@@ -155,7 +170,8 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
     let len = SYSCALL_RECORD_SIZE as u64 + aux_len as u64;
     // Data calls leave the last part of the ring to lifecycle records (open, close, dup...):
     // their loss can be carried by a later record, a lost close cannot.
-    if (data.is_none() || ring_has_room(len, LIFECYCLE_RESERVE_DIVISOR)) && output(buf, len) {
+    let level = RingLevel::now();
+    if (data.is_none() || level.has_room(len, LIFECYCLE_RESERVE_DIVISOR)) && output_at(buf, len, level) {
         return;
     }
     // The record did not fit: keep its payload bytes so the next record for the fd reports them.

@@ -69,10 +69,23 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 pub static MAX_PAYLOAD: u64 = 0;
 
+/// `EVENTS`' size in bytes, set by the agent before load (0: ask the ring), so each record
+/// asks the ring one question (its fill level) instead of two.
+#[unsafe(no_mangle)]
+pub static RING_SIZE: u64 = 0;
+
 #[inline(always)]
 pub fn count(index: u32, n: u64) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
         unsafe { *slot += n };
+    }
+}
+
+#[inline(always)]
+pub fn ring_size() -> u64 {
+    match unsafe { core::ptr::read_volatile(&RING_SIZE) } {
+        0 => EVENTS.query(aya_ebpf::bindings::BPF_RB_RING_SIZE as u64),
+        size => size,
     }
 }
 

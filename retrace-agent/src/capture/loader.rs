@@ -66,10 +66,12 @@ impl Probes {
         raise_memlock();
         let btf = Btf::from_sys_fs().map_err(|source| CaptureError::NoBtf { source })?;
         let max_payload = config.max_payload.unwrap_or(0);
+        let ring_size = u64::from(config.ring_buffer_bytes);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .override_global("MAX_PAYLOAD", &max_payload, true)
+            .override_global("RING_SIZE", &ring_size, true)
             .load(PROGRAM)
             .map_err(|source| CaptureError::Load { source: Box::new(source) })?;
         let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
