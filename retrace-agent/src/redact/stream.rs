@@ -84,7 +84,7 @@ impl StreamRedactor {
         let mut final_upto = if finished {
             data_len
         } else {
-            let line_start = self.window[lb..].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let line_start = memchr::memrchr(b'\n', &self.window[lb..]).map_or(0, |i| i + 1);
             line_start.min(data_len.saturating_sub(HOLD_MIN)).max(data_len.saturating_sub(HOLD_MAX))
         };
         let mut last_end = 0;

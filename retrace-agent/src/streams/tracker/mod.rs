@@ -73,6 +73,9 @@ pub struct Tracker {
     /// Where the stream an fd last named ended, once the fd is closed: the kernel may report
     /// loss for it later (a dropped record's bytes, read from its map at the end).
     closed_fds: HashMap<(u32, i32), ClosedFd>,
+    /// What kind of file each recently opened path was, and when it was looked at (kernel ns):
+    /// a server opening the same file per request would otherwise cost a stat per open.
+    path_kinds: HashMap<String, (Kind, u64)>,
     root: u32,
     root_exited: bool,
     /// Lost bytes no stream could be named for.
@@ -100,6 +103,7 @@ impl Tracker {
             pending: HashMap::default(),
             exit_codes: HashMap::default(),
             closed_fds: HashMap::default(),
+            path_kinds: HashMap::default(),
             root,
             root_exited: false,
             unattributed_bytes: 0,

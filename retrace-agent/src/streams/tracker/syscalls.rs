@@ -8,6 +8,11 @@ use retrace_common::{
 
 use super::*;
 
+/// How long a path's kind (FIFO, file, other) is taken as known without another stat.
+const PATH_KIND_TTL_NS: u64 = 1_000_000_000;
+/// Paths whose kind is remembered at most (the map is emptied when full).
+const PATH_KINDS_MAX: usize = 4096;
+
 impl Tracker {
     pub(super) fn syscall(&mut self, rec: &SyscallRecord, aux: &Bytes, out: &mut Vec<proto::Record>) {
         let Some(sys) = Sys::from_u32(rec.sys) else { return };
@@ -235,16 +240,32 @@ impl Tracker {
             _ => self.cwd_of(tgid),
         };
         let path = paths::absolute(&base, &given);
-        let kind = match std::fs::metadata(&path) {
+        let kind = self.path_kind(&path, ts);
+        let id = procfs::FdIdentity { kind, path, ..Default::default() };
+        let sid = self.new_stream(tgid, fd, &id, "open", false, ts, out);
+        self.bind_fd(tgid, fd, sid, flags & O_CLOEXEC != 0, ts, out);
+        sid
+    }
+
+    /// A FIFO, a file or directory, or something else (a device), from a stat of the path
+    /// made at most `PATH_KIND_TTL_NS` ago.
+    fn path_kind(&mut self, path: &str, ts: u64) -> Kind {
+        if let Some(&(kind, seen)) = self.path_kinds.get(path) {
+            if ts.saturating_sub(seen) < PATH_KIND_TTL_NS {
+                return kind;
+            }
+        }
+        let kind = match std::fs::metadata(path) {
             Ok(m) if std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()) => Kind::Pipe,
             Ok(m) if m.is_file() || m.is_dir() => Kind::File,
             Ok(_) => Kind::Other,
             Err(_) => Kind::File,
         };
-        let id = procfs::FdIdentity { kind, path, ..Default::default() };
-        let sid = self.new_stream(tgid, fd, &id, "open", false, ts, out);
-        self.bind_fd(tgid, fd, sid, flags & O_CLOEXEC != 0, ts, out);
-        sid
+        if self.path_kinds.len() >= PATH_KINDS_MAX {
+            self.path_kinds.clear();
+        }
+        self.path_kinds.insert(path.to_owned(), (kind, ts));
+        kind
     }
 
     pub(super) fn dup(
