@@ -18,6 +18,7 @@ pub use rules::{Rules, RulesError, RulesFile};
 pub use stage::{RedactStage, RedactStats};
 
 /// Compiled rules plus this recording's placeholder key.
+#[derive(Clone)]
 pub struct Redactor {
     pub rules: Rules,
     key: [u8; 32],

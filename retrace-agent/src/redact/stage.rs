@@ -40,6 +40,8 @@ pub struct RedactStage {
     streams: HashMap<u64, StreamState>,
     pub stats: RedactStats,
     released: Vec<proto::Data>,
+    /// Stream directions with records appended but not scanned yet (see `end_batch`).
+    unscanned: Vec<(u64, usize)>,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -48,7 +50,13 @@ fn dir_index(d: Direction) -> usize {
 
 impl RedactStage {
     pub fn new(redactor: Redactor) -> RedactStage {
-        RedactStage { redactor, streams: HashMap::default(), stats: RedactStats::default(), released: Vec::new() }
+        RedactStage {
+            redactor,
+            streams: HashMap::default(),
+            stats: RedactStats::default(),
+            released: Vec::new(),
+            unscanned: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, record: proto::Record, out: &mut Vec<proto::Record>) {
@@ -114,11 +122,28 @@ impl RedactStage {
             return;
         }
         state.last_push = Some(Instant::now());
-        let redactor = &mut state.dirs[dir_index(data.direction())];
-        redactor.push(&self.redactor, data, &mut self.released);
+        let (stream, dir) = (data.stream_id, dir_index(data.direction()));
+        let redactor = &mut state.dirs[dir];
         if state.datagram {
             // Each datagram stands alone: no secret spans two of them.
+            redactor.push(&self.redactor, data, &mut self.released);
             redactor.flush(&self.redactor, &mut self.released);
+        } else {
+            let was_owed = redactor.owes_scan();
+            if redactor.append(&self.redactor, data, &mut self.released) && !was_owed {
+                self.unscanned.push((stream, dir));
+            }
+        }
+        self.emit(out);
+    }
+
+    /// Scans every stream direction that got records since the last call: the caller's batch
+    /// of records is in.
+    pub fn end_batch(&mut self, out: &mut Vec<proto::Record>) {
+        for (stream, dir) in std::mem::take(&mut self.unscanned) {
+            if let Some(state) = self.streams.get_mut(&stream) {
+                state.dirs[dir].scan_appended(&self.redactor, &mut self.released);
+            }
         }
         self.emit(out);
     }
@@ -133,6 +158,7 @@ impl RedactStage {
     /// Releases what idle streams hold back, so a quiet stream's data reaches the disk (and
     /// a crash loses at most about a second).
     pub fn tick(&mut self, out: &mut Vec<proto::Record>) {
+        self.end_batch(out);
         let now = Instant::now();
         for state in self.streams.values_mut() {
             if state.last_push.is_some_and(|t| now.duration_since(t) >= IDLE_FLUSH)

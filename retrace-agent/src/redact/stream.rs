@@ -17,6 +17,8 @@ const HOLD_MIN: usize = 256;
 const HOLD_MAX: usize = 1024;
 /// Longest open match held back (a private key block, a long cookie).
 const OPEN_MAX: usize = 16 << 10;
+/// Records appended without a scan are scanned once the window holds this much.
+const SCAN_AT: usize = 256 << 10;
 
 /// A redacted span, at absolute stream positions.
 #[derive(Debug, Clone)]
@@ -38,6 +40,8 @@ pub struct StreamRedactor {
     pending: VecDeque<proto::Data>,
     /// Final spans not yet applied to every record they cover.
     spans: VecDeque<Span>,
+    /// Records were appended since the last scan.
+    unscanned: bool,
 }
 
 impl StreamRedactor {
@@ -49,8 +53,20 @@ impl StreamRedactor {
         self.pending.is_empty()
     }
 
+    pub fn owes_scan(&self) -> bool {
+        self.unscanned
+    }
+
     /// Takes one record; appends the records that are final now to `out`.
     pub fn push(&mut self, redactor: &Redactor, data: proto::Data, out: &mut Vec<proto::Data>) {
+        self.append(redactor, data, out);
+        self.scan_appended(redactor, out);
+    }
+
+    /// Takes one record without scanning it yet (unless the window is large): a stream that
+    /// gets many small records in one batch is scanned once, not once per record (each scan
+    /// also goes over the held-back tail again). Returns whether a scan is owed.
+    pub fn append(&mut self, redactor: &Redactor, data: proto::Data, out: &mut Vec<proto::Data>) -> bool {
         if data.offset != self.end || (self.pending.is_empty() && self.window.is_empty()) {
             // Discontinuity (a gap) or a fresh start: what came before is final.
             self.flush(redactor, out);
@@ -62,8 +78,19 @@ impl StreamRedactor {
         self.window.extend_from_slice(&data.payload);
         self.end += data.payload.len() as u64;
         self.pending.push_back(data);
-        self.scan(redactor, false);
-        self.release(redactor, out, self.window_start);
+        self.unscanned = true;
+        if self.window.len() >= SCAN_AT {
+            self.scan_appended(redactor, out);
+        }
+        self.unscanned
+    }
+
+    /// Scans what was appended since the last scan; appends the records final now to `out`.
+    pub fn scan_appended(&mut self, redactor: &Redactor, out: &mut Vec<proto::Data>) {
+        if self.unscanned {
+            self.scan(redactor, false);
+            self.release(redactor, out, self.window_start);
+        }
     }
 
     /// Everything held is final (idle stream, gap, close, end of recording).
@@ -78,6 +105,7 @@ impl StreamRedactor {
     /// Finds the spans that are final, records them, and moves the window to where the next
     /// scan must start.
     fn scan(&mut self, redactor: &Redactor, finished: bool) {
+        self.unscanned = false;
         let lb = usize::from(self.has_lookbehind);
         let data_len = self.window.len() - lb;
         // Where matches stop being final: the held-back tail.

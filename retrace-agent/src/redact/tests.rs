@@ -334,3 +334,48 @@ fn find_cards_byte_by_byte(hay: &[u8], from: usize, finished: bool) -> (Vec<(usi
     }
     (found, None)
 }
+
+/// The record stage scans a stream once per batch: canaries split into records at every
+/// size, with batches ending at varying points, come out whole, in order and redacted exactly
+/// as the whole text is.
+#[test]
+fn a_batch_of_small_records_is_redacted_like_the_whole_text() {
+    use super::RedactStage;
+    use proto::record::Kind as R;
+    let r = redactor();
+    for (detector, text, _) in CANARIES {
+        let (expected, _) = redact_all(&r, text.as_bytes());
+        for size in 1..=text.len() {
+            let mut stage = RedactStage::new(r.clone());
+            let mut out = Vec::new();
+            let info = proto::StreamInfo { id: 7, kind: proto::StreamKind::Tcp as i32, ..Default::default() };
+            stage.push(proto::Record { kind: Some(R::Stream(info)) }, &mut out);
+            for (i, chunk) in text.as_bytes().chunks(size).enumerate() {
+                let data = proto::Data {
+                    stream_id: 7,
+                    direction: proto::Direction::Out as i32,
+                    offset: (i * size) as u64,
+                    payload: Bytes::copy_from_slice(chunk),
+                    ..Default::default()
+                };
+                stage.push(proto::Record { kind: Some(R::Data(data)) }, &mut out);
+                if i % (size % 5 + 2) == 0 {
+                    stage.end_batch(&mut out);
+                }
+            }
+            stage.finish(&mut out);
+            let mut bytes = Vec::new();
+            for record in &out {
+                if let Some(R::Data(d)) = &record.kind {
+                    assert_eq!(d.offset, bytes.len() as u64, "{detector}: records leave in order, whole");
+                    bytes.extend_from_slice(&d.payload);
+                }
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&bytes),
+                String::from_utf8_lossy(&expected),
+                "{detector} in records of {size} bytes"
+            );
+        }
+    }
+}
