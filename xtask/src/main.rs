@@ -47,8 +47,16 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().task {
+fn main() {
+    // One line, without anyhow's backtrace (RUST_BACKTRACE is set on the CI machines).
+    if let Err(e) = run_task(Cli::parse().task) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_task(task: Task) -> Result<()> {
+    match task {
         Task::Setup => setup::run(),
         Task::Demo => {
             setup::run()?;

@@ -9,7 +9,7 @@ mod workloads;
 
 use std::{path::Path, process::Command};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use tracers::Tracer;
 use workloads::{pump, Nginx, Redis, Sample};
@@ -27,6 +27,11 @@ pub struct Throughput {
 }
 
 pub fn run(root: &Path, quick: bool) -> Result<()> {
+    // eBPF run-time accounting (what `RETRACE_PROBE_STATS` reads) slows every eBPF program,
+    // Retrace's and bpftrace's alike: numbers taken with it on are not comparable.
+    if std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() != "0") {
+        bail!("kernel.bpf_stats_enabled is on and slows every eBPF program: run `sysctl -w kernel.bpf_stats_enabled=0` first");
+    }
     install_peers()?;
     crate::run(crate::cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
     let retrace = root.join("target/release/retrace");
