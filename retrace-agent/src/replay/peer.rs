@@ -23,8 +23,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the peer polls for the program's next bytes before it sleeps in `read`. A
 /// request/response client spends most of a round trip waking up the other side: a peer that
 /// is still awake answers at once, so the program waits for one wake-up per round trip, not
-/// two (a 5000-command redis-cli session replays in about half the time). Bounded, so a program that
-/// computes between requests costs this much CPU per request at most.
+/// two (a 5000-command redis-cli session replays in about half the time). Bounded, so a
+/// program that computes between requests costs this much CPU per request at most.
 const SPIN: Duration = Duration::from_micros(200);
 
 pub fn play(connection: Connection, mut sock: TcpStream, shared: Arc<Shared>) {
