@@ -181,7 +181,11 @@ pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'stati
         "bearer" => (r"(?i:\bbearer[ \t]+)([A-Za-z0-9._~+/\-]+=*)".into(), b"", Check::MinLen(8)),
         "aws_access_key" => (r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b".into(), b"", Check::None),
         // Found by `find_cards`; the pattern documents what it finds.
-        "card" => (r"\b([0-9](?:[ \-]?[0-9])+)\b".into(), b" -", Check::Luhn),
+        "card" => (
+            r"\b([2-6][0-9]{12,18}|[2-6][0-9]{3}(?: [0-9]{3,6}){2,4}|[2-6][0-9]{3}(?:-[0-9]{3,6}){2,4})\b".into(),
+            b" -",
+            Check::Luhn,
+        ),
         "email" => (
             r"\b([A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z][A-Za-z]+)\b".into(),
             b"@.",
@@ -402,12 +406,33 @@ pub(crate) fn scan_cards(
         if at_end && !finished {
             return (found, Some(start));
         }
-        if (13..=19).contains(&digits) && (j == hay.len() || !is_word(hay[j])) {
+        if (13..=19).contains(&digits) && (j == hay.len() || !is_word(hay[j])) && card_layout(&hay[start..j]) {
             found.push((start, j));
         }
         i = j.max(start + 1);
     }
     (found, None)
+}
+
+/// Whether a run of 13–19 digits is laid out like a payment card: it starts with a digit of the
+/// banking and travel ranges (2–6: Mastercard, Amex/Diners/JCB, Visa, Mastercard, Discover/
+/// UnionPay), and when it has separators they are all the same, between 3 to 5 groups: the
+/// first of 4 digits, the rest of 3–6 (4-4-4-4, 4-6-5, 4-4-4-4-3). Millisecond and nanosecond
+/// timestamps (1…) and space-separated counters such as `/proc/PID/stat` fields are not cards.
+fn card_layout(run: &[u8]) -> bool {
+    if !(b'2'..=b'6').contains(&run[0]) {
+        return false;
+    }
+    let Some(&sep) = run.iter().find(|b| !b.is_ascii_digit()) else { return true };
+    let mut groups = 0;
+    for (k, group) in run.split(|&b| !b.is_ascii_digit()).enumerate() {
+        let fits = if k == 0 { group.len() == 4 } else { (3..=6).contains(&group.len()) };
+        if !fits {
+            return false;
+        }
+        groups += 1;
+    }
+    (3..=5).contains(&groups) && run.iter().all(|&b| b.is_ascii_digit() || b == sep)
 }
 
 /// A digit or a separator: a byte that can be part of a card number.

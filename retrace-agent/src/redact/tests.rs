@@ -71,6 +71,47 @@ fn lookalikes_are_left_alone() {
     }
 }
 
+/// Card layouts are found; numbers that only look like cards to a digit counter (timestamps,
+/// `/proc/PID/stat` counters, odd groupings) are not. Every number gets a valid Luhn check
+/// digit, so only the layout tells them apart.
+#[test]
+fn cards_are_told_from_timestamps_and_counters() {
+    fn with_check(body: &str) -> String {
+        let digits: Vec<u32> = body.chars().filter_map(|c| c.to_digit(10)).collect();
+        let sum: u32 =
+            digits.iter().rev().enumerate().map(|(i, &d)| if i % 2 == 0 { (d * 2) % 10 + d * 2 / 10 } else { d }).sum();
+        format!("{body}{}", (10 - sum % 10) % 10)
+    }
+    let r = redactor();
+    for body in [
+        "4111-1111-1111-111",
+        "3782 822463 1000",
+        "555555555555444",
+        "6011 1111 1111 111",
+        "2221 0000 0000 000",
+        "4111 1111 1111 1111 11",
+    ] {
+        let card = with_check(body);
+        let text = format!("paid with {card} today");
+        let (out, _) = redact_all(&r, text.as_bytes());
+        assert!(!find(&out, card.as_bytes()), "card {card} left in {:?}", String::from_utf8_lossy(&out));
+    }
+    for body in [
+        "173200000000",
+        "173200000000000000",
+        "1354 (redis-server) R 1 1354 1354 3481",
+        "stat: 2 1354 1354 3481",
+        "3 14 1000 6 7 8 9 0 1",
+        "4111 1111-1111 111",
+        "41 11 11 11 11 11 11",
+        "41111 1111 1111 111",
+    ] {
+        let text = format!("{} end", with_check(body));
+        let (out, _) = redact_all(&r, text.as_bytes());
+        assert_eq!(String::from_utf8_lossy(&out), text, "not a card");
+    }
+}
+
 #[test]
 fn same_secret_same_placeholder_within_a_recording() {
     let r = redactor();
