@@ -14,6 +14,10 @@ pub mod kind {
     pub const TASK_EXIT: u32 = 5;
     /// [`super::DatagramAddr`] followed by `len` bytes of socket address.
     pub const DATAGRAM_ADDR: u32 = 6;
+    /// [`super::SyscallRecord`] of a data call followed by its payload, `len` bytes from offset
+    /// 0 (`captured` of them): a call on one buffer whose payload fits one chunk travels as one
+    /// record instead of a [`DATA_CHUNK`] and a [`SYSCALL`].
+    pub const DATA_CALL: u32 = 7;
 }
 
 /// Common start of every record.

@@ -3,7 +3,7 @@
 //! bytes, straight from user memory. One `bpf_loop` step either loads the next message, the
 //! next iovec, or emits one chunk, so the verifier checks the step once whatever the sizes.
 //!
-//! Chunks leave `HEADROOM_DIVISOR`-th of the ring free for syscall records, so that when payload
+//! Chunks leave `PAYLOAD_HEADROOM_DIVISOR`-th of the ring free for syscall records, so that when payload
 //! is dropped the record that counts the loss still gets through.
 
 use core::ffi::c_void;
@@ -21,11 +21,10 @@ use retrace_common::{
 
 use crate::{
     call::Call,
-    emit::RingLevel,
+    emit::{put, DataAccount, RingLevel, PAYLOAD_HEADROOM_DIVISOR},
     maps::{count, max_payload, COPY_STATE, EVENTS, SCRATCH},
 };
 
-const HEADROOM_DIVISOR: u64 = 8;
 /// Upper bound of loop steps for one call: 1 GiB in chunks, plus iovecs and messages.
 const MAX_STEPS: u32 = (1 << 15) + 2048;
 const IOVEC_SIZE: u64 = 16;
@@ -56,11 +55,7 @@ pub struct Copy {
     pub source: u32,
     pub sys: u32,
     pub _pad: u32,
-    /// Total payload of the call if known up front (0 for mmsghdr sources).
-    pub call_bytes: u64,
-    /// Pending loss of the fd taken at the start of the call (see `PENDING_LOSS`).
-    pub lost_before_in: u64,
-    pub lost_before_out: u64,
+    pub acct: DataAccount,
     pub msgs: u64,
     pub msg_count: u64,
     pub msg_index: u64,
@@ -72,12 +67,6 @@ pub struct Copy {
     pub msg_left: u64,
     pub offset: u64,
     pub cap_left: u64,
-    /// Accounting: bytes == captured + lost_ring + lost_fault + truncated.
-    pub bytes: u64,
-    pub captured: u64,
-    pub lost_ring: u64,
-    pub lost_fault: u64,
-    pub truncated: u64,
 }
 
 impl Copy {
@@ -92,57 +81,58 @@ impl Copy {
         buf_or_vec: u64,
         len_or_count: u64,
         moved: u64,
-    ) -> Option<&'static Copy> {
+    ) -> Option<&'static DataAccount> {
         let cap = max_payload();
         let slot = COPY_STATE.get_ptr_mut(0)?;
         // SAFETY: per-CPU slot; programs do not nest on a CPU while a syscall exit runs.
         let s = unsafe { &mut *slot };
         let (lost_before_in, lost_before_out) = crate::emit::take_pending_loss(call.tgid, fd);
-        *s = Copy {
-            tgid: call.tgid,
-            tid: call.tid,
-            ts_ns: call.ts_ns,
-            fd,
-            source: source as u32,
-            sys,
-            _pad: 0,
-            call_bytes: if source == Source::Mmsghdr { 0 } else { moved },
-            lost_before_in,
-            lost_before_out,
-            msgs: 0,
-            msg_count: 1,
-            msg_index: 0,
-            iov: 0,
-            iov_count: 0,
-            iov_index: 0,
-            cur_base: 0,
-            cur_left: 0,
-            msg_left: 0,
-            offset: 0,
-            cap_left: if cap == 0 { u64::MAX } else { cap },
-            bytes: 0,
-            captured: 0,
-            lost_ring: 0,
-            lost_fault: 0,
-            truncated: 0,
-        };
+        // Field by field: a struct literal becomes a byte-loop `memset` plus stores in BPF.
+        {
+            use core::ptr::addr_of_mut as at;
+            put(at!(s.tgid), call.tgid);
+            put(at!(s.tid), call.tid);
+            put(at!(s.ts_ns), call.ts_ns);
+            put(at!(s.fd), fd);
+            put(at!(s.source), source as u32);
+            put(at!(s.sys), sys);
+            put(at!(s.acct.call_bytes), if source == Source::Mmsghdr { 0 } else { moved });
+            put(at!(s.acct.lost_before_in), lost_before_in);
+            put(at!(s.acct.lost_before_out), lost_before_out);
+            put(at!(s.acct.bytes), 0);
+            put(at!(s.acct.captured), 0);
+            put(at!(s.acct.lost_ring), 0);
+            put(at!(s.acct.lost_fault), 0);
+            put(at!(s.acct.truncated), 0);
+            put(at!(s.msgs), 0);
+            put(at!(s.msg_count), 1);
+            put(at!(s.msg_index), 0);
+            put(at!(s.iov), 0);
+            put(at!(s.iov_count), 0);
+            put(at!(s.iov_index), 0);
+            put(at!(s.cur_base), 0);
+            put(at!(s.cur_left), 0);
+            put(at!(s.msg_left), 0);
+            put(at!(s.offset), 0);
+            put(at!(s.cap_left), if cap == 0 { u64::MAX } else { cap });
+        }
         match source {
             Source::Buffer => {
                 s.cur_base = buf_or_vec;
                 s.cur_left = moved;
                 s.msg_left = moved;
-                s.bytes = moved;
+                s.acct.bytes = moved;
             }
             Source::Iovec => {
                 s.iov = buf_or_vec;
                 s.iov_count = len_or_count;
                 s.msg_left = moved;
-                s.bytes = moved;
+                s.acct.bytes = moved;
             }
             Source::Msghdr => {
                 s.msgs = buf_or_vec;
                 s.msg_left = moved;
-                s.bytes = moved;
+                s.acct.bytes = moved;
                 load_message(s);
             }
             Source::Mmsghdr => {
@@ -153,22 +143,16 @@ impl Copy {
         }
         // The state is handed over through the map, not the stack: the verifier does not track
         // map values across iterations, so it checks the step once instead of unrolling it.
-        if source == Source::Buffer && moved <= CHUNK_MAX as u64 {
-            // The common case, one buffer that fits one chunk: one step, without the loop.
-            step(0, core::ptr::null_mut());
-        } else {
-            let step_fn = step as extern "C" fn(u64, *mut c_void) -> i64;
-            let callback =
-                unsafe { core::mem::transmute::<extern "C" fn(u64, *mut c_void) -> i64, *mut c_void>(step_fn) };
-            unsafe { bpf_loop(MAX_STEPS, callback, core::ptr::null_mut(), 0) };
-        }
+        let step_fn = step as extern "C" fn(u64, *mut c_void) -> i64;
+        let callback = unsafe { core::mem::transmute::<extern "C" fn(u64, *mut c_void) -> i64, *mut c_void>(step_fn) };
+        unsafe { bpf_loop(MAX_STEPS, callback, core::ptr::null_mut(), 0) };
         let s = unsafe { &mut *COPY_STATE.get_ptr_mut(0)? };
         // Whatever the loop bound left unwalked was not captured.
-        let accounted = s.captured + s.lost_ring + s.lost_fault + s.truncated;
-        if s.bytes > accounted {
-            s.truncated += s.bytes - accounted;
+        let accounted = s.acct.captured + s.acct.lost_ring + s.acct.lost_fault + s.acct.truncated;
+        if s.acct.bytes > accounted {
+            s.acct.truncated += s.acct.bytes - accounted;
         }
-        Some(s)
+        Some(&s.acct)
     }
 }
 
@@ -178,7 +162,7 @@ fn load_message(s: &mut Copy) {
     let (hdr, len) = if s.source == Source::Mmsghdr as u32 {
         let at = s.msgs + s.msg_index * MMSGHDR_SIZE;
         let len: u32 = unsafe { bpf_probe_read_user((at + MSGHDR_SIZE) as *const u32) }.unwrap_or(0);
-        s.bytes += len as u64;
+        s.acct.bytes += len as u64;
         (at, len as u64)
     } else {
         (s.msgs, s.msg_left)
@@ -193,7 +177,7 @@ fn load_message(s: &mut Copy) {
         emit_address(s.tgid, s.tid, s.ts_ns, s.msg_index as u32, name, name_len as u64);
     }
     if s.iov == 0 && s.msg_left > 0 {
-        s.lost_fault += s.msg_left;
+        s.acct.lost_fault += s.msg_left;
         s.msg_left = 0;
     }
 }
@@ -237,7 +221,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
                     s.iov_index += 1;
                 }
                 _ => {
-                    s.lost_fault += s.msg_left;
+                    s.acct.lost_fault += s.msg_left;
                     s.offset += s.msg_left;
                     s.msg_left = 0;
                 }
@@ -246,7 +230,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         }
         if s.msg_left > 0 {
             // The iovecs ended before the bytes did: user memory changed under us.
-            s.lost_fault += s.msg_left;
+            s.acct.lost_fault += s.msg_left;
             s.offset += s.msg_left;
             s.msg_left = 0;
         }
@@ -258,7 +242,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         return 0;
     }
     if s.cap_left == 0 {
-        s.truncated += s.cur_left;
+        s.acct.truncated += s.cur_left;
         s.offset += s.cur_left;
         s.msg_left -= s.cur_left;
         s.cur_left = 0;
@@ -280,7 +264,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn emit_chunk(s: &mut Copy, n: u64) {
     let level = RingLevel::now();
-    if !level.has_room(DATA_CHUNK_SIZE as u64 + n, HEADROOM_DIVISOR) {
+    if !level.has_room(DATA_CHUNK_SIZE as u64 + n, PAYLOAD_HEADROOM_DIVISOR) {
         drop_chunk(s, n);
         return;
     }
@@ -303,7 +287,7 @@ fn emit_chunk(s: &mut Copy, n: u64) {
 
 #[inline(always)]
 fn drop_chunk(s: &mut Copy, n: u64) {
-    s.lost_ring += n;
+    s.acct.lost_ring += n;
     count(stat::CHUNKS_DROPPED, 1);
     count(stat::CHUNK_BYTES_DROPPED, n);
 }
@@ -322,19 +306,19 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64, wakeup: u64) -> bool {
         (*chunk).offset = s.offset;
         (*chunk).msg_index = s.msg_index as u32;
         (*chunk).fd = s.fd;
-        (*chunk).call_bytes = s.call_bytes;
-        (*chunk).lost_before_in = s.lost_before_in;
-        (*chunk).lost_before_out = s.lost_before_out;
+        (*chunk).call_bytes = s.acct.call_bytes;
+        (*chunk).lost_before_in = s.acct.lost_before_in;
+        (*chunk).lost_before_out = s.acct.lost_before_out;
         (*chunk).sys = s.sys;
         (*chunk)._pad = 0;
         let dst = (rec as *mut u8).add(DATA_CHUNK_SIZE);
         if n as usize <= C && raw_read_user(dst.cast(), n, s.cur_base as *const c_void) == 0 {
             bpf_ringbuf_submit(rec, wakeup);
-            s.captured += n as u64;
+            s.acct.captured += n as u64;
             count(stat::CAPTURED_BYTES, n as u64);
         } else {
             bpf_ringbuf_discard(rec, 0);
-            s.lost_fault += n as u64;
+            s.acct.lost_fault += n as u64;
             count(stat::FAULT_BYTES, n as u64);
         }
     }

@@ -7,11 +7,14 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-        generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
+        generated::{
+            bpf_probe_read_user as raw_read_user, bpf_ringbuf_discard, bpf_ringbuf_output, bpf_ringbuf_reserve,
+            bpf_ringbuf_submit,
+        },
     },
 };
 use retrace_common::{
-    config::{stat, AUX_MAX, SOCKADDR_MAX},
+    config::{stat, AUX_MAX, CHUNK_MAX, SOCKADDR_MAX},
     kind,
     syscall::Sys,
     FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, SYSCALL_DATA, SYSCALL_HAS_PENDING_LOSS,
@@ -20,8 +23,9 @@ use retrace_common::{
 
 use crate::{
     call::Call,
-    copy::Copy,
-    maps::{count, ring_size, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES},
+    maps::{
+        count, max_payload, ring_size, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES,
+    },
 };
 
 /// Room for the largest record plus its path.
@@ -85,11 +89,188 @@ fn output_at(buf: *mut u8, len: u64, level: RingLevel) -> bool {
     unsafe { bpf_ringbuf_output(&EVENTS as *const _ as *mut c_void, buf.cast(), len, level.wakeup_flags()) == 0 }
 }
 
+/// Byte accounting of a data call: `bytes == captured + lost_ring + lost_fault + truncated`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct DataAccount {
+    /// Total payload of the call if known up front (0 for mmsghdr sources).
+    pub call_bytes: u64,
+    /// Pending loss of the fd taken at the start of the call (see `PENDING_LOSS`).
+    pub lost_before_in: u64,
+    pub lost_before_out: u64,
+    pub bytes: u64,
+    pub captured: u64,
+    pub lost_ring: u64,
+    pub lost_fault: u64,
+    pub truncated: u64,
+}
+
 /// Writes the record of a finished syscall. `data` carries the byte accounting of data calls;
 /// `loss_fd` names the fd whose pending loss this record may carry (data calls and close).
 #[inline(always)]
-pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&Copy>, loss_fd: Option<i32>) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&DataAccount>, loss_fd: Option<i32>) {
+    let Some((buf, len)) = build(call, sys, aux, extra, data, loss_fd) else { return };
+    send(call, buf, len, sys, data, loss_fd);
+}
+
+/// Payload records keep 1/8 of the ring free for the records that count their loss.
+pub const PAYLOAD_HEADROOM_DIVISOR: u64 = 8;
+
+/// Records a data call on one buffer whose payload (up to `--max-payload`) fits one chunk: its
+/// record and payload go into one ring reservation (`kind::DATA_CALL`), the payload straight
+/// from user memory. When that fails, the call's plain record counts the bytes as lost.
+#[inline(always)]
+pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64) {
+    let (lost_before_in, lost_before_out) = take_pending_loss(call.tgid, fd);
+    let cap = max_payload();
+    let n = if cap != 0 && cap < moved { cap } else { moved };
+    let mut acct = DataAccount {
+        call_bytes: moved,
+        lost_before_in,
+        lost_before_out,
+        bytes: moved,
+        captured: n,
+        lost_ring: 0,
+        lost_fault: 0,
+        truncated: moved - n,
+    };
+    let level = RingLevel::now();
+    let slot = if !level.has_room(SYSCALL_RECORD_SIZE as u64 + n, PAYLOAD_HEADROOM_DIVISOR) {
+        Err(Missed::NoRoom)
+    } else if n <= 128 {
+        reserve_with_payload::<128>(buf, n)
+    } else if n <= 1024 {
+        reserve_with_payload::<1024>(buf, n)
+    } else if n <= 4096 {
+        reserve_with_payload::<4096>(buf, n)
+    } else if n <= 16384 {
+        reserve_with_payload::<16384>(buf, n)
+    } else {
+        reserve_with_payload::<CHUNK_MAX>(buf, n)
+    };
+    match slot {
+        Ok(slot) => {
+            // The payload is in: only now take the socket's addresses (a call that failed
+            // gives them to its plain record instead).
+            fill(slot as *mut SyscallRecord, call, sys, kind::DATA_CALL, n as u32, [0, 0], Some(&acct), (0, 0));
+            unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags()) };
+            count(stat::CAPTURED_BYTES, n);
+            return;
+        }
+        Err(Missed::NoRoom) => {
+            acct.lost_ring = n;
+            count(stat::CHUNKS_DROPPED, 1);
+            count(stat::CHUNK_BYTES_DROPPED, n);
+        }
+        Err(Missed::Fault) => {
+            acct.lost_fault = n;
+            count(stat::FAULT_BYTES, n);
+        }
+    }
+    acct.captured = 0;
+    syscall(call, sys, Aux::None, [0, 0], Some(&acct), Some(fd));
+}
+
+enum Missed {
+    NoRoom,
+    Fault,
+}
+
+/// Reserves a record with room for `C` payload bytes and reads `n <= C` of them after the
+/// syscall record's place; the caller fills that in and submits.
+#[inline(always)]
+fn reserve_with_payload<const C: usize>(buf: u64, n: u64) -> Result<*mut c_void, Missed> {
+    let slot = unsafe { bpf_ringbuf_reserve(&EVENTS as *const _ as *mut c_void, (SYSCALL_RECORD_SIZE + C) as u64, 0) };
+    if slot.is_null() {
+        return Err(Missed::NoRoom);
+    }
+    let n = n as u32;
+    unsafe {
+        let dst = (slot as *mut u8).add(SYSCALL_RECORD_SIZE);
+        if n as usize <= C && raw_read_user(dst.cast(), n, buf as *const c_void) == 0 {
+            Ok(slot)
+        } else {
+            bpf_ringbuf_discard(slot, 0);
+            Err(Missed::Fault)
+        }
+    }
+}
+
+/// Stores one field. Volatile, so that LLVM does not merge neighbouring stores into a
+/// `memset`/`memcpy` call: BPF has no such instruction, and the library's byte loop costs a
+/// few instructions per byte.
+#[inline(always)]
+pub fn put<T>(dst: *mut T, value: T) {
+    unsafe { core::ptr::write_volatile(dst, value) }
+}
+
+/// Writes every field of a syscall record at `rec` (scratch or ring memory). `lost` is the
+/// pending loss a record without `data` carries.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fill(
+    rec: *mut SyscallRecord,
+    call: &Call,
+    sys: Sys,
+    kind: u32,
+    len: u32,
+    extra: [i64; 2],
+    data: Option<&DataAccount>,
+    lost: (u64, u64),
+) {
+    use core::ptr::addr_of_mut as at;
+    unsafe {
+        put(at!((*rec).hdr.kind), kind);
+        put(at!((*rec).hdr.len), len);
+        put(at!((*rec).hdr.ts_ns), call.ts_ns);
+        put(at!((*rec).hdr.tgid), call.tgid);
+        put(at!((*rec).hdr.tid), call.tid);
+        put(at!((*rec).sys), sys as u32);
+        put(at!((*rec).ret), call.ret);
+        let args = at!((*rec).args) as *mut u64;
+        for (i, arg) in call.args.iter().enumerate() {
+            put(args.add(i), *arg);
+        }
+        put(at!((*rec).extra) as *mut i64, extra[0]);
+        put((at!((*rec).extra) as *mut i64).add(1), extra[1]);
+        let d = data.copied().unwrap_or_default();
+        put(at!((*rec).bytes), d.bytes);
+        put(at!((*rec).captured), d.captured);
+        put(at!((*rec).lost_ring), d.lost_ring);
+        put(at!((*rec).lost_fault), d.lost_fault);
+        put(at!((*rec).truncated), d.truncated);
+        if d.truncated > 0 {
+            count(stat::TRUNCATED_BYTES, d.truncated);
+        }
+        // A data call took its fd's pending loss when it started (its chunks carry it too).
+        let (lost_in, lost_out) = if data.is_some() { (d.lost_before_in, d.lost_before_out) } else { lost };
+        let mut flags = if data.is_some() { SYSCALL_DATA } else { 0 };
+        if lost_in + lost_out > 0 {
+            flags |= SYSCALL_HAS_PENDING_LOSS;
+        }
+        put(at!((*rec).flags), flags);
+        put(at!((*rec).lost_before_in), lost_in);
+        put(at!((*rec).lost_before_out), lost_out);
+        let sock = at!((*rec).sock);
+        if sys.direction().is_some() || matches!(sys, Sys::Connect | Sys::Listen) {
+            socket_addresses(call.tid, sys, sock);
+        } else {
+            clear_tuple(sock);
+        }
+    }
+}
+
+/// Assembles a syscall record in the per-CPU scratch buffer: returns it and its length.
+#[inline(always)]
+fn build(
+    call: &Call,
+    sys: Sys,
+    aux: Aux,
+    extra: [i64; 2],
+    data: Option<&DataAccount>,
+    loss_fd: Option<i32>,
+) -> Option<(*mut u8, u64)> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
     let buf = unsafe { (*scratch).bytes.as_mut_ptr() };
     let rec = buf as *mut SyscallRecord;
     let aux_len: u32 = unsafe {
@@ -115,110 +296,71 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&C
         }
     };
     let aux_len = aux_len & (AUX_MAX as u32 * 2 - 1);
-    unsafe {
-        (*rec).hdr = Header { kind: kind::SYSCALL, len: aux_len, ts_ns: call.ts_ns, tgid: call.tgid, tid: call.tid };
-        (*rec).sys = sys as u32;
-        (*rec).flags = 0;
-        (*rec).ret = call.ret;
-        (*rec).args = call.args;
-        (*rec).extra = extra;
-        (*rec).lost_before_in = 0;
-        (*rec).lost_before_out = 0;
-        (*rec).sock = if sys.direction().is_some() || matches!(sys, Sys::Connect | Sys::Listen) {
-            socket_addresses(call.tid, sys)
-        } else {
-            SockTuple::default()
-        };
-        match data {
-            Some(d) => {
-                (*rec).flags = SYSCALL_DATA;
-                (*rec).bytes = d.bytes;
-                (*rec).captured = d.captured;
-                (*rec).lost_ring = d.lost_ring;
-                (*rec).lost_fault = d.lost_fault;
-                (*rec).truncated = d.truncated;
-                if d.truncated > 0 {
-                    count(stat::TRUNCATED_BYTES, d.truncated);
-                }
-            }
-            None => {
-                (*rec).bytes = 0;
-                (*rec).captured = 0;
-                (*rec).lost_ring = 0;
-                (*rec).lost_fault = 0;
-                (*rec).truncated = 0;
-            }
-        }
-    }
-    let key = loss_fd.map(|fd| FdKey { tgid: call.tgid, fd });
-    // A data call took its fd's pending loss when it started (its chunks carry it too).
-    let (lost_in, lost_out) = match (data, key) {
-        (Some(d), _) => (d.lost_before_in, d.lost_before_out),
-        (None, Some(key)) => take_pending_loss(key.tgid, key.fd),
-        (None, None) => (0, 0),
+    let lost = match (data, loss_fd) {
+        (None, Some(fd)) => take_pending_loss(call.tgid, fd),
+        _ => (0, 0),
     };
-    if lost_in + lost_out > 0 {
-        unsafe {
-            (*rec).flags |= SYSCALL_HAS_PENDING_LOSS;
-            (*rec).lost_before_in = lost_in;
-            (*rec).lost_before_out = lost_out;
-        }
-    }
+    fill(rec, call, sys, kind::SYSCALL, aux_len, extra, data, lost);
     if aux_len as usize > AUX_MAX {
-        return;
+        return None;
     }
-    let len = SYSCALL_RECORD_SIZE as u64 + aux_len as u64;
-    // Data calls leave the last part of the ring to lifecycle records (open, close, dup...):
-    // their loss can be carried by a later record, a lost close cannot.
+    Some((buf, SYSCALL_RECORD_SIZE as u64 + aux_len as u64))
+}
+
+/// Copies a built record into the ring. Data calls leave the last part of the ring to
+/// lifecycle records (open, close, dup...): their loss can be carried by a later record, a lost
+/// close cannot. A record that does not fit leaves its payload bytes for the fd's next record.
+#[inline(always)]
+fn send(call: &Call, buf: *mut u8, len: u64, sys: Sys, data: Option<&DataAccount>, loss_fd: Option<i32>) {
     let level = RingLevel::now();
     if (data.is_none() || level.has_room(len, LIFECYCLE_RESERVE_DIVISOR)) && output_at(buf, len, level) {
         return;
     }
-    // The record did not fit: keep its payload bytes so the next record for the fd reports them.
     count(stat::RECORDS_DROPPED, 1);
-    if let Some(key) = key {
-        // When some chunks of a call of known size got through, they tell the agent the call's
-        // size and the earlier loss it carried: nothing more to keep. Otherwise the record was
-        // carrying earlier loss (put it back) and only this count can tell what the call moved.
-        let (mut lost_in, mut lost_out) = unsafe { ((*rec).lost_before_in, (*rec).lost_before_out) };
-        if let (Some(d), Some(dir)) = (data, sys.direction()) {
-            if d.captured > 0 && d.call_bytes > 0 {
-                return;
-            }
-            match dir {
-                retrace_common::syscall::Direction::In => lost_in += d.bytes,
-                retrace_common::syscall::Direction::Out => lost_out += d.bytes,
-            }
-        }
-        if lost_in + lost_out == 0 {
+    let Some(fd) = loss_fd else { return };
+    let key = FdKey { tgid: call.tgid, fd };
+    let rec = buf as *mut SyscallRecord;
+    // When some chunks of a call of known size got through, they tell the agent the call's
+    // size and the earlier loss it carried: nothing more to keep. Otherwise the record was
+    // carrying earlier loss (put it back) and only this count can tell what the call moved.
+    let (mut lost_in, mut lost_out) = unsafe { ((*rec).lost_before_in, (*rec).lost_before_out) };
+    if let (Some(d), Some(dir)) = (data, sys.direction()) {
+        if d.captured > 0 && d.call_bytes > 0 {
             return;
         }
-        let value = match unsafe { PENDING_LOSS.get(&key) } {
-            Some(v) => {
-                PendingLoss { bytes_in: v.bytes_in + lost_in, bytes_out: v.bytes_out + lost_out, calls: v.calls + 1 }
-            }
-            None => PendingLoss { bytes_in: lost_in, bytes_out: lost_out, calls: 1 },
-        };
-        let _ = PENDING_LOSS.insert(&key, &value, 0);
-        if let Some(any) = PENDING_ANY.get_ptr_mut(0) {
-            unsafe { *any = 1 };
+        match dir {
+            retrace_common::syscall::Direction::In => lost_in += d.bytes,
+            retrace_common::syscall::Direction::Out => lost_out += d.bytes,
         }
+    }
+    if lost_in + lost_out == 0 {
+        return;
+    }
+    let value = match unsafe { PENDING_LOSS.get(&key) } {
+        Some(v) => {
+            PendingLoss { bytes_in: v.bytes_in + lost_in, bytes_out: v.bytes_out + lost_out, calls: v.calls + 1 }
+        }
+        None => PendingLoss { bytes_in: lost_in, bytes_out: lost_out, calls: 1 },
+    };
+    let _ = PENDING_LOSS.insert(&key, &value, 0);
+    if let Some(any) = PENDING_ANY.get_ptr_mut(0) {
+        unsafe { *any = 1 };
     }
 }
 
 /// The addresses of the socket this call used, the first time a record meets that socket (and
 /// always for connect/listen, which change them).
 #[inline(always)]
-fn socket_addresses(tid: u32, sys: Sys) -> SockTuple {
-    let Some(slot) = SK_OF_CALL.get_ptr_mut(0) else { return SockTuple::default() };
+fn socket_addresses(tid: u32, sys: Sys, dst: *mut SockTuple) {
+    let Some(slot) = SK_OF_CALL.get_ptr_mut(0) else { return clear_tuple(dst) };
     let (owner, sk) = unsafe { ((*slot).tid, (*slot).sk) };
     if owner != tid || sk == 0 {
-        return SockTuple::default();
+        return clear_tuple(dst);
     }
     unsafe { (*slot).sk = 0 };
     let always = matches!(sys, Sys::Connect | Sys::Listen);
     if !always && unsafe { SK_REPORTED.get(&sk) }.is_some() {
-        return SockTuple::default();
+        return clear_tuple(dst);
     }
     let _ = SK_REPORTED.insert(&sk, &1, 0);
     let mut t = unsafe { SK_TUPLES.get(&sk) }.copied().unwrap_or_else(|| sock_common_head(sk));
@@ -226,7 +368,17 @@ fn socket_addresses(tid: u32, sys: Sys) -> SockTuple {
         // connect enters SYN_SENT before the ephemeral port is chosen; it is set by now.
         t.sport = unsafe { bpf_probe_read_kernel((sk + SKC_NUM) as *const u16) }.unwrap_or(0);
     }
-    t
+    // Once per socket: a plain copy will do.
+    unsafe { *dst = t };
+}
+
+/// "No addresses": the tuple's 40 bytes, zeroed 8 at a time.
+#[inline(always)]
+fn clear_tuple(dst: *mut SockTuple) {
+    let words = dst as *mut u64;
+    for i in 0..core::mem::size_of::<SockTuple>() / 8 {
+        put(unsafe { words.add(i) }, 0);
+    }
 }
 
 /// `struct sock_common` starts with daddr, rcv_saddr (u32 each), a hash, dport (be16), num

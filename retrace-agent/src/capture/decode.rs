@@ -10,11 +10,28 @@ use retrace_common::{
 /// One decoded ring-buffer record.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Chunk { chunk: DataChunk, payload: Bytes },
-    DatagramAddr { rec: DatagramAddr, addr: Bytes },
-    Syscall { rec: SyscallRecord, aux: Bytes },
+    Chunk {
+        chunk: DataChunk,
+        payload: Bytes,
+    },
+    DatagramAddr {
+        rec: DatagramAddr,
+        addr: Bytes,
+    },
+    Syscall {
+        rec: SyscallRecord,
+        aux: Bytes,
+    },
+    /// A data call's record with its payload (`kind::DATA_CALL`).
+    DataCall {
+        rec: SyscallRecord,
+        payload: Bytes,
+    },
     TaskNew(TaskRecord),
-    TaskExec { rec: TaskRecord, path: String },
+    TaskExec {
+        rec: TaskRecord,
+        path: String,
+    },
     TaskExit(TaskRecord),
 }
 
@@ -23,7 +40,7 @@ impl Event {
         match self {
             Event::Chunk { chunk, .. } => &chunk.hdr,
             Event::DatagramAddr { rec, .. } => &rec.hdr,
-            Event::Syscall { rec, .. } => &rec.hdr,
+            Event::Syscall { rec, .. } | Event::DataCall { rec, .. } => &rec.hdr,
             Event::TaskNew(rec) | Event::TaskExit(rec) | Event::TaskExec { rec, .. } => &rec.hdr,
         }
     }
@@ -70,6 +87,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             need(SYSCALL_RECORD_SIZE)?;
             let aux = tail(bytes, SYSCALL_RECORD_SIZE, hdr.len).ok_or_else(bad)?;
             Ok(Event::Syscall { rec: read(bytes), aux })
+        }
+        kind::DATA_CALL => {
+            need(SYSCALL_RECORD_SIZE)?;
+            let payload = tail(bytes, SYSCALL_RECORD_SIZE, hdr.len).ok_or_else(bad)?;
+            Ok(Event::DataCall { rec: read(bytes), payload })
         }
         kind::TASK_NEW | kind::TASK_EXEC | kind::TASK_EXIT => {
             need(TASK_RECORD_SIZE)?;

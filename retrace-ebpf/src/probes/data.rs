@@ -1,12 +1,13 @@
 //! Shared body of every data syscall probe.
 
 use aya_ebpf::programs::RawTracePointContext;
-use retrace_common::syscall::Sys;
+use retrace_common::{config::CHUNK_MAX, syscall::Sys};
 
 use crate::{
     call::Call,
     copy::{emit_address_of, Copy, Source},
     emit::{self, Aux},
+    maps::max_payload,
 };
 
 /// Where a datagram address sits in the call's arguments.
@@ -18,7 +19,8 @@ pub enum Addr {
     ByPointer(usize, usize),
 }
 
-/// Records a data call: its payload (if it moved any), then its record.
+/// Records a data call: its payload (if it moved any) and its record, together when they fit one
+/// ring record.
 #[inline(always)]
 pub fn on_data(
     ctx: &RawTracePointContext,
@@ -45,7 +47,15 @@ pub fn on_data(
                 }
             }
         }
-        Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], call.ret as u64)
+        let moved = call.ret as u64;
+        let cap = max_payload();
+        let kept = if cap != 0 && cap < moved { cap } else { moved };
+        if source == Source::Buffer && kept <= CHUNK_MAX as u64 {
+            // The common case: the payload rides in the call's own record.
+            emit::data_call(&call, sys, fd, call.args[buf_arg], moved);
+            return 0;
+        }
+        Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], moved)
     } else {
         None
     };
