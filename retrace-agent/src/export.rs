@@ -52,7 +52,7 @@ pub fn export(
         }
         stage.push(record, &mut records);
         for r in records.drain(..) {
-            if let Err(e) = writer.append(&r) {
+            if let Err(e) = writer.append(r) {
                 failed = Some(e);
                 return;
             }
@@ -62,7 +62,7 @@ pub fn export(
         return Err(e.into());
     }
     stage.finish(&mut records);
-    for r in &records {
+    for r in records {
         writer.append(r)?;
     }
     let manifest = writer.finish(src.ended_ns.unwrap_or(now), src.exit_status)?;

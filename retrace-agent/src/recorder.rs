@@ -237,7 +237,7 @@ pub async fn record(
             program_misses: kernel.program_misses,
         })),
     });
-    for record in &records {
+    for record in records {
         writer.append(record)?;
     }
     let exit_status = exit_status.or_else(|| tracker.exit_code(root));
@@ -261,7 +261,7 @@ fn spawn_writer(
     std::thread::spawn(move || {
         let result = (|| {
             for batch in records {
-                for record in &batch {
+                for record in batch {
                     writer.append(record)?;
                 }
                 writer.tick()?;

@@ -42,6 +42,9 @@ pub struct RedactStage {
     released: Vec<proto::Data>,
     /// Stream directions with records appended but not scanned yet (see `end_batch`).
     unscanned: Vec<(u64, usize)>,
+    /// The time at the last tick: when records were pushed, to within a batch (reading the
+    /// clock per record was 4% of the agent's CPU on small records).
+    clock: Instant,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -56,6 +59,7 @@ impl RedactStage {
             stats: RedactStats::default(),
             released: Vec::new(),
             unscanned: Vec::new(),
+            clock: Instant::now(),
         }
     }
 
@@ -121,7 +125,7 @@ impl RedactStage {
             });
             return;
         }
-        state.last_push = Some(Instant::now());
+        state.last_push = Some(self.clock);
         let (stream, dir) = (data.stream_id, dir_index(data.direction()));
         let redactor = &mut state.dirs[dir];
         if state.datagram {
@@ -160,6 +164,7 @@ impl RedactStage {
     pub fn tick(&mut self, out: &mut Vec<proto::Record>) {
         self.end_batch(out);
         let now = Instant::now();
+        self.clock = now;
         for state in self.streams.values_mut() {
             if state.last_push.is_some_and(|t| now.duration_since(t) >= IDLE_FLUSH)
                 && state.dirs.iter().any(|d| !d.is_idle())

@@ -94,24 +94,28 @@ impl Writer {
         &mut self.manifest
     }
 
-    pub fn append(&mut self, record: &proto::Record) -> Result<(), StoreError> {
-        self.rotate_if_due()?;
+    /// Writes a record; seals the segment first when it is full (its age is checked by `tick`).
+    pub fn append(&mut self, mut record: proto::Record) -> Result<(), StoreError> {
+        if self.current.as_ref().is_some_and(|s| s.bytes >= self.policy.max_bytes) {
+            self.seal(false)?;
+        }
         if self.current.is_none() {
             self.open_segment()?;
         }
         let segment = self.current.as_mut().expect("segment opened above");
         segment.records += 1;
         self.frame.clear();
-        match &record.kind {
-            // Large payloads go from the consumer's buffer to the encryptor: only the frame
-            // header is encoded here (the payload field last, as protobuf allows).
-            Some(R::Data(d)) if d.payload.len() >= DIRECT_WRITE_MIN => {
-                frame_data_header(d, &mut self.frame);
+        match &mut record.kind {
+            // Payloads go from the consumer's buffer to the encryptor: only the frame header is
+            // encoded here (the payload field last, as protobuf allows).
+            Some(R::Data(d)) => {
+                let payload = std::mem::take(&mut d.payload);
+                frame_data_header(d, payload.len(), &mut self.frame);
                 segment.out.write_all(&self.frame).map_err(io_err(&segment.path))?;
-                segment.out.write_all(&d.payload).map_err(io_err(&segment.path))?;
-                segment.bytes += (self.frame.len() + d.payload.len()) as u64;
+                segment.out.write_all(&payload).map_err(io_err(&segment.path))?;
+                segment.bytes += (self.frame.len() + payload.len()) as u64;
             }
-            _ => write_frame(segment, record, &mut self.frame)?,
+            _ => write_frame(segment, &record, &mut self.frame)?,
         }
         Ok(())
     }
@@ -201,23 +205,20 @@ pub fn now_wall_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Payloads at least this large are not copied into the frame buffer first.
-const DIRECT_WRITE_MIN: usize = 16 * 1024;
-
-/// Encodes the frame of `Record { data: d }` up to, and including, the payload's tag and length:
-/// the payload bytes themselves follow. Decodes as the same message as prost's own encoding.
-fn frame_data_header(d: &proto::Data, out: &mut Vec<u8>) {
+/// Encodes the frame of `Record { data: d }` where `d`'s payload, `payload_len` bytes, was taken
+/// out: up to, and including, the payload's tag and length; the payload bytes themselves follow.
+/// Decodes as the same message as prost's own encoding.
+fn frame_data_header(d: &proto::Data, payload_len: usize, out: &mut Vec<u8>) {
     use prost::{encoding, Message as _};
-    let without_payload = proto::Data { payload: bytes::Bytes::new(), ..d.clone() };
-    let payload_key_len = encoding::key_len(8) + encoding::encoded_len_varint(d.payload.len() as u64);
-    let data_len = without_payload.encoded_len() + payload_key_len + d.payload.len();
+    let payload_key_len = encoding::key_len(8) + encoding::encoded_len_varint(payload_len as u64);
+    let data_len = d.encoded_len() + payload_key_len + payload_len;
     let record_len = encoding::key_len(2) + encoding::encoded_len_varint(data_len as u64) + data_len;
     encoding::encode_varint(record_len as u64, out);
     encoding::encode_key(2, encoding::WireType::LengthDelimited, out);
     encoding::encode_varint(data_len as u64, out);
-    without_payload.encode(out).expect("Vec grows");
+    d.encode(out).expect("Vec grows");
     encoding::encode_key(8, encoding::WireType::LengthDelimited, out);
-    encoding::encode_varint(d.payload.len() as u64, out);
+    encoding::encode_varint(payload_len as u64, out);
 }
 
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -238,7 +239,7 @@ mod tests {
 
     #[test]
     fn direct_frames_decode_like_prost_frames() {
-        for (payload_len, addr) in [(DIRECT_WRITE_MIN, ""), (100_000, "127.0.0.1:53"), (70_000, "")] {
+        for (payload_len, addr) in [(1, ""), (512, "127.0.0.1:53"), (100_000, "127.0.0.1:53"), (70_000, "")] {
             let data = proto::Data {
                 stream_id: 7,
                 direction: proto::Direction::Out as i32,
@@ -253,7 +254,8 @@ mod tests {
                 redactions: vec![proto::Redaction { offset: 3, length: 9, rule: "jwt".into() }],
             };
             let mut frame = Vec::new();
-            frame_data_header(&data, &mut frame);
+            let without_payload = proto::Data { payload: bytes::Bytes::new(), ..data.clone() };
+            frame_data_header(&without_payload, data.payload.len(), &mut frame);
             frame.extend_from_slice(&data.payload);
             let record = proto::Record { kind: Some(proto::record::Kind::Data(data)) };
             let decoded = proto::Record::decode_length_delimited(&frame[..]).expect("decodes");

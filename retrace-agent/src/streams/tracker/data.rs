@@ -112,6 +112,41 @@ impl Tracker {
         self.pending.insert(tid, call);
     }
 
+    /// A call whose payload came in its own record (`kind::DATA_CALL`, one buffer, one chunk):
+    /// placed and written in one pass.
+    pub(super) fn data_call(&mut self, rec: &SyscallRecord, payload: Bytes, out: &mut Vec<proto::Record>) {
+        let Some((sys, dir)) = Sys::from_u32(rec.sys).and_then(|s| Some((s, s.direction()?))) else { return };
+        // Datagram addresses come before the call's record.
+        let call = self.take_pending(rec.hdr.tid, rec.hdr.ts_ns, out);
+        let ts = self.wall_ns(rec.hdr.ts_ns);
+        let sid = self.stream_for_fd(rec.hdr.tgid, rec.args[0] as i32, ts, out);
+        if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
+            self.fill_addresses(sid, local, peer, out);
+        }
+        if let Some((_, first)) = call.addrs.first() {
+            self.learn_peer_if_unset(sid, first, out);
+        }
+        // Earlier calls whose records were dropped came first.
+        self.gap(sid, Direction::In, rec.lost_before_in, GapReason::RecordDropped, sys.name(), ts, out);
+        self.gap(sid, Direction::Out, rec.lost_before_out, GapReason::RecordDropped, sys.name(), ts, out);
+        let base = self.position(sid, dir);
+        self.advance(sid, dir, rec.bytes);
+        let captured = payload.len() as u64;
+        self.totals.recorded_bytes += captured;
+        let chunk = DataChunk {
+            hdr: rec.hdr,
+            fd: rec.args[0] as i32,
+            call_bytes: rec.bytes,
+            sys: rec.sys,
+            ..Default::default()
+        };
+        out.push(data_record(sid, dir, ts, &chunk, base, payload, addr_of(&call.addrs, 0)));
+        if rec.bytes > captured {
+            let mut budget = Budget { ring: rec.lost_ring, fault: rec.lost_fault, truncated: rec.truncated };
+            self.hole(sid, dir, base + captured, rec.bytes - captured, &mut budget, true, sys, ts, out);
+        }
+    }
+
     /// Places a data call's held chunks at their stream positions (placed calls are already
     /// written) and turns what is missing into gaps.
     #[allow(clippy::too_many_arguments)]

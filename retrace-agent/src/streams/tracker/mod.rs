@@ -135,22 +135,7 @@ impl Tracker {
                 self.pending.insert(rec.hdr.tid, call);
             }
             Event::Syscall { rec, aux } => self.syscall(&rec, &aux, out),
-            Event::DataCall { rec, payload } => {
-                // The payload is the call's one chunk, at offset 0.
-                let chunk = DataChunk {
-                    hdr: rec.hdr,
-                    offset: 0,
-                    msg_index: 0,
-                    fd: rec.args[0] as i32,
-                    call_bytes: rec.bytes,
-                    sys: rec.sys,
-                    _pad: 0,
-                    lost_before_in: rec.lost_before_in,
-                    lost_before_out: rec.lost_before_out,
-                };
-                self.chunk(chunk, payload, out);
-                self.syscall(&rec, &Bytes::new(), out);
-            }
+            Event::DataCall { rec, payload } => self.data_call(&rec, payload, out),
             Event::TaskNew(rec) => self.task_new(&rec, out),
             Event::TaskExec { rec, path } => self.task_exec(&rec, path, out),
             Event::TaskExit(rec) => self.task_exit(&rec, out),
