@@ -141,19 +141,20 @@ pub fn email_regions(window: &[u8], from: usize, mut each: impl FnMut(usize, usi
         if !email_local(window[at - 1]) || !(window[at + 1].is_ascii_alphanumeric() || window[at + 1] == b'-') {
             continue;
         }
-        let mut start = at - 1;
-        while start > from && email_local(window[start - 1]) {
-            start -= 1;
-        }
         let mut end = at + 1;
         while end < window.len() && email_domain(window[end]) {
             end += 1;
         }
         // A domain ends in a dot and two letters; unless the run may still grow, without
-        // them there is no email here (most `@` in binary or base64 text stop at this check).
+        // them there is no email here (most `@` in binary or random text stop at this check,
+        // so it comes before the walk back over the local part).
         let tld = |w: &[u8]| w[0] == b'.' && w[1].is_ascii_alphabetic() && w[2].is_ascii_alphabetic();
         if end < window.len() && !window[at + 1..end].windows(3).any(tld) {
             continue;
+        }
+        let mut start = at - 1;
+        while start > from && email_local(window[start - 1]) {
+            start -= 1;
         }
         each(start, (end + 1).min(window.len()));
     }
