@@ -3,8 +3,8 @@
 //! bytes, straight from user memory. One `bpf_loop` step either loads the next message, the
 //! next iovec, or emits one chunk, so the verifier checks the step once whatever the sizes.
 //!
-//! Chunks leave `PAYLOAD_HEADROOM_DIVISOR`-th of the ring free for syscall records, so that when payload
-//! is dropped the record that counts the loss still gets through.
+//! Chunks leave `PAYLOAD_HEADROOM_DIVISOR`-th of the ring free for syscall records, so that
+//! when payload is dropped the record that counts the loss still gets through.
 
 use core::ffi::c_void;
 
@@ -21,7 +21,7 @@ use retrace_common::{
 
 use crate::{
     call::Call,
-    emit::{put, DataAccount, RingLevel, PAYLOAD_HEADROOM_DIVISOR},
+    emit::{by_size_class, put, DataAccount, RingLevel, PAYLOAD_HEADROOM_DIVISOR},
     maps::{count, max_payload, COPY_STATE, EVENTS, SCRATCH},
 };
 
@@ -269,17 +269,7 @@ fn emit_chunk(s: &mut Copy, n: u64) {
         return;
     }
     let wakeup = level.wakeup_flags();
-    let ok = if n <= 128 {
-        emit_class::<128>(s, n, wakeup)
-    } else if n <= 1024 {
-        emit_class::<1024>(s, n, wakeup)
-    } else if n <= 4096 {
-        emit_class::<4096>(s, n, wakeup)
-    } else if n <= 16384 {
-        emit_class::<16384>(s, n, wakeup)
-    } else {
-        emit_class::<CHUNK_MAX>(s, n, wakeup)
-    };
+    let ok = by_size_class!(n, emit_class(s, n, wakeup));
     if !ok {
         drop_chunk(s, n);
     }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     },
 };
 use retrace_common::{
-    config::{stat, AUX_MAX, CHUNK_MAX, SOCKADDR_MAX},
+    config::{stat, AUX_MAX, SOCKADDR_MAX},
     kind,
     syscall::Sys,
     FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, SYSCALL_DATA, SYSCALL_HAS_PENDING_LOSS,
@@ -23,9 +23,7 @@ use retrace_common::{
 
 use crate::{
     call::Call,
-    maps::{
-        count, max_payload, ring_size, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES,
-    },
+    maps::{count, ring_size, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES},
 };
 
 /// Room for the largest record plus its path.
@@ -45,6 +43,26 @@ pub enum Aux {
 
 /// Data-call records keep 1/16 of the ring free for lifecycle records.
 const LIFECYCLE_RESERVE_DIVISOR: u64 = 16;
+
+/// Calls `$f::<C>(args..)` with the smallest reservation class `C` that holds `$n` payload
+/// bytes (`$n <= CHUNK_MAX`): a ring reservation's size must be a constant.
+macro_rules! by_size_class {
+    ($n:expr, $f:ident($($arg:expr),*)) => {{
+        let n = $n;
+        if n <= 128 {
+            $f::<128>($($arg),*)
+        } else if n <= 1024 {
+            $f::<1024>($($arg),*)
+        } else if n <= 4096 {
+            $f::<4096>($($arg),*)
+        } else if n <= 16384 {
+            $f::<16384>($($arg),*)
+        } else {
+            $f::<{ retrace_common::config::CHUNK_MAX }>($($arg),*)
+        }
+    }};
+}
+pub(crate) use by_size_class;
 
 /// How full the ring is, read once per record: room checks and the wakeup decision use it.
 #[derive(Clone, Copy)]
@@ -116,14 +134,13 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&D
 /// Payload records keep 1/8 of the ring free for the records that count their loss.
 pub const PAYLOAD_HEADROOM_DIVISOR: u64 = 8;
 
-/// Records a data call on one buffer whose payload (up to `--max-payload`) fits one chunk: its
+/// Records a data call on one buffer whose `n` kept bytes (of `moved`, after `--max-payload`) fit
+/// one chunk: its
 /// record and payload go into one ring reservation (`kind::DATA_CALL`), the payload straight
 /// from user memory. When that fails, the call's plain record counts the bytes as lost.
 #[inline(always)]
-pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64) {
+pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64, n: u64) {
     let (lost_before_in, lost_before_out) = take_pending_loss(call.tgid, fd);
-    let cap = max_payload();
-    let n = if cap != 0 && cap < moved { cap } else { moved };
     let mut acct = DataAccount {
         call_bytes: moved,
         lost_before_in,
@@ -137,16 +154,8 @@ pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64) {
     let level = RingLevel::now();
     let slot = if !level.has_room(SYSCALL_RECORD_SIZE as u64 + n, PAYLOAD_HEADROOM_DIVISOR) {
         Err(Missed::NoRoom)
-    } else if n <= 128 {
-        reserve_with_payload::<128>(buf, n)
-    } else if n <= 1024 {
-        reserve_with_payload::<1024>(buf, n)
-    } else if n <= 4096 {
-        reserve_with_payload::<4096>(buf, n)
-    } else if n <= 16384 {
-        reserve_with_payload::<16384>(buf, n)
     } else {
-        reserve_with_payload::<CHUNK_MAX>(buf, n)
+        by_size_class!(n, reserve_with_payload(buf, n))
     };
     match slot {
         Ok(slot) => {

@@ -52,7 +52,7 @@ pub fn on_data(
         let kept = if cap != 0 && cap < moved { cap } else { moved };
         if source == Source::Buffer && kept <= CHUNK_MAX as u64 {
             // The common case: the payload rides in the call's own record.
-            emit::data_call(&call, sys, fd, call.args[buf_arg], moved);
+            emit::data_call(&call, sys, fd, call.args[buf_arg], moved, kept);
             return 0;
         }
         Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], moved)
