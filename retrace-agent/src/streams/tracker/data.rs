@@ -88,15 +88,9 @@ impl Tracker {
                     Some(p) => p,
                     None => {
                         let sid = self.stream_for_fd(chunk.hdr.tgid, chunk.fd, ts, out);
-                        if let Some((_, first)) = call.addrs.first() {
-                            self.learn_peer_if_unset(sid, first, out);
-                        }
-                        // Earlier calls whose records were dropped came first.
                         let name = Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?");
-                        self.gap(sid, Direction::In, chunk.lost_before_in, GapReason::RecordDropped, name, ts, out);
-                        self.gap(sid, Direction::Out, chunk.lost_before_out, GapReason::RecordDropped, name, ts, out);
-                        let base = self.position(sid, dir);
-                        self.advance(sid, dir, chunk.call_bytes);
+                        let lost_before = (chunk.lost_before_in, chunk.lost_before_out);
+                        let base = self.reserve(sid, dir, chunk.call_bytes, &call.addrs, lost_before, name, ts, out);
                         call.placed = Some((sid, dir, base));
                         call.total = Some(chunk.call_bytes);
                         (sid, dir, base)
@@ -112,6 +106,31 @@ impl Tracker {
         self.pending.insert(tid, call);
     }
 
+    /// Reserves a call's byte range in its stream, first learning the datagram peer it named
+    /// and placing the loss of earlier calls whose records were dropped (they came first);
+    /// returns where the range starts.
+    #[allow(clippy::too_many_arguments)]
+    fn reserve(
+        &mut self,
+        sid: u64,
+        dir: Direction,
+        call_bytes: u64,
+        addrs: &[(u32, String)],
+        (lost_in, lost_out): (u64, u64),
+        syscall: &str,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) -> u64 {
+        if let Some((_, first)) = addrs.first() {
+            self.learn_peer_if_unset(sid, first, out);
+        }
+        self.gap(sid, Direction::In, lost_in, GapReason::RecordDropped, syscall, ts, out);
+        self.gap(sid, Direction::Out, lost_out, GapReason::RecordDropped, syscall, ts, out);
+        let base = self.position(sid, dir);
+        self.advance(sid, dir, call_bytes);
+        base
+    }
+
     /// A call whose payload came in its own record (`kind::DATA_CALL`, one buffer, one chunk):
     /// placed and written in one pass.
     pub(super) fn data_call(&mut self, rec: &SyscallRecord, payload: Bytes, out: &mut Vec<proto::Record>) {
@@ -123,14 +142,8 @@ impl Tracker {
         if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
             self.fill_addresses(sid, local, peer, out);
         }
-        if let Some((_, first)) = call.addrs.first() {
-            self.learn_peer_if_unset(sid, first, out);
-        }
-        // Earlier calls whose records were dropped came first.
-        self.gap(sid, Direction::In, rec.lost_before_in, GapReason::RecordDropped, sys.name(), ts, out);
-        self.gap(sid, Direction::Out, rec.lost_before_out, GapReason::RecordDropped, sys.name(), ts, out);
-        let base = self.position(sid, dir);
-        self.advance(sid, dir, rec.bytes);
+        let lost_before = (rec.lost_before_in, rec.lost_before_out);
+        let base = self.reserve(sid, dir, rec.bytes, &call.addrs, lost_before, sys.name(), ts, out);
         let captured = payload.len() as u64;
         self.totals.recorded_bytes += captured;
         let chunk = DataChunk {
@@ -167,10 +180,8 @@ impl Tracker {
         let (sid, base, spans) = match call.placed {
             Some((placed_sid, _, base)) => (placed_sid, base, call.spans),
             None => {
-                let base = self.position(sid, dir);
-                if let Some((_, first)) = call.addrs.first() {
-                    self.learn_peer_if_unset(sid, first, out);
-                }
+                // The record placed earlier calls' loss already (`syscall`).
+                let base = self.reserve(sid, dir, rec.bytes, &call.addrs, (0, 0), sys.name(), ts, out);
                 let mut spans = Vec::with_capacity(call.chunks.len());
                 for (chunk, payload) in call.chunks {
                     spans.push((chunk.offset, payload.len() as u64));
@@ -178,7 +189,6 @@ impl Tracker {
                     let addr = addr_of(&call.addrs, chunk.msg_index);
                     out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
                 }
-                self.advance(sid, dir, rec.bytes);
                 (sid, base, spans)
             }
         };
