@@ -64,6 +64,8 @@ pub enum RecordError {
     Target(#[from] TargetError),
     #[error("the recording writer stopped unexpectedly")]
     WriterDied,
+    #[error("could not start the recorder's threads: {0}")]
+    Thread(std::io::Error),
     #[error(transparent)]
     Rules(#[from] crate::redact::RulesError),
 }
@@ -145,11 +147,20 @@ pub async fn record(
     let (consumer_stop_tx, consumer_stop_rx) = watch::channel(false);
     let root_exited = Arc::new(AtomicBool::new(false));
     let writer_failed = Arc::new(AtomicBool::new(false));
-    let writer_thread = spawn_writer(writer, records_rx, writer_failed.clone());
-    let streams_thread = std::thread::spawn({
+    let threads = spawn_writer(writer, records_rx, writer_failed.clone()).and_then(|writer| {
         let root_exited = root_exited.clone();
-        move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited)
+        let streams = std::thread::Builder::new()
+            .name("retrace-streams".into())
+            .spawn(move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited))?;
+        Ok((writer, streams))
     });
+    let (writer_thread, streams_thread) = match threads {
+        Ok(threads) => threads,
+        Err(e) => {
+            abort(&mut launched);
+            return Err(RecordError::Thread(e));
+        }
+    };
     let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx));
 
     let exit_status = match launched.as_mut() {
@@ -257,8 +268,8 @@ fn spawn_writer(
     mut writer: Writer,
     records: std::sync::mpsc::Receiver<Vec<proto::Record>>,
     failed: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<Writer, StoreError>> {
-    std::thread::spawn(move || {
+) -> std::io::Result<std::thread::JoinHandle<Result<Writer, StoreError>>> {
+    std::thread::Builder::new().name("retrace-writer".into()).spawn(move || {
         let result = (|| {
             for batch in records {
                 for record in batch {

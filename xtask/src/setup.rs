@@ -1,5 +1,6 @@
 //! Idempotent machine set-up: rust-src, bpf-linker built against rustc's own LLVM, tracefs,
-//! and the real peers the tests drive (curl, python3, a C compiler).
+//! OpenSSL's headers for the agent, and the real peers the tests drive (curl, python3, a C
+//! compiler).
 
 use std::{
     ffi::OsString,
@@ -13,8 +14,19 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     tracefs()?;
+    build_deps()?;
     test_peers()?;
     Ok(())
+}
+
+/// The agent links the system's OpenSSL (libcrypto's ChaCha20-Poly1305 for the segments); the
+/// `openssl` crate finds its headers with pkg-config.
+fn build_deps() -> Result<()> {
+    let found = Command::new("pkg-config").args(["--exists", "openssl"]).status().map(|s| s.success()).unwrap_or(false);
+    if found {
+        return Ok(());
+    }
+    apt_install(&["pkg-config", "libssl-dev"])
 }
 
 /// `$CARGO_HOME/bin` first in PATH, so a freshly installed bpf-linker is found.
@@ -116,23 +128,28 @@ fn test_peers() -> Result<()> {
         ("redis-server", "redis-server"),
         ("pkill", "procps"), // the kill -9 test stops orphaned commands by name
     ];
+    install_missing(&wanted)
+}
+
+/// Installs with apt the packages (second) whose command (first) is not on PATH.
+pub fn install_missing(wanted: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(bin, _)| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {bin}")])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
+            !Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
         })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: apt-get install {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    eprintln!("setup: apt-get install {}", packages.join(" "));
     crate::run(Command::new("apt-get").arg("update").arg("-q"))?;
     crate::run(
-        Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["install", "-y", "-q"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

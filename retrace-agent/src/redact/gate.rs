@@ -17,6 +17,8 @@ const GATED_MAX: usize = 64;
 pub struct Gate {
     /// Lowercase literals.
     literals: Vec<Vec<u8>>,
+    /// The longest literal's length.
+    longest: usize,
     finder: Option<Finder>,
     /// For each literal, the detectors (bits) that need it.
     needed_by: Vec<u64>,
@@ -47,8 +49,12 @@ impl Active {
     }
 }
 
+/// The window is folded and searched this many bytes at a time, so the folded copy stays in
+/// the L1 cache between being written and being searched (windows reach 256 KiB and more).
+const FOLD_BLOCK: usize = 8 << 10;
+
 thread_local! {
-    /// The window folded to lowercase (kept to avoid an allocation per record).
+    /// The block folded to lowercase (kept to avoid an allocation per record).
     static FOLDED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -91,44 +97,64 @@ impl Gate {
                 ),
             }
         });
-        Gate { literals, finder, needed_by, always, gated }
+        let longest = literals.iter().map(Vec::len).max().unwrap_or(0);
+        Gate { literals, longest, finder, needed_by, always, gated }
     }
 
     /// The detectors that can match somewhere in `hay` (the part of a window where matches
     /// may lie).
     pub fn active(&self, hay: &[u8]) -> Active {
-        let mut bits = self.always;
-        let Some(finder) = &self.finder else { return Active { bits } };
+        let Some(finder) = &self.finder else { return Active { bits: self.always } };
         FOLDED.with_borrow_mut(|folded| {
-            folded.clear();
-            folded.extend(hay.iter().map(u8::to_ascii_lowercase));
-            let all = |bits: u64| bits & self.gated == self.gated;
+            let want = hay.len().min(FOLD_BLOCK);
+            if folded.len() < want {
+                folded.resize(want, 0);
+            }
+            self.search(finder, hay, folded, self.always)
+        })
+    }
+
+    fn search(&self, finder: &Finder, hay: &[u8], folded: &mut [u8], mut bits: u64) -> Active {
+        let all = |bits: u64| bits & self.gated == self.gated;
+        // Blocks overlap by one byte less than the longest literal: a literal that does not fit
+        // in one block starts inside the next one's overlap and fits there.
+        let mut start = 0;
+        while start < hay.len() {
+            let end = (start + FOLD_BLOCK).min(hay.len());
+            let block = &mut folded[..end - start];
+            for (f, b) in block.iter_mut().zip(&hay[start..end]) {
+                *f = b.to_ascii_lowercase();
+            }
             match finder {
                 Finder::Teddy(teddy) => {
                     let mut at = 0;
-                    while let Some(m) = teddy.find_in(&folded[..], Span::from(at..folded.len())) {
-                        let rest = &folded[m.start()..];
+                    while let Some(m) = teddy.find_in(&block[..], Span::from(at..block.len())) {
+                        let rest = &block[m.start()..];
                         for (lit, needed_by) in self.literals.iter().zip(&self.needed_by) {
                             if rest.starts_with(lit) {
                                 bits |= needed_by;
                             }
                         }
                         if all(bits) {
-                            break;
+                            return Active { bits };
                         }
                         at = m.start() + 1;
                     }
                 }
                 Finder::Automaton(ac) => {
-                    for m in ac.find_overlapping_iter(&folded[..]) {
+                    for m in ac.find_overlapping_iter(&block[..]) {
                         bits |= self.needed_by[m.pattern().as_usize()];
                         if all(bits) {
-                            break;
+                            return Active { bits };
                         }
                     }
                 }
             }
-        });
+            if end == hay.len() {
+                break;
+            }
+            start = end - (self.longest - 1).min(end - start - 1);
+        }
         Active { bits }
     }
 }
@@ -155,6 +181,25 @@ mod tests {
         assert!(!a.runs(0) && a.runs(1) && !a.runs(2) && !a.runs(3));
         // Far detectors always run.
         assert!(a.runs(GATED_MAX + 3));
+    }
+
+    #[test]
+    fn a_literal_across_a_fold_block_end_is_found() {
+        let gate = Gate::new(&[Some(vec![b"Authorization".to_vec()]), Some(vec![b"x".to_vec()])]);
+        for finder in ["teddy", "automaton"] {
+            let mut gate = gate.clone();
+            if finder == "automaton" {
+                gate.finder = Some(Finder::Automaton(AhoCorasick::new(&gate.literals).unwrap()));
+            }
+            for block_end in [FOLD_BLOCK, 2 * FOLD_BLOCK - (gate.longest - 1)] {
+                for at in block_end - gate.longest..=block_end {
+                    let mut hay = vec![b'.'; 3 * FOLD_BLOCK];
+                    hay[at..at + 13].copy_from_slice(b"AUTHORIZATION");
+                    let a = gate.active(&hay);
+                    assert!(a.runs(0) && !a.runs(1), "{finder}: literal at {at}");
+                }
+            }
+        }
     }
 
     #[test]

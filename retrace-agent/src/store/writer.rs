@@ -12,7 +12,7 @@ use std::{
 use prost::Message as _;
 
 use super::{
-    crypt::{self, EncryptingWriter, HashingFile},
+    crypt::{self, EncryptingWriter},
     io_err,
     manifest::{Manifest, SegmentEntry},
     proto::{self, record::Kind as R},
@@ -140,7 +140,7 @@ impl Writer {
         let index = self.manifest.segments.len();
         let path = self.dir.join(partial_name(index));
         let file = SegmentFile::create(&path).map_err(io_err(&path))?;
-        let out = crypt::encrypt_to(&self.recipients, HashingFile::new(file)).map_err(io_err(&path))?;
+        let out = crypt::encrypt_to(&self.recipients, file).map_err(io_err(&path))?;
         let mut segment = Segment { index, path, out, bytes: 0, records: 0, opened: Instant::now() };
         let header = proto::Record {
             kind: Some(R::SegmentHeader(proto::SegmentHeader {
@@ -161,21 +161,19 @@ impl Writer {
         let end = proto::Record { kind: Some(R::SegmentEnd(proto::SegmentEnd { records: segment.records, last })) };
         write_frame(&mut segment, &end, &mut self.frame)?;
         let path = segment.path.clone();
-        let mut hashed = segment.out.finish().map_err(io_err(&path))?;
-        // An fsync failure is not retried: the data it covered may be gone from the page cache.
-        hashed.file.seal().map_err(io_err(&path))?;
-        let sha = hashed.digest();
+        // Waits for the disk thread's writes and fsync (a failed fsync is not retried).
+        let sealed = segment.out.finish().and_then(|file| file.seal()).map_err(io_err(&path))?;
         let name = segment_name(segment.index);
         let final_path = self.dir.join(&name);
         std::fs::rename(&path, &final_path).map_err(io_err(&final_path))?;
         sync_dir(&self.dir)?;
         self.manifest.segments.push(SegmentEntry {
             name,
-            blake3: crypt::hex(&sha),
-            bytes: hashed.bytes,
+            blake3: crypt::hex(&sealed.digest),
+            bytes: sealed.bytes,
             records: segment.records,
         });
-        self.prev_hash = sha.to_vec();
+        self.prev_hash = sealed.digest.to_vec();
         self.manifest.write(&self.dir)
     }
 

@@ -121,20 +121,5 @@ fn install_peers() -> Result<()> {
         ("strace", "strace"),
         ("cc", "gcc"),
     ];
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(bin, _)| {
-            !Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
-        })
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("bench: apt-get install {}", missing.join(" "));
-    crate::run(Command::new("apt-get").args(["update", "-q"]))?;
-    crate::run(
-        Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("install the benchmark's peers")
+    crate::setup::install_missing(&wanted).context("install the benchmark's peers")
 }
