@@ -123,6 +123,11 @@ impl SegmentFile {
     }
 }
 
+/// io::Error is not Clone: the same OS error (ENOSPC stays ENOSPC) or kind and message.
+fn same_error(e: &io::Error) -> io::Error {
+    e.raw_os_error().map_or_else(|| io::Error::new(e.kind(), e.to_string()), io::Error::from_raw_os_error)
+}
+
 fn disk_gone() -> io::Error {
     io::Error::other("the segment's disk thread stopped")
 }
@@ -137,20 +142,26 @@ struct Disk {
 
 impl Disk {
     fn run(mut self, jobs: Receiver<Job>, free: Sender<(Buffer, Option<io::Error>)>) -> io::Result<Sealed> {
-        let mut failed = false;
+        // The first failed write's error; after it buffers only go back (the writer stops at
+        // the error, which comes back with the next buffer or from the seal).
+        let mut failed: Option<io::Error> = None;
         while let Ok(job) = jobs.recv() {
             match job {
                 Job::Write(buf, n) => {
-                    // After a failure buffers only go back: the writer stops at the error.
-                    let result = if failed { Ok(()) } else { self.write(buf.slice(0, n)) };
-                    failed |= result.is_err();
-                    if free.send((buf, result.err())).is_err() {
+                    let mut error = None;
+                    if failed.is_none() {
+                        if let Err(e) = self.write(buf.slice(0, n)) {
+                            error = Some(same_error(&e));
+                            failed = Some(e);
+                        }
+                    }
+                    if free.send((buf, error)).is_err() {
                         break;
                     }
                 }
                 Job::Seal(buf, n) => {
-                    if failed {
-                        return Err(io::Error::other("an earlier write of the segment failed"));
+                    if let Some(e) = failed {
+                        return Err(e);
                     }
                     if !n.is_multiple_of(BLOCK) {
                         self.buffered()?;
@@ -261,6 +272,20 @@ mod tests {
             assert_eq!(got.len(), want.len(), "size in {}", dir.display());
             assert!(got == want, "content in {}", dir.display());
             assert_eq!(sealed, Sealed { bytes: want.len() as u64, digest: *blake3::hash(&want).as_bytes() });
+        }
+    }
+
+    #[test]
+    fn a_failed_write_comes_back_as_itself() {
+        // /dev/full: every write fails with ENOSPC, in the disk thread. The error must reach the
+        // writer unchanged (ENOSPC is told apart as "disk full"), from a later write or the seal.
+        for len in [10, BUFFER + 1, 5 * BUFFER] {
+            let mut file = SegmentFile::create(Path::new("/dev/full")).unwrap();
+            let error = match file.write_all(&vec![7u8; len]) {
+                Err(e) => e,
+                Ok(()) => file.seal().unwrap_err(),
+            };
+            assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{len} bytes: {error}");
         }
     }
 }
