@@ -135,9 +135,9 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&D
 pub const PAYLOAD_HEADROOM_DIVISOR: u64 = 8;
 
 /// Records a data call on one buffer whose `n` kept bytes (of `moved`, after `--max-payload`) fit
-/// one chunk: its
-/// record and payload go into one ring reservation (`kind::DATA_CALL`), the payload straight
-/// from user memory. When that fails, the call's plain record counts the bytes as lost.
+/// one chunk: its record and payload go into one ring reservation (`kind::DATA_CALL`), the
+/// payload straight from user memory. When that fails, the call's plain record counts the bytes
+/// as lost.
 #[inline(always)]
 pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64, n: u64) {
     let (lost_before_in, lost_before_out) = take_pending_loss(call.tgid, fd);

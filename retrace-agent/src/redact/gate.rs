@@ -110,11 +110,12 @@ impl Gate {
             if folded.len() < want {
                 folded.resize(want, 0);
             }
-            self.search(finder, hay, folded, self.always)
+            self.search(finder, hay, folded)
         })
     }
 
-    fn search(&self, finder: &Finder, hay: &[u8], folded: &mut [u8], mut bits: u64) -> Active {
+    fn search(&self, finder: &Finder, hay: &[u8], folded: &mut [u8]) -> Active {
+        let mut bits = self.always;
         let all = |bits: u64| bits & self.gated == self.gated;
         // Blocks overlap by one byte less than the longest literal: a literal that does not fit
         // in one block starts inside the next one's overlap and fits there.

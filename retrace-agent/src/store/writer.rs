@@ -96,7 +96,7 @@ impl Writer {
 
     /// Writes a record; seals the segment first when it is full (its age is checked by `tick`).
     pub fn append(&mut self, mut record: proto::Record) -> Result<(), StoreError> {
-        if self.current.as_ref().is_some_and(|s| s.bytes >= self.policy.max_bytes) {
+        if self.current.as_ref().is_some_and(|s| s.is_full(&self.policy)) {
             self.seal(false)?;
         }
         if self.current.is_none() {
@@ -122,14 +122,8 @@ impl Writer {
 
     /// Seals the segment if it is old enough even when nothing is being written.
     pub fn tick(&mut self) -> Result<(), StoreError> {
-        self.rotate_if_due()
-    }
-
-    fn rotate_if_due(&mut self) -> Result<(), StoreError> {
-        let due = self
-            .current
-            .as_ref()
-            .is_some_and(|s| s.bytes >= self.policy.max_bytes || s.opened.elapsed() >= self.policy.max_age);
+        let due =
+            self.current.as_ref().is_some_and(|s| s.is_full(&self.policy) || s.opened.elapsed() >= self.policy.max_age);
         if due {
             self.seal(false)?;
         }
@@ -188,6 +182,12 @@ impl Writer {
         self.manifest.complete = true;
         self.manifest.write(&self.dir)?;
         Ok(self.manifest)
+    }
+}
+
+impl Segment {
+    fn is_full(&self, policy: &SegmentPolicy) -> bool {
+        self.bytes >= policy.max_bytes
     }
 }
 
