@@ -268,8 +268,7 @@ fn emit_chunk(s: &mut Copy, n: u64) {
         drop_chunk(s, n);
         return;
     }
-    let wakeup = level.wakeup_flags();
-    let ok = by_size_class!(n, emit_class(s, n, wakeup));
+    let ok = by_size_class!(n, emit_class(s, n, level));
     if !ok {
         drop_chunk(s, n);
     }
@@ -284,8 +283,9 @@ fn drop_chunk(s: &mut Copy, n: u64) {
 
 /// Reserves a record with room for `C` payload bytes and fills `n <= C` of them.
 #[inline(always)]
-fn emit_class<const C: usize>(s: &mut Copy, n: u64, wakeup: u64) -> bool {
-    let rec = unsafe { bpf_ringbuf_reserve(&EVENTS as *const _ as *mut c_void, (DATA_CHUNK_SIZE + C) as u64, 0) };
+fn emit_class<const C: usize>(s: &mut Copy, n: u64, level: RingLevel) -> bool {
+    let len = (DATA_CHUNK_SIZE + C) as u64;
+    let rec = unsafe { bpf_ringbuf_reserve(&EVENTS as *const _ as *mut c_void, len, 0) };
     if rec.is_null() {
         return false;
     }
@@ -303,7 +303,7 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64, wakeup: u64) -> bool {
         (*chunk)._pad = 0;
         let dst = (rec as *mut u8).add(DATA_CHUNK_SIZE);
         if n as usize <= C && raw_read_user(dst.cast(), n, s.cur_base as *const c_void) == 0 {
-            bpf_ringbuf_submit(rec, wakeup);
+            bpf_ringbuf_submit(rec, level.wakeup_flags(len));
             s.acct.captured += n as u64;
             count(stat::CAPTURED_BYTES, n as u64);
         } else {

