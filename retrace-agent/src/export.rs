@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use crate::{
     keys::Recipient,
     redact::{RedactStage, RedactStats, Redactor, RulesFile},
-    store::{manifest::Manifest, writer::now_wall_ns, Recording, SegmentPolicy, StoreError, Writer},
+    store::{manifest::Manifest, writer::now_wall_ns, Compression, Recording, SegmentPolicy, StoreError, Writer},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,9 @@ pub fn export(
         exported_from: Some(src.id.clone()),
         ..src.clone()
     };
-    let mut writer = Writer::create(out, manifest, vec![to], SegmentPolicy::default())?;
+    // The export is compressed if its source was.
+    let policy = SegmentPolicy { compression: Compression::of(src), ..SegmentPolicy::default() };
+    let mut writer = Writer::create(out, manifest, vec![to], policy)?;
     let mut failed = None;
     let mut records = Vec::new();
     let report = source.for_each(|record| {

@@ -9,6 +9,10 @@ pub const AUX_MAX: usize = 4096;
 /// Longest socket address kept (sizeof(struct sockaddr_storage)).
 pub const SOCKADDR_MAX: usize = 128;
 
+/// Words of the kernel's `TRACED` bitmap: one bit for every process id up to Linux's
+/// `PID_MAX_LIMIT` (4 Mi), whatever `kernel.pid_max` is now or becomes (512 KiB).
+pub const TRACED_WORDS: u32 = (4 << 20) / 64;
+
 /// Indices into the kernel's per-CPU `STATS` counters.
 pub mod stat {
     /// Payload chunks not written because the ring buffer was full (records).

@@ -31,8 +31,29 @@ pub struct Call {
 pub fn traced() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    unsafe { TRACED.get(&tgid) }?;
+    let word = TRACED.get(tgid >> 6)?;
+    if word & (1 << (tgid & 63)) == 0 {
+        return None;
+    }
     Some((tgid, id as u32))
+}
+
+/// Sets or clears a process's bit in `TRACED`, atomically: the agent and other CPUs change
+/// other bits of the same word at the same time.
+#[inline(always)]
+pub fn set_traced(tgid: u32, on: bool) {
+    let Some(word) = TRACED.get_ptr_mut(tgid >> 6) else { return };
+    let bit = 1u64 << (tgid & 63);
+    use core::intrinsics::{atomic_and, atomic_or, AtomicOrdering::Relaxed};
+    // SAFETY: a map value, 8-byte aligned, changed by other CPUs and user space only through
+    // atomic operations.
+    unsafe {
+        if on {
+            atomic_or::<u64, u64, { Relaxed }>(word, bit);
+        } else {
+            atomic_and::<u64, u64, { Relaxed }>(word, !bit);
+        }
+    }
 }
 
 /// The argument registers as `struct pt_regs` lays them out on x86_64, from `r10` to `rdi`:

@@ -2,7 +2,7 @@
 //! from 1 byte to 1 MiB, is recorded exactly.
 
 use retrace_agent::store::proto::Direction;
-use retrace_tests::{assert_bytes_eq, pattern, python, record, scratch};
+use retrace_tests::{assert_bytes_eq, pattern, python, record, retrace, scratch};
 
 const COPY_SCRIPT: &str = r#"
 import os, sys
@@ -66,4 +66,38 @@ fn file_reads_and_writes_are_recorded_byte_for_byte() {
     }
     // A 1 MiB read is one call split into ring-buffer chunks: all of it is there.
     assert!(rec.data(input.id).iter().map(|d| d.payload.len()).max().unwrap() <= 32 * 1024);
+}
+
+#[test]
+fn compressed_recordings_hold_the_same_bytes_in_less_disk() {
+    let dir = scratch("file-copy-lz4");
+    let src = dir.join("orders.jsonl");
+    let dst = dir.join("copy.jsonl");
+    // Text that compresses, then random bytes that do not (their blocks are stored raw).
+    let mut content: Vec<u8> = (0..40_000)
+        .flat_map(|i| format!("{{\"order\":{i},\"sku\":\"item-{}\",\"qty\":{}}}\n", i % 501, i % 7).into_bytes())
+        .collect();
+    let text = content.len();
+    content.extend(pattern(1 << 20, 2));
+    std::fs::write(&src, &content).unwrap();
+
+    let (rec, _) =
+        record(&dir, &["--compress"], &[python(), "-c", COPY_SCRIPT, src.to_str().unwrap(), dst.to_str().unwrap()]);
+
+    let input = rec.by_path(&src);
+    assert_eq!((input.lost_bytes_in, input.lost_bytes_out), (0, 0), "nothing lost on {input:?}");
+    assert_bytes_eq(&rec.bytes(input.id, Direction::In), &content, "bytes read from orders.jsonl");
+    let output = rec.by_path(&dst);
+    assert_bytes_eq(&rec.bytes(output.id, Direction::Out), &content, "bytes written to copy.jsonl");
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("rec/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["compression"], "lz4");
+    let on_disk: u64 = manifest["segments"].as_array().unwrap().iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
+    // Read and written once each: the text shrinks, the random megabyte cannot.
+    let payload = 2 * content.len() as u64;
+    let ceiling = 2 * ((text / 2) as u64 + (1 << 20) + (1 << 16));
+    assert!(on_disk < ceiling, "{on_disk} bytes on disk for {payload} of payload (ceiling {ceiling})");
+    let verify = retrace(&["verify", dir.join("rec").to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }

@@ -411,8 +411,12 @@ fn kill_9_at_random_points_leaves_recordings_that_verify() {
             "import os,time\nfd=os.open('{}', os.O_WRONLY|os.O_CREAT)\nfor i in range(3000):\n    os.write(fd, (b'line %06d abcdefghijklmnopqrstuvwxyz\\n' % i) * 64); time.sleep(0.001)\n",
             file.display()
         );
+        // Every other run compressed: a torn tail then ends inside a compressed block too.
+        let compress: &[&str] = if run % 2 == 1 { &["--compress"] } else { &[] };
         let mut recorder = retrace_command()
-            .args(["record", "-o", rec.to_str().unwrap(), "--", "python3", "-c", &script])
+            .args(["record", "-o", rec.to_str().unwrap()])
+            .args(compress)
+            .args(["--", "python3", "-c", &script])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();

@@ -1,12 +1,21 @@
 //! Loads the eBPF object, sizes the ring buffer, sets the run-time knobs and attaches every
 //! program. Owns the kernel objects: dropping it detaches everything.
 
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use retrace_common::{config::stat, FdKey, PendingLoss};
+use retrace_common::{
+    config::{stat, TRACED_WORDS},
+    FdKey, PendingLoss,
+};
 
 use super::CaptureError;
 
@@ -27,6 +36,51 @@ pub struct Probes {
     /// The tail-call table; kept so it lives as long as the programs.
     _exits: ProgramArray<MapData>,
     links: Vec<Link>,
+    traced: TracedBits,
+}
+
+/// The kernel's `TRACED` bitmap (one bit per process id), mapped into the agent so it sets
+/// bits with the same atomic or as the kernel's fork hook, which may be changing another bit
+/// of the same word at that moment (a map update would write the whole word back).
+struct TracedBits {
+    words: NonNull<AtomicU64>,
+}
+
+// SAFETY: the mapping is shared memory used only through atomics.
+unsafe impl Send for TracedBits {}
+unsafe impl Sync for TracedBits {}
+
+const TRACED_BYTES: usize = TRACED_WORDS as usize * 8;
+
+impl TracedBits {
+    fn map(ebpf: &Ebpf) -> Result<TracedBits, CaptureError> {
+        let Some(Map::Array(data)) = ebpf.map("TRACED") else { panic!("the eBPF object's TRACED is an array map") };
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: maps the array's pages (it was created BPF_F_MMAPABLE); unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), TRACED_BYTES, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(CaptureError::Io { source: std::io::Error::last_os_error() });
+        }
+        Ok(TracedBits { words: NonNull::new(ptr.cast()).expect("mmap succeeded") })
+    }
+
+    fn set(&self, tgid: u32) {
+        let index = (tgid >> 6) as usize;
+        if index < TRACED_WORDS as usize {
+            // SAFETY: in bounds of the mapping, which lives as long as self.
+            let word = unsafe { &*self.words.as_ptr().add(index) };
+            word.fetch_or(1 << (tgid & 63), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for TracedBits {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unused after this.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), TRACED_BYTES) };
+    }
 }
 
 enum Link {
@@ -107,7 +161,8 @@ impl Probes {
         // Parsing the kernel's BTF took tens of MB that are not needed again.
         // SAFETY: malloc_trim only returns free heap memory to the kernel.
         unsafe { libc::malloc_trim(0) };
-        Ok(Probes { ebpf, _exits: exits, links })
+        let traced = TracedBits::map(&ebpf)?;
+        Ok(Probes { ebpf, _exits: exits, links, traced })
     }
 
     /// Detaches every program. A perf-event tracepoint detach waits for an RCU grace period,
@@ -139,9 +194,8 @@ impl Probes {
 
     /// Starts following a thread group (and, from now on, its children).
     pub fn trace(&mut self, tgid: u32) -> Result<(), CaptureError> {
-        let mut traced: BpfHashMap<&mut MapData, u32, u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut("TRACED").expect("TRACED map")).map_err(CaptureError::map)?;
-        traced.insert(tgid, 1, 0).map_err(CaptureError::map)
+        self.traced.set(tgid);
+        Ok(())
     }
 
     /// The ring buffer, moved out to the consumer.

@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{io_err, StoreError};
 
+/// Written for uncompressed recordings; compressed ones are written as `COMPRESSED_VERSION`, so
+/// a reader that predates compression refuses them instead of misreading them.
 pub const FORMAT_VERSION: u32 = 2;
+pub const COMPRESSED_VERSION: u32 = 3;
 pub const MANIFEST: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -40,6 +43,9 @@ pub struct Manifest {
     pub redaction_rules: Vec<String>,
     /// Whether a capture allowlist limited which streams keep their payload.
     pub capture_allowlist: bool,
+    /// How segment plaintext is compressed before encryption (`lz4`), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
     /// The recording this one was exported from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exported_from: Option<String>,
@@ -74,8 +80,12 @@ impl Manifest {
         };
         let manifest: Manifest =
             serde_json::from_slice(&text).map_err(|source| StoreError::Manifest { path: path.clone(), source })?;
-        if manifest.format_version != FORMAT_VERSION {
-            return Err(StoreError::Version { found: manifest.format_version, supported: FORMAT_VERSION });
+        let expected = if manifest.compression.is_some() { COMPRESSED_VERSION } else { FORMAT_VERSION };
+        if manifest.format_version != expected {
+            return Err(StoreError::Version { found: manifest.format_version, supported: expected });
+        }
+        if let Some(other) = manifest.compression.as_deref().filter(|c| *c != super::writer::Compression::Lz4.name()) {
+            return Err(StoreError::Compression { found: other.to_owned() });
         }
         Ok(manifest)
     }

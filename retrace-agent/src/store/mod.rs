@@ -2,6 +2,7 @@
 //! …), each an age file of framed protobuf records bound to its recording, sealed by size and
 //! at least every second. Only this module writes recording files.
 
+mod compress;
 pub mod crypt;
 pub mod manifest;
 pub mod reader;
@@ -15,7 +16,7 @@ pub mod proto {
 
 pub use manifest::{Manifest, SegmentEntry};
 pub use reader::Recording;
-pub use writer::{SegmentPolicy, Writer};
+pub use writer::{Compression, SegmentPolicy, Writer};
 
 use std::path::PathBuf;
 
@@ -46,6 +47,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, offset: u64 },
     #[error("recording format {found} is not the one this retrace reads ({supported})")]
     Version { found: u32, supported: u32 },
+    #[error("the recording's segments are compressed with `{found}`, which this retrace cannot read: use the retrace that wrote it")]
+    Compression { found: String },
     #[error("cannot decrypt `{path}` with the identity given ({reason}): it is encrypted to {recipients}; give the matching --identity")]
     Decrypt { path: PathBuf, reason: String, recipients: String },
     #[error("`{path}` fails verification: {what} (run `retrace verify` for the whole recording)")]

@@ -9,7 +9,7 @@ use bytes::Buf as _;
 use prost::Message as _;
 
 use super::{
-    crypt, io_err,
+    compress, crypt, io_err,
     manifest::{Manifest, SegmentEntry},
     proto::{self, record::Kind as R},
     writer::{partial_name, segment_name},
@@ -115,8 +115,16 @@ impl Recording {
                 what: "its encryption does not verify".into(),
             });
         }
-        let (records, torn_at) =
-            parse_frames(&plain.bytes).map_err(|offset| StoreError::Corrupt { path: path.to_path_buf(), offset })?;
+        let corrupt = |offset| StoreError::Corrupt { path: path.to_path_buf(), offset };
+        let (frames, truncated) = match self.manifest.compression {
+            None => (plain.bytes, plain.truncated),
+            // A block cut short can only be the end of an unsealed tail's age stream.
+            Some(_) => {
+                let (frames, cut) = compress::decompress(&plain.bytes).map_err(corrupt)?;
+                (frames, plain.truncated || cut)
+            }
+        };
+        let (records, torn_at) = parse_frames(&frames).map_err(corrupt)?;
         let mut records = records.into_iter();
         let tampered = |what: String| StoreError::Tampered { path: path.to_path_buf(), what };
         match records.next().and_then(|r| r.kind) {
@@ -137,7 +145,7 @@ impl Recording {
                     return Err(tampered("it does not follow the segment before it".into()));
                 }
             }
-            _ if tail && plain.bytes.is_empty() => {
+            _ if tail && frames.is_empty() => {
                 return Ok(SegmentRecords { records: Vec::new(), end: None, torn_at: Some(0) })
             }
             _ => return Err(tampered("it has no segment header".into())),
@@ -154,7 +162,7 @@ impl Recording {
             }
             _ => None,
         };
-        let torn_at = torn_at.or(if plain.truncated { Some(plain.bytes.len() as u64) } else { None });
+        let torn_at = torn_at.or(if truncated { Some(frames.len() as u64) } else { None });
         Ok(SegmentRecords { records: out, end, torn_at })
     }
 }

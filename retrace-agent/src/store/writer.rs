@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    io::Write as _,
+    io::Write,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -12,6 +12,7 @@ use std::{
 use prost::Message as _;
 
 use super::{
+    compress::Compressor,
     crypt::{self, EncryptingWriter},
     io_err,
     manifest::{Manifest, SegmentEntry},
@@ -21,17 +22,44 @@ use super::{
 };
 use crate::keys::Recipient;
 
-/// When a segment is sealed and a new one started.
+/// When a segment is sealed and a new one started, and how its plaintext is stored.
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentPolicy {
+    /// Plaintext bytes (before compression) after which a segment is sealed.
     pub max_bytes: u64,
     pub max_age: Duration,
+    pub compression: Compression,
 }
 
 impl Default for SegmentPolicy {
     /// Sealed at least every second: a crash loses at most about a second of data.
     fn default() -> Self {
-        SegmentPolicy { max_bytes: 64 << 20, max_age: Duration::from_secs(1) }
+        SegmentPolicy { max_bytes: 64 << 20, max_age: Duration::from_secs(1), compression: Compression::None }
+    }
+}
+
+/// Compression of segment plaintext before encryption (see `compress.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Lz4,
+}
+
+impl Compression {
+    /// As the manifest names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+        }
+    }
+
+    /// The compression a manifest declares (`Manifest::read` refuses unknown names).
+    pub fn of(manifest: &Manifest) -> Compression {
+        match manifest.compression {
+            Some(_) => Compression::Lz4,
+            None => Compression::None,
+        }
     }
 }
 
@@ -57,7 +85,7 @@ pub struct Writer {
 struct Segment {
     index: usize,
     path: PathBuf,
-    out: EncryptingWriter,
+    out: SegmentOut,
     /// Plaintext bytes written.
     bytes: u64,
     records: u64,
@@ -74,6 +102,17 @@ impl Writer {
     ) -> Result<Writer, StoreError> {
         if dir.join(super::manifest::MANIFEST).exists() {
             return Err(StoreError::Exists { path: dir.to_path_buf() });
+        }
+        let mut manifest = manifest;
+        match policy.compression {
+            Compression::None => {
+                manifest.compression = None;
+                manifest.format_version = super::manifest::FORMAT_VERSION;
+            }
+            c @ Compression::Lz4 => {
+                manifest.compression = Some(c.name().to_owned());
+                manifest.format_version = super::manifest::COMPRESSED_VERSION;
+            }
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         // Recordings are readable by their owner only (the ciphertext too: metadata).
@@ -134,7 +173,11 @@ impl Writer {
         let index = self.manifest.segments.len();
         let path = self.dir.join(partial_name(index));
         let file = SegmentFile::create(&path).map_err(io_err(&path))?;
-        let out = crypt::encrypt_to(&self.recipients, file).map_err(io_err(&path))?;
+        let encrypted = crypt::encrypt_to(&self.recipients, file).map_err(io_err(&path))?;
+        let out = match self.policy.compression {
+            Compression::None => SegmentOut::Plain(encrypted),
+            Compression::Lz4 => SegmentOut::Lz4(Compressor::new(encrypted)),
+        };
         let mut segment = Segment { index, path, out, bytes: 0, records: 0, opened: Instant::now() };
         let header = proto::Record {
             kind: Some(R::SegmentHeader(proto::SegmentHeader {
@@ -182,6 +225,42 @@ impl Writer {
         self.manifest.complete = true;
         self.manifest.write(&self.dir)?;
         Ok(self.manifest)
+    }
+}
+
+/// A segment's age stream, behind the compressor when there is one.
+enum SegmentOut {
+    Plain(EncryptingWriter),
+    Lz4(Compressor<EncryptingWriter>),
+}
+
+impl SegmentOut {
+    /// Ends the compression and the age stream; waits for the disk thread's writes.
+    fn finish(self) -> std::io::Result<SegmentFile> {
+        match self {
+            SegmentOut::Plain(out) => out.finish(),
+            SegmentOut::Lz4(out) => out.finish()?.finish(),
+        }
+    }
+}
+
+impl Write for SegmentOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            SegmentOut::Plain(out) => out.write(buf),
+            SegmentOut::Lz4(out) => out.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            SegmentOut::Plain(out) => out.write_all(buf),
+            SegmentOut::Lz4(out) => out.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

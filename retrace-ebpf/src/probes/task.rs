@@ -5,9 +5,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD};
 
 use crate::{
-    call::{traced, Call},
+    call::{set_traced, traced, Call},
     emit::{self, Aux},
-    maps::TRACED,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -18,7 +17,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let pid: i32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     let clone_flags: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
     if clone_flags & CLONE_THREAD == 0 {
-        let _ = TRACED.insert(&(pid as u32), &1, 0);
+        set_traced(pid as u32, true);
     }
     emit::task(kind::TASK_NEW, tgid, tid, unsafe { bpf_ktime_get_ns() }, pid, 0, clone_flags, None);
     0
@@ -41,7 +40,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let flags = if group_dead != 0 { TASK_GROUP_DEAD } else { 0 };
     emit::task(kind::TASK_EXIT, tgid, tid, unsafe { bpf_ktime_get_ns() }, tid as i32, flags, 0, None);
     if group_dead != 0 {
-        let _ = TRACED.remove(&tgid);
+        set_traced(tgid, false);
     }
     0
 }

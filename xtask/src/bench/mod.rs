@@ -12,7 +12,18 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use tracers::Tracer;
-use workloads::{pump, Nginx, Redis, Sample};
+use workloads::{pump, untraced_read_ns, Content, Nginx, Redis, Sample};
+
+/// One run of the syscall loop in a process the tracer does not trace.
+#[derive(Clone, Debug, Serialize)]
+pub struct UntracedCost {
+    pub tracer: Tracer,
+    pub round: usize,
+    pub read_ns: f64,
+}
+
+/// The pump's rate for the compression table, MB/s.
+pub const COMPRESSION_MBPS: u64 = 300;
 
 /// How the highest zero-loss rate of one pump configuration was found.
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +51,8 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let pump_bin = work.join("pump");
     crate::run(Command::new("cc").args(["-O2", "-o"]).arg(&pump_bin).arg(root.join("xtask/bench/pump.c")))?;
+    let syscalls_bin = work.join("syscalls");
+    crate::run(Command::new("cc").args(["-O2", "-o"]).arg(&syscalls_bin).arg(root.join("xtask/bench/syscalls.c")))?;
     let rounds = if quick { 1 } else { 3 };
     let secs = if quick { 2 } else { 5 };
 
@@ -74,8 +87,8 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     for sink in ["file", "socket"] {
         for chunk in [4096, 64 * 1024, 1 << 20] {
             eprintln!("bench: pump {sink} {chunk}");
-            let base = pump(&pump_bin, &retrace, &work, Tracer::None, sink, chunk, total_mb, 0)?;
-            let full = pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, 0)?;
+            let base = pump(&pump_bin, &retrace, &work, Tracer::None, sink, chunk, total_mb, 0, Content::Pattern)?;
+            let full = pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, 0, Content::Pattern)?;
             let moved = (full.cost.recorded_bytes + full.cost.lost_bytes).max(1) as f64;
             // Bisect the writer's rate for the highest one recorded without losing a byte.
             let (mut lo, mut hi, mut best) = (0.0f64, base.throughput, None);
@@ -85,7 +98,17 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             } else {
                 for _ in 0..if quick { 3 } else { 5 } {
                     let mid = (lo + hi) / 2.0;
-                    let s = pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, mid as u64)?;
+                    let s = pump(
+                        &pump_bin,
+                        &retrace,
+                        &work,
+                        Tracer::Retrace,
+                        sink,
+                        chunk,
+                        total_mb,
+                        mid as u64,
+                        Content::Pattern,
+                    )?;
                     if s.cost.lost_bytes == 0 {
                         lo = s.throughput;
                         best = Some(s);
@@ -105,7 +128,40 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             });
         }
     }
-    report::write(root, &samples, &throughput, &replay_speed, rounds)?;
+    // Segment compression: CPU and disk per GB, with and without, at a rate both keep up with.
+    let mut compression = Vec::new();
+    for content in [Content::Json, Content::Random] {
+        for round in 0..rounds {
+            for tracer in [Tracer::Retrace, Tracer::RetraceLz4] {
+                eprintln!("bench: compression {} round {round} {}", content.name(), tracer.name());
+                let mut s = pump(
+                    &pump_bin,
+                    &retrace,
+                    &work,
+                    tracer,
+                    "file",
+                    64 << 10,
+                    total_mb / 2,
+                    COMPRESSION_MBPS,
+                    content,
+                )?;
+                s.round = round;
+                compression.push(s);
+            }
+        }
+    }
+    let mut untraced = Vec::new();
+    for round in 0..rounds.max(3) {
+        for tracer in [Tracer::None, Tracer::Retrace, Tracer::Bpftrace] {
+            eprintln!("bench: untraced process round {round} {}", tracer.name());
+            untraced.push(UntracedCost {
+                tracer,
+                round,
+                read_ns: untraced_read_ns(&syscalls_bin, &retrace, &work, tracer)?,
+            });
+        }
+    }
+    report::write(root, &samples, &throughput, &compression, &untraced, &replay_speed, rounds)?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::{
     tracers::{Tracer, RING_BUFFER_MIB},
     workloads::{human_size, Sample},
-    Throughput,
+    Throughput, UntracedCost, COMPRESSION_MBPS,
 };
 
 /// Median, min and max.
@@ -70,6 +70,8 @@ pub fn write(
     root: &Path,
     samples: &[Sample],
     throughput: &[Throughput],
+    compression: &[Sample],
+    untraced: &[UntracedCost],
     replay: &super::replay::ReplaySpeed,
     rounds: usize,
 ) -> Result<()> {
@@ -116,6 +118,7 @@ pub fn write(
         .filter(|s| s.tracer == Tracer::Retrace)
         .map(|s| s.cost.max_rss_kb)
         .chain(throughput.iter().filter_map(|t| t.zero_loss_sample.as_ref().map(|s| s.cost.max_rss_kb)))
+        .chain(compression.iter().map(|s| s.cost.max_rss_kb))
         .max()
         .unwrap_or(0);
     writeln!(
@@ -203,6 +206,40 @@ pub fn write(
         }
     }
 
+    // Compression.
+    writeln!(md, "\n## Segment compression (`--compress`)\n\nThe pump writing 512 MiB into a tmpfs file in 64 KiB chunks at {COMPRESSION_MBPS} MB/s (a rate recorded with\nzero loss either way), its chunk JSON log lines or random bytes; `retrace record` without and with\n`--compress` (lz4 blocks before encryption), alternating. Medians with [min–max] over the rounds.\n\n| content | segments | agent CPU s/GB | disk bytes per payload byte | lost bytes |\n|---|---|---|---|---|")?;
+    let mut contents: Vec<&str> = Vec::new();
+    for s in compression {
+        if !contents.contains(&s.workload.as_str()) {
+            contents.push(&s.workload);
+        }
+    }
+    for w in contents {
+        for t in [Tracer::Retrace, Tracer::RetraceLz4] {
+            let runs: Vec<&Sample> = compression.iter().filter(|s| s.workload == w && s.tracer == t).collect();
+            let per_gb = |s: &&Sample| s.cost.recorded_bytes.max(1) as f64 / 1e9;
+            let (cpu, cpu_lo, cpu_hi) = stats(&runs.iter().map(|s| s.cost.cpu_seconds / per_gb(s)).collect::<Vec<_>>());
+            let (disk, _, _) = stats(
+                &runs
+                    .iter()
+                    .map(|s| s.cost.recording_disk_bytes as f64 / s.cost.recorded_bytes.max(1) as f64)
+                    .collect::<Vec<_>>(),
+            );
+            let lost: u64 = runs.iter().map(|s| s.cost.lost_bytes).sum();
+            let segments = if t == Tracer::RetraceLz4 { "lz4" } else { "plain" };
+            let content = w.rsplit(' ').next().unwrap_or("");
+            writeln!(md, "| {content} | {segments} | {cpu:.2} [{cpu_lo:.2}–{cpu_hi:.2}] | {disk:.3} | {lost} |")?;
+        }
+    }
+
+    // Processes not recorded.
+    writeln!(md, "\n## Cost to processes that are not recorded\n\nWhile the tracer records an idle process, another process reads 64 bytes from `/dev/zero` 3 million\ntimes (`xtask/bench/syscalls.c`). Retrace's syscall hook is the raw `sys_exit` tracepoint: every\nsyscall of every process runs it, and it returns after one lookup of the caller's process;\nbpftrace's counter hooks its ten syscalls' own trace events. Medians with [min–max].\n\n| tracer | ns per read(2) | added ns |\n|---|---|---|")?;
+    let base = stats(&untraced.iter().filter(|u| u.tracer == Tracer::None).map(|u| u.read_ns).collect::<Vec<_>>()).0;
+    for t in [Tracer::None, Tracer::Retrace, Tracer::Bpftrace] {
+        let (m, lo, hi) = stats(&untraced.iter().filter(|u| u.tracer == t).map(|u| u.read_ns).collect::<Vec<_>>());
+        writeln!(md, "| {} | {m:.1} [{lo:.1}–{hi:.1}] | {:+.1} |", t.name(), m - base)?;
+    }
+
     // Scaling.
     writeln!(md, "\n## Scaling\n\nRecorded/unrecorded throughput as payload size grows (servers) and the writer's full-speed rate with\nRetrace attached (pump).\n\n| workload | payload | retrace ratio | strace ratio | bpftrace ratio |\n|---|---|---|---|---|")?;
     for w in &workloads {
@@ -232,7 +269,7 @@ pub fn write(
         writeln!(md, "| {name} | {m:.3} [{lo:.3}–{hi:.3}] |")?;
     }
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
-    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "throughput": throughput, "replay": replay });
+    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "throughput": throughput, "compression": compression, "untraced": untraced, "replay": replay });
     std::fs::write(root.join("BENCHMARKS.json"), serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }

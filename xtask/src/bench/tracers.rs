@@ -19,6 +19,8 @@ pub const RING_BUFFER_MIB: u64 = 64;
 pub enum Tracer {
     None,
     Retrace,
+    /// Retrace with `--compress` (the compression table only).
+    RetraceLz4,
     Strace,
     Bpftrace,
 }
@@ -30,6 +32,7 @@ impl Tracer {
         match self {
             Tracer::None => "unrecorded",
             Tracer::Retrace => "retrace",
+            Tracer::RetraceLz4 => "retrace --compress",
             Tracer::Strace => "strace",
             Tracer::Bpftrace => "bpftrace (count only)",
         }
@@ -58,13 +61,14 @@ pub fn attach(tracer: Tracer, retrace: &Path, work: &Path, pids: &[u32], comm: O
     let mut rec_dir = None;
     let child = match tracer {
         Tracer::None => None,
-        Tracer::Retrace => {
+        Tracer::Retrace | Tracer::RetraceLz4 => {
             let dir = work.join("rec");
             let _ = std::fs::remove_dir_all(&dir);
             let child = Command::new(retrace)
                 .args(["record", "-o"])
                 .arg(&dir)
                 .args(["--ring-buffer", &format!("{RING_BUFFER_MIB}M"), "--pid", &pids[0].to_string()])
+                .args(if tracer == Tracer::RetraceLz4 { &["--compress"][..] } else { &[] })
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -151,7 +155,7 @@ impl Attached {
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         cost.cpu_seconds = secs(usage.ru_utime) + secs(usage.ru_stime);
         cost.max_rss_kb = usage.ru_maxrss as u64;
-        if let (Tracer::Retrace, Some(dir)) = (self.tracer, &self.rec_dir) {
+        if let (Tracer::Retrace | Tracer::RetraceLz4, Some(dir)) = (self.tracer, &self.rec_dir) {
             let out = Command::new(&self.retrace).arg("streams").arg(dir).arg("--json").output()?;
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let row: serde_json::Value = serde_json::from_str(line)?;

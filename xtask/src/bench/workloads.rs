@@ -210,9 +210,10 @@ pub fn pump(
     size: usize,
     total_mb: u64,
     rate_mbps: u64,
+    content: Content,
 ) -> Result<Sample> {
     let mut child = Command::new(bin)
-        .args([sink, &size.to_string(), &total_mb.to_string(), &rate_mbps.to_string()])
+        .args([sink, &size.to_string(), &total_mb.to_string(), &rate_mbps.to_string(), content.name()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -230,13 +231,49 @@ pub fn pump(
     let cost = attached.detach()?;
     let (bytes, secs) = (fields.first().copied().unwrap_or(0.0), fields.get(1).copied().unwrap_or(1.0));
     Ok(Sample {
-        workload: format!("pump {sink} {}", human_size(size)),
+        workload: match content {
+            Content::Pattern => format!("pump {sink} {}", human_size(size)),
+            _ => format!("pump {sink} {} {}", human_size(size), content.name()),
+        },
         tracer,
         round: 0,
         throughput: bytes / secs / 1e6,
         p99_ms: None,
         cost,
     })
+}
+
+/// Nanoseconds per `read(2)` of a process the tracer does not trace, while it traces an idle
+/// one: what recording one process costs every other process on the machine.
+pub fn untraced_read_ns(bin: &Path, retrace: &Path, work: &Path, tracer: Tracer) -> Result<f64> {
+    let mut idle = Command::new("sleep").arg("600").spawn().context("start sleep")?;
+    let attached = attach(tracer, retrace, work, &[idle.id()], None);
+    let out = Command::new(bin).arg("3000000").output().context("run the syscall loop");
+    let _ = idle.kill();
+    let _ = idle.wait();
+    let cost = attached?.detach();
+    let out = out?;
+    cost?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().context("syscall loop output")
+}
+
+/// What the pump writes: a short repeating pattern (compresses ~100x, so it is not used for
+/// the compression table), JSON log lines, or random bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    Pattern,
+    Json,
+    Random,
+}
+
+impl Content {
+    pub fn name(self) -> &'static str {
+        match self {
+            Content::Pattern => "pattern",
+            Content::Json => "json",
+            Content::Random => "random",
+        }
+    }
 }
 
 pub fn human_size(n: usize) -> String {
