@@ -2,7 +2,7 @@
 //! …), each an age file of framed protobuf records bound to its recording, sealed by size and
 //! at least every second. Only this module writes recording files.
 
-mod compress;
+pub mod compress;
 pub mod crypt;
 pub mod manifest;
 pub mod reader;
