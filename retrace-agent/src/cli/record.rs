@@ -46,8 +46,8 @@ pub struct Args {
     /// Seal segments at this size (they are also sealed every second).
     #[arg(long, default_value = "64M", value_parser = super::size::parse)]
     segment_size: u64,
-    /// Compress segments with lz4 before encrypting them: text payloads take a third to a
-    /// quarter of the disk, for more agent CPU (see SECURITY.md on what sizes reveal).
+    /// Compress segments with lz4 before encrypting them: text takes a fraction of the disk,
+    /// for more agent CPU (see SECURITY.md on what sizes reveal).
     #[arg(long)]
     compress: bool,
     /// The command to launch and record.
