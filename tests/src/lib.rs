@@ -202,6 +202,16 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The Python interpreter itself, not a launcher in front of it: `python3` on PATH may be a
+/// version manager's shell shim (pyenv's runs ~35 processes first), whose records would crowd
+/// the tests' tiny ring buffers.
 pub fn python() -> &'static str {
-    "python3"
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 runs (cargo xtask setup installs it)");
+        String::from_utf8(out.stdout).expect("a UTF-8 path").trim().to_owned()
+    })
 }
