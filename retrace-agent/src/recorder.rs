@@ -225,7 +225,7 @@ pub async fn record(
     let mut tail = Vec::new();
     let now = monotonic_ns();
     for (key, loss) in probes.pending_loss()? {
-        tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, now, &mut tail);
+        tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, loss.reopened > 0, now, &mut tail);
     }
     tracker.finish(now, &mut tail);
     // What redaction still holds comes out before the counters, the last record.

@@ -49,7 +49,8 @@ pub struct DataChunk {
     pub call_bytes: u64,
     /// [`crate::syscall::Sys`] number.
     pub sys: u32,
-    pub _pad: u32,
+    /// [`FD_REOPENED`], as on the call's record.
+    pub flags: u32,
     /// Bytes of earlier calls on this fd whose records were dropped: they come before this
     /// call in the stream (the same values as the call's record).
     pub lost_before_in: u64,
@@ -69,6 +70,9 @@ pub struct DatagramAddr {
 pub const SYSCALL_DATA: u32 = 1 << 0;
 /// Bytes of this call were lost before it (ring full, record dropped): see `lost_before_*`.
 pub const SYSCALL_HAS_PENDING_LOSS: u32 = 1 << 1;
+/// A record that changed what this call's fd refers to (open, close, dup, ...) was dropped
+/// since the fd's last record: the agent no longer knows what it is. On records and chunks.
+pub const FD_REOPENED: u32 = 1 << 2;
 
 /// One finished syscall of a traced task: its arguments, result and, for data calls, the byte
 /// accounting `bytes == captured + lost_ring + lost_fault + truncated`.
@@ -141,6 +145,8 @@ pub struct PendingLoss {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub calls: u64,
+    /// Dropped records that changed what the fd refers to (see [`FD_REOPENED`]).
+    pub reopened: u64,
 }
 
 #[cfg(feature = "user")]

@@ -86,7 +86,7 @@ impl Copy {
         let slot = COPY_STATE.get_ptr_mut(0)?;
         // SAFETY: per-CPU slot; programs do not nest on a CPU while a syscall exit runs.
         let s = unsafe { &mut *slot };
-        let (lost_before_in, lost_before_out) = crate::emit::take_pending_loss(call.tgid, fd);
+        let (lost_before_in, lost_before_out, reopened) = crate::emit::take_pending_loss(call.tgid, fd);
         // Field by field: a struct literal becomes a byte-loop `memset` plus stores in BPF.
         {
             use core::ptr::addr_of_mut as at;
@@ -99,6 +99,7 @@ impl Copy {
             put(at!(s.acct.call_bytes), if source == Source::Mmsghdr { 0 } else { moved });
             put(at!(s.acct.lost_before_in), lost_before_in);
             put(at!(s.acct.lost_before_out), lost_before_out);
+            put(at!(s.acct.reopened), reopened);
             put(at!(s.acct.bytes), 0);
             put(at!(s.acct.captured), 0);
             put(at!(s.acct.lost_ring), 0);
@@ -300,7 +301,7 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64, level: RingLevel) -> bool {
         (*chunk).lost_before_in = s.acct.lost_before_in;
         (*chunk).lost_before_out = s.acct.lost_before_out;
         (*chunk).sys = s.sys;
-        (*chunk)._pad = 0;
+        (*chunk).flags = s.acct.reopened as u32;
         let dst = (rec as *mut u8).add(DATA_CHUNK_SIZE);
         if n as usize <= C && raw_read_user(dst.cast(), n, s.cur_base as *const c_void) == 0 {
             bpf_ringbuf_submit(rec, level.wakeup_flags(len));

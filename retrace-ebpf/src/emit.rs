@@ -17,8 +17,8 @@ use retrace_common::{
     config::{stat, AUX_MAX, SOCKADDR_MAX},
     kind,
     syscall::Sys,
-    FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, SYSCALL_DATA, SYSCALL_HAS_PENDING_LOSS,
-    SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
+    FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, FD_REOPENED, SYSCALL_DATA,
+    SYSCALL_HAS_PENDING_LOSS, SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
 };
 
 use crate::{
@@ -121,6 +121,8 @@ pub struct DataAccount {
     /// Pending loss of the fd taken at the start of the call (see `PENDING_LOSS`).
     pub lost_before_in: u64,
     pub lost_before_out: u64,
+    /// `FD_REOPENED` if the fd's pending entry said a record that changed it was dropped.
+    pub reopened: u64,
     pub bytes: u64,
     pub captured: u64,
     pub lost_ring: u64,
@@ -129,11 +131,18 @@ pub struct DataAccount {
 }
 
 /// Writes the record of a finished syscall. `data` carries the byte accounting of data calls;
-/// `loss_fd` names the fd whose pending loss this record may carry (data calls and close).
+/// `loss_fd` names the fd whose pending loss this record may carry (data calls and close). A
+/// lifecycle record carries the pending entry of the (first) fd it changes: what was lost on
+/// that fd belongs to what it pointed at before (the agent's `loss_fd` says which fd that is).
 #[inline(always)]
 pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&DataAccount>, loss_fd: Option<i32>) {
+    let changed = if data.is_none() { changed_fds(sys, call, extra) } else { [-1, -1] };
+    let loss_fd = match loss_fd {
+        None if changed[0] >= 0 => Some(changed[0] as i32),
+        other => other,
+    };
     let Some((buf, len)) = build(call, sys, aux, extra, data, loss_fd) else { return };
-    send(call, buf, len, sys, data, loss_fd);
+    send(call, buf, len, sys, data, loss_fd, changed);
 }
 
 /// Payload records keep 1/8 of the ring free for the records that count their loss.
@@ -145,11 +154,12 @@ pub const PAYLOAD_HEADROOM_DIVISOR: u64 = 8;
 /// as lost.
 #[inline(always)]
 pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64, n: u64) {
-    let (lost_before_in, lost_before_out) = take_pending_loss(call.tgid, fd);
+    let (lost_before_in, lost_before_out, reopened) = take_pending_loss(call.tgid, fd);
     let mut acct = DataAccount {
         call_bytes: moved,
         lost_before_in,
         lost_before_out,
+        reopened,
         bytes: moved,
         captured: n,
         lost_ring: 0,
@@ -166,7 +176,7 @@ pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64, n: u64) {
         Ok(slot) => {
             // The payload is in: only now take the socket's addresses (a call that failed
             // gives them to its plain record instead).
-            fill(slot as *mut SyscallRecord, call, sys, kind::DATA_CALL, n as u32, [0, 0], Some(&acct), (0, 0));
+            fill(slot as *mut SyscallRecord, call, sys, kind::DATA_CALL, n as u32, [0, 0], Some(&acct), (0, 0, 0));
             unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(SYSCALL_RECORD_SIZE as u64 + n)) };
             count(stat::CAPTURED_BYTES, n);
             return;
@@ -230,7 +240,7 @@ fn fill(
     len: u32,
     extra: [i64; 2],
     data: Option<&DataAccount>,
-    lost: (u64, u64),
+    lost: (u64, u64, u64),
 ) {
     use core::ptr::addr_of_mut as at;
     unsafe {
@@ -257,10 +267,14 @@ fn fill(
             count(stat::TRUNCATED_BYTES, d.truncated);
         }
         // A data call took its fd's pending loss when it started (its chunks carry it too).
-        let (lost_in, lost_out) = if data.is_some() { (d.lost_before_in, d.lost_before_out) } else { lost };
+        let (lost_in, lost_out, reopened) =
+            if data.is_some() { (d.lost_before_in, d.lost_before_out, d.reopened) } else { lost };
         let mut flags = if data.is_some() { SYSCALL_DATA } else { 0 };
         if lost_in + lost_out > 0 {
             flags |= SYSCALL_HAS_PENDING_LOSS;
+        }
+        if reopened != 0 {
+            flags |= FD_REOPENED;
         }
         put(at!((*rec).flags), flags);
         put(at!((*rec).lost_before_in), lost_in);
@@ -312,7 +326,7 @@ fn build(
     let aux_len = aux_len & (AUX_MAX as u32 * 2 - 1);
     let lost = match (data, loss_fd) {
         (None, Some(fd)) => take_pending_loss(call.tgid, fd),
-        _ => (0, 0),
+        _ => (0, 0, 0),
     };
     fill(rec, call, sys, kind::SYSCALL, aux_len, extra, data, lost);
     if aux_len as usize > AUX_MAX {
@@ -325,19 +339,39 @@ fn build(
 /// lifecycle records (open, close, dup...): their loss can be carried by a later record, a lost
 /// close cannot. A record that does not fit leaves its payload bytes for the fd's next record.
 #[inline(always)]
-fn send(call: &Call, buf: *mut u8, len: u64, sys: Sys, data: Option<&DataAccount>, loss_fd: Option<i32>) {
+#[allow(clippy::too_many_arguments)]
+fn send(
+    call: &Call,
+    buf: *mut u8,
+    len: u64,
+    sys: Sys,
+    data: Option<&DataAccount>,
+    loss_fd: Option<i32>,
+    changed: [i64; 2],
+) {
     let level = RingLevel::now();
+    let rec = buf as *mut SyscallRecord;
     if (data.is_none() || level.has_room(len, LIFECYCLE_RESERVE_DIVISOR)) && output_at(buf, len, level) {
+        // The agent sees the second fd change too (pipe, socketpair): an older "changed
+        // unseen" mark on it is void. (The first fd's entry went out with the record.)
+        if changed[1] >= 0 {
+            clear_reopened(call.tgid, changed[1] as i32);
+        }
         return;
     }
     count(stat::RECORDS_DROPPED, 1);
+    // The agent will not see these fds change: their next record or chunk says so.
+    for fd in changed {
+        if fd >= 0 {
+            add_pending(call.tgid, fd as i32, 0, 0, 0, 1);
+        }
+    }
     let Some(fd) = loss_fd else { return };
-    let key = FdKey { tgid: call.tgid, fd };
-    let rec = buf as *mut SyscallRecord;
     // When some chunks of a call of known size got through, they tell the agent the call's
     // size and the earlier loss it carried: nothing more to keep. Otherwise the record was
     // carrying earlier loss (put it back) and only this count can tell what the call moved.
     let (mut lost_in, mut lost_out) = unsafe { ((*rec).lost_before_in, (*rec).lost_before_out) };
+    let reopened = if unsafe { (*rec).flags } & FD_REOPENED != 0 { 1 } else { 0 };
     if let (Some(d), Some(dir)) = (data, sys.direction()) {
         if d.captured > 0 && d.call_bytes > 0 {
             return;
@@ -347,18 +381,20 @@ fn send(call: &Call, buf: *mut u8, len: u64, sys: Sys, data: Option<&DataAccount
             retrace_common::syscall::Direction::Out => lost_out += d.bytes,
         }
     }
-    if lost_in + lost_out == 0 {
+    if lost_in + lost_out == 0 && reopened == 0 {
         return;
     }
-    let value = match unsafe { PENDING_LOSS.get(&key) } {
-        Some(v) => {
-            PendingLoss { bytes_in: v.bytes_in + lost_in, bytes_out: v.bytes_out + lost_out, calls: v.calls + 1 }
-        }
-        None => PendingLoss { bytes_in: lost_in, bytes_out: lost_out, calls: 1 },
-    };
-    let _ = PENDING_LOSS.insert(&key, &value, 0);
-    if let Some(any) = PENDING_ANY.get_ptr_mut(0) {
-        unsafe { *any = 1 };
+    add_pending(call.tgid, fd, lost_in, lost_out, 1, reopened);
+}
+
+/// Voids an fd's "changed unseen" mark.
+#[inline(always)]
+fn clear_reopened(tgid: u32, fd: i32) {
+    if PENDING_ANY.get(0).copied().unwrap_or(0) == 0 {
+        return;
+    }
+    if let Some(v) = PENDING_LOSS.get_ptr_mut(&FdKey { tgid, fd }) {
+        unsafe { (*v).reopened = 0 };
     }
 }
 
@@ -426,19 +462,58 @@ fn sock_common_head(sk: u64) -> SockTuple {
     t
 }
 
+/// Takes the fd's pending entry: bytes lost in and out before this call, and `FD_REOPENED`
+/// (as a u64) if a record that changed the fd was dropped.
 #[inline(always)]
-pub fn take_pending_loss(tgid: u32, fd: i32) -> (u64, u64) {
+pub fn take_pending_loss(tgid: u32, fd: i32) -> (u64, u64, u64) {
     if PENDING_ANY.get(0).copied().unwrap_or(0) == 0 {
-        return (0, 0);
+        return (0, 0, 0);
     }
     let key = FdKey { tgid, fd };
     match unsafe { PENDING_LOSS.get(&key) } {
         Some(v) => {
             let v = *v;
             let _ = PENDING_LOSS.remove(&key);
-            (v.bytes_in, v.bytes_out)
+            (v.bytes_in, v.bytes_out, if v.reopened != 0 { FD_REOPENED as u64 } else { 0 })
         }
-        None => (0, 0),
+        None => (0, 0, 0),
+    }
+}
+
+/// Adds to an fd's pending entry (created if needed) and tells every program to look.
+#[inline(always)]
+fn add_pending(tgid: u32, fd: i32, lost_in: u64, lost_out: u64, calls: u64, reopened: u64) {
+    let key = FdKey { tgid, fd };
+    let value = match unsafe { PENDING_LOSS.get(&key) } {
+        Some(v) => PendingLoss {
+            bytes_in: v.bytes_in + lost_in,
+            bytes_out: v.bytes_out + lost_out,
+            calls: v.calls + calls,
+            reopened: v.reopened + reopened,
+        },
+        None => PendingLoss { bytes_in: lost_in, bytes_out: lost_out, calls, reopened },
+    };
+    let _ = PENDING_LOSS.insert(&key, &value, 0);
+    if let Some(any) = PENDING_ANY.get_ptr_mut(0) {
+        unsafe { *any = 1 };
+    }
+}
+
+/// The fds a lifecycle call made point somewhere new (opened, closed, duplicated onto); -1 for
+/// none. close_range is left out: its range cannot be marked fd by fd.
+#[inline(always)]
+fn changed_fds(sys: Sys, call: &Call, extra: [i64; 2]) -> [i64; 2] {
+    let ret = if call.ret >= 0 { call.ret } else { -1 };
+    match sys {
+        Sys::Open | Sys::Openat | Sys::Openat2 | Sys::Creat | Sys::Socket | Sys::Accept | Sys::Accept4 | Sys::Dup => {
+            [ret, -1]
+        }
+        // F_DUPFD and F_DUPFD_CLOEXEC return a new fd; other commands return no fd.
+        Sys::Fcntl if call.args[1] == 0 || call.args[1] == 1030 => [ret, -1],
+        Sys::Close => [call.args[0] as i32 as i64, -1],
+        Sys::Dup2 | Sys::Dup3 if call.ret >= 0 => [call.args[1] as i32 as i64, -1],
+        Sys::Pipe | Sys::Pipe2 | Sys::Socketpair if call.ret == 0 => extra,
+        _ => [-1, -1],
     }
 }
 

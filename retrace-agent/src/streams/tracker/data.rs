@@ -3,23 +3,33 @@
 use bytes::Bytes;
 use retrace_common::{
     syscall::{Direction, Sys},
-    DataChunk, SyscallRecord,
+    DataChunk, SyscallRecord, FD_REOPENED,
 };
 
 use super::*;
 
 impl Tracker {
     /// Loss the kernel could not attach to any record, read from its map at the end.
+    /// `reopened`: a record that changed the fd was dropped too, so the loss cannot be told
+    /// to belong to what the agent last knew the fd as: it goes to a stream of unknown identity.
+    #[allow(clippy::too_many_arguments)]
     pub fn pending_loss(
         &mut self,
         tgid: u32,
         fd: i32,
         bytes_in: u64,
         bytes_out: u64,
+        reopened: bool,
         now_mono_ns: u64,
         out: &mut Vec<proto::Record>,
     ) {
         let ts = self.wall_ns(now_mono_ns);
+        if reopened {
+            let sid = self.reopen_fd(tgid, fd, ts, out);
+            self.gap(sid, Direction::In, bytes_in, GapReason::RecordDropped, "", ts, out);
+            self.gap(sid, Direction::Out, bytes_out, GapReason::RecordDropped, "", ts, out);
+            return;
+        }
         if let Some(entry) = self.tables.get(tgid, fd) {
             self.gap(entry.stream, Direction::In, bytes_in, GapReason::RecordDropped, "", ts, out);
             self.gap(entry.stream, Direction::Out, bytes_out, GapReason::RecordDropped, "", ts, out);
@@ -87,6 +97,9 @@ impl Tracker {
                 let (sid, dir, base) = match call.placed {
                     Some(p) => p,
                     None => {
+                        if chunk.flags & FD_REOPENED != 0 {
+                            self.reopen_fd(chunk.hdr.tgid, chunk.fd, ts, out);
+                        }
                         let sid = self.stream_for_fd(chunk.hdr.tgid, chunk.fd, ts, out);
                         let name = Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?");
                         let lost_before = (chunk.lost_before_in, chunk.lost_before_out);
@@ -138,6 +151,9 @@ impl Tracker {
         // Datagram addresses come before the call's record.
         let call = self.take_pending(rec.hdr.tid, rec.hdr.ts_ns, out);
         let ts = self.wall_ns(rec.hdr.ts_ns);
+        if rec.flags & FD_REOPENED != 0 {
+            self.reopen_fd(rec.hdr.tgid, rec.args[0] as i32, ts, out);
+        }
         let sid = self.stream_for_fd(rec.hdr.tgid, rec.args[0] as i32, ts, out);
         if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
             self.fill_addresses(sid, local, peer, out);

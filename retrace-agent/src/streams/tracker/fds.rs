@@ -110,6 +110,20 @@ impl Tracker {
         sid
     }
 
+    /// The kernel dropped a record that changed `fd` (an open, close or dup): what it pointed
+    /// at before is closed, and from here on it is a stream of unknown identity (asking /proc
+    /// now could name a file opened later still).
+    pub(super) fn reopen_fd(&mut self, tgid: u32, fd: i32, ts: u64, out: &mut Vec<proto::Record>) -> u64 {
+        let id = procfs::FdIdentity {
+            kind: Kind::Other,
+            path: format!("fd {fd} (reopened while records were dropped)"),
+            ..Default::default()
+        };
+        let sid = self.new_stream(tgid, fd, &id, "unknown", true, ts, out);
+        self.bind_fd(tgid, fd, sid, false, ts, out);
+        sid
+    }
+
     pub(super) fn fd_path(&mut self, tgid: u32, fd: i32, ts: u64, out: &mut Vec<proto::Record>) -> Option<String> {
         let sid = self.stream_for_fd(tgid, fd, ts, out);
         self.streams.get(&sid).map(|s| s.info.path.clone()).filter(|p| p.starts_with('/'))

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use retrace_common::{
     syscall::{Direction, Sys},
-    SyscallRecord, SYSCALL_HAS_PENDING_LOSS,
+    SyscallRecord, FD_REOPENED, SYSCALL_HAS_PENDING_LOSS,
 };
 
 use super::*;
@@ -24,16 +24,36 @@ impl Tracker {
         let fd0 = args[0] as i32;
         let mut stream_id = 0;
         let mut detail = String::new();
+        let placed = call.placed.is_some();
+        // The fd whose pending entry the record carries: a lifecycle call's (first) new fd, else
+        // the first argument (as the kernel's `changed_fds` and `loss_fd` choose it).
+        let loss_fd = match sys {
+            Sys::Open
+            | Sys::Openat
+            | Sys::Openat2
+            | Sys::Creat
+            | Sys::Socket
+            | Sys::Accept
+            | Sys::Accept4
+            | Sys::Dup
+            | Sys::Fcntl => ret as i32,
+            Sys::Dup2 | Sys::Dup3 => args[1] as i32,
+            Sys::Pipe | Sys::Pipe2 | Sys::Socketpair => rec.extra[0] as i32,
+            _ => fd0,
+        };
+        if rec.flags & FD_REOPENED != 0 && !placed {
+            // The fd was closed or reopened in records the kernel had to drop.
+            self.reopen_fd(tgid, loss_fd, ts, out);
+        }
         if sys.direction().is_some() {
             stream_id = self.stream_for_fd(tgid, fd0, ts, out);
             if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
                 self.fill_addresses(stream_id, local, peer, out);
             }
         }
-        let placed = call.placed.is_some();
         if rec.flags & SYSCALL_HAS_PENDING_LOSS != 0 && !placed {
             // Bytes of earlier calls on this fd whose records were dropped: they came first.
-            let sid = if stream_id != 0 { stream_id } else { self.stream_for_fd(tgid, fd0, ts, out) };
+            let sid = if stream_id != 0 { stream_id } else { self.stream_for_fd(tgid, loss_fd, ts, out) };
             self.gap(sid, Direction::In, rec.lost_before_in, GapReason::RecordDropped, sys.name(), ts, out);
             self.gap(sid, Direction::Out, rec.lost_before_out, GapReason::RecordDropped, sys.name(), ts, out);
         }
