@@ -18,12 +18,17 @@ os.close(fd)
 print(total)
 "#;
 
+/// The byte count the Python scripts print when done.
+fn printed_total(out: &std::process::Output) -> u64 {
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("python printed the total")
+}
+
 #[test]
 fn flood_into_a_tiny_ring_buffer_is_accounted_exactly() {
     let dir = scratch("flood");
     let sink = dir.join("sink.bin");
     let (rec, out) = record(&dir, &["--ring-buffer", "64K"], &[python(), "-c", FLOOD, sink.to_str().unwrap()]);
-    let written: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("python printed the total");
+    let written = printed_total(&out);
     let content = std::fs::read(&sink).unwrap();
     assert_eq!(content.len() as u64, written);
 
@@ -94,7 +99,7 @@ fn an_fd_reopened_in_dropped_records_never_lends_its_old_name() {
     let files = dir.join("files");
     std::fs::create_dir_all(&files).unwrap();
     let (rec, out) = record(&dir, &["--ring-buffer", "4K"], &[python(), "-c", REOPEN, files.to_str().unwrap()]);
-    let written: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("python printed the total");
+    let written = printed_total(&out);
 
     let prefix = format!("{}/f", files.display());
     let mut accounted = 0;

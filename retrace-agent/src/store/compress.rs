@@ -43,11 +43,11 @@ impl<W: Write> Compressor<W> {
         let raw_len = self.raw.len();
         let packed = compress_into_with_table(&self.raw, &mut self.out[HEADER..], &mut self.table)
             .map_err(|e| io::Error::other(format!("lz4 block could not be compressed: {e}")))?;
-        let stored = if packed < raw_len { packed } else { raw_len };
+        let stored = packed.min(raw_len);
         self.out[..4].copy_from_slice(&(raw_len as u32).to_le_bytes());
         self.out[4..HEADER].copy_from_slice(&(stored as u32).to_le_bytes());
-        if packed < raw_len {
-            self.inner.write_all(&self.out[..HEADER + packed])?;
+        if stored < raw_len {
+            self.inner.write_all(&self.out[..HEADER + stored])?;
         } else {
             self.inner.write_all(&self.out[..HEADER])?;
             self.inner.write_all(&self.raw)?;

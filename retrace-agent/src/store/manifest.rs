@@ -12,6 +12,15 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const COMPRESSED_VERSION: u32 = 3;
 pub const MANIFEST: &str = "manifest.json";
 
+/// The format version a manifest with this `compression` field is written as.
+pub fn format_version(compression: Option<&str>) -> u32 {
+    if compression.is_some() {
+        COMPRESSED_VERSION
+    } else {
+        FORMAT_VERSION
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Manifest {
     pub format_version: u32,
@@ -80,11 +89,12 @@ impl Manifest {
         };
         let manifest: Manifest =
             serde_json::from_slice(&text).map_err(|source| StoreError::Manifest { path: path.clone(), source })?;
-        let expected = if manifest.compression.is_some() { COMPRESSED_VERSION } else { FORMAT_VERSION };
+        let expected = format_version(manifest.compression.as_deref());
         if manifest.format_version != expected {
             return Err(StoreError::Version { found: manifest.format_version, supported: expected });
         }
-        if let Some(other) = manifest.compression.as_deref().filter(|c| *c != super::writer::Compression::Lz4.name()) {
+        let lz4 = super::writer::Compression::Lz4.manifest_name();
+        if let Some(other) = manifest.compression.as_deref().filter(|c| Some(*c) != lz4) {
             return Err(StoreError::Compression { found: other.to_owned() });
         }
         Ok(manifest)

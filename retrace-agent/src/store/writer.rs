@@ -46,11 +46,11 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// As the manifest names it.
-    pub fn name(self) -> &'static str {
+    /// As the manifest's `compression` field names it (absent when none).
+    pub fn manifest_name(self) -> Option<&'static str> {
         match self {
-            Compression::None => "none",
-            Compression::Lz4 => "lz4",
+            Compression::None => None,
+            Compression::Lz4 => Some("lz4"),
         }
     }
 
@@ -96,24 +96,15 @@ impl Writer {
     /// Creates the recording directory (it must not hold a recording yet) and its manifest.
     pub fn create(
         dir: &Path,
-        manifest: Manifest,
+        mut manifest: Manifest,
         recipients: Vec<Recipient>,
         policy: SegmentPolicy,
     ) -> Result<Writer, StoreError> {
         if dir.join(super::manifest::MANIFEST).exists() {
             return Err(StoreError::Exists { path: dir.to_path_buf() });
         }
-        let mut manifest = manifest;
-        match policy.compression {
-            Compression::None => {
-                manifest.compression = None;
-                manifest.format_version = super::manifest::FORMAT_VERSION;
-            }
-            c @ Compression::Lz4 => {
-                manifest.compression = Some(c.name().to_owned());
-                manifest.format_version = super::manifest::COMPRESSED_VERSION;
-            }
-        }
+        manifest.compression = policy.compression.manifest_name().map(str::to_owned);
+        manifest.format_version = super::manifest::format_version(manifest.compression.as_deref());
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         // Recordings are readable by their owner only (the ciphertext too: metadata).
         let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
@@ -249,13 +240,6 @@ impl Write for SegmentOut {
         match self {
             SegmentOut::Plain(out) => out.write(buf),
             SegmentOut::Lz4(out) => out.write(buf),
-        }
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match self {
-            SegmentOut::Plain(out) => out.write_all(buf),
-            SegmentOut::Lz4(out) => out.write_all(buf),
         }
     }
 

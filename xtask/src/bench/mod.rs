@@ -49,10 +49,8 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     let work = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let pump_bin = work.join("pump");
-    crate::run(Command::new("cc").args(["-O2", "-o"]).arg(&pump_bin).arg(root.join("xtask/bench/pump.c")))?;
-    let syscalls_bin = work.join("syscalls");
-    crate::run(Command::new("cc").args(["-O2", "-o"]).arg(&syscalls_bin).arg(root.join("xtask/bench/syscalls.c")))?;
+    let pump_bin = compile_helper(root, &work, "pump")?;
+    let syscalls_bin = compile_helper(root, &work, "syscalls")?;
     let rounds = if quick { 1 } else { 3 };
     let secs = if quick { 2 } else { 5 };
 
@@ -164,6 +162,13 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     report::write(root, &samples, &throughput, &compression, &untraced, &replay_speed, rounds)?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
+}
+
+/// Builds `xtask/bench/NAME.c` into `work/NAME`.
+fn compile_helper(root: &Path, work: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let bin = work.join(name);
+    crate::run(Command::new("cc").args(["-O2", "-o"]).arg(&bin).arg(root.join(format!("xtask/bench/{name}.c"))))?;
+    Ok(bin)
 }
 
 /// The benchmark's peers, from Debian's packages.

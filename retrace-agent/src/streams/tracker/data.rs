@@ -24,15 +24,13 @@ impl Tracker {
         out: &mut Vec<proto::Record>,
     ) {
         let ts = self.wall_ns(now_mono_ns);
-        if reopened {
-            let sid = self.reopen_fd(tgid, fd, ts, out);
+        let bound = match reopened {
+            true => Some(self.reopen_fd(tgid, fd, ts, out)),
+            false => self.tables.get(tgid, fd).map(|entry| entry.stream),
+        };
+        if let Some(sid) = bound {
             self.gap(sid, Direction::In, bytes_in, GapReason::RecordDropped, "", ts, out);
             self.gap(sid, Direction::Out, bytes_out, GapReason::RecordDropped, "", ts, out);
-            return;
-        }
-        if let Some(entry) = self.tables.get(tgid, fd) {
-            self.gap(entry.stream, Direction::In, bytes_in, GapReason::RecordDropped, "", ts, out);
-            self.gap(entry.stream, Direction::Out, bytes_out, GapReason::RecordDropped, "", ts, out);
             return;
         }
         // The fd was closed (or its process exited): the loss belongs at the end of the stream
@@ -97,10 +95,7 @@ impl Tracker {
                 let (sid, dir, base) = match call.placed {
                     Some(p) => p,
                     None => {
-                        if chunk.flags & FD_REOPENED != 0 {
-                            self.reopen_fd(chunk.hdr.tgid, chunk.fd, ts, out);
-                        }
-                        let sid = self.stream_for_fd(chunk.hdr.tgid, chunk.fd, ts, out);
+                        let sid = self.call_stream(chunk.hdr.tgid, chunk.fd, chunk.flags, ts, out);
                         let name = Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?");
                         let lost_before = (chunk.lost_before_in, chunk.lost_before_out);
                         let base = self.reserve(sid, dir, chunk.call_bytes, &call.addrs, lost_before, name, ts, out);
@@ -117,6 +112,16 @@ impl Tracker {
             _ => call.chunks.push((chunk, payload)),
         }
         self.pending.insert(tid, call);
+    }
+
+    /// The stream a data call's fd names: a new one of unknown identity when its record or
+    /// chunk says the fd changed in records the kernel dropped (`FD_REOPENED`).
+    fn call_stream(&mut self, tgid: u32, fd: i32, flags: u32, ts: u64, out: &mut Vec<proto::Record>) -> u64 {
+        if flags & FD_REOPENED != 0 {
+            self.reopen_fd(tgid, fd, ts, out)
+        } else {
+            self.stream_for_fd(tgid, fd, ts, out)
+        }
     }
 
     /// Reserves a call's byte range in its stream, first learning the datagram peer it named
@@ -151,10 +156,7 @@ impl Tracker {
         // Datagram addresses come before the call's record.
         let call = self.take_pending(rec.hdr.tid, rec.hdr.ts_ns, out);
         let ts = self.wall_ns(rec.hdr.ts_ns);
-        if rec.flags & FD_REOPENED != 0 {
-            self.reopen_fd(rec.hdr.tgid, rec.args[0] as i32, ts, out);
-        }
-        let sid = self.stream_for_fd(rec.hdr.tgid, rec.args[0] as i32, ts, out);
+        let sid = self.call_stream(rec.hdr.tgid, rec.args[0] as i32, rec.flags, ts, out);
         if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
             self.fill_addresses(sid, local, peer, out);
         }
