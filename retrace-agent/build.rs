@@ -5,8 +5,15 @@ fn main() -> anyhow::Result<()> {
     prost_build::Config::new()
         .protoc_executable(protoc)
         .type_attribute(".", "#[derive(serde::Serialize)]")
-        // Payloads travel from the ring buffer to the segment without another copy.
-        .bytes([".retrace.v1.Data.payload"])
+        // Payloads travel from the ring buffer to the segment without another copy; syscall
+        // names are static.
+        .bytes([
+            ".retrace.v1.Data.payload",
+            ".retrace.v1.Data.syscall",
+            ".retrace.v1.Gap.syscall",
+            ".retrace.v1.Syscall.name",
+        ])
+        .field_attribute(".retrace.v1.Syscall.name", "#[serde(serialize_with = \"super::proto_text::serialize\")]")
         .compile_protos(&["proto/retrace.proto"], &["proto"])
         .context("failed to compile proto/retrace.proto")?;
     println!("cargo:rerun-if-changed=proto/retrace.proto");

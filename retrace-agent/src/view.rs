@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{
     store::{
         proto::{self, record::Kind as R, Direction, GapReason},
+        proto_text,
         reader::ReadReport,
         Recording, StoreError,
     },
@@ -189,7 +190,7 @@ pub fn timeline(rec: &Recording) -> Result<(Vec<TimelineEntry>, ReadReport), Sto
                 direction: direction_name(d.direction()),
                 offset: d.offset,
                 len: d.payload.len(),
-                syscall: d.syscall.clone(),
+                syscall: proto_text::text(&d.syscall).into_owned(),
                 pid: d.pid,
                 tid: d.tid,
                 preview: preview(&d.payload),
@@ -202,7 +203,7 @@ pub fn timeline(rec: &Recording) -> Result<(Vec<TimelineEntry>, ReadReport), Sto
                 offset: g.offset,
                 length: g.length,
                 reason: gap_reason_name(g.reason()),
-                syscall: g.syscall.clone(),
+                syscall: proto_text::text(&g.syscall).into_owned(),
             },
             Some(R::Close(c)) => TimelineEntry::Close(c),
             Some(R::Process(p)) => TimelineEntry::Process(p),

@@ -18,6 +18,11 @@ pub mod kind {
     /// 0 (`captured` of them): a call on one buffer whose payload fits one chunk travels as one
     /// record instead of a [`DATA_CHUNK`] and a [`SYSCALL`].
     pub const DATA_CALL: u32 = 7;
+    /// A [`DATA_CALL`] on two iovecs (readv/writev of a header and a body): `extra[0]` payload
+    /// bytes from offset 0, then the rest of `captured` from offset `extra[1]`; `len` covers
+    /// both. Each piece sits in a reservation class of its own, since the verifier must see a
+    /// constant offset for the second copy.
+    pub const DATA_CALL_SPLIT: u32 = 8;
 }
 
 /// Common start of every record.

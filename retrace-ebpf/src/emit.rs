@@ -200,6 +200,115 @@ enum Missed {
     Fault,
 }
 
+/// [`data_call`] for a payload in two pieces (`first`: address and length, then `kept -
+/// first.1` bytes at `second`): one `DATA_CALL_SPLIT` record, each piece in a size class of its
+/// own.
+#[inline(always)]
+pub fn data_call_split(call: &Call, sys: Sys, fd: i32, first: (u64, u64), second: u64, moved: u64, n: u64) {
+    let (lost_before_in, lost_before_out, reopened) = take_pending_loss(call.tgid, fd);
+    let mut acct = DataAccount {
+        call_bytes: moved,
+        lost_before_in,
+        lost_before_out,
+        reopened,
+        bytes: moved,
+        captured: n,
+        lost_ring: 0,
+        lost_fault: 0,
+        truncated: moved - n,
+    };
+    let (first_len, second_len) = (first.1, n - first.1);
+    let level = RingLevel::now();
+    let slot = if !level.has_room(SYSCALL_RECORD_SIZE as u64 + n, PAYLOAD_HEADROOM_DIVISOR) {
+        Err(Missed::NoRoom)
+    } else {
+        by_size_class!(first_len, reserve_split_first(first.0, first_len, second, second_len))
+    };
+    match slot {
+        Ok((slot, second_at)) => {
+            let len = (second_at + second_len) as u32;
+            fill(
+                slot as *mut SyscallRecord,
+                call,
+                sys,
+                kind::DATA_CALL_SPLIT,
+                len,
+                [first_len as i64, second_at as i64],
+                Some(&acct),
+                (0, 0, 0),
+            );
+            unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(SYSCALL_RECORD_SIZE as u64 + len as u64)) };
+            count(stat::CAPTURED_BYTES, n);
+            return;
+        }
+        Err(Missed::NoRoom) => {
+            acct.lost_ring = n;
+            count(stat::CHUNKS_DROPPED, 1);
+            count(stat::CHUNK_BYTES_DROPPED, n);
+        }
+        Err(Missed::Fault) => {
+            acct.lost_fault = n;
+            count(stat::FAULT_BYTES, n);
+        }
+    }
+    acct.captured = 0;
+    syscall(call, sys, Aux::None, [0, 0], Some(&acct), Some(fd));
+}
+
+/// Picks the second piece's size class for a first piece of class `A`.
+#[inline(always)]
+fn reserve_split_first<const A: usize>(
+    first: u64,
+    first_len: u64,
+    second: u64,
+    second_len: u64,
+) -> Result<(*mut c_void, u64), Missed> {
+    let args = (first, first_len, second, second_len);
+    if second_len <= 128 {
+        reserve_split::<A, 128>(args)
+    } else if second_len <= 1024 {
+        reserve_split::<A, 1024>(args)
+    } else if second_len <= 4096 {
+        reserve_split::<A, 4096>(args)
+    } else if second_len <= 16384 {
+        reserve_split::<A, 16384>(args)
+    } else {
+        reserve_split::<A, { retrace_common::config::CHUNK_MAX }>(args)
+    }
+}
+
+/// Reserves a record with `A` bytes for the first piece and `B` for the second and reads both
+/// from user memory; returns the record and the second piece's offset (`A`).
+#[inline(always)]
+fn reserve_split<const A: usize, const B: usize>(
+    (first, first_len, second, second_len): (u64, u64, u64, u64),
+) -> Result<(*mut c_void, u64), Missed> {
+    let slot =
+        unsafe { bpf_ringbuf_reserve(&EVENTS as *const _ as *mut c_void, (SYSCALL_RECORD_SIZE + A + B) as u64, 0) };
+    if slot.is_null() {
+        return Err(Missed::NoRoom);
+    }
+    // Masked so that the verifier sees each size bounded by its class (a plain compare of
+    // the 64-bit value is lost when LLVM reloads it for the call).
+    let a = (first_len & (2 * A as u64 - 1)) as u32;
+    let b = (second_len & (2 * B as u64 - 1)) as u32;
+    unsafe {
+        let dst = (slot as *mut u8).add(SYSCALL_RECORD_SIZE);
+        if a as u64 == first_len
+            && b as u64 == second_len
+            && a as usize <= A
+            && b as usize <= B
+            && raw_read_user(dst.cast(), a, first as *const c_void) == 0
+            && raw_read_user(dst.add(A).cast(), b, second as *const c_void) == 0
+        {
+            Ok((slot, A as u64))
+        } else {
+            bpf_ringbuf_discard(slot, 0);
+            Err(Missed::Fault)
+        }
+    }
+}
+
 /// Reserves a record with room for `C` payload bytes and reads `n <= C` of them after the
 /// syscall record's place; the caller fills that in and submits.
 #[inline(always)]

@@ -55,14 +55,28 @@ fn file_reads_and_writes_are_recorded_byte_for_byte() {
     assert_bytes_eq(&rec.bytes(output.id, Direction::Out), &content, "bytes written to output.bin");
 
     // Each syscall shape was exercised, and every chunk sits at its true stream offset.
-    let mut calls: Vec<String> = rec.data(input.id).iter().map(|d| d.syscall.clone()).collect();
-    calls.extend(rec.data(output.id).iter().map(|d| d.syscall.clone()));
+    let name = |d: &retrace_agent::store::proto::Data| String::from_utf8_lossy(&d.syscall).into_owned();
+    let mut calls: Vec<String> = rec.data(input.id).into_iter().map(name).collect();
+    calls.extend(rec.data(output.id).into_iter().map(name));
     for name in ["read", "readv", "pread64", "write", "writev"] {
         assert!(calls.iter().any(|c| c == name), "no {name} recorded; saw {calls:?}");
     }
     for d in rec.data(input.id) {
         let at = d.offset as usize;
-        assert_bytes_eq(&d.payload, &content[at..at + d.payload.len()], &format!("{} chunk at offset {at}", d.syscall));
+        assert_bytes_eq(&d.payload, &content[at..at + d.payload.len()], &format!("{} chunk at offset {at}", name(d)));
+    }
+    // A readv/writev of two iovecs that fits one chunk travels as one record (its two pieces
+    // joined in the agent); larger calls are chunked.
+    let mut by_call: std::collections::BTreeMap<(u64, String), Vec<usize>> = Default::default();
+    for d in rec.data(input.id).into_iter().chain(rec.data(output.id)) {
+        by_call.entry((d.ts_ns, name(d))).or_default().push(d.payload.len());
+    }
+    let vectored: Vec<_> = by_call.iter().filter(|((_, n), _)| n == "readv" || n == "writev").collect();
+    assert!(vectored.iter().any(|(_, lens)| lens.len() == 1 && lens[0] > 1), "no vectored call recorded whole");
+    for ((_, n), lens) in vectored {
+        if lens.iter().sum::<usize>() <= 32 * 1024 {
+            assert_eq!(lens.len(), 1, "a {n} of {} bytes split into {lens:?}", lens.iter().sum::<usize>());
+        }
     }
     // A 1 MiB read is one call split into ring-buffer chunks: all of it is there.
     assert!(rec.data(input.id).iter().map(|d| d.payload.len()).max().unwrap() <= 32 * 1024);

@@ -66,7 +66,7 @@ fn curl_replays_a_1mb_body_with_the_server_gone() {
     assert_bytes_eq(&out.stdout, &body, "curl's output when replayed");
     assert_eq!(report["result"], "passed");
     assert_eq!(report["exchanges"][0]["status"], "matched");
-    assert_eq!(report["exchanges"][0]["bytes_to_program"].as_u64().unwrap() as usize > body.len(), true);
+    assert!(report["exchanges"][0]["bytes_to_program"].as_u64().unwrap() as usize > body.len());
 }
 
 #[test]

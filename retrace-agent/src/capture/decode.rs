@@ -1,7 +1,7 @@
 //! Ring-buffer records to typed events. A record that is too short for its kind is reported
 //! and skipped, never trusted.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use retrace_common::{
     kind, DataChunk, DatagramAddr, Header, SyscallRecord, TaskRecord, DATAGRAM_ADDR_SIZE, DATA_CHUNK_SIZE, HEADER_SIZE,
     SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
@@ -65,6 +65,23 @@ fn tail(bytes: &[u8], fixed: usize, len: u32) -> Option<Bytes> {
     bytes.get(fixed..end).map(Bytes::copy_from_slice)
 }
 
+/// The two pieces of a `DATA_CALL_SPLIT` payload joined: `extra[0]` bytes at 0, the rest of
+/// `captured` at `extra[1]`, all within the record's `len` bytes.
+fn split_payload(after: &[u8], rec: &SyscallRecord, len: u32) -> Option<Bytes> {
+    let first = usize::try_from(rec.extra[0]).ok()?;
+    let second_at = usize::try_from(rec.extra[1]).ok()?;
+    let second = usize::try_from(rec.captured).ok()?.checked_sub(first)?;
+    let end = second_at.checked_add(second)?;
+    if first > second_at || end != len as usize {
+        return None;
+    }
+    let after = after.get(..end)?;
+    let mut payload = BytesMut::with_capacity(first + second);
+    payload.extend_from_slice(&after[..first]);
+    payload.extend_from_slice(&after[second_at..]);
+    Some(payload.freeze())
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < HEADER_SIZE {
         return Err(DecodeError { kind: 0, len: bytes.len() });
@@ -92,6 +109,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             need(SYSCALL_RECORD_SIZE)?;
             let payload = tail(bytes, SYSCALL_RECORD_SIZE, hdr.len).ok_or_else(bad)?;
             Ok(Event::DataCall { rec: read(bytes), payload })
+        }
+        kind::DATA_CALL_SPLIT => {
+            need(SYSCALL_RECORD_SIZE)?;
+            let mut rec: SyscallRecord = read(bytes);
+            let pieces = bytes.get(SYSCALL_RECORD_SIZE..).and_then(|after| split_payload(after, &rec, hdr.len));
+            let payload = pieces.ok_or_else(bad)?;
+            rec.extra = [0, 0];
+            Ok(Event::DataCall { rec, payload })
         }
         kind::TASK_NEW | kind::TASK_EXEC | kind::TASK_EXIT => {
             need(TASK_RECORD_SIZE)?;

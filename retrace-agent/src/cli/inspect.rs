@@ -2,7 +2,10 @@
 
 use std::io::Write as _;
 
-use retrace_agent::view::{self, TimelineEntry};
+use retrace_agent::{
+    store::proto_text,
+    view::{self, TimelineEntry},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,7 +51,7 @@ fn human(entry: &TimelineEntry) -> String {
         TimelineEntry::Syscall(s) => {
             let stream = if s.stream_id != 0 { format!(" stream={}", s.stream_id) } else { String::new() };
             let detail = if s.detail.is_empty() { String::new() } else { format!(" {:?}", s.detail) };
-            format!("{} {}/{} {}({}) = {}{stream}{detail}", ts(s.ts_ns), s.pid, s.tid, s.name, s.args.first().map(|a| (*a as i32).to_string()).unwrap_or_default(), s.ret)
+            format!("{} {}/{} {}({}) = {}{stream}{detail}", ts(s.ts_ns), s.pid, s.tid, proto_text::text(&s.name), s.args.first().map(|a| (*a as i32).to_string()).unwrap_or_default(), s.ret)
         }
         TimelineEntry::Data { ts_ns, stream_id, direction, offset, len, syscall, pid, tid, preview, redactions } => {
             let redacted = if redactions.is_empty() {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use crate::store::{
     proto::{self, record::Kind as R, Direction, StreamKind},
-    Recording, StoreError,
+    proto_text, Recording, StoreError,
 };
 
 /// One step of a connection, seen from the program.
@@ -53,7 +53,7 @@ impl Script {
             }
             Some(R::Syscall(call)) => {
                 order += 1;
-                let event = match call.name.as_str() {
+                let event = match &*proto_text::text(&call.name) {
                     "read" | "readv" if call.ret == 0 => Some(FileEvent::Eof),
                     "lseek" if call.ret >= 0 => Some(FileEvent::Seek(call.ret as u64)),
                     _ => None,
@@ -199,7 +199,7 @@ fn file_content(chunks: &[(u64, usize, proto::Data)], events: Vec<(u64, usize, F
 mod tests {
     use super::*;
 
-    fn read(ts: u64, syscall: &str, bytes: &[u8]) -> (u64, usize, proto::Data) {
+    fn read(ts: u64, syscall: &'static str, bytes: &[u8]) -> (u64, usize, proto::Data) {
         let d = proto::Data {
             direction: Direction::In as i32,
             syscall: syscall.into(),

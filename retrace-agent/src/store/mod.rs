@@ -14,6 +14,25 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/retrace.v1.rs"));
 }
 
+/// Syscall names, `bytes` fields that hold ASCII (see `retrace.proto`).
+pub mod proto_text {
+    use bytes::Bytes;
+
+    /// A static name, without an allocation.
+    pub fn name(name: &'static str) -> Bytes {
+        Bytes::from_static(name.as_bytes())
+    }
+
+    pub fn text(bytes: &Bytes) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(bytes)
+    }
+
+    /// Serialises as a string (JSON output of `inspect`).
+    pub fn serialize<S: serde::Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&text(bytes))
+    }
+}
+
 pub use manifest::{Manifest, SegmentEntry};
 pub use reader::Recording;
 pub use writer::{Compression, SegmentPolicy, Writer};

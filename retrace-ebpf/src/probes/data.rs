@@ -1,6 +1,6 @@
 //! Shared body of every data syscall probe.
 
-use aya_ebpf::programs::RawTracePointContext;
+use aya_ebpf::{helpers::bpf_probe_read_user, programs::RawTracePointContext};
 use retrace_common::{config::CHUNK_MAX, syscall::Sys};
 
 use crate::{
@@ -50,10 +50,24 @@ pub fn on_data(
         let moved = call.ret as u64;
         let cap = max_payload();
         let kept = if cap != 0 && cap < moved { cap } else { moved };
-        if source == Source::Buffer && kept <= CHUNK_MAX as u64 {
+        if kept <= CHUNK_MAX as u64 {
             // The common case: the payload rides in the call's own record.
-            emit::data_call(&call, sys, fd, call.args[buf_arg], moved, kept);
-            return 0;
+            let pieces = match source {
+                Source::Buffer => Some(Pieces::One(call.args[buf_arg])),
+                Source::Iovec => iovec_pieces(call.args[buf_arg], call.args[len_arg], kept),
+                _ => None,
+            };
+            match pieces {
+                Some(Pieces::One(buf)) => {
+                    emit::data_call(&call, sys, fd, buf, moved, kept);
+                    return 0;
+                }
+                Some(Pieces::Two(first, first_len, second)) => {
+                    emit::data_call_split(&call, sys, fd, (first, first_len), second, moved, kept);
+                    return 0;
+                }
+                None => {}
+            }
         }
         Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], moved)
     } else {
@@ -61,6 +75,38 @@ pub fn on_data(
     };
     emit::syscall(&call, sys, Aux::None, [0, 0], data, Some(fd));
     0
+}
+
+/// Where the first `kept` bytes of a vectored call are, when one or two iovecs hold them.
+enum Pieces {
+    One(u64),
+    /// The first piece's address and length, then the second piece's address.
+    Two(u64, u64, u64),
+}
+
+/// Reads an iovec array of one or two entries (readv/writev of a header and a body, the
+/// common shape); longer arrays, and arrays that no longer add up, go to the copier.
+#[inline(always)]
+fn iovec_pieces(iov: u64, count: u64, kept: u64) -> Option<Pieces> {
+    if count == 0 || count > 2 {
+        return None;
+    }
+    let first: [u64; 2] = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.ok()?;
+    let first_len = if first[1] < kept { first[1] } else { kept };
+    if first_len == kept {
+        return Some(Pieces::One(first[0]));
+    }
+    if count == 1 {
+        return None;
+    }
+    let second: [u64; 2] = unsafe { bpf_probe_read_user((iov + 16) as *const [u64; 2]) }.ok()?;
+    if second[1] < kept - first_len {
+        return None;
+    }
+    if first_len == 0 {
+        return Some(Pieces::One(second[0]));
+    }
+    Some(Pieces::Two(first[0], first_len, second[0]))
 }
 
 /// Records a call that names or changes fds but moves no payload.

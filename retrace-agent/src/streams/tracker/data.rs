@@ -135,7 +135,7 @@ impl Tracker {
         call_bytes: u64,
         addrs: &[(u32, String)],
         (lost_in, lost_out): (u64, u64),
-        syscall: &str,
+        syscall: &'static str,
         ts: u64,
         out: &mut Vec<proto::Record>,
     ) -> u64 {
@@ -271,7 +271,7 @@ impl Tracker {
         dir: Direction,
         len: u64,
         reason: GapReason,
-        syscall: &str,
+        syscall: &'static str,
         ts: u64,
         out: &mut Vec<proto::Record>,
     ) {
@@ -292,7 +292,7 @@ impl Tracker {
         offset: u64,
         len: u64,
         reason: GapReason,
-        syscall: &str,
+        syscall: &'static str,
         ts: u64,
         out: &mut Vec<proto::Record>,
     ) {
@@ -308,7 +308,7 @@ impl Tracker {
             offset,
             length: len,
             reason: reason as i32,
-            syscall: syscall.to_owned(),
+            syscall: proto_text::name(syscall),
         })));
     }
 

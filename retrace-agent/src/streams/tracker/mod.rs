@@ -24,7 +24,10 @@ use super::{
 };
 use crate::{
     capture::decode::Event,
-    store::proto::{self, record::Kind as R, GapReason},
+    store::{
+        proto::{self, record::Kind as R, GapReason},
+        proto_text,
+    },
 };
 
 const AT_FDCWD: i32 = -100;
@@ -193,7 +196,7 @@ fn data_record(
         ts_ns: ts,
         pid: chunk.hdr.tgid,
         tid: chunk.hdr.tid,
-        syscall: Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?").to_owned(),
+        syscall: proto_text::name(Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?")),
         offset,
         payload,
         msg_index: chunk.msg_index,

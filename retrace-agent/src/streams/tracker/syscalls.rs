@@ -232,7 +232,7 @@ impl Tracker {
             ts_ns: ts,
             pid: tgid,
             tid: rec.hdr.tid,
-            name: sys.name().to_owned(),
+            name: proto_text::name(sys.name()),
             ret,
             args: args.to_vec(),
             stream_id,
@@ -254,9 +254,8 @@ impl Tracker {
     ) -> u64 {
         let given = text(aux);
         let base = match dirfd {
-            Some(d) if d != AT_FDCWD && !given.starts_with('/') => {
-                self.fd_path(tgid, d, ts, out).unwrap_or_else(|| self.cwd_of(tgid))
-            }
+            _ if given.starts_with('/') => String::new(),
+            Some(d) if d != AT_FDCWD => self.fd_path(tgid, d, ts, out).unwrap_or_else(|| self.cwd_of(tgid)),
             _ => self.cwd_of(tgid),
         };
         let path = paths::absolute(&base, &given);
