@@ -130,6 +130,7 @@ pub async fn record(
         }
     }
     let ring = probes.take_ring()?;
+    let pauses = if config.probes.backpressure { Some(probes.take_pauses()?) } else { None };
     let mut tracker = Tracker::new(root);
     let rules = config.rules.rule_names().join(",");
     let mut first = vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }];
@@ -161,7 +162,7 @@ pub async fn record(
             return Err(RecordError::Thread(e));
         }
     };
-    let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx));
+    let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx, pauses));
 
     let exit_status = match launched.as_mut() {
         Some(child) => {
@@ -213,7 +214,7 @@ pub async fn record(
 
     // Everything the target did is in the ring now: drain it and stop.
     let _ = consumer_stop_tx.send(true);
-    let consume_stats = consumer.await.map_err(|_| RecordError::WriterDied)??;
+    let (consume_stats, pauses) = consumer.await.map_err(|_| RecordError::WriterDied)??;
     let (mut tracker, mut stage) = streams_thread.join().map_err(|_| RecordError::WriterDied)?;
     let mut writer = writer_thread.join().map_err(|_| RecordError::WriterDied)??;
     let kernel = probes.stats()?;
@@ -246,6 +247,7 @@ pub async fn record(
             malformed_records: consume_stats.malformed,
             unattributed_bytes: tracker.unattributed_bytes,
             program_misses: kernel.program_misses,
+            pauses: kernel.pauses,
         })),
     });
     for record in records {
@@ -254,6 +256,8 @@ pub async fn record(
     let exit_status = exit_status.or_else(|| tracker.exit_code(root));
     let manifest = writer.finish(now_wall_ns(), exit_status)?;
     drop(probes);
+    // Detached: nothing can be paused after this last resume.
+    drop(pauses);
     Ok(RecordSummary {
         manifest,
         totals: tracker.totals,

@@ -29,5 +29,8 @@ pub mod stat {
     pub const TRUNCATED_BYTES: u32 = 5;
     /// Payload bytes written into the ring buffer.
     pub const CAPTURED_BYTES: u32 = 6;
+    /// Times a traced process was paused because the ring buffer was half full
+    /// (`--backpressure`).
+    pub const PAUSES: u32 = 7;
     pub const COUNT: u32 = 8;
 }

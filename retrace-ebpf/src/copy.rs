@@ -267,11 +267,13 @@ fn emit_chunk(s: &mut Copy, n: u64) {
     let level = RingLevel::now();
     if !level.has_room(DATA_CHUNK_SIZE as u64 + n, PAYLOAD_HEADROOM_DIVISOR) {
         drop_chunk(s, n);
+        level.pause_if_half_full(s.tgid, 0);
         return;
     }
     let ok = by_size_class!(n, emit_class(s, n, level));
     if !ok {
         drop_chunk(s, n);
+        level.pause_if_half_full(s.tgid, 0);
     }
 }
 
@@ -307,6 +309,7 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64, level: RingLevel) -> bool {
             bpf_ringbuf_submit(rec, level.wakeup_flags(len));
             s.acct.captured += n as u64;
             count(stat::CAPTURED_BYTES, n as u64);
+            level.pause_if_half_full(s.tgid, len);
         } else {
             bpf_ringbuf_discard(rec, 0);
             s.acct.lost_fault += n as u64;

@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
         generated::{
             bpf_probe_read_user as raw_read_user, bpf_ringbuf_discard, bpf_ringbuf_output, bpf_ringbuf_reserve,
-            bpf_ringbuf_submit,
+            bpf_ringbuf_submit, bpf_send_signal_thread,
         },
     },
 };
@@ -23,8 +23,13 @@ use retrace_common::{
 
 use crate::{
     call::Call,
-    maps::{count, ring_size, EVENTS, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES},
+    maps::{
+        backpressure, count, ring_size, EVENTS, PAUSED, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED,
+        SK_TUPLES,
+    },
 };
+
+const SIGSTOP: u32 = 19;
 
 /// Room for the largest record plus its path.
 #[repr(C)]
@@ -75,6 +80,33 @@ impl RingLevel {
     #[inline(always)]
     pub fn now() -> RingLevel {
         RingLevel { avail: EVENTS.query(BPF_RB_AVAIL_DATA as u64), size: ring_size() }
+    }
+
+    /// With `--backpressure`, pauses the current process once this record (`len` bytes) takes
+    /// the ring past half full: SIGSTOP to the current thread, which takes it on its way out of
+    /// this very call and stops its whole process from there. Every thread that records while
+    /// the ring is past half full is signalled, not just the first: a stop that another thread
+    /// started waits for that thread to be scheduled again, and this one would write on
+    /// meanwhile. The other half of the ring absorbs what is in flight. The process is listed
+    /// in `PAUSED` only once a signal is sent (the helper defers it to an irq_work here, and
+    /// refuses while that is busy: the next record tries again); the agent continues a listed
+    /// process once all its threads are stopped, so a SIGCONT never overtakes a SIGSTOP.
+    #[inline(always)]
+    pub fn pause_if_half_full(&self, tgid: u32, len: u64) {
+        if !backpressure() || (self.avail + len) * 2 < self.size {
+            return;
+        }
+        // Key 0 (no process has it) is the agent's "no more pauses": it is going away.
+        if unsafe { PAUSED.get(&0).is_some() } {
+            return;
+        }
+        let new = unsafe { PAUSED.get(&tgid).is_none() };
+        if unsafe { bpf_send_signal_thread(SIGSTOP) } == 0 {
+            let _ = PAUSED.insert(&tgid, &1, 0);
+            if new {
+                count(stat::PAUSES, 1);
+            }
+        }
     }
 
     /// Whether `len` bytes fit while leaving `1/divisor` of the ring free.
@@ -179,12 +211,14 @@ pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64, n: u64) {
             fill(slot as *mut SyscallRecord, call, sys, kind::DATA_CALL, n as u32, [0, 0], Some(&acct), (0, 0, 0));
             unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(SYSCALL_RECORD_SIZE as u64 + n)) };
             count(stat::CAPTURED_BYTES, n);
+            level.pause_if_half_full(call.tgid, SYSCALL_RECORD_SIZE as u64 + n);
             return;
         }
         Err(Missed::NoRoom) => {
             acct.lost_ring = n;
             count(stat::CHUNKS_DROPPED, 1);
             count(stat::CHUNK_BYTES_DROPPED, n);
+            level.pause_if_half_full(call.tgid, 0);
         }
         Err(Missed::Fault) => {
             acct.lost_fault = n;
@@ -239,12 +273,14 @@ pub fn data_call_split(call: &Call, sys: Sys, fd: i32, first: (u64, u64), second
             );
             unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(SYSCALL_RECORD_SIZE as u64 + len as u64)) };
             count(stat::CAPTURED_BYTES, n);
+            level.pause_if_half_full(call.tgid, SYSCALL_RECORD_SIZE as u64 + len as u64);
             return;
         }
         Err(Missed::NoRoom) => {
             acct.lost_ring = n;
             count(stat::CHUNKS_DROPPED, 1);
             count(stat::CHUNK_BYTES_DROPPED, n);
+            level.pause_if_half_full(call.tgid, 0);
         }
         Err(Missed::Fault) => {
             acct.lost_fault = n;

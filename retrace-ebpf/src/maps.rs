@@ -81,6 +81,21 @@ pub static MAX_PAYLOAD: u64 = 0;
 #[unsafe(no_mangle)]
 pub static RING_SIZE: u64 = 0;
 
+/// Non-zero: pause a traced process (SIGSTOP) when the ring buffer is half full instead of
+/// letting it fill; the agent resumes it once it has drained the ring. Set before load.
+#[unsafe(no_mangle)]
+pub static BACKPRESSURE: u64 = 0;
+
+/// Processes paused by backpressure and not resumed yet (tgid -> 1): the agent sends each a
+/// SIGCONT after draining, and before it exits.
+#[map]
+pub static PAUSED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+#[inline(always)]
+pub fn backpressure() -> bool {
+    unsafe { core::ptr::read_volatile(&BACKPRESSURE) != 0 }
+}
+
 #[inline(always)]
 pub fn count(index: u32, n: u64) {
     if let Some(slot) = STATS.get_ptr_mut(index) {

@@ -2,7 +2,7 @@
 //! explicit gaps such that recorded + lost = what the process moved, exactly.
 
 use retrace_agent::{store::proto::Direction, view::gap_reason_name};
-use retrace_tests::{assert_bytes_eq, python, record, scratch};
+use retrace_tests::{assert_bytes_eq, python, record, retrace, scratch};
 
 const FLOOD: &str = r#"
 import os, sys, time
@@ -120,4 +120,93 @@ fn an_fd_reopened_in_dropped_records_never_lends_its_old_name() {
         }
     }
     assert_eq!(accounted, written, "every byte written is in a file's stream or an unknown one");
+}
+
+const THREADS_AND_CHILD: &str = r#"
+import os, sys, threading
+d = sys.argv[1]
+block = bytes(range(256)) * 256
+def flood(name, n):
+    fd = os.open(f"{d}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for i in range(n):
+        os.write(fd, block[: 1 + (i * 7919) % len(block)])
+    os.close(fd)
+pid = os.fork()
+if pid == 0:
+    flood("child.bin", 1500)
+    os._exit(0)
+threads = [threading.Thread(target=flood, args=(f"thread{t}.bin", 1500)) for t in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+os.waitpid(pid, 0)
+"#;
+
+#[test]
+fn backpressure_pauses_the_writers_instead_of_dropping_payload() {
+    // Two threads and a child flood a 1 MiB ring: ~150 MB, which loses most of it without
+    // backpressure (the test above); with it, every byte is recorded.
+    let dir = scratch("backpressure");
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let (rec, out) = record(
+        &dir,
+        &["--ring-buffer", "1M", "--backpressure"],
+        &[python(), "-c", THREADS_AND_CHILD, files.to_str().unwrap()],
+    );
+    for name in ["thread0.bin", "thread1.bin", "child.bin"] {
+        let path = files.join(name);
+        let content = std::fs::read(&path).unwrap();
+        let s = rec.by_path(&path);
+        assert_eq!(s.lost_bytes_out, 0, "{name}: {s:?}; counters {:?}", rec.counters());
+        assert_bytes_eq(&rec.bytes(s.id, Direction::Out), &content, name);
+    }
+    let counters = rec.counters();
+    assert!(counters.pauses > 0, "a 1 MiB ring must have filled up: {counters:?}");
+    assert_eq!(counters.chunk_bytes_dropped + counters.records_dropped, 0, "{counters:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("paused {} times", counters.pauses)), "{stderr}");
+}
+
+#[test]
+fn an_attached_process_is_not_left_paused_when_the_recording_ends() {
+    // Paused processes are resumed after the probes are detached, so the last pause of a
+    // process that floods on after the recording is answered too.
+    let dir = scratch("backpressure-attach");
+    let sink = dir.join("sink.bin");
+    let script = "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\nb = b'x' * 65536\nwhile True: os.pwrite(fd, b, 0)";
+    let mut flooder =
+        std::process::Command::new(python()).args(["-c", script, sink.to_str().unwrap()]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let rec_dir = dir.join("rec");
+    let pid = flooder.id().to_string();
+    let out = retrace(&[
+        "record",
+        "-o",
+        rec_dir.to_str().unwrap(),
+        "--pid",
+        &pid,
+        "--duration",
+        "1",
+        "--ring-buffer",
+        "1M",
+        "--backpressure",
+    ]);
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap().to_owned()
+    };
+    let mut states = Vec::new();
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        states.push(state());
+    }
+    flooder.kill().unwrap();
+    flooder.wait().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(states.iter().all(|s| s != "T"), "the flooder was left stopped: {states:?}");
+    let rec = retrace_tests::Rec::open(&rec_dir);
+    assert!(rec.counters().pauses > 0, "{:?}", rec.counters());
+    let s = rec.by_path(&sink);
+    assert_eq!(s.lost_bytes_out, 0, "{s:?}");
+    assert!(s.bytes_out > 1 << 20, "{s:?}");
 }

@@ -5,7 +5,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use super::{
     decode::{decode, Event},
-    CaptureError,
+    CaptureError, Pauses,
 };
 
 /// Largest batch handed on at once, in records and in payload bytes: with the channel's few
@@ -18,12 +18,14 @@ const BATCH_BYTES: usize = 1 << 20;
 const DRAIN_INTERVAL_MS: u64 = 20;
 
 /// Reads records until `stop` fires, then drains what is left and returns. Malformed records
-/// are counted, not fatal.
+/// are counted, not fatal. With backpressure, every drain that empties the ring resumes the
+/// processes the kernel paused; `pauses` is handed back for the last resume after detaching.
 pub async fn consume(
     ring: RingBuf<MapData>,
     out: mpsc::Sender<Vec<Event>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<ConsumeStats, CaptureError> {
+    mut pauses: Option<Pauses>,
+) -> Result<(ConsumeStats, Option<Pauses>), CaptureError> {
     // SAFETY: the ring buffer owns its fd, which stays open until the AsyncFd is dropped.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Io { source: e.into() })?;
     let mut stats = ConsumeStats::default();
@@ -35,7 +37,7 @@ pub async fn consume(
         let stopping = tokio::select! {
             _ = tick.tick() => {
                 if !drain(fd.get_mut(), &out, &mut stats).await && out.send(Vec::new()).await.is_err() {
-                    return Ok(stats);
+                    return Ok((stats, pauses));
                 }
                 false
             }
@@ -47,9 +49,14 @@ pub async fn consume(
             }
             _ = stop.changed() => true,
         };
+        // The ring was just emptied (a drain blocked on a full pipeline has not returned, so a
+        // paused process stays paused until the agent catches up).
+        if let Some(pauses) = pauses.as_mut() {
+            pauses.resume_stopped();
+        }
         if stopping || *stop.borrow() {
             drain(fd.get_mut(), &out, &mut stats).await;
-            return Ok(stats);
+            return Ok((stats, pauses));
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct ProbeConfig {
     pub ring_buffer_bytes: u32,
     /// Per-syscall payload cap; `None` captures everything.
     pub max_payload: Option<u64>,
+    /// Pause traced processes while the ring buffer is half full instead of dropping payload.
+    pub backpressure: bool,
 }
 
 /// The loaded and attached programs.
@@ -98,6 +100,8 @@ pub struct KernelStats {
     pub fault_bytes: u64,
     pub truncated_bytes: u64,
     pub captured_bytes: u64,
+    /// Times a traced process was paused by backpressure.
+    pub pauses: u64,
     /// Program runs the kernel skipped because the program was already running on that CPU
     /// (`recursion_misses`): events that never reached the ring buffer.
     pub program_misses: u64,
@@ -121,11 +125,13 @@ impl Probes {
         let btf = Btf::from_sys_fs().map_err(|source| CaptureError::NoBtf { source })?;
         let max_payload = config.max_payload.unwrap_or(0);
         let ring_size = u64::from(config.ring_buffer_bytes);
+        let backpressure = u64::from(config.backpressure);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .override_global("MAX_PAYLOAD", &max_payload, true)
             .override_global("RING_SIZE", &ring_size, true)
+            .override_global("BACKPRESSURE", &backpressure, true)
             .load(PROGRAM)
             .map_err(|source| CaptureError::Load { source: Box::new(source) })?;
         let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
@@ -198,6 +204,12 @@ impl Probes {
         Ok(())
     }
 
+    /// The list of processes paused by backpressure, moved out to the consumer.
+    pub fn take_pauses(&mut self) -> Result<super::Pauses, CaptureError> {
+        let map = self.ebpf.take_map("PAUSED").expect("PAUSED map");
+        Ok(super::Pauses::new(BpfHashMap::try_from(map).map_err(CaptureError::map)?))
+    }
+
     /// The ring buffer, moved out to the consumer.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
         let map = self.ebpf.take_map("EVENTS").expect("EVENTS map");
@@ -217,6 +229,7 @@ impl Probes {
             fault_bytes: sum(stat::FAULT_BYTES)?,
             truncated_bytes: sum(stat::TRUNCATED_BYTES)?,
             captured_bytes: sum(stat::CAPTURED_BYTES)?,
+            pauses: sum(stat::PAUSES)?,
             program_misses: self.program_misses(),
         })
     }

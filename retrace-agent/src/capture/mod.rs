@@ -3,8 +3,10 @@
 pub mod consumer;
 pub mod decode;
 pub mod loader;
+pub mod pauses;
 
 pub use loader::{KernelStats, ProbeConfig, Probes};
+pub use pauses::Pauses;
 
 /// Errors of the kernel side.
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,11 @@ pub struct Args {
     /// truncation gap. Default: no cap.
     #[arg(long, value_parser = super::size::parse)]
     max_payload: Option<u64>,
+    /// Never drop payload under load: pause the traced processes (SIGSTOP) while the kernel
+    /// ring buffer is half full and resume them (SIGCONT) once the agent has drained it. They
+    /// run no faster than Retrace can record; their parent sees the stops.
+    #[arg(long)]
+    backpressure: bool,
     /// Encrypt to this age recipient (`age1…`; repeat for several). Default: your own
     /// retrace identity's (created on first use). The recorder never needs a private key.
     #[arg(long = "recipient", short = 'r', value_name = "RECIPIENT")]
@@ -94,7 +99,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     super::audit("record_start", Subject::recording(&args.output, "").detail(what))?;
     let config = RecordConfig {
         output: args.output.clone(),
-        probes: ProbeConfig { ring_buffer_bytes: ring as u32, max_payload: args.max_payload },
+        probes: ProbeConfig {
+            ring_buffer_bytes: ring as u32,
+            max_payload: args.max_payload,
+            backpressure: args.backpressure,
+        },
         duration,
         segments: SegmentPolicy {
             max_bytes: args.segment_size,
@@ -153,6 +162,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             k.chunk_bytes_dropped,
             k.records_dropped + k.task_records_dropped,
             super::size::format(args.ring_buffer)
+        );
+    }
+    if k.pauses > 0 {
+        eprintln!(
+            "retrace: the traced processes were paused {} times to let the agent catch up (--backpressure)",
+            k.pauses
         );
     }
     if k.program_misses > 0 {

@@ -21,18 +21,24 @@ pub enum Tracer {
     Retrace,
     /// Retrace with `--compress` (the compression table only).
     RetraceLz4,
+    /// Retrace with `--backpressure` (where plain Retrace loses payload).
+    RetraceBackpressure,
     Strace,
     Bpftrace,
 }
 
 impl Tracer {
     pub const ALL: [Tracer; 4] = [Tracer::None, Tracer::Retrace, Tracer::Strace, Tracer::Bpftrace];
+    /// Where plain Retrace loses payload (nginx 1 MiB), also with `--backpressure`.
+    pub const WITH_BACKPRESSURE: [Tracer; 5] =
+        [Tracer::None, Tracer::Retrace, Tracer::RetraceBackpressure, Tracer::Strace, Tracer::Bpftrace];
 
     pub fn name(self) -> &'static str {
         match self {
             Tracer::None => "unrecorded",
             Tracer::Retrace => "retrace",
             Tracer::RetraceLz4 => "retrace --compress",
+            Tracer::RetraceBackpressure => "retrace --backpressure",
             Tracer::Strace => "strace",
             Tracer::Bpftrace => "bpftrace (count only)",
         }
@@ -61,14 +67,18 @@ pub fn attach(tracer: Tracer, retrace: &Path, work: &Path, pids: &[u32], comm: O
     let mut rec_dir = None;
     let child = match tracer {
         Tracer::None => None,
-        Tracer::Retrace | Tracer::RetraceLz4 => {
+        Tracer::Retrace | Tracer::RetraceLz4 | Tracer::RetraceBackpressure => {
             let dir = work.join("rec");
             let _ = std::fs::remove_dir_all(&dir);
             let child = Command::new(retrace)
                 .args(["record", "-o"])
                 .arg(&dir)
                 .args(["--ring-buffer", &format!("{RING_BUFFER_MIB}M"), "--pid", &pids[0].to_string()])
-                .args(if tracer == Tracer::RetraceLz4 { &["--compress"][..] } else { &[] })
+                .args(match tracer {
+                    Tracer::RetraceLz4 => &["--compress"][..],
+                    Tracer::RetraceBackpressure => &["--backpressure"][..],
+                    _ => &[],
+                })
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -155,7 +165,9 @@ impl Attached {
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         cost.cpu_seconds = secs(usage.ru_utime) + secs(usage.ru_stime);
         cost.max_rss_kb = usage.ru_maxrss as u64;
-        if let (Tracer::Retrace | Tracer::RetraceLz4, Some(dir)) = (self.tracer, &self.rec_dir) {
+        if let (Tracer::Retrace | Tracer::RetraceLz4 | Tracer::RetraceBackpressure, Some(dir)) =
+            (self.tracer, &self.rec_dir)
+        {
             let out = Command::new(&self.retrace).arg("streams").arg(dir).arg("--json").output()?;
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let row: serde_json::Value = serde_json::from_str(line)?;
