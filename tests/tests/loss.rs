@@ -167,39 +167,39 @@ fn backpressure_pauses_the_writers_instead_of_dropping_payload() {
     assert!(stderr.contains(&format!("paused {} times", counters.pauses)), "{stderr}");
 }
 
+/// A process that rewrites 64 KiB at offset 0 of `sink` as fast as it can, until killed.
+fn flooder(sink: &std::path::Path) -> std::process::Child {
+    let script = "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\nb = b'x' * 65536\nwhile True: os.pwrite(fd, b, 0)";
+    let child = std::process::Command::new(python()).args(["-c", script, sink.to_str().unwrap()]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child
+}
+
+/// The process's state letter (`/proc/PID/stat`), sampled ten times over half a second.
+fn states(pid: u32) -> Vec<String> {
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap().to_owned()
+    };
+    (0..10).map(|_| (std::thread::sleep(std::time::Duration::from_millis(50)), state()).1).collect()
+}
+
+fn backpressure_args<'a>(rec: &'a str, pid: &'a str) -> Vec<&'a str> {
+    vec!["record", "-o", rec, "--pid", pid, "--ring-buffer", "1M", "--backpressure"]
+}
+
 #[test]
 fn an_attached_process_is_not_left_paused_when_the_recording_ends() {
     // Paused processes are resumed after the probes are detached, so the last pause of a
     // process that floods on after the recording is answered too.
     let dir = scratch("backpressure-attach");
     let sink = dir.join("sink.bin");
-    let script = "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\nb = b'x' * 65536\nwhile True: os.pwrite(fd, b, 0)";
-    let mut flooder =
-        std::process::Command::new(python()).args(["-c", script, sink.to_str().unwrap()]).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let rec_dir = dir.join("rec");
-    let pid = flooder.id().to_string();
-    let out = retrace(&[
-        "record",
-        "-o",
-        rec_dir.to_str().unwrap(),
-        "--pid",
-        &pid,
-        "--duration",
-        "1",
-        "--ring-buffer",
-        "1M",
-        "--backpressure",
-    ]);
-    let state = || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap().to_owned()
-    };
-    let mut states = Vec::new();
-    for _ in 0..10 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        states.push(state());
-    }
+    let mut flooder = flooder(&sink);
+    let (rec_dir, pid) = (dir.join("rec"), flooder.id().to_string());
+    let mut args = backpressure_args(rec_dir.to_str().unwrap(), &pid);
+    args.extend(["--duration", "1"]);
+    let out = retrace(&args);
+    let states = states(flooder.id());
     flooder.kill().unwrap();
     flooder.wait().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -209,4 +209,25 @@ fn an_attached_process_is_not_left_paused_when_the_recording_ends() {
     let s = rec.by_path(&sink);
     assert_eq!(s.lost_bytes_out, 0, "{s:?}");
     assert!(s.bytes_out > 1 << 20, "{s:?}");
+}
+
+#[test]
+fn a_recorder_killed_with_sigkill_leaves_no_process_paused() {
+    // Without the resume guard, a flooder paused at that moment stayed stopped (5 runs in 5).
+    let dir = scratch("backpressure-kill");
+    let mut flooder = flooder(&dir.join("sink.bin"));
+    let (rec_dir, pid) = (dir.join("rec"), flooder.id().to_string());
+    let mut recorder = retrace_tests::retrace_command()
+        .args(backpressure_args(rec_dir.to_str().unwrap(), &pid))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    recorder.kill().unwrap();
+    recorder.wait().unwrap();
+    let states = states(flooder.id());
+    flooder.kill().unwrap();
+    flooder.wait().unwrap();
+    assert!(states.iter().all(|s| s != "T"), "the flooder was left stopped: {states:?}");
 }

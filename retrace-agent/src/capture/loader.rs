@@ -207,7 +207,9 @@ impl Probes {
     /// The list of processes paused by backpressure, moved out to the consumer.
     pub fn take_pauses(&mut self) -> Result<super::Pauses, CaptureError> {
         let map = self.ebpf.take_map("PAUSED").expect("PAUSED map");
-        Ok(super::Pauses::new(BpfHashMap::try_from(map).map_err(CaptureError::map)?))
+        let Map::HashMap(data) = &map else { panic!("the eBPF object's PAUSED is a hash map") };
+        let id = data.info().map_err(CaptureError::map)?.id();
+        super::Pauses::new(BpfHashMap::try_from(map).map_err(CaptureError::map)?, id)
     }
 
     /// The ring buffer, moved out to the consumer.

@@ -4,23 +4,53 @@
 //! irq_work), so a listed process is continued only once all its threads are stopped: a
 //! SIGCONT that overtook its SIGSTOP would leave the process stopped for good. When `Pauses`
 //! is dropped (the recording ends, or fails), it first tells the kernel to pause no more (key
-//! 0 in the map), then continues everything listed: no path leaves a process stopped.
+//! 0 in the map), then continues everything listed: no path leaves a process stopped. Not even
+//! a SIGKILL of the agent (an OOM kill on a node): a guard process (`retrace resume-guard`,
+//! started with the recording) holds the map too and does the same when the agent's end of
+//! its stdin closes.
 
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use nix::{sys::signal, unistd::Pid};
+
+use super::CaptureError;
 
 pub struct Pauses {
     map: BpfHashMap<MapData, u32, u32>,
+    /// The guard process (none in the guard itself).
+    guard: Option<Child>,
 }
 
 /// The key that tells the kernel to pause no more processes.
 const NO_MORE_PAUSES: u32 = 0;
 
 impl Pauses {
-    pub(super) fn new(map: BpfHashMap<MapData, u32, u32>) -> Pauses {
-        Pauses { map }
+    /// Takes the kernel's list and starts the guard (`retrace resume-guard --map-id ID`, this
+    /// same program), waiting until it holds the map.
+    pub(super) fn new(map: BpfHashMap<MapData, u32, u32>, map_id: u32) -> Result<Pauses, CaptureError> {
+        let io = |source| CaptureError::Io { source };
+        let mut guard = Command::new(std::env::current_exe().map_err(io)?)
+            .args(["resume-guard", "--map-id", &map_id.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Its own process group: a Ctrl-C for the recorder does not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(io)?;
+        let mut ready = String::new();
+        BufReader::new(guard.stdout.take().expect("piped")).read_line(&mut ready).map_err(io)?;
+        if ready.trim() != "ready" {
+            let _ = guard.kill();
+            let _ = guard.wait();
+            return Err(io(std::io::Error::other("the backpressure resume guard did not start")));
+        }
+        Ok(Pauses { map, guard: Some(guard) })
     }
 
     /// Continues every listed process whose threads have all stopped (or that is gone); the
@@ -55,7 +85,27 @@ impl Drop for Pauses {
         for tgid in self.map.keys().filter_map(Result::ok).filter(|&tgid| tgid != NO_MORE_PAUSES) {
             let _ = signal::kill(Pid::from_raw(tgid as i32), signal::Signal::SIGCONT);
         }
+        if let Some(mut guard) = self.guard.take() {
+            drop(guard.stdin.take());
+            let _ = guard.wait();
+        }
     }
+}
+
+/// `retrace resume-guard`: holds the list of paused processes until its stdin closes (the
+/// recorder is done, or was killed), then continues whatever is still paused.
+pub fn run_guard(map_id: u32) -> Result<(), CaptureError> {
+    let io = |source| CaptureError::Io { source };
+    let data = MapData::from_id(map_id).map_err(CaptureError::map)?;
+    let map = BpfHashMap::try_from(Map::HashMap(data)).map_err(CaptureError::map)?;
+    // A closed terminal must not end it either.
+    // SAFETY: sets a signal disposition to ignore; no handler runs.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    println!("ready");
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest).map_err(io);
+    drop(Pauses { map, guard: None });
+    Ok(())
 }
 
 /// Whether every thread of the process is stopped, a zombie, or gone (`/proc/PID/task/*/stat`).

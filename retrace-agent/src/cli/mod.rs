@@ -8,6 +8,7 @@ mod inspect;
 mod keygen;
 mod record;
 mod replay;
+mod resume_guard;
 mod size;
 mod streams;
 mod verify;
@@ -52,6 +53,9 @@ enum Command {
     /// The audit log of every recording access.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// Started by `record --backpressure`: continues the processes it paused if it dies.
+    #[command(hide = true)]
+    ResumeGuard(resume_guard::Args),
 }
 
 /// Runs the command; returns the process exit code.
@@ -72,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Export(args) => export::run(args),
         Command::Gc(args) => gc::run(args),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::ResumeGuard(args) => resume_guard::run(args),
     }
 }
 
