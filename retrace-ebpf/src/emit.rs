@@ -88,9 +88,10 @@ impl RingLevel {
     /// the ring is past half full is signalled, not just the first: a stop that another thread
     /// started waits for that thread to be scheduled again, and this one would write on
     /// meanwhile. The other half of the ring absorbs what is in flight. The process is listed
-    /// in `PAUSED` only once a signal is sent (the helper defers it to an irq_work here, and
-    /// refuses while that is busy: the next record tries again); the agent continues a listed
-    /// process once all its threads are stopped, so a SIGCONT never overtakes a SIGSTOP.
+    /// in `PAUSED` first; the helper defers the signal to an irq_work that runs before the
+    /// thread can stop (and refuses while that is busy: the thread's next record tries again).
+    /// The agent continues a listed process only once all its threads are stopped, so a
+    /// SIGCONT never overtakes a SIGSTOP.
     #[inline(always)]
     pub fn pause_if_half_full(&self, tgid: u32, len: u64) {
         if !backpressure() || (self.avail + len) * 2 < self.size {
@@ -100,12 +101,14 @@ impl RingLevel {
         if unsafe { PAUSED.get(&0).is_some() } {
             return;
         }
+        // Listed before the signal: a process is never stopped unlisted (the agent would not
+        // know to continue it). With the list full, no pause (a loss is still counted).
         let new = unsafe { PAUSED.get(&tgid).is_none() };
-        if unsafe { bpf_send_signal_thread(SIGSTOP) } == 0 {
-            let _ = PAUSED.insert(&tgid, &1, 0);
-            if new {
-                count(stat::PAUSES, 1);
-            }
+        if new && PAUSED.insert(&tgid, &1, 0).is_err() {
+            return;
+        }
+        if unsafe { bpf_send_signal_thread(SIGSTOP) } == 0 && new {
+            count(stat::PAUSES, 1);
         }
     }
 

@@ -89,7 +89,7 @@ pub static BACKPRESSURE: u64 = 0;
 /// Processes paused by backpressure and not resumed yet (tgid -> 1): the agent sends each a
 /// SIGCONT after draining, and before it exits.
 #[map]
-pub static PAUSED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+pub static PAUSED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn backpressure() -> bool {

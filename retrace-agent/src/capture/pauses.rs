@@ -1,6 +1,6 @@
 //! Backpressure (`record --backpressure`): the kernel pauses a traced process (SIGSTOP) when
-//! the ring buffer is half full and lists it in `PAUSED`; the agent continues every listed
-//! process once it has drained the ring. The kernel's signal is delivered a little later (an
+//! the ring buffer is half full, listing it in `PAUSED` first; the agent continues every
+//! listed process once it has drained the ring. The kernel's signal is sent a little later (an
 //! irq_work), so a listed process is continued only once all its threads are stopped: a
 //! SIGCONT that overtook its SIGSTOP would leave the process stopped for good. When `Pauses`
 //! is dropped (the recording ends, or fails), it first tells the kernel to pause no more (key
