@@ -162,15 +162,30 @@ host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
 a = socket.socket(fam, socket.SOCK_DGRAM); a.bind((host, 0))
 b = socket.socket(fam, socket.SOCK_DGRAM); b.bind((host, 0))
 c = socket.socket(fam, socket.SOCK_DGRAM); c.bind((host, 0))
+# sendto, and sendmsg of one and two buffers with an address; the same for receiving.
 for i in range(3):
-    c.sendto(b"to-a-%d" % i, a.getsockname())
-    c.sendto(b"to-b-%d" % i, b.getsockname())
+    if i == 0:
+        c.sendto(b"to-a-%d" % i, a.getsockname())
+        c.sendto(b"to-b-%d" % i, b.getsockname())
+    else:
+        c.sendmsg([b"to-a-%d" % i], [], 0, a.getsockname())
+        c.sendmsg([b"to-b-", b"%d" % i], [], 0, b.getsockname())
 for s, name in ((a, b"a"), (b, b"b")):
     for i in range(3):
-        data, peer = s.recvfrom(100)
+        if i == 0:
+            data, peer = s.recvfrom(100)
+        elif i == 1:
+            data, _, _, peer = s.recvmsg(100)
+        else:
+            head, rest = bytearray(3), bytearray(97)
+            n, _, _, peer = s.recvmsg_into([head, rest])
+            data = bytes(head + rest)[:n]
         s.sendto(b"reply-from-" + name + data[-2:], peer)
 for i in range(6):
-    c.recvfrom(100)
+    if i % 2:
+        c.recvmsg(100)
+    else:
+        c.recvmsg_into([bytearray(6), bytearray(94)])
 print(c.getsockname()[1], a.getsockname()[1], b.getsockname()[1])
 "#;
 
@@ -213,6 +228,13 @@ fn unconnected_udp_datagrams_carry_their_peer() {
         }
         // The receivers' streams know their own address and see the sender as the datagram source.
         let ra = rec.find("receiver a", |s| s.kind == "udp" && s.local == a);
-        assert!(rec.data(ra.id).iter().filter(|d| d.direction() == Direction::In).all(|d| d.addr == c));
+        let got: Vec<_> = rec.data(ra.id).into_iter().filter(|d| d.direction() == Direction::In).collect();
+        assert!(got.iter().all(|d| d.addr == c), "IPv{family}: {got:?}");
+        let got: Vec<Vec<u8>> = got.iter().map(|d| d.payload.to_vec()).collect();
+        assert_eq!(got, (0..3).map(|i| format!("to-a-{i}").into_bytes()).collect::<Vec<_>>(), "IPv{family}");
+        // Each sendmsg/recvmsg of up to two buffers is one record, whole.
+        let names: Vec<String> = data.iter().map(|d| String::from_utf8_lossy(&d.syscall).into_owned()).collect();
+        assert_eq!(names.iter().filter(|n| *n == "sendmsg").count(), 4, "IPv{family}: {names:?}");
+        assert_eq!(names.iter().filter(|n| *n == "recvmsg").count(), 6, "IPv{family}: {names:?}");
     }
 }

@@ -55,7 +55,8 @@ pub fn on_data(
             let pieces = match source {
                 Source::Buffer => Some(Pieces::One(call.args[buf_arg])),
                 Source::Iovec => iovec_pieces(call.args[buf_arg], call.args[len_arg], kept),
-                _ => None,
+                Source::Msghdr => msghdr_pieces(&call, call.args[buf_arg], kept),
+                Source::Mmsghdr => None,
             };
             match pieces {
                 Some(Pieces::One(buf)) => {
@@ -107,6 +108,20 @@ fn iovec_pieces(iov: u64, count: u64, kept: u64) -> Option<Pieces> {
         return Some(Pieces::One(second[0]));
     }
     Some(Pieces::Two(first[0], first_len, second[0]))
+}
+
+/// sendmsg/recvmsg: the pieces of the message's iovecs (see `iovec_pieces`), and its address
+/// record (msg_name, as the copier writes it) when they are taken this way.
+#[inline(always)]
+fn msghdr_pieces(call: &Call, msg: u64, kept: u64) -> Option<Pieces> {
+    // msg_name, msg_namelen (and padding), msg_iov, msg_iovlen.
+    let head: [u64; 4] = unsafe { bpf_probe_read_user(msg as *const [u64; 4]) }.ok()?;
+    let pieces = iovec_pieces(head[2], head[3], kept)?;
+    let name_len = head[1] as u32;
+    if head[0] != 0 && name_len != 0 {
+        emit_address_of(call, head[0], name_len as u64);
+    }
+    Some(pieces)
 }
 
 /// Records a call that names or changes fds but moves no payload.
