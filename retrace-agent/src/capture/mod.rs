@@ -38,6 +38,11 @@ pub enum CaptureError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("failed to start the process that resumes paused processes (`retrace resume-guard`); record without --backpressure, or check that the retrace binary can be run again")]
+    Guard {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("ring buffer I/O failed")]
     Io {
         #[source]

@@ -34,7 +34,7 @@ impl Pauses {
     /// Takes the kernel's list and starts the guard (`retrace resume-guard --map-id ID`, this
     /// same program), waiting until it holds the map.
     pub(super) fn new(map: BpfHashMap<MapData, u32, u32>, map_id: u32) -> Result<Pauses, CaptureError> {
-        let io = |source| CaptureError::Io { source };
+        let io = |source| CaptureError::Guard { source };
         let mut guard = Command::new(std::env::current_exe().map_err(io)?)
             .args(["resume-guard", "--map-id", &map_id.to_string()])
             .stdin(Stdio::piped())
