@@ -95,15 +95,14 @@ impl Drop for Pauses {
 /// `retrace resume-guard`: holds the list of paused processes until its stdin closes (the
 /// recorder is done, or was killed), then continues whatever is still paused.
 pub fn run_guard(map_id: u32) -> Result<(), CaptureError> {
-    let io = |source| CaptureError::Io { source };
     let data = MapData::from_id(map_id).map_err(CaptureError::map)?;
     let map = BpfHashMap::try_from(Map::HashMap(data)).map_err(CaptureError::map)?;
     // A closed terminal must not end it either.
     // SAFETY: sets a signal disposition to ignore; no handler runs.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     println!("ready");
-    let mut rest = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut rest).map_err(io);
+    // Ends with EOF or an error: either way the recorder is gone.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
     drop(Pauses { map, guard: None });
     Ok(())
 }
