@@ -35,6 +35,9 @@ pub struct Throughput {
     pub full_speed_loss_fraction: f64,
     pub zero_loss_mbps: f64,
     pub zero_loss_sample: Option<Sample>,
+    /// At full speed with `--backpressure`: the writer's rate and the bytes lost.
+    pub backpressure_mbps: f64,
+    pub backpressure_lost_bytes: u64,
 }
 
 pub fn run(root: &Path, quick: bool) -> Result<()> {
@@ -88,6 +91,17 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             eprintln!("bench: pump {sink} {chunk}");
             let base = pump(&pump_bin, &retrace, &work, Tracer::None, sink, chunk, total_mb, 0, Content::Pattern)?;
             let full = pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, 0, Content::Pattern)?;
+            let pressed = pump(
+                &pump_bin,
+                &retrace,
+                &work,
+                Tracer::RetraceBackpressure,
+                sink,
+                chunk,
+                total_mb,
+                0,
+                Content::Pattern,
+            )?;
             let moved = (full.cost.recorded_bytes + full.cost.lost_bytes).max(1) as f64;
             // Bisect the writer's rate for the highest one recorded without losing a byte.
             let (mut lo, mut hi, mut best) = (0.0f64, base.throughput, None);
@@ -124,6 +138,8 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
                 full_speed_loss_fraction: full.cost.lost_bytes as f64 / moved,
                 zero_loss_mbps: lo,
                 zero_loss_sample: best,
+                backpressure_mbps: pressed.throughput,
+                backpressure_lost_bytes: pressed.cost.lost_bytes,
             });
         }
     }

@@ -189,17 +189,19 @@ pub fn write(
     }
 
     // Throughput.
-    writeln!(md, "## Capture throughput\n\nA writer (`xtask/bench/pump.c`) moving 1 GiB in fixed chunks into a tmpfs file or a unix socket\n(the reader is not recorded). Full speed first; then the writer's rate is bisected for the highest rate\nrecorded with zero lost bytes.\n\n| sink | chunk | unrecorded MB/s | recorded at full speed MB/s | loss at full speed | highest zero-loss MB/s |\n|---|---|---|---|---|---|")?;
+    writeln!(md, "## Capture throughput\n\nA writer (`xtask/bench/pump.c`) moving 1 GiB in fixed chunks into a tmpfs file or a unix socket\n(the reader is not recorded). Full speed first; then the writer's rate is bisected for the highest rate\nrecorded with zero lost bytes. Last, full speed again with `retrace record --backpressure`, which pauses the\nwriter while the ring buffer is half full: the rate it then runs at, and what it lost.\n\n| sink | chunk | unrecorded MB/s | recorded at full speed MB/s | loss at full speed | highest zero-loss MB/s | --backpressure MB/s (lost bytes) |\n|---|---|---|---|---|---|---|")?;
     for t in throughput {
         writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {:.1}% | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.1}% | {:.0} | {:.0} ({}) |",
             t.sink,
             human_size(t.chunk),
             t.unrecorded_mbps,
             t.recorded_full_speed_mbps,
             t.full_speed_loss_fraction * 100.0,
-            t.zero_loss_mbps
+            t.zero_loss_mbps,
+            t.backpressure_mbps,
+            t.backpressure_lost_bytes
         )?;
     }
 
