@@ -51,7 +51,22 @@ const LIFECYCLE_RESERVE_DIVISOR: u64 = 16;
 
 /// Calls `$f::<C>(args..)` with the smallest reservation class `C` that holds `$n` payload
 /// bytes (`$n <= CHUNK_MAX`): a ring reservation's size must be a constant.
+/// `$f::<A, _>(args..)` fills in the second of two classes the same way.
 macro_rules! by_size_class {
+    ($n:expr, $f:ident::<$a:ident, _>($($arg:expr),*)) => {{
+        let n = $n;
+        if n <= 128 {
+            $f::<$a, 128>($($arg),*)
+        } else if n <= 1024 {
+            $f::<$a, 1024>($($arg),*)
+        } else if n <= 4096 {
+            $f::<$a, 4096>($($arg),*)
+        } else if n <= 16384 {
+            $f::<$a, 16384>($($arg),*)
+        } else {
+            $f::<$a, { retrace_common::config::CHUNK_MAX }>($($arg),*)
+        }
+    }};
     ($n:expr, $f:ident($($arg:expr),*)) => {{
         let n = $n;
         if n <= 128 {
@@ -183,12 +198,22 @@ pub fn syscall(call: &Call, sys: Sys, aux: Aux, extra: [i64; 2], data: Option<&D
 /// Payload records keep 1/8 of the ring free for the records that count their loss.
 pub const PAYLOAD_HEADROOM_DIVISOR: u64 = 8;
 
-/// Records a data call on one buffer whose `n` kept bytes (of `moved`, after `--max-payload`) fit
-/// one chunk: its record and payload go into one ring reservation (`kind::DATA_CALL`), the
-/// payload straight from user memory. When that fails, the call's plain record counts the bytes
-/// as lost.
+/// Where the `n` kept bytes of a data call are in user memory.
+pub enum Pieces {
+    /// One buffer.
+    One(u64),
+    /// Two (readv/writev and sendmsg/recvmsg of two iovecs): the first piece's address and
+    /// length, then the second piece's address.
+    Two(u64, u64, u64),
+}
+
+/// Records a data call whose `n` kept bytes (of `moved`, after `--max-payload`) fit one chunk:
+/// its record and payload go into one ring reservation, the payload straight from user memory
+/// (`kind::DATA_CALL`; `DATA_CALL_SPLIT` for two pieces, each in a size class of its own since
+/// the verifier must see a constant offset for the second copy). When that fails, the call's
+/// plain record counts the bytes as lost.
 #[inline(always)]
-pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64, n: u64) {
+pub fn data_call(call: &Call, sys: Sys, fd: i32, pieces: Pieces, moved: u64, n: u64) {
     let (lost_before_in, lost_before_out, reopened) = take_pending_loss(call.tgid, fd);
     let mut acct = DataAccount {
         call_bytes: moved,
@@ -202,19 +227,32 @@ pub fn data_call(call: &Call, sys: Sys, fd: i32, buf: u64, moved: u64, n: u64) {
         truncated: moved - n,
     };
     let level = RingLevel::now();
+    // The reservation, the record's kind, the bytes after the syscall record and its `extra`.
     let slot = if !level.has_room(SYSCALL_RECORD_SIZE as u64 + n, PAYLOAD_HEADROOM_DIVISOR) {
         Err(Missed::NoRoom)
     } else {
-        by_size_class!(n, reserve_with_payload(buf, n))
+        match pieces {
+            Pieces::One(buf) => {
+                by_size_class!(n, reserve_with_payload(buf, n)).map(|slot| (slot, kind::DATA_CALL, n, [0, 0]))
+            }
+            Pieces::Two(first, first_len, second) => {
+                let second_len = n - first_len;
+                by_size_class!(first_len, reserve_split_first((first, first_len, second, second_len))).map(
+                    |(slot, second_at)| {
+                        (slot, kind::DATA_CALL_SPLIT, second_at + second_len, [first_len as i64, second_at as i64])
+                    },
+                )
+            }
+        }
     };
     match slot {
-        Ok(slot) => {
+        Ok((slot, kind, len, extra)) => {
             // The payload is in: only now take the socket's addresses (a call that failed
             // gives them to its plain record instead).
-            fill(slot as *mut SyscallRecord, call, sys, kind::DATA_CALL, n as u32, [0, 0], Some(&acct), (0, 0, 0));
-            unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(SYSCALL_RECORD_SIZE as u64 + n)) };
+            fill(slot as *mut SyscallRecord, call, sys, kind, len as u32, extra, Some(&acct), (0, 0, 0));
+            unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(SYSCALL_RECORD_SIZE as u64 + len)) };
             count(stat::CAPTURED_BYTES, n);
-            level.pause_if_half_full(call.tgid, SYSCALL_RECORD_SIZE as u64 + n);
+            level.pause_if_half_full(call.tgid, SYSCALL_RECORD_SIZE as u64 + len);
             return;
         }
         Err(Missed::NoRoom) => {
@@ -237,83 +275,10 @@ enum Missed {
     Fault,
 }
 
-/// [`data_call`] for a payload in two pieces (`first`: address and length, then `kept -
-/// first.1` bytes at `second`): one `DATA_CALL_SPLIT` record, each piece in a size class of its
-/// own.
-#[inline(always)]
-pub fn data_call_split(call: &Call, sys: Sys, fd: i32, first: (u64, u64), second: u64, moved: u64, n: u64) {
-    let (lost_before_in, lost_before_out, reopened) = take_pending_loss(call.tgid, fd);
-    let mut acct = DataAccount {
-        call_bytes: moved,
-        lost_before_in,
-        lost_before_out,
-        reopened,
-        bytes: moved,
-        captured: n,
-        lost_ring: 0,
-        lost_fault: 0,
-        truncated: moved - n,
-    };
-    let (first_len, second_len) = (first.1, n - first.1);
-    let level = RingLevel::now();
-    let slot = if !level.has_room(SYSCALL_RECORD_SIZE as u64 + n, PAYLOAD_HEADROOM_DIVISOR) {
-        Err(Missed::NoRoom)
-    } else {
-        by_size_class!(first_len, reserve_split_first(first.0, first_len, second, second_len))
-    };
-    match slot {
-        Ok((slot, second_at)) => {
-            let len = (second_at + second_len) as u32;
-            fill(
-                slot as *mut SyscallRecord,
-                call,
-                sys,
-                kind::DATA_CALL_SPLIT,
-                len,
-                [first_len as i64, second_at as i64],
-                Some(&acct),
-                (0, 0, 0),
-            );
-            unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(SYSCALL_RECORD_SIZE as u64 + len as u64)) };
-            count(stat::CAPTURED_BYTES, n);
-            level.pause_if_half_full(call.tgid, SYSCALL_RECORD_SIZE as u64 + len as u64);
-            return;
-        }
-        Err(Missed::NoRoom) => {
-            acct.lost_ring = n;
-            count(stat::CHUNKS_DROPPED, 1);
-            count(stat::CHUNK_BYTES_DROPPED, n);
-            level.pause_if_half_full(call.tgid, 0);
-        }
-        Err(Missed::Fault) => {
-            acct.lost_fault = n;
-            count(stat::FAULT_BYTES, n);
-        }
-    }
-    acct.captured = 0;
-    syscall(call, sys, Aux::None, [0, 0], Some(&acct), Some(fd));
-}
-
 /// Picks the second piece's size class for a first piece of class `A`.
 #[inline(always)]
-fn reserve_split_first<const A: usize>(
-    first: u64,
-    first_len: u64,
-    second: u64,
-    second_len: u64,
-) -> Result<(*mut c_void, u64), Missed> {
-    let args = (first, first_len, second, second_len);
-    if second_len <= 128 {
-        reserve_split::<A, 128>(args)
-    } else if second_len <= 1024 {
-        reserve_split::<A, 1024>(args)
-    } else if second_len <= 4096 {
-        reserve_split::<A, 4096>(args)
-    } else if second_len <= 16384 {
-        reserve_split::<A, 16384>(args)
-    } else {
-        reserve_split::<A, { retrace_common::config::CHUNK_MAX }>(args)
-    }
+fn reserve_split_first<const A: usize>(pieces: (u64, u64, u64, u64)) -> Result<(*mut c_void, u64), Missed> {
+    by_size_class!(pieces.3, reserve_split::<A, _>(pieces))
 }
 
 /// Reserves a record with `A` bytes for the first piece and `B` for the second and reads both

@@ -25,12 +25,10 @@ pub fn absolute(base: &str, path: &str) -> String {
     out
 }
 
-/// Already absolute with nothing to fold: no empty, `.` or `..` component.
+/// Already absolute with nothing to fold: no empty (`//`, a trailing `/`), `.` or `..`
+/// component.
 fn is_normal_absolute(path: &str) -> bool {
-    path.starts_with('/')
-        && (path == "/" || !path.ends_with('/'))
-        && path[1..].split('/').all(|part| !part.is_empty() || path == "/")
-        && !path.split('/').any(|part| part == "." || part == "..")
+    path == "/" || path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|p| !matches!(p, "" | "." | "..")))
 }
 
 #[cfg(test)]

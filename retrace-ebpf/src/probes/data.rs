@@ -6,7 +6,7 @@ use retrace_common::{config::CHUNK_MAX, syscall::Sys};
 use crate::{
     call::Call,
     copy::{emit_address_of, Copy, Source},
-    emit::{self, Aux},
+    emit::{self, Aux, Pieces},
     maps::max_payload,
 };
 
@@ -58,16 +58,9 @@ pub fn on_data(
                 Source::Msghdr => msghdr_pieces(&call, call.args[buf_arg], kept),
                 Source::Mmsghdr => None,
             };
-            match pieces {
-                Some(Pieces::One(buf)) => {
-                    emit::data_call(&call, sys, fd, buf, moved, kept);
-                    return 0;
-                }
-                Some(Pieces::Two(first, first_len, second)) => {
-                    emit::data_call_split(&call, sys, fd, (first, first_len), second, moved, kept);
-                    return 0;
-                }
-                None => {}
+            if let Some(pieces) = pieces {
+                emit::data_call(&call, sys, fd, pieces, moved, kept);
+                return 0;
             }
         }
         Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], moved)
@@ -78,15 +71,9 @@ pub fn on_data(
     0
 }
 
-/// Where the first `kept` bytes of a vectored call are, when one or two iovecs hold them.
-enum Pieces {
-    One(u64),
-    /// The first piece's address and length, then the second piece's address.
-    Two(u64, u64, u64),
-}
-
-/// Reads an iovec array of one or two entries (readv/writev of a header and a body, the
-/// common shape); longer arrays, and arrays that no longer add up, go to the copier.
+/// Where the first `kept` bytes of a vectored call are, when an iovec array of one or two
+/// entries holds them (readv/writev of a header and a body, the common shape); longer arrays,
+/// and arrays that no longer add up, go to the copier.
 #[inline(always)]
 fn iovec_pieces(iov: u64, count: u64, kept: u64) -> Option<Pieces> {
     if count == 0 || count > 2 {
