@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod capture;
+pub mod cpus;
 pub mod export;
 pub mod keys;
 pub mod recorder;

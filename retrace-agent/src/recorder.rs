@@ -41,6 +41,8 @@ pub struct RecordConfig {
     pub expires: Duration,
     /// Redaction rules and capture allowlist.
     pub rules: RulesFile,
+    /// Run the agent's threads on these CPUs only (a launched command keeps its own).
+    pub agent_cpus: Option<Vec<usize>>,
 }
 
 /// What a finished recording holds.
@@ -68,6 +70,8 @@ pub enum RecordError {
     Thread(std::io::Error),
     #[error(transparent)]
     Rules(#[from] crate::redact::RulesError),
+    #[error(transparent)]
+    Cpus(#[from] crate::cpus::CpusError),
 }
 
 /// Records `target` until it exits, `stop` turns true, or the duration ends.
@@ -90,6 +94,15 @@ pub async fn record(
             (None, tgid, procfs::cmdline(tgid), "attach")
         }
     };
+    // After the fork: a launched command keeps the CPUs it was given.
+    if let Some(cpus) = &config.agent_cpus {
+        if let Err(e) = crate::cpus::pin_process(cpus) {
+            if let Some(child) = launched.take() {
+                child.abort();
+            }
+            return Err(e.into());
+        }
+    }
     let started_ns = now_wall_ns();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,

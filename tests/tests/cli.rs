@@ -21,6 +21,8 @@ fn bad_input_gets_one_clear_line() {
     fails_with(&["record", "-o", r, "--ring-buffer", "3000", "--", "true"], "power of two");
     fails_with(&["record", "-o", r, "--ring-buffer", "12Q", "--", "true"], "not a size");
     fails_with(&["record", "-o", r, "--", "/no/such/program"], "command not found");
+    fails_with(&["record", "-o", r, "--cpus", "99999", "--", "true"], "not a CPU list");
+    fails_with(&["record", "-o", r, "--cpus", "1-x", "--", "true"], "not a CPU list");
     fails_with(&["streams", "/no/such/recording"], "no recording at");
     fails_with(&["cat", "/no/such/recording", "1", "--in"], "no recording at");
     fails_with(&["inspect", "/no/such/recording"], "no recording at");
@@ -29,6 +31,41 @@ fn bad_input_gets_one_clear_line() {
     let (_, _) = record(&dir, &[], &["true"]);
     fails_with(&["record", "-o", dir.join("rec").to_str().unwrap(), "--", "true"], "already holds a recording");
     fails_with(&["cat", dir.join("rec").to_str().unwrap(), "4242", "--in"], "no stream 4242");
+}
+
+/// `--cpus`: every thread of the recorder runs on the CPU given, the launched command keeps the
+/// CPUs it would have had, and what it does is recorded as usual.
+#[test]
+fn cpus_confine_the_recorder_not_the_command() {
+    let dir = scratch("cli-cpus");
+    let allowed: Vec<usize> = {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_owned();
+        retrace_agent::cpus::parse(&list).expect("our own CPU list parses")
+    };
+    let agent_cpu = *allowed.last().unwrap();
+    // The command reports its own CPUs and those of every thread of its parent, the recorder.
+    let script = "import os\n\
+        print('command', sorted(os.sched_getaffinity(0)))\n\
+        pp = os.getppid()\n\
+        for t in sorted(os.listdir(f'/proc/{pp}/task')):\n\
+        \x20   st = open(f'/proc/{pp}/task/{t}/status').read()\n\
+        \x20   cpus = [l.split(':')[1].strip() for l in st.splitlines() if l.startswith('Cpus_allowed_list')][0]\n\
+        \x20   print('recorder', open(f'/proc/{pp}/task/{t}/comm').read().strip(), cpus)\n";
+    let (rec, out) = record(&dir, &["--cpus", &agent_cpu.to_string()], &[retrace_tests::python(), "-c", script]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains(&format!("command {allowed:?}")), "the command kept its CPUs: {stdout}");
+    let threads: Vec<&str> = stdout.lines().filter(|l| l.starts_with("recorder ")).collect();
+    assert!(threads.len() >= 4, "the recorder's threads were listed: {stdout}");
+    for line in &threads {
+        assert!(line.ends_with(&format!(" {agent_cpu}")), "a recorder thread runs elsewhere: {line}");
+    }
+    let row = rec.find("the command's stdout", |s| s.fd == 1 && s.bytes_out > 0);
+    retrace_tests::assert_bytes_eq(
+        &rec.bytes(row.id, retrace_agent::store::proto::Direction::Out),
+        &out.stdout,
+        "stdout",
+    );
 }
 
 #[test]

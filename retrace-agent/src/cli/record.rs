@@ -55,9 +55,21 @@ pub struct Args {
     /// for more agent CPU (see SECURITY.md on what sizes reveal).
     #[arg(long)]
     compress: bool,
+    /// Run the recorder's threads on these CPUs only (e.g. `3` or `2-3`), off the cores the
+    /// recorded service uses; the service keeps its own. Default: any CPU.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    cpus: Option<CpuList>,
     /// The command to launch and record.
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// A parsed `--cpus` list (a newtype: clap would take a bare `Vec` for repeated values).
+#[derive(Clone, Debug)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    retrace_agent::cpus::parse(text).map(CpuList).map_err(|e| e.to_string().trim_start_matches("--cpus: ").to_owned())
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -113,6 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         recipients,
         expires: args.expires,
         rules,
+        agent_cpus: args.cpus.as_ref().map(|c| c.0.clone()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let summary = runtime.block_on(async move {

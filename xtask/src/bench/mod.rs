@@ -12,7 +12,7 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use tracers::Tracer;
-use workloads::{pump, untraced_read_ns, Content, Nginx, Redis, Sample};
+use workloads::{pump, untraced_read_ns, Content, Nginx, Placement, Redis, Sample};
 
 /// One run of the syscall loop in a process the tracer does not trace.
 #[derive(Clone, Debug, Serialize)]
@@ -60,7 +60,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     let mut samples: Vec<Sample> = Vec::new();
     let replay_speed;
     {
-        let redis = Redis::start(&work)?;
+        let redis = Redis::start(&work, Placement::Shared)?;
         eprintln!("bench: replay of redis-cli");
         replay_speed = replay::redis_cli(&retrace, &work, redis.port(), if quick { 500 } else { 5000 }, rounds.max(3))?;
         for size in [512, 16 * 1024] {
@@ -73,7 +73,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         }
     }
     {
-        let nginx = Nginx::start(&work)?;
+        let nginx = Nginx::start(&work, Placement::Shared)?;
         for file in ["1k.bin", "1m.bin"] {
             let tracers = if file == "1m.bin" { &Tracer::WITH_BACKPRESSURE[..] } else { &Tracer::ALL[..] };
             for round in 0..rounds {
@@ -83,6 +83,28 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
                 }
             }
         }
+    }
+    // The same servers with the tracer on a core of its own: what the traced process pays.
+    let mut split = Vec::new();
+    if Placement::split_possible() {
+        {
+            let redis = Redis::start(&work, Placement::Split)?;
+            for round in 0..rounds {
+                for tracer in Tracer::SPLIT {
+                    eprintln!("bench: redis 512B, tracer on CPU 1, round {round} {}", tracer.name());
+                    split.extend(redis.run(&retrace, &work, tracer, 512, round)?);
+                }
+            }
+        }
+        let nginx = Nginx::start(&work, Placement::Split)?;
+        for round in 0..rounds {
+            for tracer in Tracer::SPLIT {
+                eprintln!("bench: nginx 1k.bin, tracer on CPU 1, round {round} {}", tracer.name());
+                split.push(nginx.run(&retrace, &work, tracer, "1k.bin", round, secs)?);
+            }
+        }
+    } else {
+        eprintln!("bench: fewer than two CPUs (0 and 1) to run on: no runs with the tracer on a core of its own");
     }
     let total_mb = if quick { 256 } else { 1024 };
     let mut throughput = Vec::new();
@@ -176,7 +198,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             });
         }
     }
-    report::write(root, &samples, &throughput, &compression, &untraced, &replay_speed, rounds)?;
+    report::write(root, &samples, &split, &throughput, &compression, &untraced, &replay_speed, rounds)?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
 }

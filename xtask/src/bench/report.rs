@@ -66,9 +66,50 @@ fn machine() -> Vec<(String, String)> {
     ]
 }
 
+/// Per workload: every tracer's throughput, p99, CPU and loss against the unrecorded runs.
+fn server_tables(md: &mut String, samples: &[Sample]) -> Result<()> {
+    let mut workloads: Vec<&str> = Vec::new();
+    for s in samples {
+        if !workloads.contains(&s.workload.as_str()) {
+            workloads.push(&s.workload);
+        }
+    }
+    let of = |w: &str, t: Tracer| samples.iter().filter(|s| s.workload == w && s.tracer == t).collect::<Vec<_>>();
+    for w in workloads {
+        writeln!(md, "### {w}\n\n| tracer | throughput (req/s) | ratio | p99 (ms) | p99 ratio | tracer CPU (s) | lost bytes |\n|---|---|---|---|---|---|---|")?;
+        let base_t = stats(&of(w, Tracer::None).iter().map(|s| s.throughput).collect::<Vec<_>>()).0;
+        let base_p = stats(&of(w, Tracer::None).iter().filter_map(|s| s.p99_ms).collect::<Vec<_>>()).0;
+        for t in Tracer::WITH_BACKPRESSURE {
+            let runs = of(w, t);
+            if runs.is_empty() {
+                continue;
+            }
+            let (m, lo, hi) = stats(&runs.iter().map(|s| s.throughput).collect::<Vec<_>>());
+            let (pm, plo, phi) = stats(&runs.iter().filter_map(|s| s.p99_ms).collect::<Vec<_>>());
+            let cpu = stats(&runs.iter().map(|s| s.cost.cpu_seconds).collect::<Vec<_>>()).0;
+            let lost = if matches!(t, Tracer::Retrace | Tracer::RetraceBackpressure) {
+                runs.iter().map(|s| s.cost.lost_bytes).sum::<u64>().to_string()
+            } else {
+                "-".into()
+            };
+            writeln!(
+                md,
+                "| {} | {m:.0} [{lo:.0}–{hi:.0}] | {:.3} | {pm:.3} [{plo:.3}–{phi:.3}] | {:.2} | {cpu:.2} | {lost} |",
+                t.name(),
+                m / base_t,
+                pm / base_p
+            )?;
+        }
+        writeln!(md)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn write(
     root: &Path,
     samples: &[Sample],
+    split: &[Sample],
     throughput: &[Throughput],
     compression: &[Sample],
     untraced: &[UntracedCost],
@@ -156,36 +197,43 @@ pub fn write(
         md,
         "\nWhere a target is missed, [docs/performance.md](docs/performance.md) has the profile and the levers."
     )?;
+    if !split.is_empty() {
+        let mut ws: Vec<&str> = Vec::new();
+        for s in split {
+            if !ws.contains(&s.workload.as_str()) {
+                ws.push(&s.workload);
+            }
+        }
+        let median = |w: &str, t: Tracer| {
+            stats(&split.iter().filter(|s| s.workload == w && s.tracer == t).map(|s| s.throughput).collect::<Vec<_>>())
+                .0
+        };
+        let ratios: Vec<String> = ws
+            .iter()
+            .map(|w| {
+                let base = median(w, Tracer::None);
+                format!(
+                    "{w} {:.3} (bpftrace count-only {:.3})",
+                    median(w, Tracer::Retrace) / base,
+                    median(w, Tracer::Bpftrace) / base
+                )
+            })
+            .collect();
+        writeln!(
+            md,
+            "With the tracer on a core of its own ([below](#server-overhead-with-the-tracer-on-a-core-of-its-own)), recorded/unrecorded throughput: {}.",
+            ratios.join("; ")
+        )?;
+    }
 
     // Server overhead.
     writeln!(md, "\n## Server overhead\n")?;
     writeln!(md, "redis-server under `redis-benchmark -t set,get -c 20 -d SIZE -r 1000 --csv`; nginx (1 worker, `sendfile off`) under\n`wrk -t2 -c20 -dNs --latency`. Retrace: `retrace record --pid PID --ring-buffer 64M` (full payloads); for nginx 1 MiB, where\nit loses payload, also with `--backpressure` (nginx paused while the ring is half full).\nstrace: `strace -f -s 65536 -o /dev/null -p PID...`. bpftrace: a script that sums the return values of\nread/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg/pread64/pwrite64 for the server's processes.\nMedians with [min–max] over the rounds; the ratio is against the unrecorded median.\n")?;
-    for w in &workloads {
-        writeln!(md, "### {w}\n\n| tracer | throughput (req/s) | ratio | p99 (ms) | p99 ratio | tracer CPU (s) | lost bytes |\n|---|---|---|---|---|---|---|")?;
-        let base_t = median(w, Tracer::None);
-        let base_p = p99(w, Tracer::None);
-        for t in Tracer::WITH_BACKPRESSURE {
-            let runs = of(w, t);
-            if runs.is_empty() {
-                continue;
-            }
-            let (m, lo, hi) = stats(&runs.iter().map(|s| s.throughput).collect::<Vec<_>>());
-            let (pm, plo, phi) = stats(&runs.iter().filter_map(|s| s.p99_ms).collect::<Vec<_>>());
-            let cpu = stats(&runs.iter().map(|s| s.cost.cpu_seconds).collect::<Vec<_>>()).0;
-            let lost = if matches!(t, Tracer::Retrace | Tracer::RetraceBackpressure) {
-                runs.iter().map(|s| s.cost.lost_bytes).sum::<u64>().to_string()
-            } else {
-                "-".into()
-            };
-            writeln!(
-                md,
-                "| {} | {m:.0} [{lo:.0}–{hi:.0}] | {:.3} | {pm:.3} [{plo:.3}–{phi:.3}] | {:.2} | {cpu:.2} | {lost} |",
-                t.name(),
-                m / base_t,
-                pm / base_p
-            )?;
-        }
-        writeln!(md)?;
+    server_tables(&mut md, samples)?;
+
+    if !split.is_empty() {
+        writeln!(md, "## Server overhead with the tracer on a core of its own\n\nThe same servers and load generators on CPU 0 only, the tracer on CPU 1 only (`retrace record --cpus 1`;\nbpftrace started there): what the traced process itself pays for its probes, as on a node with a core to spare for the\nagent. Above, on two shared cores, the agent's CPU is also taken from a server and a load generator\nthat already keep both cores busy. Same commands; the unrecorded runs are pinned the same way.\n")?;
+        server_tables(&mut md, split)?;
     }
 
     // Throughput.
@@ -285,7 +333,7 @@ pub fn write(
         writeln!(md, "| {name} | {m:.3} [{lo:.3}–{hi:.3}] |")?;
     }
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
-    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "throughput": throughput, "compression": compression, "untraced": untraced, "replay": replay });
+    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "split_samples": split, "throughput": throughput, "compression": compression, "untraced": untraced, "replay": replay });
     std::fs::write(root.join("BENCHMARKS.json"), serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }

@@ -11,6 +11,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
+use super::workloads::on_cpu;
+
 /// The ring buffer Retrace records with in the benchmark.
 pub const RING_BUFFER_MIB: u64 = 64;
 
@@ -29,6 +31,8 @@ pub enum Tracer {
 
 impl Tracer {
     pub const ALL: [Tracer; 4] = [Tracer::None, Tracer::Retrace, Tracer::Strace, Tracer::Bpftrace];
+    /// With the tracer on a core of its own (strace would only measure itself again).
+    pub const SPLIT: [Tracer; 3] = [Tracer::None, Tracer::Retrace, Tracer::Bpftrace];
     /// Where plain Retrace loses payload (nginx 1 MiB), also with `--backpressure`.
     pub const WITH_BACKPRESSURE: [Tracer; 5] =
         [Tracer::None, Tracer::Retrace, Tracer::RetraceBackpressure, Tracer::Strace, Tracer::Bpftrace];
@@ -62,17 +66,29 @@ pub struct Attached {
     retrace: PathBuf,
 }
 
-/// Starts `tracer` on `pids` (bpftrace filters on `comm` when given, for multi-process servers).
-pub fn attach(tracer: Tracer, retrace: &Path, work: &Path, pids: &[u32], comm: Option<&str>) -> Result<Attached> {
+/// Starts `tracer` on `pids` (bpftrace filters on `comm` when given, for multi-process servers),
+/// on CPU `cpu` only if given.
+pub fn attach(
+    tracer: Tracer,
+    retrace: &Path,
+    work: &Path,
+    pids: &[u32],
+    comm: Option<&str>,
+    cpu: Option<usize>,
+) -> Result<Attached> {
     let mut rec_dir = None;
     let child = match tracer {
         Tracer::None => None,
         Tracer::Retrace | Tracer::RetraceLz4 | Tracer::RetraceBackpressure => {
             let dir = work.join("rec");
             let _ = std::fs::remove_dir_all(&dir);
-            let child = Command::new(retrace)
-                .args(["record", "-o"])
-                .arg(&dir)
+            let mut cmd = Command::new(retrace);
+            cmd.args(["record", "-o"]).arg(&dir);
+            // Retrace confines itself (`--cpus`); the other tracers are started on the CPU.
+            if let Some(cpu) = cpu {
+                cmd.args(["--cpus", &cpu.to_string()]);
+            }
+            let child = cmd
                 .args(["--ring-buffer", &format!("{RING_BUFFER_MIB}M"), "--pid", &pids[0].to_string()])
                 .args(match tracer {
                     Tracer::RetraceLz4 => &["--compress"][..],
@@ -90,6 +106,7 @@ pub fn attach(tracer: Tracer, retrace: &Path, work: &Path, pids: &[u32], comm: O
         }
         Tracer::Strace => {
             let mut cmd = Command::new("strace");
+            on_cpu(&mut cmd, cpu);
             cmd.args(["-f", "-s", "65536", "-o", "/dev/null"]);
             for pid in pids {
                 cmd.args(["-p", &pid.to_string()]);
@@ -122,7 +139,7 @@ pub fn attach(tracer: Tracer, retrace: &Path, work: &Path, pids: &[u32], comm: O
                     .collect::<Vec<_>>()
                     .join(",");
             let script = format!("{probes} /{filter} && args->ret > 0/ {{ @bytes = sum(args->ret); }}");
-            let mut child = Command::new("bpftrace")
+            let mut child = on_cpu(&mut Command::new("bpftrace"), cpu)
                 .args(["-e", &script])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())

@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
 };
@@ -24,9 +25,67 @@ pub struct Sample {
     pub cost: TracerCost,
 }
 
+/// Where a server, its load generator and the tracer run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// On every core, as the issue's targets are measured: on two cores the tracer's CPU is
+    /// taken from a server and load generator that already keep both busy.
+    Shared,
+    /// Server and load generator on CPU 0, the tracer on CPU 1: what the traced process itself
+    /// pays, as on a node with a core to spare for the agent.
+    Split,
+}
+
+impl Placement {
+    pub fn workload_cpu(self) -> Option<usize> {
+        match self {
+            Placement::Shared => None,
+            Placement::Split => Some(0),
+        }
+    }
+
+    pub fn tracer_cpu(self) -> Option<usize> {
+        match self {
+            Placement::Shared => None,
+            Placement::Split => Some(1),
+        }
+    }
+
+    /// Whether this process may run on both CPUs `Split` uses.
+    pub fn split_possible() -> bool {
+        // SAFETY: fills a plain struct.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+                && libc::CPU_ISSET(0, &set)
+                && libc::CPU_ISSET(1, &set)
+        }
+    }
+}
+
+/// Runs `cmd` (and every thread and child it starts) on `cpu` only, if given.
+pub fn on_cpu(cmd: &mut Command, cpu: Option<usize>) -> &mut Command {
+    if let Some(cpu) = cpu {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
 pub struct Redis {
     child: Child,
     port: u16,
+    placement: Placement,
 }
 
 impl Redis {
@@ -34,9 +93,9 @@ impl Redis {
         self.port
     }
 
-    pub fn start(work: &Path) -> Result<Redis> {
+    pub fn start(work: &Path, placement: Placement) -> Result<Redis> {
         let port = 16379;
-        let child = Command::new("redis-server")
+        let child = on_cpu(&mut Command::new("redis-server"), placement.workload_cpu())
             .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir"])
             .arg(work)
             .stdout(Stdio::null())
@@ -51,7 +110,7 @@ impl Redis {
             },
             "redis-server",
         )?;
-        Ok(Redis { child, port })
+        Ok(Redis { child, port, placement })
     }
 
     /// SET and GET of `size`-byte values from 20 clients, under `tracer`.
@@ -61,8 +120,8 @@ impl Redis {
             (_, s) if s > 4096 => 40_000,
             _ => 150_000,
         };
-        let attached = attach(tracer, retrace, work, &[self.child.id()], None)?;
-        let out = Command::new("redis-benchmark")
+        let attached = attach(tracer, retrace, work, &[self.child.id()], None, self.placement.tracer_cpu())?;
+        let out = on_cpu(&mut Command::new("redis-benchmark"), self.placement.workload_cpu())
             .args(["-p", &self.port.to_string(), "-t", "set,get", "-c", "20", "--csv", "-r", "1000"])
             .args(["-d", &size.to_string(), "-n", &requests.to_string()])
             .output()
@@ -102,13 +161,14 @@ pub struct Nginx {
     child: Child,
     port: u16,
     dir: std::path::PathBuf,
+    placement: Placement,
 }
 
 impl Nginx {
     /// nginx with one worker serving 1 KiB and 1 MiB files. `sendfile off`: with sendfile the
     /// body never passes through user memory and no tool could record it (Retrace records such
     /// copies as byte counts only).
-    pub fn start(work: &Path) -> Result<Nginx> {
+    pub fn start(work: &Path, placement: Placement) -> Result<Nginx> {
         let port = 18080;
         let dir = work.join("nginx");
         std::fs::create_dir_all(dir.join("www"))?;
@@ -126,7 +186,7 @@ impl Nginx {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             bail!("port {port} is already in use: stop whatever listens there (a leftover nginx?)");
         }
-        let child = Command::new("nginx")
+        let child = on_cpu(&mut Command::new("nginx"), placement.workload_cpu())
             .arg("-c")
             .arg(dir.join("nginx.conf"))
             .arg("-p")
@@ -134,7 +194,7 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .context("start nginx")?;
-        let mut nginx = Nginx { child, port, dir };
+        let mut nginx = Nginx { child, port, dir, placement };
         wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "nginx")?;
         if nginx.child.try_wait()?.is_some() {
             bail!("nginx exited at start: see {}", nginx.dir.join("error.log").display());
@@ -159,9 +219,9 @@ impl Nginx {
         round: usize,
         secs: u32,
     ) -> Result<Sample> {
-        let attached = attach(tracer, retrace, work, &self.pids(), Some("nginx"))?;
+        let attached = attach(tracer, retrace, work, &self.pids(), Some("nginx"), self.placement.tracer_cpu())?;
         let url = format!("http://127.0.0.1:{}/{file}", self.port);
-        let out = Command::new("wrk")
+        let out = on_cpu(&mut Command::new("wrk"), self.placement.workload_cpu())
             .args(["-t2", "-c20", &format!("-d{secs}s"), "--latency", &url])
             .output()
             .context("run wrk")?;
@@ -222,7 +282,7 @@ pub fn pump(
     let mut line = String::new();
     stdout.read_line(&mut line)?;
     let writer: u32 = line.trim().parse().context("pump pid")?;
-    let attached = attach(tracer, retrace, work, &[writer], None)?;
+    let attached = attach(tracer, retrace, work, &[writer], None, None)?;
     child.stdin.take().unwrap().write_all(b"g")?;
     line.clear();
     stdout.read_line(&mut line)?;
@@ -247,7 +307,7 @@ pub fn pump(
 /// one: what recording one process costs every other process on the machine.
 pub fn untraced_read_ns(bin: &Path, retrace: &Path, work: &Path, tracer: Tracer) -> Result<f64> {
     let mut idle = Command::new("sleep").arg("600").spawn().context("start sleep")?;
-    let attached = attach(tracer, retrace, work, &[idle.id()], None);
+    let attached = attach(tracer, retrace, work, &[idle.id()], None, None);
     let out = Command::new(bin).arg("3000000").output().context("run the syscall loop");
     let _ = idle.kill();
     let _ = idle.wait();
