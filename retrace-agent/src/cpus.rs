@@ -16,7 +16,7 @@ pub enum CpusError {
     Set {
         list: String,
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
 
@@ -69,19 +69,20 @@ pub fn format_list(cpus: &[usize]) -> String {
 /// Moves every thread of this process to `cpus`; threads started later inherit it from the
 /// thread that starts them. Call after a launched command was forked (it keeps the CPUs it had).
 pub fn pin_process(cpus: &[usize]) -> Result<(), CpusError> {
+    let err = |source: std::io::Error| CpusError::Set { list: format_list(cpus), source };
     let mut set = CpuSet::new();
-    let err = |source| CpusError::Set { list: format_list(cpus), source };
     for &cpu in cpus {
-        set.set(cpu).map_err(err)?;
+        set.set(cpu).map_err(|e| err(e.into()))?;
     }
-    let tasks =
-        std::fs::read_dir("/proc/self/task").map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
-    for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else { continue };
-        match sched_setaffinity(Pid::from_raw(tid), &set) {
-            // A thread that ended meanwhile.
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => return Err(err(e)),
+    // Twice: a thread another thread started during the first pass is caught by the second.
+    for _ in 0..2 {
+        for task in std::fs::read_dir("/proc/self/task").map_err(err)?.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else { continue };
+            match sched_setaffinity(Pid::from_raw(tid), &set) {
+                // A thread that ended meanwhile.
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Err(err(e.into())),
+            }
         }
     }
     Ok(())

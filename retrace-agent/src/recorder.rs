@@ -94,15 +94,6 @@ pub async fn record(
             (None, tgid, procfs::cmdline(tgid), "attach")
         }
     };
-    // After the fork: a launched command keeps the CPUs it was given.
-    if let Some(cpus) = &config.agent_cpus {
-        if let Err(e) = crate::cpus::pin_process(cpus) {
-            if let Some(child) = launched.take() {
-                child.abort();
-            }
-            return Err(e.into());
-        }
-    }
     let started_ns = now_wall_ns();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -127,6 +118,14 @@ pub async fn record(
             child.abort();
         }
     };
+    // After the fork (a launched command keeps the CPUs it was given) and before the writer
+    // and pipeline threads start (they inherit it).
+    if let Some(cpus) = &config.agent_cpus {
+        if let Err(e) = crate::cpus::pin_process(cpus) {
+            abort(&mut launched);
+            return Err(e.into());
+        }
+    }
     let writer = match Writer::create(&config.output, manifest, config.recipients.clone(), config.segments) {
         Ok(w) => w,
         Err(e) => {
