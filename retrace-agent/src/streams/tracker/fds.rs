@@ -99,14 +99,16 @@ impl Tracker {
         if let Some(entry) = self.tables.get(tgid, fd) {
             return entry.stream;
         }
-        let id = procfs::resolve(tgid, fd).unwrap_or_else(|| procfs::FdIdentity {
+        // An fd Retrace never saw created (eventfd, memfd_create, epoll, an fd received over a
+        // unix socket...). Asking /proc now is no answer: by the time this record is read the
+        // process may have closed it and put a file opened later under the same number.
+        let id = procfs::FdIdentity {
             kind: Kind::Other,
-            path: format!("fd {fd} (closed before it could be identified)"),
+            path: format!("fd {fd} (opened by a call Retrace does not follow)"),
             ..Default::default()
-        });
-        let cloexec = id.cloexec;
-        let sid = self.new_stream(tgid, fd, &id, "inherited", true, ts, out);
-        self.bind_fd(tgid, fd, sid, cloexec, ts, out);
+        };
+        let sid = self.new_stream(tgid, fd, &id, "untracked", true, ts, out);
+        self.bind_fd(tgid, fd, sid, false, ts, out);
         sid
     }
 
