@@ -76,4 +76,15 @@ syscalls! {
     Fchdir = 57 => "fchdir", None;
     ExitGroup = 58 => "exit_group", None;
     Lseek = 59 => "lseek", None;
+    Eventfd = 60 => "eventfd", None;
+    Eventfd2 = 61 => "eventfd2", None;
+    MemfdCreate = 62 => "memfd_create", None;
+    EpollCreate = 63 => "epoll_create", None;
+    EpollCreate1 = 64 => "epoll_create1", None;
+    TimerfdCreate = 65 => "timerfd_create", None;
+    Signalfd = 66 => "signalfd", None;
+    Signalfd4 = 67 => "signalfd4", None;
+    InotifyInit = 68 => "inotify_init", None;
+    InotifyInit1 = 69 => "inotify_init1", None;
+    PidfdOpen = 70 => "pidfd_open", None;
 }

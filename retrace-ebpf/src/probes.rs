@@ -1,6 +1,7 @@
 //! One file per family of hooks. Syscalls are programs tail-called from the raw `sys_exit`
 //! dispatcher in `call.rs`; the process tree comes from sched tracepoints.
 
+mod anon;
 mod data;
 mod fd;
 mod open;

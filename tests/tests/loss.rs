@@ -122,17 +122,26 @@ fn an_fd_reopened_in_dropped_records_never_lends_its_old_name() {
     assert_eq!(accounted, written, "every byte written is in a file's stream or an unknown one");
 }
 
-/// Each file is closed with close_range and its fd number is taken next by an eventfd, which
-/// Retrace does not follow. The agent reads the eventfd's first write after the process has
-/// moved on: asking /proc then named it after the next file (176 of 1000 streams in one run).
+/// Each file is closed with close_range and its fd number is taken next by an fd received over a
+/// unix socket (a call Retrace does not follow), then by an eventfd (one it does). The agent
+/// reads the received fd's first write after the process has moved on: asking /proc then
+/// named it after the next file (176 of 1000 streams, with eventfds, in one run).
 const UNTRACKED_REUSE: &str = r#"
-import os, sys
+import os, socket, sys
 d = sys.argv[1]
+a, b = socket.socketpair()
+r, w = os.pipe()
 total = 0
 for i in range(1000):
     fd = os.open(f"{d}/f{i:04d}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     total += os.write(fd, (f"{i:04d}," * 1000).encode()[: 3000 + i])
     os.closerange(fd, fd + 1)
+    socket.send_fds(a, [b"x"], [w])
+    _, fds, _, _ = socket.recv_fds(b, 1, 1)
+    assert fds == [fd]
+    os.write(fd, b"received")
+    os.read(r, 8)
+    os.close(fd)
     e = os.eventfd(0)
     assert e == fd
     os.eventfd_write(e, 1)
@@ -158,20 +167,23 @@ fn an_fd_from_a_call_retrace_does_not_follow_is_never_named_after_a_file() {
         }
         bytes
     };
-    let (mut named, mut in_files, mut untracked) = (0, 0, 0);
+    let (mut named, mut in_files, mut untracked, mut eventfds) = (0, 0, 0, 0);
     for s in &rec.streams {
         if s.path.starts_with(&prefix) {
-            // Exactly the file's bytes: none of the eventfd's 8-byte counters.
+            // Exactly the file's bytes: none of what later took its number.
             named += 1;
             let content = std::fs::read(&s.path).unwrap();
             assert_bytes_eq(&written_to(s.id), &content, &s.path);
             in_files += s.bytes_out;
         } else if s.path.contains("opened by a call Retrace does not follow") {
             untracked += 1;
+            assert_bytes_eq(&written_to(s.id), b"received", &s.path);
+        } else if s.path == "anon_inode:[eventfd]" {
+            eventfds += 1;
             assert_bytes_eq(&written_to(s.id), &1u64.to_ne_bytes(), &s.path);
         }
     }
-    assert_eq!((named, untracked), (1000, 1000), "a stream per file and per eventfd");
+    assert_eq!((named, untracked, eventfds), (1000, 1000, 1000), "a stream per file, received fd and eventfd");
     assert_eq!(in_files, written);
 }
 

@@ -36,7 +36,18 @@ impl Tracker {
             | Sys::Accept
             | Sys::Accept4
             | Sys::Dup
-            | Sys::Fcntl => ret as i32,
+            | Sys::Fcntl
+            | Sys::Eventfd
+            | Sys::Eventfd2
+            | Sys::MemfdCreate
+            | Sys::EpollCreate
+            | Sys::EpollCreate1
+            | Sys::TimerfdCreate
+            | Sys::Signalfd
+            | Sys::Signalfd4
+            | Sys::InotifyInit
+            | Sys::InotifyInit1
+            | Sys::PidfdOpen => ret as i32,
             Sys::Dup2 | Sys::Dup3 => args[1] as i32,
             Sys::Pipe | Sys::Pipe2 | Sys::Socketpair => rec.extra[0] as i32,
             _ => fd0,
@@ -221,6 +232,19 @@ impl Tracker {
                 Sys::ExitGroup => {
                     self.exit_codes.insert(tgid, (args[0] & 0xff) as i32);
                 }
+                // signalfd on an existing signalfd only changes its mask.
+                Sys::Signalfd | Sys::Signalfd4 if fd0 != -1 => {}
+                Sys::Eventfd
+                | Sys::Eventfd2
+                | Sys::MemfdCreate
+                | Sys::EpollCreate
+                | Sys::EpollCreate1
+                | Sys::TimerfdCreate
+                | Sys::Signalfd
+                | Sys::Signalfd4
+                | Sys::InotifyInit
+                | Sys::InotifyInit1
+                | Sys::PidfdOpen => stream_id = self.anonymous_fd(tgid, sys, args, aux, ret as i32, ts, out),
                 _ => {}
             }
         }
@@ -239,6 +263,40 @@ impl Tracker {
             bytes: rec.bytes,
             detail: if detail.is_empty() && !aux.is_empty() && sys.direction().is_none() { text(aux) } else { detail },
         })));
+    }
+
+    /// An fd that names no file or peer (eventfd, memfd, epoll...): a stream named the way
+    /// /proc names it, bound with its close-on-exec flag.
+    #[allow(clippy::too_many_arguments)]
+    fn anonymous_fd(
+        &mut self,
+        tgid: u32,
+        sys: Sys,
+        args: [u64; 6],
+        aux: &Bytes,
+        fd: i32,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) -> u64 {
+        const MFD_CLOEXEC: u64 = 1;
+        let (path, cloexec) = match sys {
+            Sys::Eventfd => ("anon_inode:[eventfd]".to_owned(), false),
+            Sys::Eventfd2 => ("anon_inode:[eventfd]".to_owned(), args[1] & O_CLOEXEC != 0),
+            Sys::MemfdCreate => (format!("memfd:{}", text(aux)), args[1] & MFD_CLOEXEC != 0),
+            Sys::EpollCreate => ("anon_inode:[eventpoll]".to_owned(), false),
+            Sys::EpollCreate1 => ("anon_inode:[eventpoll]".to_owned(), args[0] & O_CLOEXEC != 0),
+            Sys::TimerfdCreate => ("anon_inode:[timerfd]".to_owned(), args[1] & O_CLOEXEC != 0),
+            Sys::Signalfd => ("anon_inode:[signalfd]".to_owned(), false),
+            Sys::Signalfd4 => ("anon_inode:[signalfd]".to_owned(), args[3] & O_CLOEXEC != 0),
+            Sys::InotifyInit => ("anon_inode:inotify".to_owned(), false),
+            Sys::InotifyInit1 => ("anon_inode:inotify".to_owned(), args[0] & O_CLOEXEC != 0),
+            // pidfds are always close-on-exec.
+            _ => ("anon_inode:[pidfd]".to_owned(), true),
+        };
+        let id = procfs::FdIdentity { kind: Kind::Other, path, ..Default::default() };
+        let sid = self.new_stream(tgid, fd, &id, sys.name(), false, ts, out);
+        self.bind_fd(tgid, fd, sid, cloexec, ts, out);
+        sid
     }
 
     #[allow(clippy::too_many_arguments)]
