@@ -88,3 +88,24 @@ syscalls! {
     InotifyInit1 = 69 => "inotify_init1", None;
     PidfdOpen = 70 => "pidfd_open", None;
 }
+
+impl Sys {
+    /// Whether the call returns a new fd that names no file or peer (eventfd, memfd, epoll...).
+    /// signalfd makes one only when its first argument is -1; otherwise it changes the mask of
+    /// the signalfd it is given.
+    pub fn makes_anonymous_fd(self, first_arg: u64) -> bool {
+        match self {
+            Sys::Signalfd | Sys::Signalfd4 => first_arg as i32 == -1,
+            Sys::Eventfd
+            | Sys::Eventfd2
+            | Sys::MemfdCreate
+            | Sys::EpollCreate
+            | Sys::EpollCreate1
+            | Sys::TimerfdCreate
+            | Sys::InotifyInit
+            | Sys::InotifyInit1
+            | Sys::PidfdOpen => true,
+            _ => false,
+        }
+    }
+}

@@ -623,17 +623,7 @@ fn changed_fds(sys: Sys, call: &Call, extra: [i64; 2]) -> [i64; 2] {
         }
         // F_DUPFD and F_DUPFD_CLOEXEC return a new fd; other commands return no fd.
         Sys::Fcntl if call.args[1] == 0 || call.args[1] == 1030 => [ret, -1],
-        Sys::Eventfd
-        | Sys::Eventfd2
-        | Sys::MemfdCreate
-        | Sys::EpollCreate
-        | Sys::EpollCreate1
-        | Sys::TimerfdCreate
-        | Sys::InotifyInit
-        | Sys::InotifyInit1
-        | Sys::PidfdOpen => [ret, -1],
-        // signalfd on an existing signalfd changes its mask only.
-        Sys::Signalfd | Sys::Signalfd4 if call.args[0] as i32 == -1 => [ret, -1],
+        s if s.makes_anonymous_fd(call.args[0]) => [ret, -1],
         Sys::Close => [call.args[0] as i32 as i64, -1],
         Sys::Dup2 | Sys::Dup3 if call.ret >= 0 => [call.args[1] as i32 as i64, -1],
         Sys::Pipe | Sys::Pipe2 | Sys::Socketpair if call.ret == 0 => extra,

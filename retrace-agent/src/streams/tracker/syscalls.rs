@@ -36,18 +36,8 @@ impl Tracker {
             | Sys::Accept
             | Sys::Accept4
             | Sys::Dup
-            | Sys::Fcntl
-            | Sys::Eventfd
-            | Sys::Eventfd2
-            | Sys::MemfdCreate
-            | Sys::EpollCreate
-            | Sys::EpollCreate1
-            | Sys::TimerfdCreate
-            | Sys::Signalfd
-            | Sys::Signalfd4
-            | Sys::InotifyInit
-            | Sys::InotifyInit1
-            | Sys::PidfdOpen => ret as i32,
+            | Sys::Fcntl => ret as i32,
+            s if s.makes_anonymous_fd(args[0]) => ret as i32,
             Sys::Dup2 | Sys::Dup3 => args[1] as i32,
             Sys::Pipe | Sys::Pipe2 | Sys::Socketpair => rec.extra[0] as i32,
             _ => fd0,
@@ -232,19 +222,9 @@ impl Tracker {
                 Sys::ExitGroup => {
                     self.exit_codes.insert(tgid, (args[0] & 0xff) as i32);
                 }
-                // signalfd on an existing signalfd only changes its mask.
-                Sys::Signalfd | Sys::Signalfd4 if fd0 != -1 => {}
-                Sys::Eventfd
-                | Sys::Eventfd2
-                | Sys::MemfdCreate
-                | Sys::EpollCreate
-                | Sys::EpollCreate1
-                | Sys::TimerfdCreate
-                | Sys::Signalfd
-                | Sys::Signalfd4
-                | Sys::InotifyInit
-                | Sys::InotifyInit1
-                | Sys::PidfdOpen => stream_id = self.anonymous_fd(tgid, sys, args, aux, ret as i32, ts, out),
+                s if s.makes_anonymous_fd(args[0]) => {
+                    stream_id = self.anonymous_fd(tgid, sys, args, aux, ret as i32, ts, out)
+                }
                 _ => {}
             }
         }
