@@ -70,6 +70,14 @@ fn run_task(task: Task) -> Result<()> {
             setup::run()?;
             // The capture tests drive the real `retrace` binary.
             run(cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
+            // The previous run's scratch folders (recordings of floods, kept for a look after a
+            // failure) go now: run after run they filled the disk (57 GB here).
+            let scratch = std::env::temp_dir().join("retrace-tests");
+            if let Err(e) = std::fs::remove_dir_all(&scratch) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    bail!("could not clear the previous test run's {}: {e}", scratch.display());
+                }
+            }
             let mut cmd = cargo();
             cmd.args(["test", "--release"]).args(&args);
             run(&mut cmd)?;
