@@ -21,6 +21,27 @@ fn stats(values: &[f64]) -> (f64, f64, f64) {
     (median, v[0], v[v.len() - 1])
 }
 
+/// The samples' workloads, in the order they were run.
+fn workloads_of(samples: &[Sample]) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for s in samples {
+        if !names.contains(&s.workload.as_str()) {
+            names.push(&s.workload);
+        }
+    }
+    names
+}
+
+/// The runs of workload `w` under tracer `t`.
+fn runs<'a>(samples: &'a [Sample], w: &str, t: Tracer) -> Vec<&'a Sample> {
+    samples.iter().filter(|s| s.workload == w && s.tracer == t).collect()
+}
+
+/// Median throughput of workload `w` under tracer `t`.
+fn median_throughput(samples: &[Sample], w: &str, t: Tracer) -> f64 {
+    stats(&runs(samples, w, t).iter().map(|s| s.throughput).collect::<Vec<_>>()).0
+}
+
 fn machine() -> Vec<(String, String)> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
@@ -68,19 +89,12 @@ fn machine() -> Vec<(String, String)> {
 
 /// Per workload: every tracer's throughput, p99, CPU and loss against the unrecorded runs.
 fn server_tables(md: &mut String, samples: &[Sample]) -> Result<()> {
-    let mut workloads: Vec<&str> = Vec::new();
-    for s in samples {
-        if !workloads.contains(&s.workload.as_str()) {
-            workloads.push(&s.workload);
-        }
-    }
-    let of = |w: &str, t: Tracer| samples.iter().filter(|s| s.workload == w && s.tracer == t).collect::<Vec<_>>();
-    for w in workloads {
+    for w in workloads_of(samples) {
         writeln!(md, "### {w}\n\n| tracer | throughput (req/s) | ratio | p99 (ms) | p99 ratio | tracer CPU (s) | lost bytes |\n|---|---|---|---|---|---|---|")?;
-        let base_t = stats(&of(w, Tracer::None).iter().map(|s| s.throughput).collect::<Vec<_>>()).0;
-        let base_p = stats(&of(w, Tracer::None).iter().filter_map(|s| s.p99_ms).collect::<Vec<_>>()).0;
+        let base_t = median_throughput(samples, w, Tracer::None);
+        let base_p = stats(&runs(samples, w, Tracer::None).iter().filter_map(|s| s.p99_ms).collect::<Vec<_>>()).0;
         for t in Tracer::WITH_BACKPRESSURE {
-            let runs = of(w, t);
+            let runs = runs(samples, w, t);
             if runs.is_empty() {
                 continue;
             }
@@ -117,14 +131,9 @@ pub fn write(
     rounds: usize,
 ) -> Result<()> {
     let mut md = String::new();
-    let mut workloads: Vec<String> = Vec::new();
-    for s in samples {
-        if !workloads.contains(&s.workload) {
-            workloads.push(s.workload.clone());
-        }
-    }
-    let of = |w: &str, t: Tracer| samples.iter().filter(|s| s.workload == w && s.tracer == t).collect::<Vec<_>>();
-    let median = |w: &str, t: Tracer| stats(&of(w, t).iter().map(|s| s.throughput).collect::<Vec<_>>()).0;
+    let workloads = workloads_of(samples);
+    let of = |w: &str, t: Tracer| runs(samples, w, t);
+    let median = |w: &str, t: Tracer| median_throughput(samples, w, t);
     let p99 = |w: &str, t: Tracer| stats(&of(w, t).iter().filter_map(|s| s.p99_ms).collect::<Vec<_>>()).0;
 
     writeln!(md, "# Benchmarks\n")?;
@@ -198,18 +207,9 @@ pub fn write(
         "\nWhere a target is missed, [docs/performance.md](docs/performance.md) has the profile and the levers."
     )?;
     if !split.is_empty() {
-        let mut ws: Vec<&str> = Vec::new();
-        for s in split {
-            if !ws.contains(&s.workload.as_str()) {
-                ws.push(&s.workload);
-            }
-        }
-        let median = |w: &str, t: Tracer| {
-            stats(&split.iter().filter(|s| s.workload == w && s.tracer == t).map(|s| s.throughput).collect::<Vec<_>>())
-                .0
-        };
-        let ratios: Vec<String> = ws
-            .iter()
+        let median = |w: &str, t: Tracer| median_throughput(split, w, t);
+        let ratios: Vec<String> = workloads_of(split)
+            .into_iter()
             .map(|w| {
                 let base = median(w, Tracer::None);
                 format!(
@@ -272,15 +272,9 @@ pub fn write(
 
     // Compression.
     writeln!(md, "\n## Segment compression (`--compress`)\n\nThe pump writing 512 MiB into a tmpfs file in 64 KiB chunks at {COMPRESSION_MBPS} MB/s (a rate recorded with\nzero loss either way), its chunk JSON log lines or random bytes; `retrace record` without and with\n`--compress` (lz4 blocks before encryption), alternating. Medians with [min–max] over the rounds.\n\n| content | segments | agent CPU s/GB | disk bytes per payload byte | lost bytes |\n|---|---|---|---|---|")?;
-    let mut contents: Vec<&str> = Vec::new();
-    for s in compression {
-        if !contents.contains(&s.workload.as_str()) {
-            contents.push(&s.workload);
-        }
-    }
-    for w in contents {
+    for w in workloads_of(compression) {
         for t in [Tracer::Retrace, Tracer::RetraceLz4] {
-            let runs: Vec<&Sample> = compression.iter().filter(|s| s.workload == w && s.tracer == t).collect();
+            let runs = runs(compression, w, t);
             let per_gb = |s: &&Sample| s.cost.recorded_bytes.max(1) as f64 / 1e9;
             let (cpu, cpu_lo, cpu_hi) = stats(&runs.iter().map(|s| s.cost.cpu_seconds / per_gb(s)).collect::<Vec<_>>());
             let (disk, _, _) = stats(

@@ -99,9 +99,9 @@ impl Tracker {
         if let Some(entry) = self.tables.get(tgid, fd) {
             return entry.stream;
         }
-        // An fd Retrace never saw created (eventfd, memfd_create, epoll, an fd received over a
-        // unix socket...). Asking /proc now is no answer: by the time this record is read the
-        // process may have closed it and put a file opened later under the same number.
+        // An fd Retrace never saw created (one received over a unix socket, made by io_uring...).
+        // Asking /proc now is no answer: by the time this record is read the process may have
+        // closed it and put a file opened later under the same number.
         let id = procfs::FdIdentity {
             kind: Kind::Other,
             path: format!("fd {fd} (opened by a call Retrace does not follow)"),
