@@ -6,6 +6,7 @@ pub mod audit;
 pub mod capture;
 pub mod cpus;
 pub mod export;
+pub mod filestate;
 pub mod keys;
 pub mod recorder;
 pub mod redact;

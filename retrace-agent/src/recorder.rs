@@ -176,6 +176,8 @@ pub async fn record(
     };
     let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx, pauses));
 
+    // Whether the recorder itself sent the launched command its SIGTERM.
+    let mut stopped_by_recorder = false;
     let exit_status = match launched.as_mut() {
         Some(child) => {
             child.release();
@@ -197,10 +199,12 @@ pub async fn record(
                     }
                     _ = stop.changed(), if !asked => {
                         asked = true;
+                        stopped_by_recorder = true;
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
                     }
                     _ = sleep_until(deadline), if !asked => {
                         asked = true;
+                        stopped_by_recorder = true;
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
                     }
                 }
@@ -266,7 +270,7 @@ pub async fn record(
         writer.append(record)?;
     }
     let exit_status = exit_status.or_else(|| tracker.exit_code(root));
-    let manifest = writer.finish(now_wall_ns(), exit_status)?;
+    let manifest = writer.finish(now_wall_ns(), exit_status, stopped_by_recorder)?;
     drop(probes);
     // Detached: nothing can be paused after this last resume.
     drop(pauses);

@@ -60,6 +60,9 @@ pub struct DataChunk {
     /// call in the stream (the same values as the call's record).
     pub lost_before_in: u64,
     pub lost_before_out: u64,
+    /// The call's fourth argument: the file offset of pread64, pwrite64, preadv, pwritev,
+    /// preadv2 and pwritev2 (the agent reads it for those only).
+    pub position_arg: u64,
 }
 
 /// A datagram's address (msg_name / sendto dest / recvfrom src), before the call's chunks.
@@ -168,5 +171,5 @@ pub const TASK_RECORD_SIZE: usize = core::mem::size_of::<TaskRecord>();
 pub const DATAGRAM_ADDR_SIZE: usize = core::mem::size_of::<DatagramAddr>();
 
 const _: () = assert!(HEADER_SIZE == 24);
-const _: () = assert!(DATA_CHUNK_SIZE == 72);
+const _: () = assert!(DATA_CHUNK_SIZE == 80);
 const _: () = assert!(SYSCALL_RECORD_SIZE == 24 + 8 + 8 + 48 + 40 + 16 + 16 + 40);

@@ -67,6 +67,7 @@ pub struct Copy {
     pub msg_left: u64,
     pub offset: u64,
     pub cap_left: u64,
+    pub position_arg: u64,
 }
 
 impl Copy {
@@ -116,6 +117,7 @@ impl Copy {
             put(at!(s.msg_left), 0);
             put(at!(s.offset), 0);
             put(at!(s.cap_left), if cap == 0 { u64::MAX } else { cap });
+            put(at!(s.position_arg), call.args[3]);
         }
         match source {
             Source::Buffer => {
@@ -304,6 +306,7 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64, level: RingLevel) -> bool {
         (*chunk).lost_before_out = s.acct.lost_before_out;
         (*chunk).sys = s.sys;
         (*chunk).flags = s.acct.reopened as u32;
+        (*chunk).position_arg = s.position_arg;
         let dst = (rec as *mut u8).add(DATA_CHUNK_SIZE);
         if n as usize <= C && raw_read_user(dst.cast(), n, s.cur_base as *const c_void) == 0 {
             bpf_ringbuf_submit(rec, level.wakeup_flags(len));

@@ -314,7 +314,7 @@ fn egress_to_unrecorded_addresses_is_refused_and_reported() {
 }
 
 #[test]
-fn the_sandbox_hides_host_processes_and_keeps_the_host_read_only() {
+fn the_sandbox_hides_host_processes_and_keeps_writes_off_the_host() {
     let dir = scratch("replay-isolation");
     let (_, _) = record(&dir, &[], &["python3", "-c", "print('nothing')"]);
     let probe = dir.join("made-by-replay");
@@ -325,9 +325,9 @@ fn the_sandbox_hides_host_processes_and_keeps_the_host_read_only() {
     let (out, _) = replay(&dir.join("rec"), &dir.join("report.json"), &["python3", "-c", &script], None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("pids 2"), "only the sandbox's init and the program: {stdout}");
-    assert!(stdout.contains("mkdir 30"), "EROFS on the host's filesystem: {stdout}");
+    assert!(stdout.contains("mkdir ok"), "the program may change its view of the filesystem: {stdout}");
     assert!(stdout.contains("packet 13"), "EACCES for packet sockets: {stdout}");
-    assert!(!probe.exists());
+    assert!(!probe.exists(), "the folder made in the sandbox is not on the host");
 }
 
 fn free_port() -> u16 {

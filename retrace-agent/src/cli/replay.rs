@@ -21,6 +21,10 @@ pub struct Args {
     /// (e.g. the code under test). Repeatable.
     #[arg(long, value_name = "GLOB")]
     live: Vec<String>,
+    /// Copy the files the program wrote into DIR after the run (at their paths, e.g. DIR/etc/x
+    /// for /etc/x; removed paths listed in DIR/.removed), for a look.
+    #[arg(long, value_name = "DIR")]
+    keep_scratch: Option<PathBuf>,
     /// The program to replay, and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -28,7 +32,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let recording = args.source.open("replay")?;
-    let config = ReplayConfig { argv: args.command.clone(), live: args.live.clone() };
+    let config = ReplayConfig { argv: args.command, live: args.live, keep_scratch: args.keep_scratch };
     let report = replay::replay(&recording, &config)?;
     eprint!("{}", report.summary());
     if let Some(path) = &args.report {

@@ -1,14 +1,17 @@
 //! Replay: run a program in a sandbox and feed it a recording. The program's outbound
 //! connections are answered by the recorded peers, the files it read come from the recording,
-//! its writes go to a scratch folder, and anything the recording never saw is refused and
-//! reported. See `sandbox` for what the kernel enforces and `notify` for what the replayer
-//! answers.
+//! its writes stay in a private layer, and anything the recording never saw is refused and
+//! reported. See `sandbox` for what the kernel enforces, `rootfs` for the filesystem and
+//! `notify` for what the replayer answers.
 
 mod notify;
+mod output;
 mod peer;
 pub mod report;
+mod rootfs;
 mod sandbox;
 pub mod script;
+mod seccomp;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -38,12 +41,20 @@ pub enum ReplayError {
     Sandbox(String),
     #[error("bad --live glob: {0}")]
     Glob(String),
+    #[error("cannot keep the scratch layer in {path}: {source}")]
+    KeepScratch {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct ReplayConfig {
     pub argv: Vec<String>,
     /// Paths served from the disk even if the recording read them.
     pub live: Vec<String>,
+    /// Copy what the program wrote here after the run.
+    pub keep_scratch: Option<std::path::PathBuf>,
 }
 
 /// State shared by the notifier and the peer threads.
@@ -62,20 +73,11 @@ impl Shared {
     fn blocked(&self, blocked: Blocked) {
         self.report.lock().expect("report").blocked.push(blocked);
     }
-    fn served(&self, path: &str) {
-        let mut r = self.report.lock().expect("report");
-        if !r.files_served.iter().any(|p| p == path) {
-            r.files_served.push(path.to_owned());
-        }
-    }
     fn absent_socket(&self, path: &str) {
         let mut r = self.report.lock().expect("report");
         if !r.absent_sockets.iter().any(|p| p == path) {
             r.absent_sockets.push(path.to_owned());
         }
-    }
-    fn scratch_write(&self, path: &str) {
-        self.report.lock().expect("report").scratch_writes.push(path.to_owned());
     }
     fn exchange(&self, exchange: Exchange) {
         self.report.lock().expect("report").exchanges.push(exchange);
@@ -91,8 +93,6 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         live.add(globset::Glob::new(g).map_err(|e| ReplayError::Glob(format!("{g}: {e}")))?);
     }
     let live = live.build().map_err(|e| ReplayError::Glob(e.to_string()))?;
-    let scratch = std::env::temp_dir().join(format!("retrace-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|e| ReplayError::Sandbox(format!("scratch folder: {e}")))?;
 
     let mut connections: HashMap<std::net::SocketAddr, VecDeque<script::Connection>> = HashMap::new();
     for c in script.connections {
@@ -102,33 +102,35 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     for (address, errno) in script.failed_connects {
         failed_connects.entry(address).or_default().push_back(errno);
     }
-    // Recorded files that exist today are mounted over their paths in the sandbox; the others
-    // are served by the notifier when opened.
-    let mut files = script.files;
-    let mut binds = Vec::new();
-    let served_dir = scratch.join(".served");
-    std::fs::create_dir_all(&served_dir).map_err(|e| ReplayError::Sandbox(format!("scratch folder: {e}")))?;
-    let mut paths: Vec<String> = files.keys().cloned().collect();
+    // Recorded files are layered in at their paths, with their recorded content.
+    let mut rootfs = rootfs::RootFs::prepare()?;
+    let (mut files_served, mut files_absent) = (Vec::new(), Vec::new());
+    let mut paths: Vec<&String> = script.files.keys().filter(|p| !live.is_match(p)).collect();
     paths.sort();
     for path in paths {
-        if live.is_match(&path) {
-            files.remove(&path);
-            continue;
-        }
-        if let Some(meta) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) {
-            let source = served_dir.join(binds.len().to_string());
-            std::fs::write(&source, &files[&path])
-                .and_then(|_| std::fs::set_permissions(&source, meta.permissions()))
-                .map_err(|e| ReplayError::Sandbox(format!("scratch folder: {e}")))?;
-            files.remove(&path);
-            binds.push((source, path));
+        match &script.files[path] {
+            script::FileStart::Content(content) => {
+                if rootfs.layer_file(path, content)? {
+                    files_served.push(path.clone());
+                }
+            }
+            script::FileStart::Absent => {
+                if rootfs.hide_file(path)? {
+                    files_absent.push(path.clone());
+                }
+            }
         }
     }
-    let sandboxed = sandbox::spawn(&config.argv, &binds)?;
+    let tees: Vec<output::Tee> = script.outputs.into_iter().filter_map(output::Tee::start).collect();
+    let stdio: Vec<(i32, std::os::fd::RawFd)> =
+        tees.iter().map(|t| (t.fd, std::os::fd::AsRawFd::as_raw_fd(&t.write_end))).collect();
+    let sandboxed = sandbox::spawn(&config.argv, &rootfs, &stdio)?;
 
     let shared = Arc::new(Shared::default());
-    for (_, path) in &binds {
-        shared.served(path);
+    {
+        let mut report = shared.report.lock().expect("report");
+        report.files_served = files_served;
+        report.files_absent = files_absent;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let notifier = notify::Notifier {
@@ -136,14 +138,13 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         child: sandboxed.pid,
         connections,
         failed_connects,
-        files,
-        scratch: scratch.clone(),
         inbound: script.inbound,
         shared: shared.clone(),
         stop: stop.clone(),
     };
     let notifier = std::thread::spawn(move || notifier.run());
     let exit_status = crate::target::wait_exit_code(sandboxed.pid as u32);
+    let outputs: Vec<report::OutputCheck> = tees.into_iter().map(output::Tee::finish).collect();
     // The notifier ends once no sandboxed process is left: the PID namespace dies with the
     // program, so this wait is short; the deadline only guards against a stuck notifier.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -158,8 +159,14 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     for p in peers {
         let _ = p.join();
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    let changes = rootfs.changes();
+    if let Some(dir) = &config.keep_scratch {
+        rootfs.keep(dir, &changes).map_err(|source| ReplayError::KeepScratch { path: dir.clone(), source })?;
+    }
     let mut report = std::mem::take(&mut *shared.report.lock().expect("report"));
+    report.outputs = outputs;
+    report.scratch_writes = changes.written;
+    report.scratch_removed = changes.removed;
     for c in unplayed {
         report.exchanges.push(Exchange {
             stream_id: c.stream_id,
@@ -169,8 +176,16 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         });
     }
     report.exchanges.sort_by_key(|e| e.stream_id);
-    // A server stopped by the replayer ends the replay normally.
-    report.exit_status = if shared.stopped_by_replayer.load(Ordering::Relaxed) { 0 } else { exit_status };
+    // A server stopped by the replayer ends the replay normally; a program that ended on its
+    // own must end as it did when recorded.
+    if shared.stopped_by_replayer.load(Ordering::Relaxed) {
+        report.exit_status = 0;
+    } else {
+        report.exit_status = exit_status;
+        if !recording.manifest.stopped_by_recorder {
+            report.recorded_exit_status = recording.manifest.exit_status;
+        }
+    }
     report.result = if report.passed() { "passed" } else { "failed" }.into();
     Ok(report)
 }

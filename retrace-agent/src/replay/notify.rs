@@ -1,20 +1,17 @@
-//! The seccomp notifier: answers the sandboxed program's connect and open calls. A connect to
+//! The seccomp notifier: answers the sandboxed program's connect, listen and sendto calls. A connect to
 //! an address the recording holds gets a real TCP socket (made inside the sandbox's network
 //! namespace) whose other end plays the recorded peer; any other address is refused and
-//! reported. A read-only open of a file the recording read to its end gets the recorded bytes;
-//! an open for writing gets a scratch file; other opens proceed on the (read-only) disk.
+//! reported. Files need no answer: the sandbox's overlay serves recorded contents and keeps
+//! writes off the host.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    ffi::CString,
+    collections::{HashMap, VecDeque},
     fs::File,
-    io::Write as _,
     net::{SocketAddr, TcpListener, TcpStream},
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, OwnedFd},
         unix::fs::FileExt as _,
     },
-    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -65,7 +62,6 @@ const IOCTL_SEND: libc::c_ulong = 0xc018_2101;
 const IOCTL_ID_VALID: libc::c_ulong = 0x4008_2102;
 const IOCTL_ADDFD: libc::c_ulong = 0x4018_2103;
 const ADDFD_FLAG_SETFD: u32 = 1;
-const ADDFD_FLAG_SEND: u32 = 2;
 const FLAG_CONTINUE: u32 = 1;
 
 /// What the notifier needs to know and where it reports.
@@ -76,10 +72,6 @@ pub struct Notifier {
     pub connections: HashMap<SocketAddr, VecDeque<Connection>>,
     /// Recorded connect attempts that failed, by address: replayed with the same error.
     pub failed_connects: HashMap<String, VecDeque<i32>>,
-    /// Files the recording read to their end that do not exist today (the others are
-    /// mounted at their paths; `--live` paths are not here): served from memory when opened.
-    pub files: HashMap<String, Vec<u8>>,
-    pub scratch: PathBuf,
     /// Recorded inbound connections, opened again once the program listens.
     pub inbound: Vec<Connection>,
     pub shared: Arc<Shared>,
@@ -92,7 +84,7 @@ enum Answer {
     Error(i32),
     /// Let the kernel run the call as made.
     Continue,
-    /// Already answered (ADDFD with SEND).
+    /// Already answered (by ADDFD and SEND).
     Done,
 }
 
@@ -112,7 +104,6 @@ impl Notifier {
                 return Vec::new();
             }
         };
-        let mut scratch_paths: HashSet<String> = HashSet::new();
         while !self.stop.load(Ordering::Relaxed) {
             let mut pfd = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: poll on one fd we own.
@@ -130,9 +121,6 @@ impl Notifier {
             }
             let answer = match req.data.nr as i64 {
                 libc::SYS_connect => self.connect(&req, &listener),
-                libc::SYS_openat => self.open(&req, req.data.args[0] as i32, 1, 2, &mut scratch_paths),
-                libc::SYS_open => self.open(&req, libc::AT_FDCWD, 0, 1, &mut scratch_paths),
-                libc::SYS_creat => self.open(&req, libc::AT_FDCWD, 0, usize::MAX, &mut scratch_paths),
                 libc::SYS_sendto => self.sendto(&req),
                 libc::SYS_listen => {
                     // The program becomes a server: let it listen, then play its recorded
@@ -189,10 +177,11 @@ impl Notifier {
             return Answer::Error(errno); // it failed the same way when recorded
         }
         if family == libc::AF_UNIX as u16 && !address.starts_with('@') {
-            // A socket path that does not exist on the host is no way out: answer what the kernel
+            // A socket path that does not exist in the sandbox is no way out: answer what the kernel
             // would (libc probes /var/run/nscd/socket on every user lookup, for one).
             let path = absolute(req.pid, libc::AT_FDCWD, &address);
-            if path.as_deref().is_some_and(|p| std::fs::symlink_metadata(p).is_err()) {
+            let in_sandbox = path.map(|p| format!("/proc/{}/root{p}", req.pid));
+            if in_sandbox.is_some_and(|p| std::fs::symlink_metadata(p).is_err()) {
                 self.shared.absent_socket(&address);
                 return Answer::Error(libc::ENOENT);
             }
@@ -205,7 +194,8 @@ impl Notifier {
         match self.hand_socket(req, listener) {
             Ok(server_side) => {
                 let shared = self.shared.clone();
-                let handle = std::thread::spawn(move || peer::play(connection, server_side, shared));
+                let handle =
+                    std::thread::spawn(move || peer::play(connection, server_side, peer::Role::Server, shared));
                 self.shared.peers.lock().expect("peers").push(handle);
                 Answer::Done
             }
@@ -253,79 +243,6 @@ impl Notifier {
         }
         self.respond(req.id, Answer::Value(0));
         Ok(server_side)
-    }
-
-    fn open(
-        &mut self,
-        req: &Notif,
-        dirfd: i32,
-        path_arg: usize,
-        flags_arg: usize,
-        scratch_paths: &mut HashSet<String>,
-    ) -> Answer {
-        let flags = if flags_arg == usize::MAX {
-            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC
-        } else {
-            req.data.args[flags_arg] as i32
-        };
-        let Some(path) = read_cstring(req.pid, req.data.args[path_arg]) else { return Answer::Continue };
-        if !self.valid(req.id) {
-            return Answer::Error(libc::EINTR);
-        }
-        let Some(path) = absolute(req.pid, dirfd, &path) else { return Answer::Continue };
-        if ["/dev/", "/proc/", "/sys/"].iter().any(|p| path.starts_with(p)) || flags & libc::O_DIRECTORY != 0 {
-            return Answer::Continue;
-        }
-        let writes = flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) != 0;
-        let cloexec = if flags & libc::O_CLOEXEC != 0 { libc::O_CLOEXEC as u32 } else { 0 };
-        if writes || scratch_paths.contains(&path) {
-            // Writes go to the scratch area, never to the host's files.
-            let file = match self.scratch_file(&path, flags, scratch_paths) {
-                Ok(f) => f,
-                Err(e) => return Answer::Error(e.raw_os_error().unwrap_or(libc::EACCES)),
-            };
-            return self.add_fd(req.id, file.as_raw_fd(), cloexec);
-        }
-        let Some(content) = self.files.get(&path) else { return Answer::Continue };
-        let memfd = match memfd_with(&path, content) {
-            Ok(f) => f,
-            Err(e) => return Answer::Error(e.raw_os_error().unwrap_or(libc::EIO)),
-        };
-        self.shared.served(&path);
-        self.add_fd(req.id, memfd.as_raw_fd(), cloexec)
-    }
-
-    fn scratch_file(&self, path: &str, flags: i32, scratch_paths: &mut HashSet<String>) -> std::io::Result<File> {
-        let target = self.scratch.join(path.trim_start_matches('/'));
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        if !scratch_paths.contains(path) && flags & libc::O_TRUNC == 0 && Path::new(path).is_file() {
-            std::fs::copy(path, &target)?; // read-modify-write starts from the host's content
-        }
-        let mut options = std::fs::OpenOptions::new();
-        let access = flags & libc::O_ACCMODE;
-        options
-            .read(access != libc::O_WRONLY)
-            .write(access != libc::O_RDONLY || flags & libc::O_CREAT != 0)
-            .append(flags & libc::O_APPEND != 0)
-            .create(flags & libc::O_CREAT != 0)
-            .truncate(flags & libc::O_TRUNC != 0);
-        let file = options.open(&target)?;
-        if scratch_paths.insert(path.to_owned()) {
-            self.shared.scratch_write(path);
-        }
-        Ok(file)
-    }
-
-    /// Puts `fd` in the program's table as the result of its call.
-    fn add_fd(&self, id: u64, fd: i32, newfd_flags: u32) -> Answer {
-        let addfd = NotifAddfd { id, flags: ADDFD_FLAG_SEND, srcfd: fd as u32, newfd: 0, newfd_flags };
-        // SAFETY: ADDFD with SEND answers the notification with the new fd number.
-        if unsafe { libc::ioctl(self.listener.as_raw_fd(), IOCTL_ADDFD, &addfd) } < 0 {
-            return Answer::Error(libc::EMFILE);
-        }
-        Answer::Done
     }
 }
 
@@ -381,28 +298,6 @@ fn read_mem(pid: u32, addr: u64, len: usize) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-fn read_cstring(pid: u32, addr: u64) -> Option<String> {
-    let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 256];
-    let mut at = addr;
-    while out.len() < 4096 {
-        // Up to the page end at most: the next page may not be mapped.
-        let room = (4096 - (at % 4096) as usize).min(chunk.len());
-        let n = mem.read_at(&mut chunk[..room], at).ok()?;
-        if n == 0 {
-            return None;
-        }
-        if let Some(end) = chunk[..n].iter().position(|&b| b == 0) {
-            out.extend_from_slice(&chunk[..end]);
-            return String::from_utf8(out).ok();
-        }
-        out.extend_from_slice(&chunk[..n]);
-        at += n as u64;
-    }
-    None
-}
-
 /// The path as the kernel would resolve its start: relative to the cwd or to `dirfd`.
 fn absolute(pid: u32, dirfd: i32, path: &str) -> Option<String> {
     if path.starts_with('/') {
@@ -421,20 +316,4 @@ fn fd_flags(pid: u32, fd: i32) -> Option<i32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
     let flags = text.lines().find_map(|l| l.strip_prefix("flags:"))?;
     i32::from_str_radix(flags.trim(), 8).ok()
-}
-
-fn memfd_with(path: &str, content: &[u8]) -> std::io::Result<File> {
-    let name = CString::new(format!("retrace:{}", path.rsplit('/').next().unwrap_or("file"))).unwrap_or_default();
-    // SAFETY: memfd_create with a valid name.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new fd we own.
-    let mut file = unsafe { File::from_raw_fd(fd) };
-    file.write_all(content)?;
-    // The program reads from the start, like a freshly opened file.
-    // SAFETY: lseek on our fd.
-    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
-    Ok(file)
 }

@@ -27,7 +27,16 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// program that computes between requests costs this much CPU per request at most.
 const SPIN: Duration = Duration::from_micros(200);
 
-pub fn play(connection: Connection, mut sock: TcpStream, shared: Arc<Shared>) {
+/// Which end of the connection the replayer plays.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Role {
+    /// The recorded server of a connection the program made.
+    Server,
+    /// The recorded client of a connection the program accepted.
+    Client,
+}
+
+pub fn play(connection: Connection, mut sock: TcpStream, role: Role, shared: Arc<Shared>) {
     let mut exchange = Exchange {
         stream_id: connection.stream_id,
         peer: connection.peer.to_string(),
@@ -70,6 +79,11 @@ pub fn play(connection: Connection, mut sock: TcpStream, shared: Arc<Shared>) {
                 }
             }
         }
+    }
+    // A client whose exchange is over says so, as clients do: the program then closes at once
+    // (a keep-alive server would otherwise wait for another request until CLOSE_TIMEOUT).
+    if role == Role::Client {
+        let _ = sock.shutdown(std::net::Shutdown::Write);
     }
     // Anything more than the recording holds is a divergence too.
     let _ = sock.set_read_timeout(Some(CLOSE_TIMEOUT));
@@ -117,7 +131,7 @@ fn diverge(exchange: &mut Exchange, offset: usize, expected: &[u8], actual: &[u8
 }
 
 /// A short printable excerpt: text as text, the rest escaped.
-fn context(bytes: &[u8]) -> String {
+pub(super) fn context(bytes: &[u8]) -> String {
     bytes.iter().take(32).flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect()
 }
 
@@ -129,12 +143,12 @@ pub fn play_clients(inbound: Vec<Connection>, child: libc::pid_t, shared: Arc<Sh
         let sock = loop {
             match TcpStream::connect(connection.peer) {
                 Ok(s) => break Some(s),
-                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
                 Err(_) => break None,
             }
         };
         match sock {
-            Some(sock) => play(connection, sock, shared.clone()),
+            Some(sock) => play(connection, sock, Role::Client, shared.clone()),
             None => shared.exchange(Exchange {
                 stream_id: connection.stream_id,
                 peer: connection.peer.to_string(),
@@ -154,7 +168,7 @@ pub fn play_clients(inbound: Vec<Connection>, child: libc::pid_t, shared: Arc<Sh
     unsafe { libc::kill(child, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < deadline && alive(child) {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
     if alive(child) {
         // SAFETY: as above.

@@ -1,5 +1,6 @@
 //! The replay report: every recorded exchange matched or diverged (with the first differing
-//! offset and context), blocked attempts, files served, scratch writes.
+//! offset and context), blocked attempts, files served, what the program wrote and removed in
+//! its private layer, and its exit status against the recorded one.
 
 use serde::Serialize;
 
@@ -24,6 +25,18 @@ pub struct Exchange {
     pub difference: Option<Difference>,
 }
 
+/// The program's stdout or stderr against the recorded command's.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct OutputCheck {
+    pub fd: i32,
+    /// `matched` or `diverged`.
+    pub status: String,
+    /// Bytes the program wrote there.
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub difference: Option<Difference>,
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Blocked {
     pub syscall: String,
@@ -38,18 +51,37 @@ pub struct ReplayReport {
     /// The program's own exit status (128+N for signal N).
     pub exit_status: i32,
     pub exchanges: Vec<Exchange>,
+    /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
+    pub outputs: Vec<OutputCheck>,
     pub blocked: Vec<Blocked>,
     /// Unix socket paths the program tried that do not exist on the host: refused with ENOENT,
     /// as the host would, and not a failure (nothing could be reached there).
     pub absent_sockets: Vec<String>,
     pub files_served: Vec<String>,
+    /// Files the recording created, which exist on the host today: hidden at the start.
+    pub files_absent: Vec<String>,
+    /// Files the program created or changed (in its private layer, never on the host).
     pub scratch_writes: Vec<String>,
+    /// Paths the program removed (likewise).
+    pub scratch_removed: Vec<String>,
+    /// The program's exit status when recorded, if it ended on its own then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_exit_status: Option<i32>,
     pub errors: Vec<String>,
 }
 
 impl ReplayReport {
     pub fn passed(&self) -> bool {
-        self.errors.is_empty() && self.blocked.is_empty() && self.exchanges.iter().all(|e| e.status == "matched")
+        self.errors.is_empty()
+            && self.blocked.is_empty()
+            && self.exchanges.iter().all(|e| e.status == "matched")
+            && self.outputs.iter().all(|o| o.status == "matched")
+            && !self.exit_differs()
+    }
+
+    /// The program ended with another status than when it was recorded.
+    pub fn exit_differs(&self) -> bool {
+        self.recorded_exit_status.is_some_and(|recorded| recorded != self.exit_status)
     }
 
     /// Human summary, for stderr.
@@ -57,14 +89,21 @@ impl ReplayReport {
         let mut s = String::new();
         let matched = self.exchanges.iter().filter(|e| e.status == "matched").count();
         s.push_str(&format!(
-            "retrace: replay {}: {matched}/{} exchanges matched, {} blocked attempts, {} files served from the recording, {} files written to scratch; program exited {}\n",
+            "retrace: replay {}: {matched}/{} exchanges matched, {} blocked attempts, {} files served from the recording, {} files written and {} removed in the sandbox; program exited {}\n",
             if self.passed() { "passed" } else { "FAILED" },
             self.exchanges.len(),
             self.blocked.len(),
             self.files_served.len(),
             self.scratch_writes.len(),
+            self.scratch_removed.len(),
             self.exit_status
         ));
+        if let (true, Some(recorded)) = (self.exit_differs(), self.recorded_exit_status) {
+            s.push_str(&format!(
+                "retrace:   exit status {} differs: the program exited {recorded} when recorded\n",
+                self.exit_status
+            ));
+        }
         for e in self.exchanges.iter().filter(|e| e.status != "matched") {
             match &e.difference {
                 Some(d) => s.push_str(&format!(
@@ -72,6 +111,15 @@ impl ReplayReport {
                     e.stream_id, e.peer, d.what, d.offset, d.expected, d.actual
                 )),
                 None => s.push_str(&format!("retrace:   stream {} to {}: {}\n", e.stream_id, e.peer, e.status)),
+            }
+        }
+        for o in self.outputs.iter().filter(|o| o.status != "matched") {
+            let name = if o.fd == 1 { "stdout" } else { "stderr" };
+            if let Some(d) = &o.difference {
+                s.push_str(&format!(
+                    "retrace:   {name}: {} at byte {}: expected \"{}\", got \"{}\"\n",
+                    d.what, d.offset, d.expected, d.actual
+                ));
             }
         }
         for b in &self.blocked {

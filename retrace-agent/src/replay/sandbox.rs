@@ -1,126 +1,21 @@
-//! The sandbox a replayed program runs in: fresh network namespace (loopback only) and mount
-//! namespace (the host's filesystem read-only, `/dev` excepted), no new privileges, and a
-//! seccomp filter that denies dangerous syscalls outright and hands connect/open to the
-//! replayer (user notification). The network and the filesystem are closed by the kernel even
-//! if the replayer's notifier dies: pending and later notified calls then fail with ENOSYS.
+//! The sandbox a replayed program runs in. The program is root of its own user namespace
+//! (an unused host id range: no privilege over the host) and has its own mount, network
+//! (loopback only), PID, IPC and UTS namespaces. Its root is an overlay of the host's
+//! filesystems with a private writable layer above (see `rootfs`), /dev is a minimal private
+//! set, /dev/shm is private and empty, /proc is its own. A seccomp filter denies dangerous
+//! syscalls outright and hands connect/listen to the replayer (user notification). The network
+//! and the filesystem are closed by the kernel even if the replayer's notifier dies: pending and
+//! later notified calls then fail with ENOSYS.
 
 use std::{
     ffi::CString,
-    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
-use super::ReplayError;
-
-// Seccomp and BPF constants (x86_64).
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
-const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_uint = 1 << 3;
-const RET_ALLOW: u32 = 0x7fff_0000;
-const RET_USER_NOTIF: u32 = 0x7fc0_0000;
-const RET_KILL_PROCESS: u32 = 0x8000_0000;
-const RET_ERRNO: u32 = 0x0005_0000;
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JEQ_K: u16 = 0x15;
-const BPF_RET_K: u16 = 0x06;
-const BPF_ALU_AND_K: u16 = 0x54;
-
-/// Syscalls the replayer answers.
-pub const NOTIFIED: &[i64] = &[libc::SYS_connect, libc::SYS_openat, libc::SYS_open, libc::SYS_creat, libc::SYS_listen];
-
-/// Syscalls refused outright, with the errno the program sees.
-const DENIED: &[(i64, i32)] = &[
-    (libc::SYS_io_uring_setup, libc::ENOSYS),
-    (libc::SYS_io_uring_enter, libc::ENOSYS),
-    (libc::SYS_io_uring_register, libc::ENOSYS),
-    (libc::SYS_openat2, libc::ENOSYS), // libc falls back to openat, which is answered
-    (libc::SYS_bpf, libc::EPERM),
-    (libc::SYS_ptrace, libc::EPERM),
-    (libc::SYS_process_vm_writev, libc::EPERM),
-    (libc::SYS_mount, libc::EPERM),
-    (libc::SYS_umount2, libc::EPERM),
-    (libc::SYS_pivot_root, libc::EPERM),
-    (libc::SYS_mount_setattr, libc::EPERM),
-    (libc::SYS_move_mount, libc::EPERM),
-    (libc::SYS_open_tree, libc::EPERM),
-    (libc::SYS_fsopen, libc::EPERM),
-    (libc::SYS_fsmount, libc::EPERM),
-    (libc::SYS_setns, libc::EPERM),
-    (libc::SYS_open_by_handle_at, libc::EPERM),
-    (libc::SYS_kexec_load, libc::EPERM),
-    (libc::SYS_kexec_file_load, libc::EPERM),
-    (libc::SYS_init_module, libc::EPERM),
-    (libc::SYS_finit_module, libc::EPERM),
-    (libc::SYS_delete_module, libc::EPERM),
-    (libc::SYS_reboot, libc::EPERM),
-    (libc::SYS_swapon, libc::EPERM),
-    (libc::SYS_swapoff, libc::EPERM),
-    (libc::SYS_perf_event_open, libc::EPERM),
-];
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SockFilter {
-    code: u16,
-    jt: u8,
-    jf: u8,
-    k: u32,
-}
-
-#[repr(C)]
-struct SockFprog {
-    len: u16,
-    filter: *const SockFilter,
-}
-
-fn stmt(code: u16, k: u32) -> SockFilter {
-    SockFilter { code, jt: 0, jf: 0, k }
-}
-
-fn jump(code: u16, k: u32, jt: u8, jf: u8) -> SockFilter {
-    SockFilter { code, jt, jf, k }
-}
-
-/// The filter: foreign architectures killed; raw and packet sockets refused; the denied list
-/// refused; the notified list handed to the replayer; the rest allowed.
-fn filter() -> Vec<SockFilter> {
-    let nr = 0; // offsetof(seccomp_data, nr)
-    let arch = 4;
-    let arg = |i: u32| 16 + 8 * i; // low 32 bits of args[i]
-    let mut f = vec![
-        stmt(BPF_LD_W_ABS, arch),
-        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
-        stmt(BPF_RET_K, RET_KILL_PROCESS),
-        stmt(BPF_LD_W_ABS, nr),
-        // socket(AF_PACKET, ...) and socket(..., SOCK_RAW, ...): EACCES.
-        jump(BPF_JEQ_K, libc::SYS_socket as u32, 0, 6),
-        stmt(BPF_LD_W_ABS, arg(0)),
-        jump(BPF_JEQ_K, libc::AF_PACKET as u32, 3, 0),
-        stmt(BPF_LD_W_ABS, arg(1)),
-        stmt(BPF_ALU_AND_K, 0xf),
-        jump(BPF_JEQ_K, libc::SOCK_RAW as u32, 0, 1),
-        stmt(BPF_RET_K, RET_ERRNO | libc::EACCES as u32),
-        stmt(BPF_LD_W_ABS, nr),
-        // sendto with a destination address (a datagram to somewhere): the replayer decides.
-        jump(BPF_JEQ_K, libc::SYS_sendto as u32, 0, 6),
-        stmt(BPF_LD_W_ABS, arg(4)),
-        jump(BPF_JEQ_K, 0, 0, 3),
-        stmt(BPF_LD_W_ABS, arg(4) + 4),
-        jump(BPF_JEQ_K, 0, 0, 1),
-        stmt(BPF_RET_K, RET_ALLOW),
-        stmt(BPF_RET_K, RET_USER_NOTIF),
-        stmt(BPF_LD_W_ABS, nr),
-    ];
-    for &(sys, errno) in DENIED {
-        f.push(jump(BPF_JEQ_K, sys as u32, 0, 1));
-        f.push(stmt(BPF_RET_K, RET_ERRNO | errno as u32));
-    }
-    for &sys in NOTIFIED {
-        f.push(jump(BPF_JEQ_K, sys as u32, 0, 1));
-        f.push(stmt(BPF_RET_K, RET_USER_NOTIF));
-    }
-    f.push(stmt(BPF_RET_K, RET_ALLOW));
-    f
-}
+use super::{
+    rootfs::{RootFs, STAGE},
+    seccomp, ReplayError,
+};
 
 /// A program started in the sandbox, and the seccomp listener that answers it.
 pub struct Sandboxed {
@@ -128,10 +23,85 @@ pub struct Sandboxed {
     pub listener: OwnedFd,
 }
 
-/// Forks `argv` into the sandbox, with each `(source, target)` of `binds` mounted over its
-/// target (recorded file contents at their original paths). Everything the child needs is
-/// prepared before the fork: the child only makes raw syscalls.
-pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<Sandboxed, ReplayError> {
+/// Device nodes bound from the host into the private /dev.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Links of the private /dev.
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("pts/ptmx", "ptmx"),
+];
+
+/// Steps of the child, named in the error the replayer prints.
+const STEPS: &[&str] = &[
+    "",
+    "cannot enter the sandbox's user namespace",
+    "cannot create namespaces (replay needs root)",
+    "cannot bring up loopback",
+    "cannot stage the sandbox's filesystem",
+    "cannot mount the overlay of the host's root filesystem",
+    "cannot make the sandbox's /dev",
+    "cannot mount the sandbox's /proc or switch to its root",
+    "cannot install the seccomp filter",
+    "cannot start the sandbox's init",
+    "cannot run the command",
+];
+
+/// Every path and option string the child uses, made before the fork.
+struct MountPlan {
+    stage: CString,
+    root: CString,
+    /// (lower clone, where it is attached, where its overlay goes, overlay options)
+    layers: Vec<(RawFd, CString, CString, CString)>,
+    dev: CString,
+    devices: Vec<(CString, CString)>,
+    links: Vec<(CString, CString)>,
+    pts: CString,
+    shm_source: CString,
+    shm: CString,
+    sys: CString,
+    proc: CString,
+    cwd: CString,
+}
+
+impl MountPlan {
+    fn new(rootfs: &RootFs) -> MountPlan {
+        let c = |s: String| CString::new(s).unwrap_or_default();
+        let root = format!("{STAGE}/root");
+        MountPlan {
+            stage: c(STAGE.into()),
+            layers: rootfs
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let options = format!(
+                        "lowerdir={STAGE}/lower/{i},upperdir={STAGE}/upper/{i},workdir={STAGE}/work/{i},userxattr"
+                    );
+                    let target = if l.path == "/" { root.clone() } else { format!("{root}{}", l.path) };
+                    (l.lower.as_raw_fd(), c(format!("{STAGE}/lower/{i}")), c(target), c(options))
+                })
+                .collect(),
+            dev: c(format!("{root}/dev")),
+            devices: DEVICES.iter().map(|d| (c(format!("/dev/{d}")), c(format!("{root}/dev/{d}")))).collect(),
+            links: DEV_LINKS.iter().map(|(to, name)| (c((*to).into()), c(format!("{root}/dev/{name}")))).collect(),
+            pts: c(format!("{root}/dev/pts")),
+            shm_source: c(format!("{STAGE}/shm")),
+            shm: c(format!("{root}/dev/shm")),
+            sys: c(format!("{root}/sys")),
+            proc: c(format!("{root}/proc")),
+            cwd: c(std::env::current_dir().map(|d| d.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into())),
+            root: c(root),
+        }
+    }
+}
+
+/// Forks `argv` into the sandbox over `rootfs`, with each `(fd, replacement)` of `stdio` in
+/// place of the replayer's own fd. Everything the child needs is prepared before the fork: the
+/// child only makes raw syscalls.
+pub fn spawn(argv: &[String], rootfs: &RootFs, stdio: &[(i32, RawFd)]) -> Result<Sandboxed, ReplayError> {
     let program = argv.first().ok_or(ReplayError::NoCommand)?;
     let path = crate::target::find_program(program).ok_or_else(|| ReplayError::NotFound(program.clone()))?;
     let cstr = |s: &str| CString::new(s).map_err(|_| ReplayError::NotFound(s.to_owned()));
@@ -139,16 +109,10 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
     let args_c: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let mut argv_p: Vec<*const libc::c_char> = args_c.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
-    let binds_c: Vec<(CString, CString)> = binds
-        .iter()
-        .filter_map(|(src, dst)| {
-            Some((CString::new(src.to_string_lossy().as_bytes()).ok()?, CString::new(dst.as_str()).ok()?))
-        })
-        .collect();
-    let filter = filter();
-    let prog = SockFprog { len: filter.len() as u16, filter: filter.as_ptr() };
-    let root = c"/";
-    let dev = c"/dev";
+    let plan = MountPlan::new(rootfs);
+    let (userns, scratch) = (rootfs.userns.as_raw_fd(), rootfs.scratch.as_raw_fd());
+    let filter = seccomp::filter();
+    let prog = seccomp::SockFprog { len: filter.len() as u16, filter: filter.as_ptr() };
     let lo = *b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
 
     let mut pair = [0 as RawFd; 2];
@@ -170,8 +134,26 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
                 libc::write(pair[1], msg.as_ptr().cast(), 2);
                 libc::_exit(126);
             };
-            if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWPID) != 0 {
+            for &(fd, replacement) in stdio {
+                libc::dup2(replacement, fd);
+                libc::close(replacement);
+            }
+            // Root of the user namespace, which then owns every other namespace made here.
+            if libc::setns(userns, libc::CLONE_NEWUSER) != 0
+                || libc::setresgid(0, 0, 0) != 0
+                || libc::setresuid(0, 0, 0) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
+            {
                 fail(1);
+            }
+            let namespaces = libc::CLONE_NEWNS
+                | libc::CLONE_NEWNET
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWCGROUP;
+            if libc::unshare(namespaces) != 0 {
+                fail(2);
             }
             // Loopback up: the only interface there is.
             let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -179,39 +161,115 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
             std::ptr::copy_nonoverlapping(lo.as_ptr().cast(), ifr.ifr_name.as_mut_ptr(), 16);
             ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
             if sock < 0 || libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr) != 0 {
-                fail(2);
+                fail(3);
             }
             libc::close(sock);
-            // The host's filesystem, read-only (but /dev, for /dev/null and friends).
+            // Nothing mounted here propagates to the host.
             if libc::mount(
                 std::ptr::null(),
-                root.as_ptr(),
+                c"/".as_ptr(),
                 std::ptr::null(),
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ) != 0
             {
-                fail(3);
-            }
-            // Recorded contents at their original paths (so paths, mmap and /proc/self/fd
-            // look as they did), before everything turns read-only.
-            for (src, dst) in &binds_c {
-                libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
-            }
-            let mut attr: [u64; 4] = [0x1 /* MOUNT_ATTR_RDONLY */, 0, 0, 0];
-            if libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                root.as_ptr(),
-                0x8000, /* AT_RECURSIVE */
-                attr.as_mut_ptr(),
-                32,
-            ) != 0
-            {
                 fail(4);
             }
-            attr = [0, 0x1, 0, 0]; // attr_clr = RDONLY
-            libc::syscall(libc::SYS_mount_setattr, libc::AT_FDCWD, dev.as_ptr(), 0x8000, attr.as_mut_ptr(), 32);
+            // The scratch tmpfs at the stage, the lower layers on its mount points, the overlays.
+            let attach = |fd: RawFd, at: &CString| {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    at.as_ptr(),
+                    4, /* F_EMPTY_PATH */
+                ) == 0
+            };
+            if !attach(scratch, &plan.stage) {
+                fail(4);
+            }
+            for (i, (lower, at, target, options)) in plan.layers.iter().enumerate() {
+                if !attach(*lower, at) {
+                    fail(4);
+                }
+                let overlay =
+                    libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), 0, options.as_ptr().cast())
+                        == 0;
+                // A filesystem overlay refuses as a lower layer is still seen, read-only.
+                if !overlay
+                    && (i == 0
+                        || libc::mount(at.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+                            != 0)
+                {
+                    fail(5);
+                }
+                libc::close(*lower);
+            }
+            libc::close(scratch);
+            libc::close(userns);
+            // A private /dev: the harmless devices, a pts instance of its own, an empty shm.
+            if libc::mount(
+                c"tmpfs".as_ptr(),
+                plan.dev.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID,
+                c"mode=0755".as_ptr().cast(),
+            ) != 0
+            {
+                fail(6);
+            }
+            for (source, target) in &plan.devices {
+                let fd = libc::open(target.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o666);
+                libc::close(fd);
+                if fd < 0
+                    || libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+                        != 0
+                {
+                    fail(6);
+                }
+            }
+            for (to, link) in &plan.links {
+                libc::symlink(to.as_ptr(), link.as_ptr());
+            }
+            libc::mkdir(plan.pts.as_ptr(), 0o755);
+            libc::mkdir(plan.shm.as_ptr(), 0o1777);
+            if libc::mount(
+                c"devpts".as_ptr(),
+                plan.pts.as_ptr(),
+                c"devpts".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
+            ) != 0
+                || libc::mount(
+                    plan.shm_source.as_ptr(),
+                    plan.shm.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
+                fail(6);
+            }
+            // The host's /sys, read-only (its files are the host root's: not writable from here).
+            if libc::mount(
+                c"/sys".as_ptr(),
+                plan.sys.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) == 0
+            {
+                let mut attr: [u64; 4] = [0x1 /* MOUNT_ATTR_RDONLY */, 0, 0, 0];
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    plan.sys.as_ptr(),
+                    0x8000,
+                    attr.as_mut_ptr(),
+                    32,
+                );
+            }
             // A PID namespace of its own: the program cannot see or signal host processes. This
             // process stays outside as the replayer's handle: it forwards TERM/INT to the
             // namespace's init and exits with the program's status; if it is killed, the init
@@ -228,21 +286,40 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
             // (Its parent is outside the namespace: getppid() says 0, so no check for a parent
             // already gone; the handle only dies by the replayer's SIGKILL, after this.)
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            // The namespace's own /proc (pids as the program sees them).
-            libc::mount(
+            // The namespace's own /proc (pids as the program sees them), mounted by its init and
+            // before the host's /proc leaves this mount namespace (the kernel lets a user
+            // namespace mount a proc only where a full one is already visible).
+            if libc::mount(
                 c"proc".as_ptr(),
-                c"/proc".as_ptr(),
+                plan.proc.as_ptr(),
                 c"proc".as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 std::ptr::null(),
-            );
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                fail(5);
+            ) != 0
+            {
+                fail(7);
             }
-            let listener =
-                libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+            // The overlay becomes the root; the host's tree is gone from this namespace.
+            if libc::chdir(plan.root.as_ptr()) != 0
+                || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
+                || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+            {
+                fail(7);
+            }
+            if libc::chdir(plan.cwd.as_ptr()) != 0 {
+                libc::chdir(c"/".as_ptr());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                fail(8);
+            }
+            let listener = libc::syscall(
+                libc::SYS_seccomp,
+                seccomp::SECCOMP_SET_MODE_FILTER,
+                seccomp::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                &prog,
+            );
             if listener < 0 {
-                fail(6);
+                fail(8);
             }
             // Hand the listener to the replayer.
             let byte = [b'L'];
@@ -259,14 +336,14 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
             (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
             *(libc::CMSG_DATA(cmsg) as *mut i32) = listener as i32;
             if libc::sendmsg(pair[1], &msg, 0) != 1 {
-                fail(7);
+                fail(9);
             }
             libc::close(listener as i32);
             // The init (pid 1) forks the program (pid 2), reaps orphans, and ends with it.
             let program = libc::fork();
             if program == 0 {
                 libc::execve(path_c.as_ptr(), argv_p.as_ptr(), environ());
-                fail(8);
+                fail(10);
             }
             libc::close(pair[1]);
             forward_signals_to(program);
@@ -277,17 +354,11 @@ pub fn spawn(argv: &[String], binds: &[(std::path::PathBuf, String)]) -> Result<
     let ours = unsafe { OwnedFd::from_raw_fd(pair[0]) };
     unsafe { libc::close(pair[1]) };
     let listener = receive_fd(&ours).map_err(|step| {
-        let what = match step {
-            1 => "cannot create namespaces (replay needs root or CAP_SYS_ADMIN)",
-            2 => "cannot bring up loopback",
-            3 | 4 => "cannot make the filesystem read-only in the sandbox",
-            5 | 6 => "cannot install the seccomp filter",
-            _ => "the sandboxed child failed before exec",
-        };
         let mut status = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        ReplayError::Sandbox(what.to_owned())
+        let what = STEPS.get(step as usize).copied().filter(|s| !s.is_empty());
+        ReplayError::Sandbox(what.unwrap_or("the sandboxed child failed before exec").to_owned())
     })?;
     Ok(Sandboxed { pid, listener })
 }

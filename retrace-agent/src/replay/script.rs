@@ -3,10 +3,19 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
+use crate::filestate::{FileHistories, Initial};
 use crate::store::{
     proto::{self, record::Kind as R, Direction, StreamKind},
     proto_text, Recording, StoreError,
 };
+
+/// A file at the start of the replay.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileStart {
+    Content(Vec<u8>),
+    /// The recording created it: it must not exist yet.
+    Absent,
+}
 
 /// One step of a connection, seen from the program.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,11 +41,24 @@ pub struct Script {
     /// Connections the program accepted (it was a server): the replayer opens them again to
     /// the address they reached (`peer` here is the program's local address).
     pub inbound: Vec<Connection>,
-    /// Absolute path → the bytes the program read from it, from offset 0.
-    pub files: HashMap<String, Vec<u8>>,
+    /// Absolute path → the file as the program found it when recorded: its content (every
+    /// byte seen), or absent (the program created it).
+    pub files: HashMap<String, FileStart>,
     pub command: Vec<String>,
     /// Connect attempts that failed when recorded: address and errno, in order.
     pub failed_connects: Vec<(String, i32)>,
+    /// What the recorded command wrote to its stdout (fd 1) and stderr (fd 2), where those were
+    /// no terminal and every byte was recorded.
+    pub outputs: Vec<RecordedOutput>,
+}
+
+/// A standard output of the recorded command, whole.
+#[derive(Debug, Clone, Default)]
+pub struct RecordedOutput {
+    pub fd: i32,
+    pub bytes: Vec<u8>,
+    /// Redacted spans (offset, length): they match anything.
+    pub wildcards: Vec<(usize, usize)>,
 }
 
 impl Script {
@@ -47,35 +69,64 @@ impl Script {
         // File position events, by stream: (ts, order, what).
         let mut positions: HashMap<u64, Vec<(u64, usize, FileEvent)>> = HashMap::new();
         let mut failed_connects = Vec::new();
-        let report = recording.for_each(|record| match record.kind {
-            Some(R::Stream(info)) => {
-                infos.insert(info.id, info);
-            }
-            Some(R::Syscall(call)) => {
-                order += 1;
-                let event = match &*proto_text::text(&call.name) {
-                    "read" | "readv" if call.ret == 0 => Some(FileEvent::Eof),
-                    "lseek" if call.ret >= 0 => Some(FileEvent::Seek(call.ret as u64)),
-                    _ => None,
-                };
-                if let (Some(event), true) = (event, call.stream_id != 0) {
-                    positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
+        let mut histories = FileHistories::default();
+        let mut gapped = std::collections::HashSet::new();
+        let report = recording.for_each(|record| {
+            histories.observe(&record);
+            match record.kind {
+                Some(R::Stream(info)) => {
+                    infos.insert(info.id, info);
                 }
-                if call.name == "connect" && call.ret < 0 && call.ret != -(libc::EINPROGRESS as i64) {
-                    failed_connects.push((call.detail, (-call.ret) as i32));
+                Some(R::Syscall(call)) => {
+                    order += 1;
+                    let event = match &*proto_text::text(&call.name) {
+                        "read" | "readv" if call.ret == 0 => Some(FileEvent::Eof),
+                        "lseek" if call.ret >= 0 => Some(FileEvent::Seek(call.ret as u64)),
+                        _ => None,
+                    };
+                    if let (Some(event), true) = (event, call.stream_id != 0) {
+                        positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
+                    }
+                    if call.name == "connect" && call.ret < 0 && call.ret != -(libc::EINPROGRESS as i64) {
+                        failed_connects.push((call.detail, (-call.ret) as i32));
+                    }
                 }
+                Some(R::Data(d)) => {
+                    order += 1;
+                    data.entry(d.stream_id).or_default().push((d.ts_ns, order, d));
+                }
+                Some(R::Gap(g)) => {
+                    gapped.insert(g.stream_id);
+                }
+                _ => {}
             }
-            Some(R::Data(d)) => {
-                order += 1;
-                data.entry(d.stream_id).or_default().push((d.ts_ns, order, d));
-            }
-            _ => {}
         })?;
         let mut script = Script {
             command: report.info.map(|i| i.command).unwrap_or_default(),
             failed_connects,
             ..Default::default()
         };
+        let root = recording.manifest.root_pid;
+        for info in infos.values() {
+            let standard = info.origin == "inherited" && info.pid == root && (info.fd == 1 || info.fd == 2);
+            let terminal = info.path.starts_with("/dev/pts/") || info.path.starts_with("/dev/tty");
+            if !standard || terminal || gapped.contains(&info.id) {
+                continue;
+            }
+            let mut output = RecordedOutput { fd: info.fd, ..Default::default() };
+            let mut chunks: Vec<&proto::Data> = data
+                .get(&info.id)
+                .map(|c| c.iter().map(|c| &c.2).filter(|d| d.direction() == Direction::Out).collect())
+                .unwrap_or_default();
+            chunks.sort_by_key(|d| d.offset);
+            for d in chunks {
+                let base = output.bytes.len();
+                output.wildcards.extend(d.redactions.iter().map(|r| (base + r.offset as usize, r.length as usize)));
+                output.bytes.extend_from_slice(&d.payload);
+            }
+            script.outputs.push(output);
+        }
+        script.outputs.sort_by_key(|o| o.fd);
         let mut ids: Vec<u64> = data.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -92,13 +143,31 @@ impl Script {
                     let Ok(local) = info.local.parse::<SocketAddr>() else { continue };
                     script.inbound.push(Connection { stream_id: id, peer: local, steps: steps(&chunks) });
                 }
-                // Only files read to their end: a file that was partly read (a library the loader
-                // then maps) must come from the disk whole.
-                StreamKind::File if info.origin == "open" && !info.joined_mid_stream => {
+                // A recording without file offsets (an older one): files read to their end
+                // with read/lseek.
+                StreamKind::File
+                    if info.origin == "open"
+                        && !info.joined_mid_stream
+                        && !histories.get(&info.path).is_some_and(|h| h.placed) =>
+                {
                     let events = positions.remove(&id).unwrap_or_default();
                     if let Some(content) = file_content(&chunks, events) {
-                        script.files.entry(info.path.clone()).or_insert(content);
+                        script.files.entry(info.path.clone()).or_insert(FileStart::Content(content));
                     }
+                }
+                _ => {}
+            }
+        }
+        // Only files seen whole (a library the loader reads the head of, then maps, comes from
+        // the disk), or that the program created.
+        for (path, history) in histories.into_histories().filter(|(_, h)| h.placed) {
+            match history.initial() {
+                Initial::Created => {
+                    script.files.insert(path, FileStart::Absent);
+                }
+                // Redaction keeps lengths, not binary formats (see `file_content`).
+                Initial::Content(content) if !history.redacted || std::str::from_utf8(&content).is_ok() => {
+                    script.files.insert(path, FileStart::Content(content));
                 }
                 _ => {}
             }

@@ -40,6 +40,10 @@ pub struct Manifest {
     pub complete: bool,
     /// Exit status of the launched command or root process, if known.
     pub exit_status: Option<i32>,
+    /// The recorder stopped the command (SIGINT, SIGTERM or `--duration`): its exit status
+    /// says how it was stopped, not how it would have ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_by_recorder: bool,
     pub ring_buffer_bytes: u64,
     pub max_payload: Option<u64>,
     pub hostname: String,

@@ -206,13 +206,19 @@ impl Writer {
     }
 
     /// Seals the last segment and marks the recording complete.
-    pub fn finish(mut self, ended_ns: u64, exit_status: Option<i32>) -> Result<Manifest, StoreError> {
+    pub fn finish(
+        mut self,
+        ended_ns: u64,
+        exit_status: Option<i32>,
+        stopped_by_recorder: bool,
+    ) -> Result<Manifest, StoreError> {
         if self.current.is_none() {
             self.open_segment()?;
         }
         self.seal(true)?;
         self.manifest.ended_ns = Some(ended_ns);
         self.manifest.exit_status = exit_status;
+        self.manifest.stopped_by_recorder = stopped_by_recorder;
         self.manifest.complete = true;
         self.manifest.write(&self.dir)?;
         Ok(self.manifest)
@@ -309,6 +315,7 @@ mod tests {
                 tid: 43,
                 syscall: "writev".into(),
                 offset: 1 << 40,
+                file_offset: Some(1 << 33),
                 payload: bytes::Bytes::from((0..payload_len).map(|i| i as u8).collect::<Vec<_>>()),
                 msg_index: 2,
                 addr: addr.into(),

@@ -101,13 +101,16 @@ impl Tracker {
                         let base = self.reserve(sid, dir, chunk.call_bytes, &call.addrs, lost_before, name, ts, out);
                         call.placed = Some((sid, dir, base));
                         call.total = Some(chunk.call_bytes);
+                        call.file_offset = Sys::from_u32(chunk.sys)
+                            .and_then(|sys| self.file_offset(sid, sys, chunk.position_arg, chunk.call_bytes));
                         (sid, dir, base)
                     }
                 };
                 call.spans.push((chunk.offset, payload.len() as u64));
                 self.totals.recorded_bytes += payload.len() as u64;
                 let addr = addr_of(&call.addrs, chunk.msg_index);
-                out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
+                let file_offset = call.file_offset.map(|f| f + chunk.offset);
+                out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, file_offset, payload, addr));
             }
             _ => call.chunks.push((chunk, payload)),
         }
@@ -162,6 +165,7 @@ impl Tracker {
         }
         let lost_before = (rec.lost_before_in, rec.lost_before_out);
         let base = self.reserve(sid, dir, rec.bytes, &call.addrs, lost_before, sys.name(), ts, out);
+        let file_offset = self.file_offset(sid, sys, rec.args[3], rec.bytes);
         let captured = payload.len() as u64;
         self.totals.recorded_bytes += captured;
         let chunk = DataChunk {
@@ -171,7 +175,7 @@ impl Tracker {
             sys: rec.sys,
             ..Default::default()
         };
-        out.push(data_record(sid, dir, ts, &chunk, base, payload, addr_of(&call.addrs, 0)));
+        out.push(data_record(sid, dir, ts, &chunk, base, file_offset, payload, addr_of(&call.addrs, 0)));
         if rec.bytes > captured {
             let mut budget = Budget { ring: rec.lost_ring, fault: rec.lost_fault, truncated: rec.truncated };
             self.hole(sid, dir, base + captured, rec.bytes - captured, &mut budget, true, sys, ts, out);
@@ -200,12 +204,14 @@ impl Tracker {
             None => {
                 // The record placed earlier calls' loss already (`syscall`).
                 let base = self.reserve(sid, dir, rec.bytes, &call.addrs, (0, 0), sys.name(), ts, out);
+                let file_offset = self.file_offset(sid, sys, rec.args[3], rec.bytes);
                 let mut spans = Vec::with_capacity(call.chunks.len());
                 for (chunk, payload) in call.chunks {
                     spans.push((chunk.offset, payload.len() as u64));
                     self.totals.recorded_bytes += payload.len() as u64;
                     let addr = addr_of(&call.addrs, chunk.msg_index);
-                    out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, payload, addr));
+                    let at = file_offset.map(|f| f + chunk.offset);
+                    out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, at, payload, addr));
                 }
                 (sid, base, spans)
             }
@@ -310,6 +316,30 @@ impl Tracker {
             reason: reason as i32,
             syscall: proto_text::name(syscall),
         })));
+    }
+
+    /// The file offset a data call of `moved` bytes used on a file stream, moving the file's
+    /// position as the kernel does: positional calls name their offset and leave the position
+    /// alone; the others use it and advance it; an O_APPEND write goes to an end we do not know.
+    pub(super) fn file_offset(&mut self, sid: u64, sys: Sys, position_arg: u64, moved: u64) -> Option<u64> {
+        let stream = self.streams.get_mut(&sid).filter(|s| s.info.kind == proto::StreamKind::File as i32)?;
+        let current_position = position_arg as i64 == -1 && matches!(sys, Sys::Preadv2 | Sys::Pwritev2);
+        match sys {
+            Sys::Pread64 | Sys::Pwrite64 | Sys::Preadv | Sys::Pwritev | Sys::Preadv2 | Sys::Pwritev2
+                if !current_position =>
+            {
+                Some(position_arg)
+            }
+            _ if stream.append && sys.direction() == Some(Direction::Out) => {
+                stream.file_pos = None;
+                None
+            }
+            _ => {
+                let at = stream.file_pos?;
+                stream.file_pos = Some(at + moved);
+                Some(at)
+            }
+        }
     }
 
     pub(super) fn position(&self, sid: u64, dir: Direction) -> u64 {

@@ -5,8 +5,13 @@ use super::*;
 impl Tracker {
     /// Records the fds a process already has open, known by path/peer and marked as joined
     /// mid-stream: on attach (`origin` "attach"), and for a launched command held before exec
-    /// ("inherited": close-on-exec fds are left out, exec closes them).
+    /// ("inherited": close-on-exec fds are left out, exec closes them). Its cwd is learnt here
+    /// too, while the process surely exists: from then on fork, chdir and fchdir records keep
+    /// every followed process's cwd (one that exits at once still has its relative paths right).
     pub fn adopt_open_fds(&mut self, tgid: u32, origin: &str, now_mono_ns: u64, out: &mut Vec<proto::Record>) {
+        if let Some(cwd) = procfs::cwd(tgid) {
+            self.cwd.insert(tgid, cwd);
+        }
         let table = self.tables.table_id(tgid);
         let ts = self.wall_ns(now_mono_ns);
         for (fd, id) in procfs::open_fds(tgid).unwrap_or_default() {
@@ -89,7 +94,8 @@ impl Tracker {
         out.push(record(R::Stream(info.clone())));
         // Joined streams count from the file position, so offsets stay true file offsets.
         let pos = if joined && id.kind == Kind::File { id.position } else { 0 };
-        self.streams.insert(sid, Stream { info, refs: 0, pos_in: pos, pos_out: pos });
+        let file_pos = (id.kind == Kind::File).then_some(pos);
+        self.streams.insert(sid, Stream { info, refs: 0, pos_in: pos, pos_out: pos, file_pos, append: false });
         sid
     }
 
@@ -131,6 +137,7 @@ impl Tracker {
         self.streams.get(&sid).map(|s| s.info.path.clone()).filter(|p| p.starts_with('/'))
     }
 
+    /// The cwd of a followed process; /proc is asked only for one whose fork record was lost.
     pub(super) fn cwd_of(&mut self, tgid: u32) -> String {
         self.cwd.entry(tgid).or_insert_with(|| procfs::cwd(tgid).unwrap_or_else(|| "/".into())).clone()
     }

@@ -32,6 +32,7 @@ use crate::{
 
 const AT_FDCWD: i32 = -100;
 const O_CLOEXEC: u64 = 0o2000000;
+const O_APPEND: u64 = 0o2000;
 const SOCK_CLOEXEC: u64 = 0o2000000;
 const CLONE_THREAD: u64 = 0x0001_0000;
 const CLONE_FILES: u64 = 0x0000_0400;
@@ -46,6 +47,11 @@ struct Stream {
     refs: u32,
     pos_in: u64,
     pos_out: u64,
+    /// A file's position (the open file description's, shared through dup and fork), while
+    /// known.
+    file_pos: Option<u64>,
+    /// Opened with O_APPEND: every write goes to the end, wherever that is.
+    append: bool,
 }
 
 /// What arrived of a data call whose record has not arrived yet.
@@ -59,6 +65,8 @@ struct PendingCall {
     spans: Vec<(u64, u64)>,
     /// The call's total bytes, for placed calls.
     total: Option<u64>,
+    /// The file offset of a placed call's first byte, on a file stream.
+    file_offset: Option<u64>,
     /// Chunks held until the record (recvmmsg/sendmmsg, whose total is known only then).
     chunks: Vec<(DataChunk, Bytes)>,
     addrs: Vec<(u32, String)>,
@@ -181,12 +189,14 @@ fn addr_of(addrs: &[(u32, String)], index: u32) -> String {
     addrs.iter().find(|(i, _)| *i == index).map(|(_, a)| a.clone()).unwrap_or_default()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn data_record(
     sid: u64,
     dir: Direction,
     ts: u64,
     chunk: &DataChunk,
     offset: u64,
+    file_offset: Option<u64>,
     payload: Bytes,
     addr: String,
 ) -> proto::Record {
@@ -202,6 +212,7 @@ fn data_record(
         msg_index: chunk.msg_index,
         addr,
         redactions: Vec::new(),
+        file_offset,
     }))
 }
 

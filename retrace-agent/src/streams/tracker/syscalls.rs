@@ -193,7 +193,14 @@ impl Tracker {
                         }
                     }
                 }
-                Sys::Lseek => stream_id = self.stream_for_fd(tgid, fd0, ts, out),
+                Sys::Lseek => {
+                    stream_id = self.stream_for_fd(tgid, fd0, ts, out);
+                    if let Some(s) = self.streams.get_mut(&stream_id) {
+                        if s.info.kind == proto::StreamKind::File as i32 {
+                            s.file_pos = Some(ret as u64);
+                        }
+                    }
+                }
                 Sys::Dup => stream_id = self.dup(tgid, fd0, ret as i32, false, ts, out),
                 Sys::Dup2 => stream_id = self.dup(tgid, fd0, ret as i32, false, ts, out),
                 Sys::Dup3 => stream_id = self.dup(tgid, fd0, ret as i32, args[2] & O_CLOEXEC != 0, ts, out),
@@ -232,6 +239,11 @@ impl Tracker {
         if sys.direction().is_some() && ret > 0 {
             return;
         }
+        // One that moved none on a file says where the file ended (a read at the end).
+        let file_offset = match sys.direction() {
+            Some(_) if ret == 0 => self.file_offset(stream_id, sys, args[3], 0),
+            _ => None,
+        };
         out.push(record(R::Syscall(proto::Syscall {
             ts_ns: ts,
             pid: tgid,
@@ -242,6 +254,7 @@ impl Tracker {
             stream_id,
             bytes: rec.bytes,
             detail: if detail.is_empty() && !aux.is_empty() && sys.direction().is_none() { text(aux) } else { detail },
+            file_offset,
         })));
     }
 
@@ -300,6 +313,9 @@ impl Tracker {
         let kind = self.path_kind(&path, ts);
         let id = procfs::FdIdentity { kind, path, ..Default::default() };
         let sid = self.new_stream(tgid, fd, &id, "open", false, ts, out);
+        if let Some(s) = self.streams.get_mut(&sid) {
+            s.append = flags & O_APPEND != 0;
+        }
         self.bind_fd(tgid, fd, sid, flags & O_CLOEXEC != 0, ts, out);
         sid
     }

@@ -1,0 +1,250 @@
+//! The replay sandbox's filesystem and identity: every way a program can change files works
+//! inside and leaves the host as it was; the program is root of a user namespace that is
+//! nobody on the host; what it wrote can be kept for a look; its exit status is compared with
+//! the recorded one.
+
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::Output,
+};
+
+use retrace_tests::{assert_no_panic, record, retrace_command, scratch};
+
+const DIVERGED: i32 = 86;
+
+fn replay(rec: &Path, extra: &[&str], command: &[&str], cwd: &Path) -> (Output, serde_json::Value) {
+    let report = rec.with_file_name(format!("report-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let out = retrace_command()
+        .current_dir(cwd)
+        .arg("replay")
+        .arg(rec)
+        .arg("--report")
+        .arg(&report)
+        .args(extra)
+        .arg("--")
+        .args(command)
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    let report = std::fs::read(&report).map(|r| serde_json::from_slice(&r).unwrap()).unwrap_or_default();
+    (out, report)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Tries every kind of change in each folder and prints `folder op result` lines (result `ok`
+/// or the errno).
+const MUTATOR: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+tag = sys.argv[1]
+def attempt(folder, op, f):
+    try:
+        f()
+        print(folder, op, "ok")
+    except OSError as e:
+        print(folder, op, e.errno)
+def check(condition):
+    if not condition:
+        raise OSError(0, "unexpected")
+def lc(result):
+    if result != 0:
+        raise OSError(ctypes.get_errno(), "libc")
+for folder in sys.argv[2:]:
+    p = lambda name: os.path.join(folder, name + "-" + tag)
+    victim = p("victim")
+    attempt(folder, "read", lambda: check(open(victim).read() == "host\n"))
+    attempt(folder, "chmod", lambda: os.chmod(victim, 0o777))
+    attempt(folder, "truncate", lambda: os.truncate(victim, 0))
+    attempt(folder, "write", lambda: open(victim, "a").write("changed"))
+    attempt(folder, "hardlink", lambda: os.link(victim, p("hard")))
+    attempt(folder, "rename", lambda: os.rename(victim, p("renamed")))
+    attempt(folder, "rm", lambda: os.remove(p("renamed")))
+    attempt(folder, "create", lambda: open(p("new"), "w").write("x"))
+    attempt(folder, "mkdir", lambda: os.mkdir(p("dir")))
+    attempt(folder, "symlink", lambda: os.symlink("/etc/passwd", p("link")))
+    attempt(folder, "mknod", lambda: os.mknod(p("node"), 0o600 | 0o060000, os.makedev(254, 0)))
+    attempt(folder, "mount", lambda: lc(libc.mount(b"none", p("dir").encode(), b"tmpfs", 0, None)))
+    attempt(folder, "listed", lambda: check(p("new").rsplit("/", 1)[1] in os.listdir(folder)))
+for path, value in (("/proc/sys/vm/drop_caches", "3"), ("/sys/kernel/uevent_helper", "/x")):
+    attempt(path, "write", lambda: open(path, "w").write(value))
+print("uid_map", open("/proc/self/uid_map").read().split())
+print("owner", os.stat("/etc/passwd").st_uid, os.stat("/etc").st_uid)
+"#;
+
+/// Everything that names a change, for each folder, as the host has it.
+fn host_state(folders: &[PathBuf], tag: &str) -> Vec<String> {
+    let mut state = Vec::new();
+    for folder in folders {
+        for name in ["victim", "hard", "renamed", "new", "dir", "link", "node"] {
+            let path = folder.join(format!("{name}-{tag}"));
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) => state.push(format!(
+                    "{} mode {:o} nlink {} len {} content {:?}",
+                    path.display(),
+                    m.permissions().mode(),
+                    m.nlink(),
+                    m.len(),
+                    std::fs::read(&path).ok()
+                )),
+                Err(_) => state.push(format!("{} absent", path.display())),
+            }
+        }
+    }
+    state
+}
+
+#[test]
+fn every_change_works_inside_and_the_host_stays_as_it_was() {
+    let dir = scratch("sandbox-host");
+    let (_, _) = record(&dir, &[], &["python3", "-c", "print('recorded')"]);
+    let tag = format!("retrace-{}", std::process::id());
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let folders: Vec<PathBuf> =
+        ["/", "/etc", "/dev", "/dev/shm", "/tmp", "/run", "/var/tmp", &home].iter().map(PathBuf::from).collect();
+    for folder in &folders {
+        let victim = folder.join(format!("victim-{tag}"));
+        std::fs::write(&victim, "host\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let before = host_state(&folders, &tag);
+    let script = dir.join("mutator.py");
+    std::fs::write(&script, MUTATOR).unwrap();
+    let mut command = vec!["python3", script.to_str().unwrap(), &tag];
+    command.extend(folders.iter().map(|f| f.to_str().unwrap()));
+    // Another program than the recorded one: --lenient, its own exit status.
+    let (out, report) = replay(&dir.join("rec"), &["--lenient"], &command, &dir);
+    let after = host_state(&folders, &tag);
+    for folder in &folders {
+        let _ = std::fs::remove_file(folder.join(format!("victim-{tag}")));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(before, after, "the host changed:\n{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{}\n{stdout}", stderr(&out));
+
+    let result = |folder: &str, op: &str| -> String {
+        let prefix = format!("{folder} {op} ");
+        stdout.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or("missing").to_owned()
+    };
+    // The host's files can be changed in every folder the host shows (the changes stay in the
+    // sandbox's layer).
+    for folder in ["/", "/etc", "/tmp", "/run", "/var/tmp", home.as_str()] {
+        for op in
+            ["read", "chmod", "truncate", "write", "hardlink", "rename", "rm", "create", "mkdir", "symlink", "listed"]
+        {
+            assert_eq!(result(folder, op), "ok", "{op} in {folder}:\n{stdout}");
+        }
+    }
+    // /dev and /dev/shm are the sandbox's own: the host's files are not there, new ones can be.
+    for folder in ["/dev", "/dev/shm"] {
+        assert_eq!(result(folder, "read"), "2", "the host's {folder} is not seen:\n{stdout}");
+        for op in ["create", "mkdir", "symlink", "listed"] {
+            assert_eq!(result(folder, op), "ok", "{op} in {folder}:\n{stdout}");
+        }
+    }
+    // Devices and mounts are refused everywhere; the kernel's and the devices' knobs too.
+    for folder in &folders {
+        let folder = folder.to_str().unwrap();
+        assert_eq!(result(folder, "mknod"), "1", "mknod in {folder}:\n{stdout}");
+        assert_eq!(result(folder, "mount"), "1", "mount in {folder}:\n{stdout}");
+    }
+    assert_eq!(result("/proc/sys/vm/drop_caches", "write"), "13", "{stdout}");
+    assert_ne!(result("/sys/kernel/uevent_helper", "write"), "ok", "{stdout}");
+    // Root inside is an unprivileged id range outside; the host's root files are root's inside.
+    assert!(stdout.contains("uid_map ['0', '1073741824', '65536']"), "{stdout}");
+    assert!(stdout.contains("owner 0 0"), "{stdout}");
+    // The report lists what the program changed, by the paths it used.
+    let written: Vec<&str> = report["scratch_writes"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let etc_new = format!("/etc/new-{tag}");
+    assert!(written.contains(&etc_new.as_str()), "{report}");
+    let removed: Vec<&str> = report["scratch_removed"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let etc_victim = format!("/etc/victim-{tag}");
+    assert!(removed.contains(&etc_victim.as_str()), "{report}");
+}
+
+#[test]
+fn a_shell_script_with_mktemp_mv_rm_and_ls_replays_and_can_be_kept() {
+    let dir = scratch("sandbox-shell");
+    let script = dir.join("work.sh");
+    std::fs::write(
+        &script,
+        "set -e\nt=$(mktemp -d)\necho one > \"$t/a\"\necho two > \"$t/b\"\nmv \"$t/a\" \"$t/c\"\nrm \"$t/b\"\nls \"$t\"\ncat \"$t/c\"\nmkdir -p out\ncp \"$t/c\" out/result\nrm -r \"$t\"\necho done\n",
+    )
+    .unwrap();
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "work.sh"]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "c\none\ndone\n");
+    std::fs::remove_dir_all(dir.join("out")).unwrap();
+
+    let kept = dir.join("kept");
+    let (out, report) = replay(&dir.join("rec"), &["--keep-scratch", kept.to_str().unwrap()], &["sh", "work.sh"], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, recorded.stdout, "the same output");
+    assert_eq!(report["result"], "passed", "{report}");
+    assert!(!dir.join("out").exists(), "the replayed write stayed in the sandbox");
+    // --keep-scratch: what the program left, at its path under the folder.
+    let result = kept.join(dir.join("out/result").strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(&result).unwrap(), b"one\n", "kept file {}", result.display());
+}
+
+#[test]
+fn a_relative_config_is_the_recorded_one_after_it_changed_on_disk() {
+    let dir = scratch("sandbox-relative");
+    std::fs::write(dir.join("settings.conf"), "mode = recorded\n").unwrap();
+    let recorded = retrace_command()
+        .current_dir(&dir)
+        .args(["record", "-o", "rec", "--", "cat", "settings.conf"])
+        .output()
+        .unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    std::fs::write(dir.join("settings.conf"), "mode = changed today\n").unwrap();
+    let (out, report) = replay(&dir.join("rec"), &[], &["cat", "settings.conf"], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "mode = recorded\n", "{report}");
+    let served = dir.join("settings.conf");
+    assert!(report["files_served"].as_array().unwrap().iter().any(|f| f == served.to_str().unwrap()), "{report}");
+}
+
+#[test]
+fn the_exit_status_is_compared_with_the_recorded_one() {
+    let dir = scratch("sandbox-exit");
+    let recorded = retrace_command()
+        .current_dir(&dir)
+        .args(["record", "-o", "rec", "--", "sh", "-c", "echo out; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(recorded.status.code(), Some(3), "{}", stderr(&recorded));
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", "echo out; exit 3"], &dir);
+    assert_eq!(out.status.code(), Some(3), "the same status passes: {}", stderr(&out));
+    assert_eq!(report["result"], "passed", "{report}");
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", "echo out; exit 0"], &dir);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert_eq!(report["recorded_exit_status"], 3, "{report}");
+    assert!(stderr(&out).contains("exit status 0 differs: the program exited 3 when recorded"), "{}", stderr(&out));
+    // Killed by a signal counts as 128+N, like a shell says.
+    let (out, _) = replay(&dir.join("rec"), &[], &["sh", "-c", "kill -9 $$"], &dir);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exit status 137 differs"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_replay_input_gets_one_clear_line() {
+    let dir = scratch("sandbox-bad");
+    let (_, _) = record(&dir, &[], &["true"]);
+    let (out, _) = replay(&dir.join("rec"), &[], &["no-such-program-retrace"], &dir);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("command not found: no-such-program-retrace"), "{err}");
+    // A folder that is no recording.
+    std::fs::write(dir.join("manifest.json"), "{\"format_version\": 999}").unwrap();
+    let (out, _) = replay(&dir, &[], &["true"], &dir);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
