@@ -26,7 +26,7 @@ enum Event {
         at: Option<u64>,
         bytes: Bytes,
     },
-    /// A read that returned nothing at this offset: the file ended there.
+    /// A read that returned nothing at this offset, or a stat: the file ended there.
     End(u64),
 }
 
@@ -275,8 +275,9 @@ impl FileHistories {
                     "openat" => call.args.get(2).copied(),
                     "creat" => Some(O_CREAT | O_TRUNC),
                     "openat2" => None,
+                    // A read at the end, or a stat: where the file ended then.
                     _ => {
-                        if let (Some(at), 0) = (call.file_offset, call.ret) {
+                        if let (Some(at), 0) = (call.file_offset.or(call.file_size), call.ret) {
                             self.push(call.stream_id, call.ts_ns, order, Event::End(at));
                         }
                         return;

@@ -5,6 +5,8 @@ pub const CHUNK_MAX: usize = 32 * 1024;
 
 /// Longest path or socket address copied with a lifecycle record (PATH_MAX).
 pub const AUX_MAX: usize = 4096;
+/// Where the second path starts in a two-path call's aux area (rename, link).
+pub const AUX_SECOND_PATH: usize = AUX_MAX / 2;
 
 /// Longest socket address kept (sizeof(struct sockaddr_storage)).
 pub const SOCKADDR_MAX: usize = 128;

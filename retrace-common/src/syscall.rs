@@ -87,6 +87,16 @@ syscalls! {
     InotifyInit = 68 => "inotify_init", None;
     InotifyInit1 = 69 => "inotify_init1", None;
     PidfdOpen = 70 => "pidfd_open", None;
+    Fstat = 71 => "fstat", None;
+    Newfstatat = 72 => "newfstatat", None;
+    Statx = 73 => "statx", None;
+    Mkdir = 74 => "mkdir", None;
+    Mkdirat = 75 => "mkdirat", None;
+    Rename = 76 => "rename", None;
+    Renameat = 77 => "renameat", None;
+    Renameat2 = 78 => "renameat2", None;
+    Link = 79 => "link", None;
+    Linkat = 80 => "linkat", None;
 }
 
 impl Sys {

@@ -14,7 +14,7 @@ use aya_ebpf::{
     },
 };
 use retrace_common::{
-    config::{stat, AUX_MAX, SOCKADDR_MAX},
+    config::{stat, AUX_MAX, AUX_SECOND_PATH, SOCKADDR_MAX},
     kind,
     syscall::Sys,
     FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, FD_REOPENED, SYSCALL_DATA,
@@ -42,6 +42,8 @@ pub enum Aux {
     None,
     /// A NUL-terminated user string (a path).
     UserPath(u64),
+    /// Two paths (rename, link): each in its own half of the aux area, NUL-terminated.
+    UserPaths(u64, u64),
     /// A user socket address of known length.
     UserAddr(u64, u64),
 }
@@ -422,6 +424,15 @@ fn build(
                 Ok(s) => s.len() as u32,
                 Err(_) => 0,
             },
+            Aux::UserPaths(first, second) => {
+                let (head, tail) = dst.split_at_mut(AUX_SECOND_PATH);
+                head[0] = 0;
+                let _ = bpf_probe_read_user_str_bytes(first as *const u8, head);
+                match bpf_probe_read_user_str_bytes(second as *const u8, tail) {
+                    Ok(s) => (AUX_SECOND_PATH + s.len()) as u32,
+                    Err(_) => 0,
+                }
+            }
             Aux::UserAddr(ptr, len) => {
                 let n = (if len > SOCKADDR_MAX as u64 { SOCKADDR_MAX as u64 } else { len }) as u32;
                 let n = n & (SOCKADDR_MAX as u32 * 2 - 1);

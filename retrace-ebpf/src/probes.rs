@@ -4,11 +4,13 @@
 mod anon;
 mod data;
 mod fd;
+mod names;
 mod open;
 mod read;
 mod recv;
 mod send;
 mod socket;
+mod stat;
 mod task;
 mod transfer;
 mod write;

@@ -215,3 +215,45 @@ pub fn python() -> &'static str {
         String::from_utf8(out.stdout).expect("a UTF-8 path").trim().to_owned()
     })
 }
+
+/// `retrace replay REC [EXTRA...] -- COMMAND` run in `cwd`; its output and its JSON report
+/// (empty if none was written).
+pub fn replay_in(cwd: &Path, rec: &Path, extra: &[&str], command: &[&str]) -> (Output, serde_json::Value) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let report = rec.with_file_name(format!("report-{}.json", N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_file(&report);
+    let out = retrace_command()
+        .current_dir(cwd)
+        .arg("replay")
+        .arg(rec)
+        .arg("--report")
+        .arg(&report)
+        .args(extra)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("run retrace replay");
+    assert_no_panic(&out);
+    let report = std::fs::read(&report).map(|r| serde_json::from_slice(&r).expect("a JSON report")).unwrap_or_default();
+    (out, report)
+}
+
+/// `retrace record -o DIR/rec -- COMMAND` run in `cwd`, which must succeed.
+pub fn record_in(cwd: &Path, dir: &Path, command: &[&str]) -> Output {
+    let rec = dir.join("rec");
+    let out = retrace_command()
+        .current_dir(cwd)
+        .args(["record", "-o", rec.to_str().unwrap(), "--"])
+        .args(command)
+        .output()
+        .expect("run retrace record");
+    assert_no_panic(&out);
+    assert!(
+        out.status.success(),
+        "retrace record {command:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

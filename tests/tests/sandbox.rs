@@ -9,27 +9,12 @@ use std::{
     process::Output,
 };
 
-use retrace_tests::{assert_no_panic, record, retrace_command, scratch};
+use retrace_tests::{record, retrace_command, scratch};
 
 const DIVERGED: i32 = 86;
 
 fn replay(rec: &Path, extra: &[&str], command: &[&str], cwd: &Path) -> (Output, serde_json::Value) {
-    let report = rec.with_file_name(format!("report-{}.json", std::process::id()));
-    let _ = std::fs::remove_file(&report);
-    let out = retrace_command()
-        .current_dir(cwd)
-        .arg("replay")
-        .arg(rec)
-        .arg("--report")
-        .arg(&report)
-        .args(extra)
-        .arg("--")
-        .args(command)
-        .output()
-        .unwrap();
-    assert_no_panic(&out);
-    let report = std::fs::read(&report).map(|r| serde_json::from_slice(&r).unwrap()).unwrap_or_default();
-    (out, report)
+    retrace_tests::replay_in(cwd, rec, extra, command)
 }
 
 fn stderr(out: &Output) -> String {

@@ -127,8 +127,19 @@ fn test_peers() -> Result<()> {
         ("age", "age"),
         ("redis-server", "redis-server"),
         ("pkill", "procps"), // the kill -9 test stops orphaned commands by name
+        // Replay of real programs: clients and their servers (git daemon and http-backend come
+        // with git; pg_ctlcluster with the PostgreSQL server).
+        ("git", "git"),
+        ("sqlite3", "sqlite3"),
+        ("pg_ctlcluster", "postgresql"),
     ];
-    install_missing(&wanted)
+    install_missing(&wanted)?;
+    // pip, for the replay of `pip install` from a local index.
+    let pip = Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
+    if pip {
+        return Ok(());
+    }
+    apt_install(&["python3-pip"])
 }
 
 /// Installs with apt the packages (second) whose command (first) is not on PATH.

@@ -325,6 +325,16 @@ fn syscall_nr(name: &str) -> Option<u32> {
         "inotify_init1" => 294,
         "pidfd_open" => 434,
         "openat2" => 437,
+        "fstat" => 5,
+        "newfstatat" => 262,
+        "statx" => 332,
+        "mkdir" => 83,
+        "mkdirat" => 258,
+        "rename" => 82,
+        "renameat" => 264,
+        "renameat2" => 316,
+        "link" => 86,
+        "linkat" => 265,
         _ => return None,
     })
 }

@@ -178,6 +178,9 @@ impl RootFs {
     /// cannot be layered (a tree the sandbox makes itself, or a folder that is a file today).
     pub fn layer_file(&mut self, path: &str, content: &[u8]) -> Result<bool, ReplayError> {
         let path = resolve_folders(path);
+        if Path::new(&path).is_dir() {
+            return Ok(false);
+        }
         let Some(upper) = self.upper_entry(&path)? else { return Ok(false) };
         let fail = |e| sandbox_err("cannot layer a recorded file", e);
         std::fs::write(&upper, content).map_err(fail)?;
@@ -187,11 +190,11 @@ impl RootFs {
         Ok(true)
     }
 
-    /// Hides the host's file at `path` (an overlay whiteout): the program created it when
-    /// recorded, so it must not find it. False if there is nothing to hide.
+    /// Hides the host's file or folder at `path` (an overlay whiteout): the program created
+    /// it when recorded, so it must not find it. False if there is nothing to hide.
     pub fn hide_file(&mut self, path: &str) -> Result<bool, ReplayError> {
         let path = resolve_folders(path);
-        if !std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
+        if std::fs::symlink_metadata(&path).is_err() {
             return Ok(false);
         }
         let Some(upper) = self.upper_entry(&path)? else { return Ok(false) };
@@ -208,7 +211,7 @@ impl RootFs {
 
     /// Where `path` (folders resolved) goes in the scratch, its folders made there with their
     /// host attributes (so the merged view shows the host's); None for a path that cannot be
-    /// layered (a tree the sandbox makes itself, a folder that is a file today, a folder).
+    /// layered (a tree the sandbox makes itself, a folder that is a file today).
     /// Callers resolve the folders' symlinks first (`resolve_folders`): a folder made in the
     /// upper layer over a host symlink (/lib -> usr/lib) would hide everything behind it.
     fn upper_entry(&self, path: &str) -> Result<Option<PathBuf>, ReplayError> {
@@ -230,7 +233,7 @@ impl RootFs {
             copy_attrs(&upper, meta.as_ref(), 0o755);
         }
         upper.push(name);
-        if upper.is_dir() || Path::new(path).is_dir() {
+        if upper.is_dir() {
             return Ok(None);
         }
         Ok(Some(upper))

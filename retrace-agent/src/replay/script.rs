@@ -13,7 +13,7 @@ use crate::store::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileStart {
     Content(Vec<u8>),
-    /// The recording created it: it must not exist yet.
+    /// The recording created it (a file or a folder): it must not exist yet.
     Absent,
 }
 
@@ -71,6 +71,8 @@ impl Script {
         let mut failed_connects = Vec::new();
         let mut histories = FileHistories::default();
         let mut gapped = std::collections::HashSet::new();
+        // mkdir (one path), rename and link (old, new), in order.
+        let mut names: Vec<(bool, Vec<String>)> = Vec::new();
         let report = recording.for_each(|record| {
             histories.observe(&record);
             match record.kind {
@@ -86,6 +88,9 @@ impl Script {
                     };
                     if let (Some(event), true) = (event, call.stream_id != 0) {
                         positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
+                    }
+                    if call.ret == 0 && !call.paths.is_empty() {
+                        names.push((call.name.starts_with(b"mkdir"), call.paths.clone()));
                     }
                     if call.name == "connect" && call.ret < 0 && call.ret != -(libc::EINPROGRESS as i64) {
                         failed_connects.push((call.detail, (-call.ret) as i32));
@@ -159,14 +164,45 @@ impl Script {
             }
         }
         // Only files seen whole (a library the loader reads the head of, then maps, comes from
-        // the disk), or that the program created.
-        for (path, history) in histories.into_histories().filter(|(_, h)| h.placed) {
-            match history.initial() {
-                Initial::Created => {
-                    script.files.insert(path, FileStart::Absent);
+        // the disk), or that the program created: opened new, made by mkdir, or named by a
+        // rename or link of something it created (a temporary file renamed into place) that it
+        // had not read before.
+        let initial: HashMap<String, (Initial, bool)> = histories
+            .into_histories()
+            .filter(|(_, h)| h.placed)
+            .map(|(path, h)| (path, (h.initial(), h.redacted)))
+            .collect();
+        let mut created: std::collections::HashSet<String> =
+            initial.iter().filter(|(_, (i, _))| *i == Initial::Created).map(|(p, _)| p.clone()).collect();
+        let mut created_dirs: Vec<String> = Vec::new();
+        let under_created = |path: &str, dirs: &[String]| dirs.iter().any(|d| path.starts_with(&format!("{d}/")));
+        for (mkdir, paths) in names {
+            match (mkdir, paths.as_slice()) {
+                (true, [dir]) => {
+                    created_dirs.push(dir.clone());
+                    created.insert(dir.clone());
                 }
+                (false, [old, new]) if created.contains(old) || under_created(old, &created_dirs) => {
+                    if !initial.get(new).is_some_and(|(i, _)| matches!(i, Initial::Content(_))) {
+                        created.insert(new.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        for path in &created {
+            if !under_created(path, &created_dirs) {
+                script.files.insert(path.clone(), FileStart::Absent);
+            }
+        }
+        for (path, (start, redacted)) in initial {
+            if created.contains(&path) || under_created(&path, &created_dirs) {
+                continue;
+            }
+            match start {
+                Initial::Created => {}
                 // Redaction keeps lengths, not binary formats (see `file_content`).
-                Initial::Content(content) if !history.redacted || std::str::from_utf8(&content).is_ok() => {
+                Initial::Content(content) if !redacted || std::str::from_utf8(&content).is_ok() => {
                     script.files.insert(path, FileStart::Content(content));
                 }
                 _ => {}

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use retrace_common::{
+    config::AUX_SECOND_PATH,
     syscall::{Direction, Sys},
     SyscallRecord, FD_REOPENED, SYSCALL_HAS_PENDING_LOSS,
 };
@@ -24,6 +25,7 @@ impl Tracker {
         let fd0 = args[0] as i32;
         let mut stream_id = 0;
         let mut detail = String::new();
+        let mut named = Vec::new();
         let placed = call.placed.is_some();
         // The fd whose pending entry the record carries: a lifecycle call's (first) new fd, else
         // the first argument (as the kernel's `changed_fds` and `loss_fd` choose it).
@@ -193,6 +195,11 @@ impl Tracker {
                         }
                     }
                 }
+                Sys::Fstat | Sys::Newfstatat | Sys::Statx => stream_id = self.stream_for_fd(tgid, fd0, ts, out),
+                Sys::Mkdir | Sys::Mkdirat | Sys::Rename | Sys::Renameat | Sys::Renameat2 | Sys::Link | Sys::Linkat => {
+                    named = self.named_paths(tgid, sys, args, aux, ts, out);
+                    detail = named.join(" -> ");
+                }
                 Sys::Lseek => {
                     stream_id = self.stream_for_fd(tgid, fd0, ts, out);
                     if let Some(s) = self.streams.get_mut(&stream_id) {
@@ -244,6 +251,13 @@ impl Tracker {
             Some(_) if ret == 0 => self.file_offset(stream_id, sys, args[3], 0),
             _ => None,
         };
+        let is_file = |s: &Stream| s.info.kind == proto::StreamKind::File as i32;
+        let file_size = match sys {
+            Sys::Fstat | Sys::Newfstatat | Sys::Statx if self.streams.get(&stream_id).is_some_and(is_file) => {
+                Some(rec.extra[0] as u64)
+            }
+            _ => None,
+        };
         out.push(record(R::Syscall(proto::Syscall {
             ts_ns: ts,
             pid: tgid,
@@ -255,6 +269,8 @@ impl Tracker {
             bytes: rec.bytes,
             detail: if detail.is_empty() && !aux.is_empty() && sys.direction().is_none() { text(aux) } else { detail },
             file_offset,
+            file_size,
+            paths: named,
         })));
     }
 
@@ -303,13 +319,7 @@ impl Tracker {
         ts: u64,
         out: &mut Vec<proto::Record>,
     ) -> u64 {
-        let given = text(aux);
-        let base = match dirfd {
-            _ if given.starts_with('/') => String::new(),
-            Some(d) if d != AT_FDCWD => self.fd_path(tgid, d, ts, out).unwrap_or_else(|| self.cwd_of(tgid)),
-            _ => self.cwd_of(tgid),
-        };
-        let path = paths::absolute(&base, &given);
+        let path = self.resolve(tgid, dirfd, &text(aux), ts, out);
         let kind = self.path_kind(&path, ts);
         let id = procfs::FdIdentity { kind, path, ..Default::default() };
         let sid = self.new_stream(tgid, fd, &id, "open", false, ts, out);
@@ -318,6 +328,43 @@ impl Tracker {
         }
         self.bind_fd(tgid, fd, sid, flags & O_CLOEXEC != 0, ts, out);
         sid
+    }
+
+    /// A path as the kernel resolves it: relative to `dirfd` (None or AT_FDCWD: the cwd).
+    fn resolve(&mut self, tgid: u32, dirfd: Option<i32>, given: &str, ts: u64, out: &mut Vec<proto::Record>) -> String {
+        let base = match dirfd {
+            _ if given.starts_with('/') => String::new(),
+            Some(d) if d != AT_FDCWD => self.fd_path(tgid, d, ts, out).unwrap_or_else(|| self.cwd_of(tgid)),
+            _ => self.cwd_of(tgid),
+        };
+        paths::absolute(&base, given)
+    }
+
+    /// The absolute paths a mkdir, rename or link named: (dirfd, path) pairs as the call gave
+    /// them, the second path in the second half of `aux`.
+    fn named_paths(
+        &mut self,
+        tgid: u32,
+        sys: Sys,
+        args: [u64; 6],
+        aux: &Bytes,
+        ts: u64,
+        out: &mut Vec<proto::Record>,
+    ) -> Vec<String> {
+        let c_str = |bytes: &[u8]| {
+            let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            String::from_utf8_lossy(&bytes[..end]).into_owned()
+        };
+        let first = c_str(&aux[..aux.len().min(AUX_SECOND_PATH)]);
+        let second = c_str(aux.get(AUX_SECOND_PATH..).unwrap_or_default());
+        let at = |i: usize| Some(args[i] as i32);
+        let named: Vec<(Option<i32>, String)> = match sys {
+            Sys::Mkdir => vec![(None, text(aux))],
+            Sys::Mkdirat => vec![(at(0), text(aux))],
+            Sys::Rename | Sys::Link => vec![(None, first), (None, second)],
+            _ => vec![(at(0), first), (at(2), second)],
+        };
+        named.into_iter().map(|(dirfd, path)| self.resolve(tgid, dirfd, &path, ts, out)).collect()
     }
 
     /// A FIFO, a file or directory, or something else (a device), from a stat of the path

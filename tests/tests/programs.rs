@@ -1,0 +1,396 @@
+//! Real programs recorded against real peers (installed by `cargo xtask setup`), then replayed
+//! with the peers stopped and what they left on disk still there: the same output and exit
+//! status, and a changed program fails with 86.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use retrace_tests::{assert_bytes_eq, python, record_in, replay_in, retrace, scratch};
+
+const DIVERGED: i32 = 86;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something listens on `port`.
+fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server process, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
+    out
+}
+
+/// The id of the stream that had `path` open.
+fn stream_of(rec: &Path, path: &Path) -> String {
+    let out = retrace(&["streams", rec.to_str().unwrap(), "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|s| s["path"] == path.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no stream for {}", path.display()))["id"]
+        .to_string()
+}
+
+#[test]
+fn sqlite3_creates_then_updates_a_database_and_both_replay() {
+    let dir = scratch("programs-sqlite");
+    let create = [
+        "sqlite3",
+        "shop.db",
+        "create table t(item text, n int); insert into t values ('a', 1), ('b', 2); select sum(n) from t;",
+    ];
+    let update = ["sqlite3", "shop.db", "update t set n = n * 10; select group_concat(item || n) from t;"];
+    let created = record_in(&dir, &dir.join("create"), &create);
+    assert_eq!(String::from_utf8_lossy(&created.stdout), "3\n");
+    // The database as the recording left it, rebuilt from the writes at their offsets.
+    let db = dir.join("shop.db");
+    let rec = dir.join("create/rec");
+    let cat = retrace(&["cat", rec.to_str().unwrap(), &stream_of(&rec, &db), "--file"]);
+    assert!(cat.status.success(), "{}", stderr(&cat));
+    assert_bytes_eq(&cat.stdout, &std::fs::read(&db).unwrap(), "cat --file against the database on disk");
+    let updated = record_in(&dir, &dir.join("update"), &update);
+    assert_eq!(String::from_utf8_lossy(&updated.stdout), "a10,b20\n");
+
+    // The database on disk is the updated one now: each replay must see the one it saw.
+    let (out, report) = replay_in(&dir, &rec, &[], &create);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, created.stdout);
+    assert!(report["files_absent"].as_array().unwrap().iter().any(|p| p == db.to_str().unwrap()), "{report}");
+    let (out, report) = replay_in(&dir, &dir.join("update/rec"), &[], &update);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, updated.stdout);
+    assert!(report["files_served"].as_array().unwrap().iter().any(|p| p == db.to_str().unwrap()), "{report}");
+    // Changed: its output differs.
+    let changed = ["sqlite3", "shop.db", "update t set n = n * 100; select group_concat(item || n) from t;"];
+    let (out, report) = replay_in(&dir, &dir.join("update/rec"), &[], &changed);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert_eq!(report["outputs"][0]["status"], "diverged", "{report}");
+    assert!(stderr(&out).contains("stdout: different bytes at byte 3"), "{}", stderr(&out));
+}
+
+/// A bare repository with two commits, under `dir/srv/repo.git`.
+fn bare_repository(dir: &Path) -> PathBuf {
+    let work = dir.join("work");
+    std::fs::create_dir_all(work.join("src")).unwrap();
+    std::fs::write(work.join("README"), "retrace replays git\n").unwrap();
+    std::fs::write(work.join("src/main.c"), "int main(void) { return 0; }\n").unwrap();
+    let git = |args: &[&str], cwd: &Path| {
+        run(Command::new("git")
+            .args(["-c", "user.email=dev@example.invalid", "-c", "user.name=Dev", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(cwd))
+    };
+    git(&["init", "-q"], &work);
+    git(&["add", "."], &work);
+    git(&["commit", "-qm", "first"], &work);
+    std::fs::write(work.join("CHANGES"), "second\n").unwrap();
+    git(&["add", "."], &work);
+    git(&["commit", "-qm", "second"], &work);
+    let bare = dir.join("srv/repo.git");
+    git(&["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()], dir);
+    bare
+}
+
+/// Serves the repositories under `root` over smart HTTP through `git http-backend`.
+const HTTP_BACKEND: &str = r#"
+import http.server, os, subprocess, sys
+root, port = sys.argv[1], int(sys.argv[2])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def backend(self, body):
+        path, _, query = self.path.partition("?")
+        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL="1", PATH_INFO=path,
+                   QUERY_STRING=query, REQUEST_METHOD=self.command, REMOTE_ADDR="127.0.0.1",
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""), CONTENT_LENGTH=str(len(body)),
+                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""),
+                   GIT_PROTOCOL=self.headers.get("Git-Protocol", ""))
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+        head, _, rest = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            key, _, value = line.partition(": ")
+            if key.lower() == "status":
+                status = int(value.split()[0])
+            elif key:
+                headers.append((key, value))
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest)
+    def do_GET(self):
+        self.backend(b"")
+    def do_POST(self):
+        self.backend(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"#;
+
+#[test]
+fn git_clones_over_git_and_smart_http_replay_with_the_servers_gone() {
+    let dir = scratch("programs-git");
+    let bare = bare_repository(&dir);
+    let srv = bare.parent().unwrap().to_str().unwrap().to_owned();
+    let (git_port, http_port) = (free_port(), free_port());
+    // git-daemon itself (`git daemon` would run it as a child, which a kill leaves behind).
+    let exec_path = run(Command::new("git").arg("--exec-path")).stdout;
+    let exec_path = PathBuf::from(String::from_utf8_lossy(&exec_path).trim());
+    let daemon = Server(
+        Command::new(exec_path.join("git-daemon"))
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .arg(format!("--port={git_port}"))
+            .arg(format!("--base-path={srv}"))
+            .arg(&srv)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let script = dir.join("http_backend.py");
+    std::fs::write(&script, HTTP_BACKEND).unwrap();
+    let http = Server(Command::new(python()).arg(&script).arg(&srv).arg(http_port.to_string()).spawn().unwrap());
+    wait_for_port(git_port);
+    wait_for_port(http_port);
+    let clones = [
+        ("git", format!("git://127.0.0.1:{git_port}/repo.git")),
+        ("http", format!("http://127.0.0.1:{http_port}/repo.git")),
+    ];
+    for (name, url) in &clones {
+        // A second clone of the same: git checks out and lists what it got.
+        let command = [
+            "sh",
+            "-c",
+            &format!(
+                "git clone -q {url} {name}-clone && git -C {name}-clone log --format=%s && cat {name}-clone/README"
+            ),
+        ];
+        let recorded = record_in(&dir, &dir.join(name), &command);
+        assert_eq!(String::from_utf8_lossy(&recorded.stdout), "second\nfirst\nretrace replays git\n");
+    }
+    drop(daemon);
+    drop(http);
+    for (name, url) in &clones {
+        // The clone from the recording is still on disk: replay starts without it.
+        assert!(dir.join(format!("{name}-clone/.git")).is_dir());
+        let command = [
+            "sh",
+            "-c",
+            &format!(
+                "git clone -q {url} {name}-clone && git -C {name}-clone log --format=%s && cat {name}-clone/README"
+            ),
+        ];
+        let (out, report) = replay_in(&dir, &dir.join(format!("{name}/rec")), &[], &command);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}\n{report}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "second\nfirst\nretrace replays git\n", "{name}");
+        assert!(report["exchanges"].as_array().unwrap().iter().all(|e| e["status"] == "matched"), "{report}");
+        // Asking for another repository diverges.
+        let other = command[2].replace("repo.git", "other.git");
+        let (out, _) = replay_in(&dir, &dir.join(format!("{name}/rec")), &[], &["sh", "-c", &other]);
+        assert_eq!(out.status.code(), Some(DIVERGED), "{name}: {}", stderr(&out));
+    }
+}
+
+/// A package index (PEP 503 "simple" layout) holding one wheel made here.
+fn package_index(root: &Path) {
+    let script = r#"
+import base64, hashlib, os, sys, zipfile
+root = sys.argv[1]
+name = "retrace_demo-1.0-py3-none-any.whl"
+files = {"retrace_demo/__init__.py": "VALUE = 42\n",
+         "retrace_demo-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: retrace-demo\nVersion: 1.0\n",
+         "retrace_demo-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: retrace-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+record = []
+for path, text in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+    record.append(f"{path},sha256={digest},{len(text)}")
+files["retrace_demo-1.0.dist-info/RECORD"] = "\n".join(record + ["retrace_demo-1.0.dist-info/RECORD,,"]) + "\n"
+os.makedirs(f"{root}/simple/retrace-demo")
+wheel = f"{root}/simple/retrace-demo/{name}"
+with zipfile.ZipFile(wheel, "w") as z:
+    for path, text in files.items():
+        z.writestr(zipfile.ZipInfo(path, (2020, 1, 1, 0, 0, 0)), text)
+sha = hashlib.sha256(open(wheel, "rb").read()).hexdigest()
+open(f"{root}/simple/retrace-demo/index.html", "w").write(f'<a href="{name}#sha256={sha}">{name}</a>\n')
+open(f"{root}/simple/index.html", "w").write('<a href="retrace-demo/">retrace-demo</a>\n')
+"#;
+    run(Command::new(python()).args(["-c", script]).arg(root));
+}
+
+#[test]
+fn pip_downloads_and_installs_from_a_local_index_with_the_index_gone() {
+    let dir = scratch("programs-pip");
+    let index = dir.join("index");
+    package_index(&index);
+    let port = free_port();
+    let server = Server(
+        Command::new(python())
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+            .current_dir(&index)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port);
+    let url = format!("http://127.0.0.1:{port}/simple");
+    let pip = |verb: &str, target: &str| -> Vec<String> {
+        // A distribution's Python refuses installs outside a venv unless told (PEP 668).
+        let mut args: Vec<String> =
+            ["env", "PIP_BREAK_SYSTEM_PACKAGES=1", "PIP_ROOT_USER_ACTION=ignore"].map(String::from).to_vec();
+        args.extend([python().to_owned(), "-m".into(), "pip".into(), verb.into(), "-q".into()]);
+        args.extend(["--disable-pip-version-check", "--index-url", &url].map(String::from));
+        match verb {
+            "download" => args.extend(["-d".into(), target.into()]),
+            _ => args.extend(["--target".into(), target.into()]),
+        }
+        args.push("retrace-demo".into());
+        args
+    };
+    let runs = [("download", pip("download", "wheels")), ("install", pip("install", "site"))];
+    for (name, command) in &runs {
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        record_in(&dir, &dir.join(name), &command);
+    }
+    assert!(dir.join("site/retrace_demo/__init__.py").is_file());
+    assert!(dir.join("wheels/retrace_demo-1.0-py3-none-any.whl").is_file());
+    drop(server);
+    for (name, command) in &runs {
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        let (out, report) = replay_in(&dir, &dir.join(format!("{name}/rec")), &[], &command);
+        assert_eq!(out.status.code(), Some(0), "pip {name}: {}\n{report}", stderr(&out));
+        let exchanges = report["exchanges"].as_array().unwrap();
+        assert!(!exchanges.is_empty() && exchanges.iter().all(|e| e["status"] == "matched"), "{report}");
+    }
+    // The replayed install wrote the package in the sandbox (kept here for a look).
+    let kept = dir.join("kept");
+    let command: Vec<&str> = runs[1].1.iter().map(String::as_str).collect();
+    let (out, _) = replay_in(&dir, &dir.join("install/rec"), &["--keep-scratch", kept.to_str().unwrap()], &command);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let installed = kept.join(dir.join("site/retrace_demo/__init__.py").strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read_to_string(&installed).unwrap(), "VALUE = 42\n");
+}
+
+/// A PostgreSQL server of its own (trust authentication) on `port`, run as `postgres`.
+struct Postgres {
+    data: PathBuf,
+    bin: PathBuf,
+}
+
+impl Postgres {
+    fn start(dir: &Path, port: u16) -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server (cargo xtask setup installs it)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .expect("an initdb");
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(&data).unwrap();
+        run(Command::new("chown").args(["postgres:postgres"]).arg(&data).arg(dir));
+        let as_postgres = |program: &str| {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(bin.join(program)).current_dir("/");
+            cmd
+        };
+        run(as_postgres("initdb").args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data));
+        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
+        run(as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-w", "-l"])
+            .arg(dir.join("pg.log"))
+            .arg("start"));
+        Postgres { data, bin }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .current_dir("/")
+            .output();
+    }
+}
+
+#[test]
+fn psql_replays_its_queries_with_postgres_stopped() {
+    let dir = scratch("programs-psql");
+    let port = free_port();
+    let postgres = Postgres::start(&dir, port);
+    let port = port.to_string();
+    let psql = |sql: &str| -> Vec<String> {
+        ["psql", "-X", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-c", sql].map(String::from).to_vec()
+    };
+    let sql = "create table t(n int); insert into t select generate_series(1, 5); select sum(n) from t;";
+    let command = psql(sql);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let recorded = record_in(&dir, &dir.join("q"), &command);
+    assert!(String::from_utf8_lossy(&recorded.stdout).contains("15"), "{}", String::from_utf8_lossy(&recorded.stdout));
+    drop(postgres);
+    let (out, report) = replay_in(&dir, &dir.join("q/rec"), &[], &command);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, recorded.stdout);
+    let changed = psql(&sql.replace("1, 5", "1, 6"));
+    let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+    let (out, report) = replay_in(&dir, &dir.join("q/rec"), &[], &changed);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert_eq!(report["exchanges"][0]["status"], "diverged", "{report}");
+}
+
+#[test]
+fn hundreds_of_short_lived_processes_open_relative_paths_exactly() {
+    let dir = scratch("programs-relative");
+    for sub in ["a", "b", "c"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("f.txt"), format!("in {sub}\n")).unwrap();
+    }
+    let script =
+        "for i in $(seq 300); do case $((i % 3)) in 0) d=a;; 1) d=b;; 2) d=c;; esac; (cd $d && cat f.txt); done";
+    let out = record_in(&dir, &dir, &["sh", "-c", script]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 300);
+    let rec = retrace_tests::Rec::open(&dir.join("rec"));
+    for sub in ["a", "b", "c"] {
+        let path = dir.join(sub).join("f.txt");
+        let n = rec.streams.iter().filter(|s| s.path == path.to_str().unwrap()).count();
+        assert_eq!(n, 100, "opens of {} recorded under their own path", path.display());
+    }
+    let elsewhere: Vec<&str> = rec
+        .streams
+        .iter()
+        .map(|s| s.path.as_str())
+        .filter(|p| p.ends_with("/f.txt") && !p.starts_with(dir.to_str().unwrap()))
+        .collect();
+    assert!(elsewhere.is_empty(), "relative paths recorded elsewhere: {elsewhere:?}");
+}
