@@ -3,7 +3,6 @@
 //! status, and a changed program fails with 86.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},

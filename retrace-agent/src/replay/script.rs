@@ -182,10 +182,11 @@ impl Script {
                     created_dirs.push(dir.clone());
                     created.insert(dir.clone());
                 }
-                (false, [old, new]) if created.contains(old) || under_created(old, &created_dirs) => {
-                    if !initial.get(new).is_some_and(|(i, _)| matches!(i, Initial::Content(_))) {
-                        created.insert(new.clone());
-                    }
+                (false, [old, new])
+                    if (created.contains(old) || under_created(old, &created_dirs))
+                        && !initial.get(new).is_some_and(|(i, _)| matches!(i, Initial::Content(_))) =>
+                {
+                    created.insert(new.clone());
                 }
                 _ => {}
             }
