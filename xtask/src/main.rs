@@ -31,6 +31,10 @@ enum Task {
         /// One round and shorter runs (a smoke test of the harness).
         #[arg(long)]
         quick: bool,
+        /// Only the replay measurements (a client, a server fed 100 recorded connections),
+        /// written in place of the previous ones in BENCHMARKS.md and BENCHMARKS.json.
+        #[arg(long)]
+        replay_only: bool,
     },
     /// Run the fuzz targets (recording reader, redactor) for a while each.
     Fuzz {
@@ -62,9 +66,12 @@ fn run_task(task: Task) -> Result<()> {
             setup::run()?;
             demo()
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, replay_only } => {
             setup::run()?;
-            bench::run(&std::env::current_dir()?, quick)
+            match replay_only {
+                true => bench::run_replays(&std::env::current_dir()?, quick),
+                false => bench::run(&std::env::current_dir()?, quick),
+            }
         }
         Task::Test { args } => {
             setup::run()?;

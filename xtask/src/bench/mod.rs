@@ -40,6 +40,31 @@ pub struct Throughput {
     pub backpressure_lost_bytes: u64,
 }
 
+/// The replay measurements alone (`--replay-only`): a client (redis-cli) and a server fed 100
+/// recorded connections, written in place of the previous ones.
+pub fn run_replays(root: &Path, quick: bool) -> Result<()> {
+    install_peers()?;
+    crate::run(crate::cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
+    let retrace = root.join("target/release/retrace");
+    let work = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let replays = replays(&retrace, &work, quick)?;
+    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
+    report::update_replays(root, &replays, String::from_utf8_lossy(&commit.stdout).trim())
+}
+
+fn replays(retrace: &Path, work: &Path, quick: bool) -> Result<Vec<replay::ReplaySpeed>> {
+    let rounds = if quick { 3 } else { 5 };
+    let redis = Redis::start(work, Placement::Shared)?;
+    eprintln!("bench: replay of redis-cli");
+    let client = replay::redis_cli(retrace, work, redis.port(), if quick { 500 } else { 5000 }, rounds)?;
+    drop(redis);
+    eprintln!("bench: replay of a server fed 100 connections");
+    let server = replay::server(retrace, work, 100, rounds)?;
+    Ok(vec![client, server])
+}
+
 pub fn run(root: &Path, quick: bool) -> Result<()> {
     // eBPF run-time accounting (what `RETRACE_PROBE_STATS` reads) slows every eBPF program,
     // Retrace's and bpftrace's alike: numbers taken with it on are not comparable.
@@ -58,11 +83,9 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     let secs = if quick { 2 } else { 5 };
 
     let mut samples: Vec<Sample> = Vec::new();
-    let replay_speed;
+    let replay_speeds = replays(&retrace, &work, quick)?;
     {
         let redis = Redis::start(&work, Placement::Shared)?;
-        eprintln!("bench: replay of redis-cli");
-        replay_speed = replay::redis_cli(&retrace, &work, redis.port(), if quick { 500 } else { 5000 }, rounds.max(3))?;
         for size in [512, 16 * 1024] {
             for round in 0..rounds {
                 for tracer in Tracer::ALL {
@@ -198,7 +221,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             });
         }
     }
-    report::write(root, &samples, &split, &throughput, &compression, &untraced, &replay_speed, rounds)?;
+    report::write(root, &samples, &split, &throughput, &compression, &untraced, &replay_speeds, rounds)?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
 }

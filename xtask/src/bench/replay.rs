@@ -1,5 +1,7 @@
 //! Replay speed: a recorded client replayed against its recording, timed against the original
-//! run against the real server (alternating rounds, wall clock, whole commands).
+//! run against the real server; and a recorded server fed its recorded inbound connections,
+//! timed against the same server answering the same requests live (alternating rounds, wall
+//! clock, whole commands).
 
 use std::{
     path::Path,
@@ -7,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -42,6 +44,92 @@ pub fn redis_cli(retrace: &Path, work: &Path, port: u16, commands: usize, rounds
     for _ in 0..rounds {
         speed.original_s.push(run(Command::new("redis-cli").args(["-p", &p]))?);
         speed.replay_s.push(run(Command::new(retrace).arg("replay").arg(&rec).args(["--", "redis-cli", "-p", &p]))?);
+    }
+    Ok(speed)
+}
+
+/// A small HTTP server (one connection at a time, no date in its answers) and a client that
+/// makes `CONNECTIONS` sequential requests, each on a connection of its own.
+const SERVER: &str = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(64)
+while True:
+    c, _ = s.accept()
+    req = b""
+    while b"\r\n\r\n" not in req:
+        d = c.recv(4096)
+        if not d: break
+        req += d
+    if not req:
+        c.close()
+        continue
+    body = b"answer to " + req.split(b" ")[1] + b"\n"
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    while c.recv(4096): pass
+    c.close()
+"#;
+const CLIENT: &str = r#"
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for i in range(n):
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(b"GET /r%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(4096): pass
+    c.close()
+"#;
+
+/// The server's run: started, `connections` requests answered, stopped.
+fn serve(server: &mut Command, client: &Path, port: u16, connections: usize) -> Result<f64> {
+    let start = Instant::now();
+    let mut child = server.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the bench's HTTP server did not listen on port {port}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // That probe was a connection too: the client makes the rest.
+    let status =
+        Command::new("python3").arg(client).arg(port.to_string()).arg((connections - 1).to_string()).status()?;
+    if !status.success() {
+        bail!("the bench's HTTP client failed: {status}");
+    }
+    // SAFETY: SIGINT to our child (the recorder stops its command; the server stops).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// A server recorded answering `connections` connections, replayed (the replayer plays the
+/// clients), timed against the live server answering them.
+pub fn server(retrace: &Path, work: &Path, connections: usize, rounds: usize) -> Result<ReplaySpeed> {
+    let (server, client) = (work.join("replay-server.py"), work.join("replay-client.py"));
+    std::fs::write(&server, SERVER)?;
+    std::fs::write(&client, CLIENT)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let p = port.to_string();
+    let rec = work.join("replay-server");
+    let _ = std::fs::remove_dir_all(&rec);
+    let mut record = Command::new(retrace);
+    record.arg("record").arg("-o").arg(&rec).args(["--", "python3"]).arg(&server).arg(&p);
+    serve(&mut record, &client, port, connections).context("recording the bench's HTTP server")?;
+    let mut speed = ReplaySpeed {
+        client: format!("an HTTP server (python) fed {connections} recorded connections"),
+        original_s: Vec::new(),
+        replay_s: Vec::new(),
+    };
+    for _ in 0..rounds {
+        speed.original_s.push(serve(Command::new("python3").arg(&server).arg(&p), &client, port, connections)?);
+        let start = Instant::now();
+        let out = Command::new(retrace).arg("replay").arg(&rec).args(["--", "python3"]).arg(&server).arg(&p).output()?;
+        speed.replay_s.push(start.elapsed().as_secs_f64());
+        if !out.status.success() {
+            bail!("the server's replay failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
     Ok(speed)
 }

@@ -1,5 +1,6 @@
 //! BENCHMARKS.md (for people) and BENCHMARKS.json (for tools) from one run's samples.
 
+use super::replay::ReplaySpeed;
 use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::Result;
@@ -127,7 +128,7 @@ pub fn write(
     throughput: &[Throughput],
     compression: &[Sample],
     untraced: &[UntracedCost],
-    replay: &super::replay::ReplaySpeed,
+    replays: &[ReplaySpeed],
     rounds: usize,
 ) -> Result<()> {
     let mut md = String::new();
@@ -145,7 +146,6 @@ pub fn write(
 
     // Targets.
     writeln!(md, "\n## Targets\n\n| target | measured | met |\n|---|---|---|")?;
-    let yes = |ok: bool| if ok { "yes" } else { "**no**" };
     for w in &workloads {
         let ratio = median(w, Tracer::Retrace) / median(w, Tracer::None);
         let lat = p99(w, Tracer::Retrace) / p99(w, Tracer::None);
@@ -190,17 +190,7 @@ pub fn write(
         RING_BUFFER_MIB,
         yes(max_rss.saturating_sub(ring_kb) <= 64 * 1024)
     )?;
-    let original = stats(&replay.original_s).0;
-    let replayed = stats(&replay.replay_s).0;
-    writeln!(
-        md,
-        "| replay at least as fast as the original run ({}) | replay {:.3} s vs original {:.3} s: {:.2}x | {} |",
-        replay.client,
-        replayed,
-        original,
-        original / replayed,
-        yes(replayed <= original)
-    )?;
+    md.push_str(&replay_targets(replays));
 
     writeln!(
         md,
@@ -321,13 +311,87 @@ pub fn write(
         )?;
     }
     // Replay.
-    writeln!(md, "\n## Replay speed\n\n{} against redis-server (original), and the same command replayed with\n`retrace replay` against its recording (inside the sandbox it cannot reach redis at all). Wall\nclock of the whole command, medians with [min–max] over {} alternating rounds; the replay includes\nopening and decrypting the recording and setting up the sandbox.\n\n| run | seconds |\n|---|---|", replay.client, replay.original_s.len())?;
-    for (name, runs) in [("original", &replay.original_s), ("replay", &replay.replay_s)] {
-        let (m, lo, hi) = stats(runs);
-        writeln!(md, "| {name} | {m:.3} [{lo:.3}–{hi:.3}] |")?;
-    }
+    md.push_str(&replay_section(replays));
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
-    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "split_samples": split, "throughput": throughput, "compression": compression, "untraced": untraced, "replay": replay });
+    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "split_samples": split, "throughput": throughput, "compression": compression, "untraced": untraced, "replays": replays });
     std::fs::write(root.join("BENCHMARKS.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
+
+/// A target table's verdict.
+fn yes(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+const REPLAY_TARGET: &str = "| replay at least as fast as the original run";
+const REPLAY_SECTION: &str = "\n## Replay speed";
+
+/// One line of the targets table per replay measurement.
+fn replay_targets(replays: &[ReplaySpeed]) -> String {
+    let mut md = String::new();
+    for replay in replays {
+        let original = stats(&replay.original_s).0;
+        let replayed = stats(&replay.replay_s).0;
+        md.push_str(&format!(
+            "{REPLAY_TARGET} ({}) | replay {:.3} s vs original {:.3} s: {:.2}x | {} |\n",
+            replay.client,
+            replayed,
+            original,
+            original / replayed,
+            yes(replayed <= original)
+        ));
+    }
+    md
+}
+
+fn replay_section(replays: &[ReplaySpeed]) -> String {
+    let mut md = format!(
+        "{REPLAY_SECTION}\n\nEach program run against its real peer (original), and the same command replayed with\n`retrace replay` against its recording (inside the sandbox it cannot reach the peer at all). Wall\nclock of the whole command, medians with [min–max] over alternating rounds; the replay includes\nopening and decrypting the recording and setting up the sandbox. A client replays against its\nrecorded server; a server is fed its recorded clients (original: the same server started,\nanswering the same requests from a live client, stopped).\n"
+    );
+    for replay in replays {
+        md.push_str(&format!("\n{} ({} rounds)\n\n| run | seconds |\n|---|---|\n", replay.client, replay.original_s.len()));
+        for (name, runs) in [("original", &replay.original_s), ("replay", &replay.replay_s)] {
+            let (m, lo, hi) = stats(runs);
+            md.push_str(&format!("| {name} | {m:.3} [{lo:.3}–{hi:.3}] |\n"));
+        }
+    }
+    md
+}
+
+/// `cargo xtask bench --replay-only`: the replay measurements of one run put in place of the
+/// previous ones (their target lines, their section, their JSON), the rest left as it was.
+pub fn update_replays(root: &Path, replays: &[ReplaySpeed], commit: &str) -> Result<()> {
+    let path = root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path)?;
+    let mut md = String::new();
+    let mut targets_written = false;
+    for line in old.lines() {
+        if line.starts_with(REPLAY_TARGET) {
+            if !std::mem::replace(&mut targets_written, true) {
+                md.push_str(&replay_targets(replays));
+            }
+            continue;
+        }
+        md.push_str(line);
+        md.push('\n');
+    }
+    if let Some(at) = md.find(REPLAY_SECTION) {
+        md.truncate(at);
+    }
+    md.push_str(&replay_section(replays));
+    md.push_str(&format!("\n(The replay numbers were measured at {commit} by `cargo xtask bench --replay-only`.)\n"));
+    std::fs::write(&path, md)?;
+    let json_path = root.join("BENCHMARKS.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
+    if let Some(object) = json.as_object_mut() {
+        object.remove("replay");
+        object.insert("replays".into(), serde_json::json!(replays));
+        object.insert("replays_commit".into(), serde_json::json!(commit));
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }
