@@ -134,6 +134,10 @@ pub struct FileHistory {
     /// Whether any data call on it had its file offset recorded (recordings made before file
     /// offsets were recorded have none).
     pub placed: bool,
+    /// The modification time the program's first stat saw (ns since the epoch), before it
+    /// wrote to the file.
+    pub mtime_ns: Option<i64>,
+    wrote: bool,
 }
 
 impl FileHistory {
@@ -280,6 +284,12 @@ impl FileHistories {
                         if let (Some(at), 0) = (call.file_offset.or(call.file_size), call.ret) {
                             self.push(call.stream_id, call.ts_ns, order, Event::End(at));
                         }
+                        if let Some(mtime) = call.file_mtime_ns {
+                            let history = self.paths.get(&call.stream_id).and_then(|p| self.by_path.get_mut(p));
+                            if let Some(h) = history.filter(|h| !h.wrote && h.mtime_ns.is_none()) {
+                                h.mtime_ns = Some(mtime);
+                            }
+                        }
                         return;
                     }
                 };
@@ -308,8 +318,10 @@ impl FileHistories {
     fn push(&mut self, stream: u64, ts: u64, order: usize, event: Event) {
         let Some(path) = self.paths.get(&stream) else { return };
         let history = self.by_path.entry(path.clone()).or_default();
-        if let Event::End(_) = event {
-            history.placed = true;
+        match event {
+            Event::End(_) => history.placed = true,
+            Event::Write { .. } => history.wrote = true,
+            _ => {}
         }
         history.events.push((ts, order, event));
     }

@@ -233,3 +233,22 @@ fn bad_replay_input_gets_one_clear_line() {
     assert_ne!(out.status.code(), Some(0));
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[test]
+fn a_served_file_has_the_size_and_modification_time_the_program_saw() {
+    let dir = scratch("sandbox-mtime");
+    std::fs::write(dir.join("page.html"), "<p>recorded</p>\n").unwrap();
+    // What a static file server does: fstat for the length and Last-Modified, then read that much.
+    let script = "import os\nf = open('page.html', 'rb')\nst = os.fstat(f.fileno())\nprint(st.st_size, st.st_mtime_ns)\nprint(f.read(st.st_size).decode(), end='')\n";
+    let recorded = retrace_command()
+        .current_dir(&dir)
+        .args(["record", "-o", "rec", "--", retrace_tests::python(), "-c", script])
+        .output()
+        .unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(dir.join("page.html"), "<p>changed on disk since</p>\n").unwrap();
+    let (out, report) = replay(&dir.join("rec"), &[], &[retrace_tests::python(), "-c", script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout));
+}

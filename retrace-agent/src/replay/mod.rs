@@ -109,8 +109,8 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     paths.sort();
     for path in paths {
         match &script.files[path] {
-            script::FileStart::Content(content) => {
-                if rootfs.layer_file(path, content)? {
+            script::FileStart::Content(content, mtime_ns) => {
+                if rootfs.layer_file(path, content, *mtime_ns)? {
                     files_served.push(path.clone());
                 }
             }

@@ -174,9 +174,11 @@ impl RootFs {
     }
 
     /// Writes a recorded file's content at `path` in the sandbox (its folders as on the host,
-    /// its mode and owner as the host's file has them today, if it exists). False if the path
-    /// cannot be layered (a tree the sandbox makes itself, or a folder that is a file today).
-    pub fn layer_file(&mut self, path: &str, content: &[u8]) -> Result<bool, ReplayError> {
+    /// its mode and owner as the host's file has them today, if it exists), with the
+    /// modification time the program saw (`mtime_ns`), else the host file's: servers put it in
+    /// their answers (Last-Modified, ETag). False if the path cannot be layered (a tree the
+    /// sandbox makes itself, or a folder that is a file today).
+    pub fn layer_file(&mut self, path: &str, content: &[u8], mtime_ns: Option<i64>) -> Result<bool, ReplayError> {
         let path = resolve_folders(path);
         if Path::new(&path).is_dir() {
             return Ok(false);
@@ -184,9 +186,18 @@ impl RootFs {
         let Some(upper) = self.upper_entry(&path)? else { return Ok(false) };
         let fail = |e| sandbox_err("cannot layer a recorded file", e);
         std::fs::write(&upper, content).map_err(fail)?;
-        copy_attrs(&upper, std::fs::symlink_metadata(&path).ok().filter(|m| m.is_file()).as_ref(), 0o644);
+        let host = std::fs::symlink_metadata(&path).ok().filter(|m| m.is_file());
+        copy_attrs(&upper, host.as_ref(), 0o644);
+        let mtime = match mtime_ns {
+            Some(ns) => Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64)),
+            None => host.and_then(|m| m.modified().ok()),
+        };
+        if let Some(mtime) = mtime {
+            let times = std::fs::FileTimes::new().set_modified(mtime).set_accessed(mtime);
+            std::fs::File::options().write(true).open(&upper).and_then(|f| f.set_times(times)).map_err(fail)?;
+        }
         let meta = std::fs::metadata(&upper).map_err(fail)?;
-        self.layered.push((upper, meta.len(), mtime_ns(&meta)));
+        self.layered.push((upper, meta.len(), modified_ns(&meta)));
         Ok(true)
     }
 
@@ -264,7 +275,7 @@ impl RootFs {
                     return;
                 }
                 let ours =
-                    self.layered.iter().any(|(p, len, t)| p == path && *len == meta.len() && *t == mtime_ns(meta));
+                    self.layered.iter().any(|(p, len, t)| p == path && *len == meta.len() && *t == modified_ns(meta));
                 if !ours {
                     changes.written.push(sandbox_path);
                 }
@@ -311,7 +322,7 @@ fn copy_attrs(path: &Path, meta: Option<&std::fs::Metadata>, default_mode: u32) 
     let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+fn modified_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
 }
 

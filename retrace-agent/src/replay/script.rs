@@ -12,7 +12,8 @@ use crate::store::{
 /// A file at the start of the replay.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileStart {
-    Content(Vec<u8>),
+    /// Its content, and its modification time as the program saw it (if it looked).
+    Content(Vec<u8>, Option<i64>),
     /// The recording created it (a file or a folder): it must not exist yet.
     Absent,
 }
@@ -157,7 +158,7 @@ impl Script {
                 {
                     let events = positions.remove(&id).unwrap_or_default();
                     if let Some(content) = file_content(&chunks, events) {
-                        script.files.entry(info.path.clone()).or_insert(FileStart::Content(content));
+                        script.files.entry(info.path.clone()).or_insert(FileStart::Content(content, None));
                     }
                 }
                 _ => {}
@@ -167,13 +168,13 @@ impl Script {
         // the disk), or that the program created: opened new, made by mkdir, or named by a
         // rename or link of something it created (a temporary file renamed into place) that it
         // had not read before.
-        let initial: HashMap<String, (Initial, bool)> = histories
+        let initial: HashMap<String, (Initial, bool, Option<i64>)> = histories
             .into_histories()
             .filter(|(_, h)| h.placed)
-            .map(|(path, h)| (path, (h.initial(), h.redacted)))
+            .map(|(path, h)| (path, (h.initial(), h.redacted, h.mtime_ns)))
             .collect();
         let mut created: std::collections::HashSet<String> =
-            initial.iter().filter(|(_, (i, _))| *i == Initial::Created).map(|(p, _)| p.clone()).collect();
+            initial.iter().filter(|(_, (i, ..))| *i == Initial::Created).map(|(p, _)| p.clone()).collect();
         let mut created_dirs: Vec<String> = Vec::new();
         let under_created = |path: &str, dirs: &[String]| dirs.iter().any(|d| path.starts_with(&format!("{d}/")));
         for (mkdir, paths) in names {
@@ -184,7 +185,7 @@ impl Script {
                 }
                 (false, [old, new])
                     if (created.contains(old) || under_created(old, &created_dirs))
-                        && !initial.get(new).is_some_and(|(i, _)| matches!(i, Initial::Content(_))) =>
+                        && !initial.get(new).is_some_and(|(i, ..)| matches!(i, Initial::Content(_))) =>
                 {
                     created.insert(new.clone());
                 }
@@ -196,7 +197,7 @@ impl Script {
                 script.files.insert(path.clone(), FileStart::Absent);
             }
         }
-        for (path, (start, redacted)) in initial {
+        for (path, (start, redacted, mtime_ns)) in initial {
             if created.contains(&path) || under_created(&path, &created_dirs) {
                 continue;
             }
@@ -204,7 +205,7 @@ impl Script {
                 Initial::Created => {}
                 // Redaction keeps lengths, not binary formats (see `file_content`).
                 Initial::Content(content) if !redacted || std::str::from_utf8(&content).is_ok() => {
-                    script.files.insert(path, FileStart::Content(content));
+                    script.files.insert(path, FileStart::Content(content, mtime_ns));
                 }
                 _ => {}
             }

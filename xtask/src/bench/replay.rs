@@ -125,7 +125,8 @@ pub fn server(retrace: &Path, work: &Path, connections: usize, rounds: usize) ->
     for _ in 0..rounds {
         speed.original_s.push(serve(Command::new("python3").arg(&server).arg(&p), &client, port, connections)?);
         let start = Instant::now();
-        let out = Command::new(retrace).arg("replay").arg(&rec).args(["--", "python3"]).arg(&server).arg(&p).output()?;
+        let out =
+            Command::new(retrace).arg("replay").arg(&rec).args(["--", "python3"]).arg(&server).arg(&p).output()?;
         speed.replay_s.push(start.elapsed().as_secs_f64());
         if !out.status.success() {
             bail!("the server's replay failed: {}", String::from_utf8_lossy(&out.stderr));

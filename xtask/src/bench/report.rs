@@ -353,7 +353,11 @@ fn replay_section(replays: &[ReplaySpeed]) -> String {
         "{REPLAY_SECTION}\n\nEach program run against its real peer (original), and the same command replayed with\n`retrace replay` against its recording (inside the sandbox it cannot reach the peer at all). Wall\nclock of the whole command, medians with [min–max] over alternating rounds; the replay includes\nopening and decrypting the recording and setting up the sandbox. A client replays against its\nrecorded server; a server is fed its recorded clients (original: the same server started,\nanswering the same requests from a live client, stopped).\n"
     );
     for replay in replays {
-        md.push_str(&format!("\n{} ({} rounds)\n\n| run | seconds |\n|---|---|\n", replay.client, replay.original_s.len()));
+        md.push_str(&format!(
+            "\n{} ({} rounds)\n\n| run | seconds |\n|---|---|\n",
+            replay.client,
+            replay.original_s.len()
+        ));
         for (name, runs) in [("original", &replay.original_s), ("replay", &replay.replay_s)] {
             let (m, lo, hi) = stats(runs);
             md.push_str(&format!("| {name} | {m:.3} [{lo:.3}–{hi:.3}] |\n"));

@@ -252,11 +252,11 @@ impl Tracker {
             _ => None,
         };
         let is_file = |s: &Stream| s.info.kind == proto::StreamKind::File as i32;
-        let file_size = match sys {
+        let (file_size, file_mtime_ns) = match sys {
             Sys::Fstat | Sys::Newfstatat | Sys::Statx if self.streams.get(&stream_id).is_some_and(is_file) => {
-                Some(rec.extra[0] as u64)
+                (Some(rec.extra[0] as u64), (rec.extra[1] != i64::MIN).then_some(rec.extra[1]))
             }
-            _ => None,
+            _ => (None, None),
         };
         out.push(record(R::Syscall(proto::Syscall {
             ts_ns: ts,
@@ -270,6 +270,7 @@ impl Tracker {
             detail: if detail.is_empty() && !aux.is_empty() && sys.direction().is_none() { text(aux) } else { detail },
             file_offset,
             file_size,
+            file_mtime_ns,
             paths: named,
         })));
     }
