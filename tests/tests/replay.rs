@@ -333,3 +333,56 @@ fn the_sandbox_hides_host_processes_and_keeps_writes_off_the_host() {
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+#[test]
+fn a_threaded_client_gets_each_connection_by_what_it_asks_and_an_unrecorded_ask_is_reset() {
+    let dir = scratch("replay-threads");
+    for name in ["one", "two", "three", "four"] {
+        std::fs::write(dir.join(name), format!("the body of {name}\n").repeat(50)).unwrap();
+    }
+    let server = HttpServer::start(&dir);
+    let port = server.1;
+    // Four threads, four connections in whatever order the threads get to run.
+    let client = |names: &str| {
+        format!(
+            "import sys, threading, urllib.request\nout = {{}}\ndef get(n):\n    try:\n        out[n] = urllib.request.urlopen('http://127.0.0.1:{}/' + n, timeout=5).read().decode().splitlines()[0]\n    except Exception as e:\n        out[n] = type(e).__name__\nts = [threading.Thread(target=get, args=(n,)) for n in '{names}'.split()]\n[t.start() for t in ts]\n[t.join() for t in ts]\nprint(sorted(out.items()))\nsys.exit(0 if all(v.startswith('the body') for v in out.values()) else 3)\n",
+            port
+        )
+    };
+    let recorded_script = client("one two three four");
+    let (_, recorded) = record(&dir, &[], &[retrace_tests::python(), "-c", &recorded_script]);
+    assert!(recorded.status.success());
+    drop(server);
+    for round in 0..3 {
+        let (out, report) = replay(
+            &dir.join("rec"),
+            &dir.join(format!("report-{round}.json")),
+            &[retrace_tests::python(), "-c", &recorded_script],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}\n{report}", stderr(&out));
+        assert_eq!(out.stdout, recorded.stdout, "round {round}: each thread got its own body");
+        let exchanges = report["exchanges"].as_array().unwrap();
+        assert_eq!(exchanges.len(), 4, "{report}");
+        assert!(exchanges.iter().all(|e| e["status"] == "matched"), "round {round}: {report}");
+    }
+    // A thread asking for what was never recorded gets a reset, not another thread's answer.
+    let changed = client("one two three five");
+    let (out, report) =
+        replay(&dir.join("rec"), &dir.join("report-changed.json"), &[retrace_tests::python(), "-c", &changed], None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("('five', 'ConnectionResetError')") || stdout.contains("('five', 'RemoteDisconnected')"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("('one', 'the body of one')"), "{stdout}");
+    let unmatched = report["unmatched"].as_array().unwrap();
+    assert_eq!(unmatched.len(), 1, "{report}");
+    assert!(unmatched[0]["sent"].as_str().unwrap().starts_with("GET /five"), "{report}");
+    assert_eq!(
+        report["exchanges"].as_array().unwrap().iter().filter(|e| e["status"] == "not_played").count(),
+        1,
+        "{report}"
+    );
+}

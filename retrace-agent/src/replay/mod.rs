@@ -4,6 +4,7 @@
 //! reported. See `sandbox` for what the kernel enforces, `rootfs` for the filesystem and
 //! `notify` for what the replayer answers.
 
+mod matching;
 mod notify;
 mod output;
 mod peer;
@@ -73,6 +74,9 @@ impl Shared {
     fn blocked(&self, blocked: Blocked) {
         self.report.lock().expect("report").blocked.push(blocked);
     }
+    fn unmatched(&self, unmatched: report::Unmatched) {
+        self.report.lock().expect("report").unmatched.push(unmatched);
+    }
     fn absent_socket(&self, path: &str) {
         let mut r = self.report.lock().expect("report");
         if !r.absent_sockets.iter().any(|p| p == path) {
@@ -94,10 +98,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     }
     let live = live.build().map_err(|e| ReplayError::Glob(e.to_string()))?;
 
-    let mut connections: HashMap<std::net::SocketAddr, VecDeque<script::Connection>> = HashMap::new();
-    for c in script.connections {
-        connections.entry(c.peer).or_default().push_back(c);
-    }
+    let connections = Arc::new(matching::Pool::new(script.connections));
     let mut failed_connects: HashMap<String, VecDeque<i32>> = HashMap::new();
     for (address, errno) in script.failed_connects {
         failed_connects.entry(address).or_default().push_back(errno);
@@ -136,7 +137,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     let notifier = notify::Notifier {
         listener: sandboxed.listener,
         child: sandboxed.pid,
-        connections,
+        connections: connections.clone(),
         failed_connects,
         inbound: script.inbound,
         shared: shared.clone(),
@@ -154,11 +155,12 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         std::thread::sleep(Duration::from_millis(1));
     }
     stop.store(true, Ordering::Relaxed);
-    let unplayed = notifier.join().unwrap_or_default();
+    let _ = notifier.join();
     let peers = std::mem::take(&mut *shared.peers.lock().expect("peers"));
     for p in peers {
         let _ = p.join();
     }
+    let unplayed = connections.left();
     let changes = rootfs.changes();
     if let Some(dir) = &config.keep_scratch {
         rootfs.keep(dir, &changes).map_err(|source| ReplayError::KeepScratch { path: dir.clone(), source })?;

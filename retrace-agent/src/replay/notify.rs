@@ -18,7 +18,7 @@ use std::{
     },
 };
 
-use super::{peer, report::Blocked, script::Connection, Shared};
+use super::{matching::Pool, peer, report::Blocked, script::Connection, Shared};
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -68,8 +68,8 @@ const FLAG_CONTINUE: u32 = 1;
 pub struct Notifier {
     pub listener: OwnedFd,
     pub child: libc::pid_t,
-    /// Recorded outbound connections by peer, in the order they were made.
-    pub connections: HashMap<SocketAddr, VecDeque<Connection>>,
+    /// Recorded outbound connections not yet claimed, by peer.
+    pub connections: Arc<Pool>,
     /// Recorded connect attempts that failed, by address: replayed with the same error.
     pub failed_connects: HashMap<String, VecDeque<i32>>,
     /// Recorded inbound connections, opened again once the program listens.
@@ -89,19 +89,18 @@ enum Answer {
 }
 
 impl Notifier {
-    /// Answers until every sandboxed process is gone (or `stop`); returns the recorded
-    /// connections the program never made.
-    pub fn run(mut self) -> Vec<Connection> {
+    /// Answers until every sandboxed process is gone (or `stop`).
+    pub fn run(mut self) {
         // Sockets handed to the program must live in its network namespace.
         if let Err(e) = enter_netns(self.child) {
             self.shared.fail(format!("cannot enter the sandbox's network namespace: {e}"));
-            return Vec::new();
+            return;
         }
         let listener = match TcpListener::bind("127.0.0.1:0") {
             Ok(l) => l,
             Err(e) => {
                 self.shared.fail(format!("cannot listen inside the sandbox: {e}"));
-                return Vec::new();
+                return;
             }
         };
         while !self.stop.load(Ordering::Relaxed) {
@@ -138,9 +137,6 @@ impl Notifier {
             };
             self.respond(req.id, answer);
         }
-        let mut left: Vec<Connection> = self.connections.into_values().flatten().collect();
-        left.sort_by_key(|c| c.stream_id);
-        left
     }
 
     fn respond(&self, id: u64, answer: Answer) {
@@ -186,16 +182,15 @@ impl Notifier {
                 return Answer::Error(libc::ENOENT);
             }
         }
-        let parsed = address.parse::<SocketAddr>().ok();
-        let Some(connection) = parsed.and_then(|a| self.connections.get_mut(&a)).and_then(VecDeque::pop_front) else {
+        let Some(peer) = address.parse::<SocketAddr>().ok().filter(|a| self.connections.has(a)) else {
             self.shared.blocked(Blocked { syscall: "connect".into(), address, pid: req.pid });
             return Answer::Error(libc::ECONNREFUSED);
         };
         match self.hand_socket(req, listener) {
             Ok(server_side) => {
-                let shared = self.shared.clone();
-                let handle =
-                    std::thread::spawn(move || peer::play(connection, server_side, peer::Role::Server, shared));
+                // Which recorded connection this is, the program's first bytes say.
+                let (pool, shared) = (self.connections.clone(), self.shared.clone());
+                let handle = std::thread::spawn(move || peer::play_matched(pool, peer, server_side, shared));
                 self.shared.peers.lock().expect("peers").push(handle);
                 Answer::Done
             }

@@ -11,7 +11,8 @@ use std::{
 };
 
 use super::{
-    report::{Difference, Exchange},
+    matching::{Choice, Pool},
+    report::{Difference, Exchange, Unmatched},
     script::{Connection, Step},
     Shared,
 };
@@ -36,20 +37,68 @@ pub enum Role {
     Client,
 }
 
-pub fn play(connection: Connection, mut sock: TcpStream, role: Role, shared: Arc<Shared>) {
+/// How long the program may pause between its first bytes before the replayer chooses the
+/// recorded connection with what it has.
+const CHOOSE_PAUSE: Duration = Duration::from_millis(50);
+
+/// A connection the program made to `peer`: the recorded one it is (by what the program sends
+/// first) is played; if none fits, the program gets a reset and the report an `unmatched`
+/// entry, never another connection's bytes.
+pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpStream, shared: Arc<Shared>) {
+    let mut got = Vec::new();
+    let mut done = false;
+    let chosen = loop {
+        match pool.choose(&peer, &got, done) {
+            Choice::Take(c) => break Some(c),
+            Choice::None => break None,
+            Choice::NeedMore => {}
+        }
+        // The first bytes may take the program a while; the rest of a request follows at once.
+        let wait = if got.is_empty() { STEP_TIMEOUT } else { CHOOSE_PAUSE };
+        let _ = sock.set_read_timeout(Some(wait));
+        let mut buf = [0u8; 4096];
+        match sock.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ if done => break None,
+            _ => done = true,
+        }
+    };
+    match chosen {
+        Some(connection) => play(connection, sock, Role::Server, got, shared),
+        None => {
+            // SO_LINGER 0: the close is a reset, as a refused request would be.
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: setsockopt with a linger struct of its size on our socket.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            shared.unmatched(Unmatched { address: peer.to_string(), sent: context(&got) });
+        }
+    }
+}
+
+/// Plays `connection` on `sock`; `prefetched` is what the program already sent on it.
+pub fn play(connection: Connection, sock: TcpStream, role: Role, prefetched: Vec<u8>, shared: Arc<Shared>) {
+    let mut sock = Program { sock, pending: prefetched, at: 0 };
     let mut exchange = Exchange {
         stream_id: connection.stream_id,
         peer: connection.peer.to_string(),
         status: "matched".into(),
         ..Default::default()
     };
-    let _ = sock.set_nodelay(true);
-    let _ = sock.set_read_timeout(Some(STEP_TIMEOUT));
+    let _ = sock.sock.set_nodelay(true);
+    let _ = sock.sock.set_read_timeout(Some(STEP_TIMEOUT));
     let mut sent_offset = 0usize; // position in what the program sent
     for step in &connection.steps {
         match step {
             Step::Receive(bytes) => {
-                if sock.write_all(bytes).is_err() {
+                if sock.sock.write_all(bytes).is_err() {
                     diverge(&mut exchange, sent_offset, b"", b"", "the program closed the connection early");
                     break;
                 }
@@ -59,7 +108,7 @@ pub fn play(connection: Connection, mut sock: TcpStream, role: Role, shared: Arc
                 let mut got = vec![0u8; bytes.len()];
                 let mut filled = 0;
                 while filled < got.len() {
-                    match read_soon(&mut sock, &mut got[filled..]) {
+                    match sock.read(&mut got[filled..]) {
                         Ok(0) => break,
                         Ok(n) => filled += n,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -83,10 +132,10 @@ pub fn play(connection: Connection, mut sock: TcpStream, role: Role, shared: Arc
     // A client whose exchange is over says so, as clients do: the program then closes at once
     // (a keep-alive server would otherwise wait for another request until CLOSE_TIMEOUT).
     if role == Role::Client {
-        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let _ = sock.sock.shutdown(std::net::Shutdown::Write);
     }
     // Anything more than the recording holds is a divergence too.
-    let _ = sock.set_read_timeout(Some(CLOSE_TIMEOUT));
+    let _ = sock.sock.set_read_timeout(Some(CLOSE_TIMEOUT));
     let mut extra = [0u8; 4096];
     if let Ok(n) = sock.read(&mut extra) {
         if n > 0 && exchange.difference.is_none() {
@@ -94,8 +143,27 @@ pub fn play(connection: Connection, mut sock: TcpStream, role: Role, shared: Arc
         }
         exchange.bytes_from_program += n as u64;
     }
-    let _ = sock.shutdown(std::net::Shutdown::Both);
+    let _ = sock.sock.shutdown(std::net::Shutdown::Both);
     shared.exchange(exchange);
+}
+
+/// The program's end of a connection, with the bytes it sent that were read already.
+struct Program {
+    sock: TcpStream,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl Program {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at < self.pending.len() {
+            let n = buf.len().min(self.pending.len() - self.at);
+            buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+            self.at += n;
+            return Ok(n);
+        }
+        read_soon(&mut self.sock, buf)
+    }
 }
 
 /// `read`, polling without sleeping for up to `SPIN` first.
@@ -148,7 +216,7 @@ pub fn play_clients(inbound: Vec<Connection>, child: libc::pid_t, shared: Arc<Sh
             }
         };
         match sock {
-            Some(sock) => play(connection, sock, Role::Client, shared.clone()),
+            Some(sock) => play(connection, sock, Role::Client, Vec::new(), shared.clone()),
             None => shared.exchange(Exchange {
                 stream_id: connection.stream_id,
                 peer: connection.peer.to_string(),

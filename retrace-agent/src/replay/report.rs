@@ -37,6 +37,14 @@ pub struct OutputCheck {
     pub difference: Option<Difference>,
 }
 
+/// A connection of the program that matched no recorded one (by what it sent first): reset.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Unmatched {
+    pub address: String,
+    /// The start of what the program sent.
+    pub sent: String,
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Blocked {
     pub syscall: String,
@@ -54,6 +62,8 @@ pub struct ReplayReport {
     /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
     pub outputs: Vec<OutputCheck>,
     pub blocked: Vec<Blocked>,
+    /// Connections to a recorded address that matched none of its recorded connections.
+    pub unmatched: Vec<Unmatched>,
     /// Unix socket paths the program tried that do not exist on the host: refused with ENOENT,
     /// as the host would, and not a failure (nothing could be reached there).
     pub absent_sockets: Vec<String>,
@@ -74,6 +84,7 @@ impl ReplayReport {
     pub fn passed(&self) -> bool {
         self.errors.is_empty()
             && self.blocked.is_empty()
+            && self.unmatched.is_empty()
             && self.exchanges.iter().all(|e| e.status == "matched")
             && self.outputs.iter().all(|o| o.status == "matched")
             && !self.exit_differs()
@@ -121,6 +132,12 @@ impl ReplayReport {
                     d.what, d.offset, d.expected, d.actual
                 ));
             }
+        }
+        for u in &self.unmatched {
+            s.push_str(&format!(
+                "retrace:   a connection to {} matched no recorded one (reset): it sent \"{}\"\n",
+                u.address, u.sent
+            ));
         }
         for b in &self.blocked {
             s.push_str(&format!("retrace:   blocked {} to {} (pid {})\n", b.syscall, b.address, b.pid));

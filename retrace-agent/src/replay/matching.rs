@@ -1,0 +1,139 @@
+//! Which recorded connection a new connection of the program is: the one whose first request
+//! matches what the program sends first, not the next in connect order (threads connect in
+//! any order). A connection that matches none is never fed another's bytes.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+
+use super::script::{Connection, Step};
+
+/// The recorded outbound connections not yet claimed, by peer, in the order they were made.
+#[derive(Default)]
+pub struct Pool {
+    by_peer: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
+}
+
+/// What is known once some of the program's first bytes are in.
+pub enum Choice {
+    Take(Connection),
+    /// Several recorded connections still fit: more bytes tell them apart.
+    NeedMore,
+    /// None fits.
+    None,
+}
+
+impl Pool {
+    pub fn new(connections: Vec<Connection>) -> Pool {
+        let mut by_peer: HashMap<SocketAddr, Vec<Connection>> = HashMap::new();
+        for c in connections {
+            by_peer.entry(c.peer).or_default().push(c);
+        }
+        Pool { by_peer: Mutex::new(by_peer) }
+    }
+
+    /// Whether a recorded connection to `peer` is still unclaimed.
+    pub fn has(&self, peer: &SocketAddr) -> bool {
+        self.by_peer.lock().expect("pool").get(peer).is_some_and(|c| !c.is_empty())
+    }
+
+    /// Chooses among the unclaimed connections to `peer` by the program's first bytes `got`.
+    /// `done`: the program sends nothing more for now, so choose with what is there (a
+    /// connection whose whole first request was seen first, else the earliest that fits).
+    pub fn choose(&self, peer: &SocketAddr, got: &[u8], done: bool) -> Choice {
+        let mut pool = self.by_peer.lock().expect("pool");
+        let Some(candidates) = pool.get_mut(peer) else { return Choice::None };
+        if candidates.first().is_some_and(|c| first_send(c).is_none()) {
+            return Choice::Take(candidates.remove(0));
+        }
+        // Even one candidate left must be asked for: the program may want something else.
+        if got.is_empty() {
+            return if done && !candidates.is_empty() { Choice::Take(candidates.remove(0)) } else { Choice::NeedMore };
+        }
+        let fitting: Vec<usize> = (0..candidates.len())
+            .filter(|&i| first_send(&candidates[i]).is_some_and(|(bytes, wild)| fits(got, bytes, wild)))
+            .collect();
+        let Some(&earliest) = fitting.first() else { return Choice::None };
+        let complete = |i: &usize| first_send(&candidates[*i]).is_some_and(|(bytes, _)| bytes.len() <= got.len());
+        let same_request = fitting
+            .iter()
+            .all(|&i| first_send(&candidates[i]).map(|s| s.0) == first_send(&candidates[earliest]).map(|s| s.0));
+        let chosen = if fitting.len() == 1 || same_request || fitting.iter().all(complete) {
+            Some(earliest)
+        } else if done {
+            Some(fitting.iter().copied().find(complete).unwrap_or(earliest))
+        } else {
+            None
+        };
+        match chosen {
+            Some(i) => Choice::Take(candidates.remove(i)),
+            None => Choice::NeedMore,
+        }
+    }
+
+    /// The connections never claimed.
+    pub fn left(&self) -> Vec<Connection> {
+        let mut left: Vec<Connection> = self.by_peer.lock().expect("pool").drain().flat_map(|(_, c)| c).collect();
+        left.sort_by_key(|c| c.stream_id);
+        left
+    }
+}
+
+/// The first bytes the program sent on a recorded connection, with their redacted spans.
+fn first_send(c: &Connection) -> Option<(&[u8], &[(usize, usize)])> {
+    match c.steps.first() {
+        Some(Step::Send { bytes, wildcards }) => Some((bytes, wildcards)),
+        _ => None,
+    }
+}
+
+/// Whether `got` and `recorded` agree as far as both go (redacted spans match anything).
+fn fits(got: &[u8], recorded: &[u8], wildcards: &[(usize, usize)]) -> bool {
+    let wild = |i: usize| wildcards.iter().any(|&(o, l)| i >= o && i < o + l);
+    got.iter().zip(recorded).enumerate().all(|(i, (g, r))| g == r || wild(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: u64, first: &str) -> Connection {
+        Connection {
+            stream_id: id,
+            peer: "127.0.0.1:80".parse().unwrap(),
+            steps: vec![
+                Step::Send { bytes: first.as_bytes().to_vec(), wildcards: vec![] },
+                Step::Receive(b"ok".to_vec()),
+            ],
+        }
+    }
+
+    fn taken(choice: Choice) -> Option<u64> {
+        match choice {
+            Choice::Take(c) => Some(c.stream_id),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn connections_are_chosen_by_what_the_program_sends_first() {
+        let peer: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let pool = Pool::new(vec![
+            conn(1, "GET /a HTTP/1.1\r\n"),
+            conn(2, "GET /b HTTP/1.1\r\n"),
+            conn(3, "GET /ab HTTP/1.1\r\n"),
+        ]);
+        // Not enough to tell /a, /b and /ab apart yet.
+        assert!(matches!(pool.choose(&peer, b"GET /", false), Choice::NeedMore));
+        assert_eq!(taken(pool.choose(&peer, b"GET /b HTTP", false)), Some(2));
+        assert_eq!(taken(pool.choose(&peer, b"GET /ab", false)), Some(3));
+        assert!(matches!(pool.choose(&peer, b"GET /c", false), Choice::None), "no recorded /c");
+        // The last one left is still only taken for what it was.
+        assert!(matches!(pool.choose(&peer, b"", false), Choice::NeedMore));
+        assert!(matches!(pool.choose(&peer, b"GET /z", false), Choice::None));
+        assert_eq!(taken(pool.choose(&peer, b"GET /a", false)), Some(1));
+        assert!(!pool.has(&peer));
+        // Identical requests go in connect order.
+        let pool = Pool::new(vec![conn(4, "PING\r\n"), conn(5, "PING\r\n")]);
+        assert_eq!(taken(pool.choose(&peer, b"PI", false)), Some(4));
+        assert_eq!(pool.left().iter().map(|c| c.stream_id).collect::<Vec<_>>(), vec![5]);
+    }
+}
