@@ -77,8 +77,11 @@ impl Pool {
     }
 }
 
+/// A redacted span: offset and length.
+type Span = (usize, usize);
+
 /// The first bytes the program sent on a recorded connection, with their redacted spans.
-fn first_send(c: &Connection) -> Option<(&[u8], &[(usize, usize)])> {
+fn first_send(c: &Connection) -> Option<(&[u8], &[Span])> {
     match c.steps.first() {
         Some(Step::Send { bytes, wildcards }) => Some((bytes, wildcards)),
         _ => None,
@@ -86,7 +89,7 @@ fn first_send(c: &Connection) -> Option<(&[u8], &[(usize, usize)])> {
 }
 
 /// Whether `got` and `recorded` agree as far as both go (redacted spans match anything).
-fn fits(got: &[u8], recorded: &[u8], wildcards: &[(usize, usize)]) -> bool {
+fn fits(got: &[u8], recorded: &[u8], wildcards: &[Span]) -> bool {
     let wild = |i: usize| wildcards.iter().any(|&(o, l)| i >= o && i < o + l);
     got.iter().zip(recorded).enumerate().all(|(i, (g, r))| g == r || wild(i))
 }
