@@ -79,19 +79,23 @@ fn a_divergent_client_fails_and_names_the_first_differing_offset() {
     let other = format!("http://127.0.0.1:{}/b.txt", server_port_of(&dir));
     let (out, report) = replay(&dir.join("rec"), &dir.join("report.json"), &["curl", "-sS", &other], None);
     assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
-    let difference = &report["exchanges"][0]["difference"];
+    // Another request than the recorded one is no recorded connection: reset, never fed the
+    // recorded answer, and reported with the closest recorded request.
+    assert!(out.stdout.is_empty(), "curl got no answer: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(report["exchanges"][0]["status"], "not_played", "{report}");
+    let difference = &report["unmatched"][0]["difference"];
     assert_eq!(difference["offset"], 5, "`GET /` is 5 bytes: {report}");
     assert!(difference["expected"].as_str().unwrap().starts_with("a.txt"));
     assert!(difference["actual"].as_str().unwrap().starts_with("b.txt"));
     assert!(stderr(&out).contains("at byte 5"), "{}", stderr(&out));
-    // --lenient: the same report, the program's own status.
+    // --lenient: the same report, the program's own status (curl's for a reset).
     let out = retrace_command()
         .arg("replay")
         .arg(dir.join("rec"))
         .args(["--lenient", "--", "curl", "-sS", &other])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(56), "{}", stderr(&out));
     assert!(stderr(&out).contains("at byte 5"));
 }
 
@@ -385,4 +389,120 @@ fn a_threaded_client_gets_each_connection_by_what_it_asks_and_an_unrecorded_ask_
         1,
         "{report}"
     );
+}
+
+/// Records `server` (launched) answering `requests` curl requests on `port`, then stops it.
+fn record_server(dir: &Path, server: &[&str], port: u16, requests: &[&str]) {
+    let rec = dir.join("rec");
+    let mut recorder = retrace_command()
+        .arg("record")
+        .arg("-o")
+        .arg(&rec)
+        .arg("--")
+        .args(server)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for path in requests {
+        let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // SAFETY: SIGINT to the recorder we started.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    let mut err = String::new();
+    recorder.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    // `record` exits with the server's own status once stopped (143 for python, 0 for nginx).
+    recorder.wait().unwrap();
+    assert!(err.contains("0 bytes lost"), "{err}");
+}
+
+#[test]
+fn http_servers_replay_against_their_clients_with_dates_as_noise() {
+    let dir = scratch("replay-http-servers");
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>recorded site</h1>\n").unwrap();
+    std::fs::write(site.join("data.json"), "{\"n\": 1}\n").unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let python = retrace_tests::python();
+    let site_s = site.to_str().unwrap();
+    let server = [python, "-m", "http.server", &p, "--bind", "127.0.0.1", "--directory", site_s];
+    let python_dir = dir.join("python");
+    std::fs::create_dir_all(&python_dir).unwrap();
+    record_server(&python_dir, &server, port, &["/index.html", "/data.json", "/missing"]);
+    // The site changed on disk since: the server still finds the recorded files.
+    std::fs::write(site.join("index.html"), "<h1>today's site</h1>\n").unwrap();
+    let (out, report) = replay(&python_dir.join("rec"), &dir.join("python.json"), &server, None);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    // The readiness probe's connection (no bytes) is one of them: the server counted it.
+    let exchanges = report["exchanges"].as_array().unwrap();
+    assert_eq!(exchanges.len(), 4, "{report}");
+    assert!(exchanges.iter().all(|e| e["status"] == "matched"), "{report}");
+    // Its Date (and the times in its log lines) may differ: noise, in the report when they do.
+    let ignored: Vec<&serde_json::Value> =
+        exchanges.iter().flat_map(|e| e["ignored"].as_array().into_iter().flatten()).collect();
+    assert!(ignored.iter().all(|i| i["field"] == "date" && i["why"] == "built-in noisy header"), "{report}");
+
+    // nginx, with its own keep-alive connections.
+    let nginx_dir = dir.join("nginx");
+    std::fs::create_dir_all(nginx_dir.join("logs")).unwrap();
+    let conf = nginx_dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; worker_processes 1; error_log stderr; pid {}/nginx.pid;\nevents {{}}\nhttp {{ access_log off; server {{ listen 127.0.0.1:{port}; root {site_s}; }} }}\n",
+            nginx_dir.display()
+        ),
+    )
+    .unwrap();
+    let nginx = ["nginx", "-c", conf.to_str().unwrap(), "-p", nginx_dir.to_str().unwrap()];
+    record_server(&nginx_dir, &nginx, port, &["/index.html", "/data.json", "/missing", "/index.html"]);
+    let (out, report) = replay(&nginx_dir.join("rec"), &dir.join("nginx.json"), &nginx, None);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(report["exchanges"].as_array().unwrap().len(), 5, "{report}");
+    // Served from another folder (a changed server): its answers differ in their bodies.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("index.html"), "<h1>another site</h1>\n").unwrap();
+    std::fs::write(other.join("data.json"), "{\"n\": 2}\n").unwrap();
+    let changed = [python, "-m", "http.server", &p, "--bind", "127.0.0.1", "--directory", other.to_str().unwrap()];
+    let (out, report) = replay(&python_dir.join("rec"), &dir.join("changed.json"), &changed, None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert!(report["exchanges"].as_array().unwrap().iter().any(|e| e["status"] == "diverged"), "{report}");
+}
+
+#[test]
+fn noise_rules_name_more_headers_and_patterns() {
+    let dir = scratch("replay-noise-rules");
+    let port = free_port();
+    // A server whose answers carry a build id and a request counter that change every run.
+    let script = dir.join("server.py");
+    std::fs::write(
+        &script,
+        "import http.server, sys, uuid\nclass H(http.server.BaseHTTPRequestHandler):\n    def log_message(self, *a): pass\n    def do_GET(self):\n        body = ('token=%s done\\n' % uuid.uuid4().hex).encode()\n        self.send_response(200)\n        self.send_header('X-Build', uuid.uuid4().hex[:8])\n        self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\nhttp.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n",
+    )
+    .unwrap();
+    let p = port.to_string();
+    let server = [retrace_tests::python(), script.to_str().unwrap(), &p];
+    record_server(&dir, &server, port, &["/a"]);
+    let (out, _) = replay(&dir.join("rec"), &dir.join("plain.json"), &server, None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "X-Build differs: {}", stderr(&out));
+    let rules = dir.join("noise.toml");
+    std::fs::write(&rules, "[noise]\nheaders = [\"X-Build\"]\npatterns = [\"token=[0-9a-f]+\"]\n").unwrap();
+    let mut cmd = retrace_command();
+    cmd.arg("replay").arg(dir.join("rec")).arg("--rules").arg(&rules).arg("--report").arg(dir.join("rules.json"));
+    let out = cmd.arg("--").args(server).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("rules.json")).unwrap()).unwrap();
+    let exchanges = report["exchanges"].as_array().unwrap();
+    let ignored = exchanges.iter().flat_map(|e| e["ignored"].as_array().into_iter().flatten());
+    let whys: Vec<&str> = ignored.map(|i| i["why"].as_str().unwrap()).collect();
+    assert!(whys.contains(&"noise rule (header)") && whys.contains(&"noise rule (pattern)"), "{report}");
 }

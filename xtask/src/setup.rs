@@ -132,6 +132,7 @@ fn test_peers() -> Result<()> {
         ("git", "git"),
         ("sqlite3", "sqlite3"),
         ("pg_ctlcluster", "postgresql"),
+        ("nginx", "nginx"),
     ];
     install_missing(&wanted)?;
     // pip, for the replay of `pip install` from a local index.

@@ -25,6 +25,10 @@ pub struct Args {
     /// for /etc/x; removed paths listed in DIR/.removed), for a look.
     #[arg(long, value_name = "DIR")]
     keep_scratch: Option<PathBuf>,
+    /// A rules file whose `[noise]` names HTTP headers and regexes that may differ
+    /// (besides the built-in noisy headers: Date, ETag, Last-Modified, request ids...).
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
     /// The program to replay, and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -32,7 +36,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let recording = args.source.open("replay")?;
-    let config = ReplayConfig { argv: args.command, live: args.live, keep_scratch: args.keep_scratch };
+    let noise = match &args.rules {
+        Some(path) => retrace_agent::redact::RulesFile::read(path)?.noise()?,
+        None => Default::default(),
+    };
+    let config = ReplayConfig { argv: args.command, live: args.live, keep_scratch: args.keep_scratch, noise };
     let report = replay::replay(&recording, &config)?;
     eprint!("{}", report.summary());
     if let Some(path) = &args.report {

@@ -46,6 +46,29 @@ pub struct RulesFile {
     pub rules: Vec<CustomRule>,
     #[serde(default)]
     pub capture: Option<CaptureSection>,
+    /// What replay may find different in HTTP messages (read by `retrace replay --rules`).
+    #[serde(default)]
+    pub noise: Option<NoiseSection>,
+}
+
+/// Replay's noise rules, compiled: what may differ besides the built-in noisy headers.
+#[derive(Debug, Default, Clone)]
+pub struct Noise {
+    /// Header names (any case).
+    pub headers: Vec<String>,
+    /// Spans of header values and bodies matching these may differ.
+    pub patterns: Vec<Regex>,
+}
+
+/// Replay's noise rules as written: HTTP header names whose values may differ, and regexes whose matches
+/// in header values and bodies may differ.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NoiseSection {
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub patterns: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -203,6 +226,17 @@ impl RulesFile {
             path: p,
             message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
         })
+    }
+
+    /// The noise rules, compiled.
+    pub fn noise(&self) -> Result<Noise, RulesError> {
+        let section = self.noise.clone().unwrap_or_default();
+        let patterns = section
+            .patterns
+            .iter()
+            .map(|p| Regex::new(&format!("(?-u:{p})")).map_err(|e| regex_error("noise", e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Noise { headers: section.headers, patterns })
     }
 
     /// The names of the rules this file turns on (for the manifest).

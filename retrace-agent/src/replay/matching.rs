@@ -17,8 +17,18 @@ pub enum Choice {
     Take(Connection),
     /// Several recorded connections still fit: more bytes tell them apart.
     NeedMore,
-    /// None fits.
-    None,
+    /// None fits; the closest (the longest first request in common): its stream id, and
+    /// where and how it differs.
+    None(Option<Closest>),
+}
+
+/// The recorded connection closest to what an unmatched connection sent.
+pub struct Closest {
+    pub stream_id: u64,
+    /// First differing byte.
+    pub offset: usize,
+    /// The recorded request from there.
+    pub expected: Vec<u8>,
 }
 
 impl Pool {
@@ -40,7 +50,7 @@ impl Pool {
     /// connection whose whole first request was seen first, else the earliest that fits).
     pub fn choose(&self, peer: &SocketAddr, got: &[u8], done: bool) -> Choice {
         let mut pool = self.by_peer.lock().expect("pool");
-        let Some(candidates) = pool.get_mut(peer) else { return Choice::None };
+        let Some(candidates) = pool.get_mut(peer) else { return Choice::None(None) };
         if candidates.first().is_some_and(|c| first_send(c).is_none()) {
             return Choice::Take(candidates.remove(0));
         }
@@ -51,7 +61,7 @@ impl Pool {
         let fitting: Vec<usize> = (0..candidates.len())
             .filter(|&i| first_send(&candidates[i]).is_some_and(|(bytes, wild)| fits(got, bytes, wild)))
             .collect();
-        let Some(&earliest) = fitting.first() else { return Choice::None };
+        let Some(&earliest) = fitting.first() else { return Choice::None(closest(candidates, got)) };
         let complete = |i: &usize| first_send(&candidates[*i]).is_some_and(|(bytes, _)| bytes.len() <= got.len());
         let same_request = fitting
             .iter()
@@ -86,6 +96,19 @@ fn first_send(c: &Connection) -> Option<(&[u8], &[Span])> {
         Some(Step::Send { bytes, wildcards }) => Some((bytes, wildcards)),
         _ => None,
     }
+}
+
+fn closest(candidates: &[Connection], got: &[u8]) -> Option<Closest> {
+    candidates
+        .iter()
+        .filter_map(|c| {
+            let (bytes, wild) = first_send(c)?;
+            let wildcard = |i: usize| wild.iter().any(|&(o, l)| i >= o && i < o + l);
+            let offset = got.iter().zip(bytes).enumerate().find(|&(i, (g, r))| g != r && !wildcard(i)).map(|(i, _)| i);
+            let offset = offset.unwrap_or(got.len().min(bytes.len()));
+            Some(Closest { stream_id: c.stream_id, offset, expected: bytes[offset..].to_vec() })
+        })
+        .max_by_key(|c| (c.offset, std::cmp::Reverse(c.stream_id)))
 }
 
 /// Whether `got` and `recorded` agree as far as both go (redacted spans match anything).
@@ -128,10 +151,13 @@ mod tests {
         assert!(matches!(pool.choose(&peer, b"GET /", false), Choice::NeedMore));
         assert_eq!(taken(pool.choose(&peer, b"GET /b HTTP", false)), Some(2));
         assert_eq!(taken(pool.choose(&peer, b"GET /ab", false)), Some(3));
-        assert!(matches!(pool.choose(&peer, b"GET /c", false), Choice::None), "no recorded /c");
+        assert!(
+            matches!(pool.choose(&peer, b"GET /c", false), Choice::None(Some(Closest { offset: 5, .. }))),
+            "no recorded /c"
+        );
         // The last one left is still only taken for what it was.
         assert!(matches!(pool.choose(&peer, b"", false), Choice::NeedMore));
-        assert!(matches!(pool.choose(&peer, b"GET /z", false), Choice::None));
+        assert!(matches!(pool.choose(&peer, b"GET /z", false), Choice::None(_)));
         assert_eq!(taken(pool.choose(&peer, b"GET /a", false)), Some(1));
         assert!(!pool.has(&peer));
         // Identical requests go in connect order.

@@ -4,6 +4,7 @@
 //! reported. See `sandbox` for what the kernel enforces, `rootfs` for the filesystem and
 //! `notify` for what the replayer answers.
 
+pub mod http;
 mod matching;
 mod notify;
 mod output;
@@ -56,6 +57,8 @@ pub struct ReplayConfig {
     pub live: Vec<String>,
     /// Copy what the program wrote here after the run.
     pub keep_scratch: Option<std::path::PathBuf>,
+    /// Noise rules (the rules file's `[noise]`).
+    pub noise: http::Noise,
 }
 
 /// State shared by the notifier and the peer threads.
@@ -65,6 +68,8 @@ pub struct Shared {
     peers: Mutex<Vec<JoinHandle<()>>>,
     /// A server, stopped by the replayer after its recorded clients were played.
     stopped_by_replayer: AtomicBool,
+    /// What may differ in HTTP messages besides the built-in noisy headers.
+    noise: http::Noise,
 }
 
 impl Shared {
@@ -122,12 +127,13 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
             }
         }
     }
-    let tees: Vec<output::Tee> = script.outputs.into_iter().filter_map(output::Tee::start).collect();
+    let tees: Vec<output::Tee> =
+        script.outputs.into_iter().filter_map(|o| output::Tee::start(o, &config.noise)).collect();
     let stdio: Vec<(i32, std::os::fd::RawFd)> =
         tees.iter().map(|t| (t.fd, std::os::fd::AsRawFd::as_raw_fd(&t.write_end))).collect();
-    let sandboxed = sandbox::spawn(&config.argv, &rootfs, &stdio)?;
+    let sandboxed = sandbox::spawn(&config.argv, &rootfs, &stdio, recording.manifest.root_pid)?;
 
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared { noise: config.noise.clone(), ..Default::default() });
     {
         let mut report = shared.report.lock().expect("report");
         report.files_served = files_served;

@@ -1,6 +1,7 @@
 //! The replayed program's stdout and stderr, compared with the recorded command's: each goes
 //! through a pipe to a thread that passes it on to the replayer's own fd unchanged and compares
-//! it, byte for byte (redacted spans match anything), with what was recorded. A program whose
+//! it, line by line, with what was recorded: redacted spans match anything, and a line may
+//! differ in its times (the clock is not replayed) and where the noise rules say. A program whose
 //! only effects are its output and its files (sqlite3, a compiler) diverges here.
 
 use std::{
@@ -9,7 +10,10 @@ use std::{
     thread::JoinHandle,
 };
 
+use regex::bytes::Regex;
+
 use super::{
+    http::{Ignored, Noise},
     report::{Difference, OutputCheck},
     script::RecordedOutput,
 };
@@ -25,7 +29,7 @@ impl Tee {
     /// Starts comparing `recorded` if the replayer's own `fd` is no terminal (a program that
     /// sees a terminal behaves otherwise: line buffering, colours, columns). None when it is,
     /// or when the pipe cannot be made.
-    pub fn start(recorded: RecordedOutput) -> Option<Tee> {
+    pub fn start(recorded: RecordedOutput, noise: &Noise) -> Option<Tee> {
         let fd = recorded.fd;
         // SAFETY: isatty and pipe2 on fds we own.
         if unsafe { libc::isatty(fd) } == 1 {
@@ -37,7 +41,8 @@ impl Tee {
         }
         // SAFETY: the pipe's two new fds, owned from here.
         let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
-        let handle = std::thread::spawn(move || compare(read_end, recorded));
+        let noise = noise.clone();
+        let handle = std::thread::spawn(move || compare(read_end, recorded, noise));
         Some(Tee { fd, write_end, handle })
     }
 
@@ -48,13 +53,15 @@ impl Tee {
     }
 }
 
-fn compare(read_end: OwnedFd, recorded: RecordedOutput) -> OutputCheck {
-    let mut check = OutputCheck { fd: recorded.fd, status: "matched".into(), ..Default::default() };
+/// How much more than was recorded is kept for the comparison: past that, the program wrote
+/// more, whatever it was.
+const EXTRA_MAX: usize = 64 * 1024;
+
+fn compare(read_end: OwnedFd, recorded: RecordedOutput, noise: Noise) -> OutputCheck {
     // SAFETY: the replayer's own stdout or stderr, borrowed (never closed here).
     let mut passed_on = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(recorded.fd) });
-    let expected = &recorded.bytes;
-    let wild = |i: usize| recorded.wildcards.iter().any(|&(o, l)| i >= o && i < o + l);
-    let mut at = 0usize;
+    let mut actual = Vec::new();
+    let mut written = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: read into our buffer, of its length.
@@ -67,32 +74,121 @@ fn compare(read_end: OwnedFd, recorded: RecordedOutput) -> OutputCheck {
         }
         let got = &buf[..n as usize];
         let _ = passed_on.write_all(got);
-        if check.difference.is_none() {
-            let differs =
-                got.iter().enumerate().find(|&(i, &b)| expected.get(at + i).is_none_or(|&e| e != b && !wild(at + i)));
-            if let Some((i, _)) = differs {
-                let offset = at + i;
-                let what = if offset >= expected.len() { "the program wrote more" } else { "different bytes" };
-                check.status = "diverged".into();
-                check.difference = Some(Difference {
-                    offset: offset as u64,
-                    what: what.into(),
-                    expected: super::peer::context(expected.get(offset..).unwrap_or_default()),
-                    actual: super::peer::context(&got[i..]),
-                });
+        written += got.len() as u64;
+        if actual.len() <= recorded.bytes.len() + EXTRA_MAX {
+            actual.extend_from_slice(got);
+        }
+    }
+    let mut check = lines(&recorded, &actual, &noise);
+    check.bytes = written;
+    check
+}
+
+/// Line by line: a line may differ only in its times (the clock is not replayed) or where the
+/// noise rules' patterns match; each such difference is reported as ignored.
+fn lines(recorded: &RecordedOutput, actual: &[u8], noise: &Noise) -> OutputCheck {
+    let mut check = OutputCheck { fd: recorded.fd, status: "matched".into(), ..Default::default() };
+    let expected = &recorded.bytes;
+    let wild = |i: usize| recorded.wildcards.iter().any(|&(o, l)| i >= o && i < o + l);
+    let (mut e_at, mut a_at, mut line) = (0usize, 0usize, 0usize);
+    while e_at < expected.len() || a_at < actual.len() {
+        line += 1;
+        let e_end = expected[e_at..].iter().position(|&b| b == b'\n').map_or(expected.len(), |p| e_at + p + 1);
+        let a_end = actual[a_at..].iter().position(|&b| b == b'\n').map_or(actual.len(), |p| a_at + p + 1);
+        let (e, a) = (&expected[e_at..e_end], &actual[a_at..a_end]);
+        let same = e.len() == a.len() && e.iter().zip(a).enumerate().all(|(i, (x, y))| x == y || wild(e_at + i));
+        if !same {
+            let both = !e.is_empty() && !a.is_empty();
+            let why = if both && blank(e, times(), &[]) == blank(a, times(), &[]) {
+                Some("times (the clock is not replayed)")
+            } else if both && blank(e, times(), &noise.patterns) == blank(a, times(), &noise.patterns) {
+                Some("noise rule (pattern)")
+            } else {
+                None
+            };
+            match why {
+                Some(why) => check.ignored.push(Ignored {
+                    field: format!("line {line}"),
+                    expected: String::from_utf8_lossy(e).trim_end().to_owned(),
+                    actual: String::from_utf8_lossy(a).trim_end().to_owned(),
+                    why: why.into(),
+                }),
+                None => {
+                    let at = e.iter().zip(a).position(|(x, y)| x != y).unwrap_or(e.len().min(a.len()));
+                    let what = match (e.len(), a.len()) {
+                        (0, _) => "the program wrote more",
+                        (_, 0) => "the program wrote less",
+                        _ => "different bytes",
+                    };
+                    check.status = "diverged".into();
+                    check.difference = Some(Difference {
+                        offset: (a_at + at) as u64,
+                        what: what.into(),
+                        expected: super::peer::context(&expected[e_at + at.min(e.len())..]),
+                        actual: super::peer::context(&actual[a_at + at.min(a.len())..]),
+                    });
+                    return check;
+                }
             }
         }
-        at += got.len();
-    }
-    check.bytes = at as u64;
-    if check.difference.is_none() && at < expected.len() {
-        check.status = "diverged".into();
-        check.difference = Some(Difference {
-            offset: at as u64,
-            what: "the program wrote less".into(),
-            expected: super::peer::context(&expected[at..]),
-            actual: String::new(),
-        });
+        (e_at, a_at) = (e_end, a_end);
     }
     check
+}
+
+/// The forms a clock reading takes in output: ISO 8601, the common log format, HTTP dates,
+/// ctime (`date`), and times of day.
+fn times() -> &'static [Regex] {
+    static TIMES: std::sync::OnceLock<Vec<Regex>> = std::sync::OnceLock::new();
+    TIMES.get_or_init(|| {
+        [
+            r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})?",
+            r"\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}",
+            r"\d{2}/[A-Z][a-z]{2}/\d{4}[: ]\d{2}:\d{2}:\d{2}( [+-]\d{4})?",
+            r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT",
+            r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}( [A-Z]{3,5})? \d{4}",
+            r"\b\d{2}:\d{2}:\d{2}(\.\d+)?\b",
+        ]
+        .iter()
+        .map(|p| Regex::new(p).expect("a valid time pattern"))
+        .collect()
+    })
+}
+
+/// `line` with every match of `patterns` and `more` blanked out.
+fn blank(line: &[u8], patterns: &[Regex], more: &[Regex]) -> Vec<u8> {
+    let mut out = line.to_vec();
+    for pattern in patterns.iter().chain(more) {
+        out = pattern.replace_all(&out, &b"\x00"[..]).into_owned();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(text: &str) -> RecordedOutput {
+        RecordedOutput { fd: 1, bytes: text.as_bytes().to_vec(), wildcards: Vec::new() }
+    }
+
+    #[test]
+    fn lines_may_differ_in_their_times_only() {
+        let r = recorded(
+            "127.0.0.1 - - [04/Dec/2026 16:35:34] \"GET / HTTP/1.1\" 200 -\nstarted at 2026-12-04T16:35:34Z\ndone\n",
+        );
+        let a = b"127.0.0.1 - - [05/Dec/2026 09:01:02] \"GET / HTTP/1.1\" 200 -\nstarted at 2026-12-05T09:01:02.123Z\ndone\n";
+        let check = lines(&r, a, &Noise::default());
+        assert_eq!(check.status, "matched", "{:?}", check.difference);
+        assert_eq!(check.ignored.len(), 2);
+        let a =
+            b"127.0.0.1 - - [05/Dec/2026 09:01:02] \"GET / HTTP/1.1\" 404 -\nstarted at 2026-12-05T09:01:02Z\ndone\n";
+        let check = lines(&r, a, &Noise::default());
+        assert_eq!(check.status, "diverged");
+        let check = lines(&r, &a[..a.len() - 5], &Noise::default());
+        assert_eq!(check.status, "diverged");
+        let noise = Noise { headers: Vec::new(), patterns: vec![Regex::new("pid=\\d+").unwrap()] };
+        let check = lines(&recorded("pid=12 up\n"), b"pid=3456 up\n", &noise);
+        assert_eq!(check.status, "matched");
+    }
 }

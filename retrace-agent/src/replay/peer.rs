@@ -11,6 +11,7 @@ use std::{
 };
 
 use super::{
+    http,
     matching::{Choice, Pool},
     report::{Difference, Exchange, Unmatched},
     script::{Connection, Step},
@@ -49,8 +50,8 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
     let mut done = false;
     let chosen = loop {
         match pool.choose(&peer, &got, done) {
-            Choice::Take(c) => break Some(c),
-            Choice::None => break None,
+            Choice::Take(c) => break Ok(c),
+            Choice::None(closest) => break Err(closest),
             Choice::NeedMore => {}
         }
         // The first bytes may take the program a while; the rest of a request follows at once.
@@ -59,13 +60,13 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
         let mut buf = [0u8; 4096];
         match sock.read(&mut buf) {
             Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ if done => break None,
+            _ if done => break Err(None),
             _ => done = true,
         }
     };
     match chosen {
-        Some(connection) => play(connection, sock, Role::Server, got, shared),
-        None => {
+        Ok(connection) => play(connection, sock, Role::Server, got, shared),
+        Err(closest) => {
             // SO_LINGER 0: the close is a reset, as a refused request would be.
             let linger = libc::linger { l_onoff: 1, l_linger: 0 };
             // SAFETY: setsockopt with a linger struct of its size on our socket.
@@ -78,7 +79,24 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
                     std::mem::size_of::<libc::linger>() as libc::socklen_t,
                 )
             };
-            shared.unmatched(Unmatched { address: peer.to_string(), sent: context(&got) });
+            let (closest_stream_id, difference) = match closest {
+                Some(c) => (
+                    Some(c.stream_id),
+                    Some(Difference {
+                        offset: c.offset as u64,
+                        what: "different bytes".into(),
+                        expected: context(&c.expected),
+                        actual: context(got.get(c.offset..).unwrap_or_default()),
+                    }),
+                ),
+                None => (None, None),
+            };
+            shared.unmatched(Unmatched {
+                address: peer.to_string(),
+                sent: context(&got),
+                closest_stream_id,
+                difference,
+            });
         }
     }
 }
@@ -103,6 +121,17 @@ pub fn play(connection: Connection, sock: TcpStream, role: Role, prefetched: Vec
                     break;
                 }
                 exchange.bytes_to_program += bytes.len() as u64;
+            }
+            // HTTP/1.x: message by message, noisy header values allowed to differ.
+            Step::Send { bytes, wildcards } if http::is_http(bytes) => {
+                let outcome = http::compare(bytes, wildcards, &mut sock, &shared.noise);
+                exchange.bytes_from_program += outcome.consumed as u64;
+                exchange.ignored.extend(outcome.ignored);
+                if let Some((at, what, expected, actual)) = outcome.difference {
+                    diverge(&mut exchange, sent_offset + at, &expected, &actual, what);
+                    break;
+                }
+                sent_offset += outcome.consumed;
             }
             Step::Send { bytes, wildcards } => {
                 let mut got = vec![0u8; bytes.len()];
@@ -152,6 +181,19 @@ struct Program {
     sock: TcpStream,
     pending: Vec<u8>,
     at: usize,
+}
+
+impl http::Source for Program {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Program::read(self, buf)
+    }
+
+    fn unread(&mut self, bytes: &[u8]) {
+        let mut pending = bytes.to_vec();
+        pending.extend_from_slice(&self.pending[self.at..]);
+        self.pending = pending;
+        self.at = 0;
+    }
 }
 
 impl Program {

@@ -23,6 +23,9 @@ pub struct Exchange {
     pub bytes_to_program: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub difference: Option<Difference>,
+    /// Differences ignored as noise (HTTP header values, noise rules), with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<super::http::Ignored>,
 }
 
 /// The program's stdout or stderr against the recorded command's.
@@ -35,6 +38,9 @@ pub struct OutputCheck {
     pub bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub difference: Option<Difference>,
+    /// Lines that differed only in their times or by the noise rules.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<super::http::Ignored>,
 }
 
 /// A connection of the program that matched no recorded one (by what it sent first): reset.
@@ -43,6 +49,11 @@ pub struct Unmatched {
     pub address: String,
     /// The start of what the program sent.
     pub sent: String,
+    /// The recorded connection to that address it came closest to, and how it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closest_stream_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub difference: Option<Difference>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -133,11 +144,34 @@ impl ReplayReport {
                 ));
             }
         }
-        for u in &self.unmatched {
+        let ignored: usize = self.exchanges.iter().map(|e| e.ignored.len()).sum::<usize>()
+            + self.outputs.iter().map(|o| o.ignored.len()).sum::<usize>();
+        if ignored > 0 {
+            let outputs = self.outputs.iter().filter(|o| !o.ignored.is_empty());
+            let mut fields: Vec<&str> = self
+                .exchanges
+                .iter()
+                .flat_map(|e| e.ignored.iter().map(|i| i.field.as_str()))
+                .chain(outputs.map(|o| if o.fd == 1 { "stdout lines" } else { "stderr lines" }))
+                .collect();
+            fields.sort_unstable();
+            fields.dedup();
             s.push_str(&format!(
-                "retrace:   a connection to {} matched no recorded one (reset): it sent \"{}\"\n",
-                u.address, u.sent
+                "retrace:   {ignored} differences ignored as noise ({}; each in the report)\n",
+                fields.join(", ")
             ));
+        }
+        for u in &self.unmatched {
+            match (&u.difference, u.closest_stream_id) {
+                (Some(d), Some(id)) => s.push_str(&format!(
+                    "retrace:   a connection to {} matched no recorded one (reset); closest, stream {id}: {} at byte {}: expected \"{}\", got \"{}\"\n",
+                    u.address, d.what, d.offset, d.expected, d.actual
+                )),
+                _ => s.push_str(&format!(
+                    "retrace:   a connection to {} matched no recorded one (reset): it sent \"{}\"\n",
+                    u.address, u.sent
+                )),
+            }
         }
         for b in &self.blocked {
             s.push_str(&format!("retrace:   blocked {} to {} (pid {})\n", b.syscall, b.address, b.pid));

@@ -101,7 +101,12 @@ impl MountPlan {
 /// Forks `argv` into the sandbox over `rootfs`, with each `(fd, replacement)` of `stdio` in
 /// place of the replayer's own fd. Everything the child needs is prepared before the fork: the
 /// child only makes raw syscalls.
-pub fn spawn(argv: &[String], rootfs: &RootFs, stdio: &[(i32, RawFd)]) -> Result<Sandboxed, ReplayError> {
+pub fn spawn(
+    argv: &[String],
+    rootfs: &RootFs,
+    stdio: &[(i32, RawFd)],
+    recorded_pid: u32,
+) -> Result<Sandboxed, ReplayError> {
     let program = argv.first().ok_or(ReplayError::NoCommand)?;
     let path = crate::target::find_program(program).ok_or_else(|| ReplayError::NotFound(program.clone()))?;
     let cstr = |s: &str| CString::new(s).map_err(|_| ReplayError::NotFound(s.to_owned()));
@@ -110,6 +115,9 @@ pub fn spawn(argv: &[String], rootfs: &RootFs, stdio: &[(i32, RawFd)]) -> Result
     let mut argv_p: Vec<*const libc::c_char> = args_c.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let plan = MountPlan::new(rootfs);
+    // The program gets the pid it had when recorded (logs, pid files and lock files name it):
+    // the namespace's next pid is set just before the init forks it.
+    let last_pid = (recorded_pid > 2).then(|| (recorded_pid - 1).to_string());
     let (userns, scratch) = (rootfs.userns.as_raw_fd(), rootfs.scratch.as_raw_fd());
     let filter = seccomp::filter();
     let prog = seccomp::SockFprog { len: filter.len() as u16, filter: filter.as_ptr() };
@@ -339,7 +347,15 @@ pub fn spawn(argv: &[String], rootfs: &RootFs, stdio: &[(i32, RawFd)]) -> Result
                 fail(9);
             }
             libc::close(listener as i32);
-            // The init (pid 1) forks the program (pid 2), reaps orphans, and ends with it.
+            // The init (pid 1) forks the program (with its recorded pid where it can), reaps
+            // orphans, and ends with it.
+            if let Some(last) = &last_pid {
+                let fd = libc::open(c"/proc/sys/kernel/ns_last_pid".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, last.as_ptr().cast(), last.len());
+                    libc::close(fd);
+                }
+            }
             let program = libc::fork();
             if program == 0 {
                 libc::execve(path_c.as_ptr(), argv_p.as_ptr(), environ());

@@ -133,7 +133,9 @@ impl Script {
             script.outputs.push(output);
         }
         script.outputs.sort_by_key(|o| o.fd);
-        let mut ids: Vec<u64> = data.keys().copied().collect();
+        // Every stream, with or without bytes: a connection that carried none was still made
+        // (a readiness probe a server counts, a client that gave up).
+        let mut ids: Vec<u64> = infos.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
             let Some(info) = infos.get(&id) else { continue };
