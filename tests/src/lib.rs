@@ -74,12 +74,28 @@ pub fn retrace(args: &[&str]) -> Output {
 
 /// Records `command` into `dir/rec` with extra `record` options; panics if retrace fails.
 pub fn record(dir: &Path, options: &[&str], command: &[&str]) -> (Rec, Output) {
+    let out = record_from(None, dir, options, command);
+    (Rec::open(&dir.join("rec")), out)
+}
+
+/// `retrace record -o DIR/rec -- COMMAND` run in `cwd`, which must succeed.
+pub fn record_in(cwd: &Path, dir: &Path, command: &[&str]) -> Output {
+    record_from(Some(cwd), dir, &[], command)
+}
+
+fn record_from(cwd: Option<&Path>, dir: &Path, options: &[&str], command: &[&str]) -> Output {
     let rec = dir.join("rec");
-    let mut args = vec!["record", "-o", rec.to_str().unwrap()];
-    args.extend_from_slice(options);
-    args.push("--");
-    args.extend_from_slice(command);
-    let out = retrace(&args);
+    let mut cmd = retrace_command();
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let out = cmd
+        .args(["record", "-o", rec.to_str().unwrap()])
+        .args(options)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("run retrace record");
     assert_no_panic(&out);
     assert!(
         out.status.success(),
@@ -88,7 +104,7 @@ pub fn record(dir: &Path, options: &[&str], command: &[&str]) -> (Rec, Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (Rec::open(&rec), out)
+    out
 }
 
 pub fn assert_no_panic(out: &Output) {
@@ -236,24 +252,4 @@ pub fn replay_in(cwd: &Path, rec: &Path, extra: &[&str], command: &[&str]) -> (O
     assert_no_panic(&out);
     let report = std::fs::read(&report).map(|r| serde_json::from_slice(&r).expect("a JSON report")).unwrap_or_default();
     (out, report)
-}
-
-/// `retrace record -o DIR/rec -- COMMAND` run in `cwd`, which must succeed.
-pub fn record_in(cwd: &Path, dir: &Path, command: &[&str]) -> Output {
-    let rec = dir.join("rec");
-    let out = retrace_command()
-        .current_dir(cwd)
-        .args(["record", "-o", rec.to_str().unwrap(), "--"])
-        .args(command)
-        .output()
-        .expect("run retrace record");
-    assert_no_panic(&out);
-    assert!(
-        out.status.success(),
-        "retrace record {command:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }

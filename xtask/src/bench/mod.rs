@@ -43,15 +43,20 @@ pub struct Throughput {
 /// The replay measurements alone (`--replay-only`): a client (redis-cli) and a server fed 100
 /// recorded connections, written in place of the previous ones.
 pub fn run_replays(root: &Path, quick: bool) -> Result<()> {
-    install_peers()?;
-    crate::run(crate::cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
-    let retrace = root.join("target/release/retrace");
-    let work = root.join("target/bench");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
+    let (retrace, work) = prepare(root)?;
     let replays = replays(&retrace, &work, quick)?;
     let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
     report::update_replays(root, &replays, String::from_utf8_lossy(&commit.stdout).trim())
+}
+
+/// Peers installed, the release binary built, an empty work folder: (binary, folder).
+fn prepare(root: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    install_peers()?;
+    crate::run(crate::cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
+    let work = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    Ok((root.join("target/release/retrace"), work))
 }
 
 fn replays(retrace: &Path, work: &Path, quick: bool) -> Result<Vec<replay::ReplaySpeed>> {
@@ -71,12 +76,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     if std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() != "0") {
         bail!("kernel.bpf_stats_enabled is on and slows every eBPF program: run `sysctl -w kernel.bpf_stats_enabled=0` first");
     }
-    install_peers()?;
-    crate::run(crate::cargo().args(["build", "--release", "--package", "retrace-agent", "--bin", "retrace"]))?;
-    let retrace = root.join("target/release/retrace");
-    let work = root.join("target/bench");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
+    let (retrace, work) = prepare(root)?;
     let pump_bin = compile_helper(root, &work, "pump")?;
     let syscalls_bin = compile_helper(root, &work, "syscalls")?;
     let rounds = if quick { 1 } else { 3 };
