@@ -506,3 +506,28 @@ fn noise_rules_name_more_headers_and_patterns() {
     let whys: Vec<&str> = ignored.map(|i| i["why"].as_str().unwrap()).collect();
     assert!(whys.contains(&"noise rule (header)") && whys.contains(&"noise rule (pattern)"), "{report}");
 }
+
+#[test]
+fn recorded_datagrams_are_named_as_not_replayed() {
+    let dir = scratch("replay-udp");
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    let echoing = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        if let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(2)\ns.sendto(b'ping', ('127.0.0.1', {port}))\nprint(s.recvfrom(64)[0])\n"
+    );
+    let (_, recorded) = record(&dir, &[], &[retrace_tests::python(), "-c", &script]);
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "b'ping'\n");
+    echoing.join().unwrap();
+    let (out, report) =
+        replay(&dir.join("rec"), &dir.join("report.json"), &[retrace_tests::python(), "-c", &script], None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    let address = format!("127.0.0.1:{port}");
+    assert!(report["datagrams_not_replayed"].as_array().unwrap().iter().any(|a| a == address.as_str()), "{report}");
+    assert!(stderr(&out).contains("are not replayed yet"), "{}", stderr(&out));
+}

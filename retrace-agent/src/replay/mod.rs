@@ -138,6 +138,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         let mut report = shared.report.lock().expect("report");
         report.files_served = files_served;
         report.files_absent = files_absent;
+        report.datagrams_not_replayed = script.datagram_peers.clone();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let notifier = notify::Notifier {

@@ -73,6 +73,10 @@ pub struct ReplayReport {
     /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
     pub outputs: Vec<OutputCheck>,
     pub blocked: Vec<Blocked>,
+    /// Peers of the recording's datagrams (UDP: DNS and others), which replay does not play
+    /// yet: the program's datagrams are refused (and listed under `blocked`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub datagrams_not_replayed: Vec<String>,
     /// Connections to a recorded address that matched none of its recorded connections.
     pub unmatched: Vec<Unmatched>,
     /// Unix socket paths the program tried that do not exist on the host: refused with ENOENT,
@@ -175,6 +179,12 @@ impl ReplayReport {
         }
         for b in &self.blocked {
             s.push_str(&format!("retrace:   blocked {} to {} (pid {})\n", b.syscall, b.address, b.pid));
+        }
+        if !self.datagrams_not_replayed.is_empty() {
+            s.push_str(&format!(
+                "retrace:   note: the recording's datagrams (UDP, to or from {}) are not replayed yet: the program's are refused\n",
+                self.datagrams_not_replayed.join(", ")
+            ));
         }
         if !self.absent_sockets.is_empty() {
             s.push_str(&format!(

@@ -51,6 +51,9 @@ pub struct Script {
     /// What the recorded command wrote to its stdout (fd 1) and stderr (fd 2), where those were
     /// no terminal and every byte was recorded.
     pub outputs: Vec<RecordedOutput>,
+    /// Peers of the recorded datagrams (UDP, by stream peer or datagram address): not replayed
+    /// yet, named in the report.
+    pub datagram_peers: Vec<String>,
 }
 
 /// A standard output of the recorded command, whole.
@@ -150,6 +153,15 @@ impl Script {
                 StreamKind::Tcp if info.origin == "accept" => {
                     let Ok(local) = info.local.parse::<SocketAddr>() else { continue };
                     script.inbound.push(Connection { stream_id: id, peer: local, steps: steps(&chunks) });
+                }
+                StreamKind::Udp if !chunks.is_empty() => {
+                    let named = chunks.iter().map(|c| c.2.addr.clone()).filter(|a| !a.is_empty());
+                    let peers: Vec<String> = named.chain((!info.peer.is_empty()).then(|| info.peer.clone())).collect();
+                    for peer in peers {
+                        if !script.datagram_peers.contains(&peer) {
+                            script.datagram_peers.push(peer);
+                        }
+                    }
                 }
                 // A recording without file offsets (an older one): files read to their end
                 // with read/lseek.
