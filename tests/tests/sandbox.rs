@@ -252,3 +252,28 @@ fn a_served_file_has_the_size_and_modification_time_the_program_saw() {
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout));
 }
+
+#[test]
+fn the_program_reads_the_recorded_wall_clock() {
+    let dir = scratch("sandbox-clock");
+    // coreutils' date, and Python's time.time(): both read the clock through the vDSO.
+    let script = format!("date +%s; {} -c 'import time; print(int(time.time()))'", retrace_tests::python());
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", &script]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let seconds = |out: &[u8]| -> Vec<i64> {
+        String::from_utf8_lossy(out).lines().map(|l| l.trim().parse().expect("seconds")).collect()
+    };
+    let then = seconds(&recorded.stdout);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (out, report) = replay(&dir.join("rec"), &["--lenient"], &["sh", "-c", &script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let replayed = seconds(&out.stdout);
+    assert_eq!(replayed.len(), 2, "{replayed:?}");
+    for (r, t) in replayed.iter().zip(&then) {
+        assert!((r - t).abs() <= 1, "replayed {r}, recorded {t}: the recorded clock");
+        assert!(*r <= now - 2, "replayed {r}, today {now}: not today's clock");
+    }
+    assert!(report["clock_reads"].as_u64().unwrap() >= 2, "{report}");
+}

@@ -127,7 +127,7 @@ mod tests {
             peer: "127.0.0.1:80".parse().unwrap(),
             steps: vec![
                 Step::Send { bytes: first.as_bytes().to_vec(), wildcards: vec![] },
-                Step::Receive(b"ok".to_vec()),
+                Step::Receive { bytes: b"ok".to_vec(), ts_ns: 0 },
             ],
         }
     }

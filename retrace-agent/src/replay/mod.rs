@@ -4,6 +4,7 @@
 //! reported. See `sandbox` for what the kernel enforces, `rootfs` for the filesystem and
 //! `notify` for what the replayer answers.
 
+mod clock;
 pub mod http;
 mod matching;
 mod notify;
@@ -70,6 +71,8 @@ pub struct Shared {
     stopped_by_replayer: AtomicBool,
     /// What may differ in HTTP messages besides the built-in noisy headers.
     noise: http::Noise,
+    /// The wall clock the program sees.
+    clock: clock::VirtualClock,
 }
 
 impl Shared {
@@ -131,9 +134,11 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         script.outputs.into_iter().filter_map(|o| output::Tee::start(o, &config.noise)).collect();
     let stdio: Vec<(i32, std::os::fd::RawFd)> =
         tees.iter().map(|t| (t.fd, std::os::fd::AsRawFd::as_raw_fd(&t.write_end))).collect();
+    // The program's clock starts at the recorded command's start, now.
+    let clock = clock::VirtualClock::new(script.started_ns.unwrap_or(recording.manifest.started_ns));
     let sandboxed = sandbox::spawn(&config.argv, &rootfs, &stdio, recording.manifest.root_pid)?;
 
-    let shared = Arc::new(Shared { noise: config.noise.clone(), ..Default::default() });
+    let shared = Arc::new(Shared { noise: config.noise.clone(), clock, ..Default::default() });
     {
         let mut report = shared.report.lock().expect("report");
         report.files_served = files_served;
@@ -174,6 +179,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     }
     let mut report = std::mem::take(&mut *shared.report.lock().expect("report"));
     report.outputs = outputs;
+    report.clock_reads = shared.clock.reads();
     report.scratch_writes = changes.written;
     report.scratch_removed = changes.removed;
     for c in unplayed {

@@ -18,7 +18,7 @@ use std::{
     },
 };
 
-use super::{matching::Pool, peer, report::Blocked, script::Connection, Shared};
+use super::{clock, matching::Pool, peer, report::Blocked, script::Connection, Shared};
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -103,6 +103,8 @@ impl Notifier {
                 return;
             }
         };
+        // Processes that exec'd and whose new vDSO is not patched yet.
+        let mut patch_pending: std::collections::HashSet<u32> = std::collections::HashSet::new();
         while !self.stop.load(Ordering::Relaxed) {
             let mut pfd = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: poll on one fd we own.
@@ -118,8 +120,34 @@ impl Notifier {
             if unsafe { libc::ioctl(self.listener.as_raw_fd(), IOCTL_RECV, &mut req) } != 0 {
                 continue; // the caller died meanwhile (ENOENT)
             }
-            let answer = match req.data.nr as i64 {
+            let nr = req.data.nr as i64;
+            let answer = match nr {
                 libc::SYS_connect => self.connect(&req, &listener),
+                libc::SYS_clock_gettime | libc::SYS_gettimeofday | libc::SYS_time => {
+                    match clock::answer(&self.shared.clock, req.pid, nr, &req.data.args) {
+                        Some(Ok(value)) => Answer::Value(value),
+                        Some(Err(errno)) => Answer::Error(errno),
+                        None => Answer::Continue,
+                    }
+                }
+                // A new image: its vDSO is patched at its first system call (the loader's brk,
+                // the runtime's arch_prctl or set_tid_address), before any of its code reads the
+                // clock. The thread may become its process's leader: both are marked.
+                libc::SYS_execve | libc::SYS_execveat => {
+                    patch_pending.insert(req.pid);
+                    if let Ok(tgid) = crate::target::thread_group_of(req.pid) {
+                        patch_pending.insert(tgid);
+                    }
+                    Answer::Continue
+                }
+                libc::SYS_brk | libc::SYS_arch_prctl | libc::SYS_set_tid_address => {
+                    if patch_pending.remove(&req.pid) {
+                        if let Err(e) = clock::patch_vdso(req.pid) {
+                            self.shared.fail(format!("cannot patch the clock of pid {}: {e}", req.pid));
+                        }
+                    }
+                    Answer::Continue
+                }
                 libc::SYS_sendto => self.sendto(&req),
                 libc::SYS_listen => {
                     // The program becomes a server: let it listen, then play its recorded

@@ -115,7 +115,8 @@ pub fn play(connection: Connection, sock: TcpStream, role: Role, prefetched: Vec
     let mut sent_offset = 0usize; // position in what the program sent
     for step in &connection.steps {
         match step {
-            Step::Receive(bytes) => {
+            Step::Receive { bytes, ts_ns } => {
+                shared.clock.anchor(*ts_ns);
                 if sock.sock.write_all(bytes).is_err() {
                     diverge(&mut exchange, sent_offset, b"", b"", "the program closed the connection early");
                     break;

@@ -69,6 +69,8 @@ pub struct ReplayReport {
     pub result: String,
     /// The program's own exit status (128+N for signal N).
     pub exit_status: i32,
+    /// Wall-clock reads answered with the recorded time.
+    pub clock_reads: u64,
     pub exchanges: Vec<Exchange>,
     /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
     pub outputs: Vec<OutputCheck>,

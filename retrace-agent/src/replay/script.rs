@@ -24,8 +24,9 @@ pub enum Step {
     /// The program sends these bytes; `wildcards` are spans (offset, length) that were redacted
     /// at record time and match anything.
     Send { bytes: Vec<u8>, wildcards: Vec<(usize, usize)> },
-    /// The program receives these bytes.
-    Receive(Vec<u8>),
+    /// The program receives these bytes, recorded at `ts_ns` (the replayed clock reads that
+    /// time when they are delivered).
+    Receive { bytes: Vec<u8>, ts_ns: u64 },
 }
 
 /// A connection the program opened (connect), to be answered by the replayer.
@@ -54,6 +55,8 @@ pub struct Script {
     /// Peers of the recorded datagrams (UDP, by stream peer or datagram address): not replayed
     /// yet, named in the report.
     pub datagram_peers: Vec<String>,
+    /// When the recorded command started (its first exec), for the replayed clock.
+    pub started_ns: Option<u64>,
 }
 
 /// A standard output of the recorded command, whole.
@@ -75,11 +78,15 @@ impl Script {
         let mut failed_connects = Vec::new();
         let mut histories = FileHistories::default();
         let mut gapped = std::collections::HashSet::new();
+        let mut first_exec = None;
         // mkdir (one path), rename and link (old, new), in order.
         let mut names: Vec<(bool, Vec<String>)> = Vec::new();
         let report = recording.for_each(|record| {
             histories.observe(&record);
             match record.kind {
+                Some(R::Process(p)) if p.event == "exec" => {
+                    first_exec.get_or_insert(p.ts_ns);
+                }
                 Some(R::Stream(info)) => {
                     infos.insert(info.id, info);
                 }
@@ -113,6 +120,7 @@ impl Script {
         let mut script = Script {
             command: report.info.map(|i| i.command).unwrap_or_default(),
             failed_connects,
+            started_ns: first_exec,
             ..Default::default()
         };
         let root = recording.manifest.root_pid;
@@ -244,8 +252,8 @@ fn steps(chunks: &[(u64, usize, proto::Data)]) -> Vec<Step> {
                 bytes: d.payload.to_vec(),
                 wildcards: d.redactions.iter().map(|r| (r.offset as usize, r.length as usize)).collect(),
             }),
-            (Direction::In, Some(Step::Receive(bytes))) => bytes.extend_from_slice(&d.payload),
-            (Direction::In, _) => steps.push(Step::Receive(d.payload.to_vec())),
+            (Direction::In, Some(Step::Receive { bytes, .. })) => bytes.extend_from_slice(&d.payload),
+            (Direction::In, _) => steps.push(Step::Receive { bytes: d.payload.to_vec(), ts_ns: d.ts_ns }),
             _ => {}
         }
     }

@@ -16,8 +16,20 @@ const BPF_JEQ_K: u16 = 0x15;
 const BPF_RET_K: u16 = 0x06;
 const BPF_ALU_AND_K: u16 = 0x54;
 
-/// Syscalls the replayer answers.
-const NOTIFIED: &[i64] = &[libc::SYS_connect, libc::SYS_listen];
+/// Syscalls the replayer answers: connections; the wall clock (once the vDSO's entry points are
+/// patched into syscalls); exec, and the first calls of a new image (where the vDSO gets
+/// patched).
+const NOTIFIED: &[i64] = &[
+    libc::SYS_connect,
+    libc::SYS_listen,
+    libc::SYS_gettimeofday,
+    libc::SYS_time,
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_brk,
+    libc::SYS_arch_prctl,
+    libc::SYS_set_tid_address,
+];
 
 /// Syscalls refused outright, with the errno the program sees.
 const DENIED: &[(i64, i32)] = &[
@@ -97,6 +109,15 @@ pub fn filter() -> Vec<SockFilter> {
         jump(BPF_JEQ_K, 0, 0, 3),
         stmt(BPF_LD_W_ABS, arg(4) + 4),
         jump(BPF_JEQ_K, 0, 0, 1),
+        stmt(BPF_RET_K, RET_ALLOW),
+        stmt(BPF_RET_K, RET_USER_NOTIF),
+        stmt(BPF_LD_W_ABS, nr),
+        // clock_gettime of the wall clock: the replayer answers with the recorded time; the
+        // other clocks (monotonic, CPU time) stay the kernel's.
+        jump(BPF_JEQ_K, libc::SYS_clock_gettime as u32, 0, 5),
+        stmt(BPF_LD_W_ABS, arg(0)),
+        jump(BPF_JEQ_K, libc::CLOCK_REALTIME as u32, 2, 0),
+        jump(BPF_JEQ_K, libc::CLOCK_REALTIME_COARSE as u32, 1, 0),
         stmt(BPF_RET_K, RET_ALLOW),
         stmt(BPF_RET_K, RET_USER_NOTIF),
         stmt(BPF_LD_W_ABS, nr),
