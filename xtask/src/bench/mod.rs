@@ -45,8 +45,10 @@ pub struct Throughput {
 pub fn run_replays(root: &Path, quick: bool) -> Result<()> {
     let (retrace, work) = prepare(root)?;
     let replays = replays(&retrace, &work, quick)?;
+    eprintln!("bench: what a replayed wall-clock read costs");
+    let clock = replay::clock_cost(&retrace, &work, if quick { 3 } else { 5 })?;
     let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
-    report::update_replays(root, &replays, String::from_utf8_lossy(&commit.stdout).trim())
+    report::update_replays(root, &replays, &clock, String::from_utf8_lossy(&commit.stdout).trim())
 }
 
 /// Peers installed, the release binary built, an empty work folder: (binary, folder).
@@ -84,6 +86,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
 
     let mut samples: Vec<Sample> = Vec::new();
     let replay_speeds = replays(&retrace, &work, quick)?;
+    let clock_cost = replay::clock_cost(&retrace, &work, rounds.max(3))?;
     {
         let redis = Redis::start(&work, Placement::Shared)?;
         for size in [512, 16 * 1024] {
@@ -221,7 +224,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             });
         }
     }
-    report::write(root, &samples, &split, &throughput, &compression, &untraced, &replay_speeds, rounds)?;
+    report::write(root, &samples, &split, &throughput, &compression, &untraced, &replay_speeds, &clock_cost, rounds)?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
 }

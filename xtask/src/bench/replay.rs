@@ -134,3 +134,55 @@ pub fn server(retrace: &Path, work: &Path, connections: usize, rounds: usize) ->
     }
     Ok(speed)
 }
+
+/// Times `CALLS` wall-clock reads with the (native) monotonic clock: ns per read.
+const CLOCK_LOOP: &str = r#"
+#include <stdio.h>
+#include <time.h>
+#define CALLS 20000
+int main(void) {
+    struct timespec t, a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < CALLS; i++) clock_gettime(CLOCK_REALTIME, &t);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / CALLS);
+    return 0;
+}
+"#;
+
+/// What a wall-clock read costs: natively (vDSO) and replayed (a system call answered by the
+/// replayer), ns per read.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClockCost {
+    pub native_ns: Vec<f64>,
+    pub replayed_ns: Vec<f64>,
+}
+
+pub fn clock_cost(retrace: &Path, work: &Path, rounds: usize) -> Result<ClockCost> {
+    let source = work.join("clock-loop.c");
+    let binary = work.join("clock-loop");
+    std::fs::write(&source, CLOCK_LOOP)?;
+    let status = Command::new("cc").args(["-O2", "-o"]).arg(&binary).arg(&source).status()?;
+    if !status.success() {
+        bail!("cannot compile the clock loop");
+    }
+    let ns = |out: std::process::Output| -> Result<f64> {
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().with_context(|| format!("the clock loop printed {text:?}"))
+    };
+    let rec = work.join("replay-clock");
+    let _ = std::fs::remove_dir_all(&rec);
+    let recorded = Command::new(retrace).arg("record").arg("-o").arg(&rec).arg("--").arg(&binary).output()?;
+    if !recorded.status.success() {
+        bail!("recording the clock loop failed: {}", String::from_utf8_lossy(&recorded.stderr));
+    }
+    let mut cost = ClockCost { native_ns: Vec::new(), replayed_ns: Vec::new() };
+    for _ in 0..rounds {
+        cost.native_ns.push(ns(Command::new(&binary).output()?)?);
+        // Its output (a duration) differs from the recorded one: --lenient.
+        let mut replay = Command::new(retrace);
+        replay.arg("replay").arg(&rec).args(["--lenient", "--"]).arg(&binary);
+        cost.replayed_ns.push(ns(replay.output()?)?);
+    }
+    Ok(cost)
+}

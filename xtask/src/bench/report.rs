@@ -1,6 +1,6 @@
 //! BENCHMARKS.md (for people) and BENCHMARKS.json (for tools) from one run's samples.
 
-use super::replay::ReplaySpeed;
+use super::replay::{ClockCost, ReplaySpeed};
 use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::Result;
@@ -129,6 +129,7 @@ pub fn write(
     compression: &[Sample],
     untraced: &[UntracedCost],
     replays: &[ReplaySpeed],
+    clock: &ClockCost,
     rounds: usize,
 ) -> Result<()> {
     let mut md = String::new();
@@ -311,9 +312,9 @@ pub fn write(
         )?;
     }
     // Replay.
-    md.push_str(&replay_section(replays));
+    md.push_str(&replay_section(replays, clock));
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
-    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "split_samples": split, "throughput": throughput, "compression": compression, "untraced": untraced, "replays": replays });
+    let json = serde_json::json!({ "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(), "rounds": rounds, "samples": samples, "split_samples": split, "throughput": throughput, "compression": compression, "untraced": untraced, "replays": replays, "clock_cost": clock });
     std::fs::write(root.join("BENCHMARKS.json"), serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }
@@ -348,7 +349,7 @@ fn replay_targets(replays: &[ReplaySpeed]) -> String {
     md
 }
 
-fn replay_section(replays: &[ReplaySpeed]) -> String {
+fn replay_section(replays: &[ReplaySpeed], clock: &ClockCost) -> String {
     let mut md = format!(
         "{REPLAY_SECTION}\n\nEach program run against its real peer (original), and the same command replayed with\n`retrace replay` against its recording (inside the sandbox it cannot reach the peer at all). Wall\nclock of the whole command, medians with [min–max] over alternating rounds; the replay includes\nopening and decrypting the recording and setting up the sandbox. A client replays against its\nrecorded server; a server is fed its recorded clients (original: the same server started,\nanswering the same requests from a live client, stopped).\n"
     );
@@ -363,12 +364,23 @@ fn replay_section(replays: &[ReplaySpeed]) -> String {
             md.push_str(&format!("| {name} | {m:.3} [{lo:.3}–{hi:.3}] |\n"));
         }
     }
+    let (native, replayed) = (stats(&clock.native_ns), stats(&clock.replayed_ns));
+    md.push_str(&format!(
+        "\nA wall-clock read (clock_gettime(CLOCK_REALTIME), 20,000 in a loop, {} rounds): natively through the\nvDSO, and replayed, where the patched vDSO makes it a system call that the replayer answers with\nthe recorded time.\n\n| run | ns per read |\n|---|---|\n| native | {:.1} [{:.1}–{:.1}] |\n| replayed | {:.1} [{:.1}–{:.1}] |\n",
+        clock.native_ns.len(),
+        native.0,
+        native.1,
+        native.2,
+        replayed.0,
+        replayed.1,
+        replayed.2
+    ));
     md
 }
 
 /// `cargo xtask bench --replay-only`: the replay measurements of one run put in place of the
 /// previous ones (their target lines, their section, their JSON), the rest left as it was.
-pub fn update_replays(root: &Path, replays: &[ReplaySpeed], commit: &str) -> Result<()> {
+pub fn update_replays(root: &Path, replays: &[ReplaySpeed], clock: &ClockCost, commit: &str) -> Result<()> {
     let path = root.join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path)?;
     let mut md = String::new();
@@ -386,7 +398,7 @@ pub fn update_replays(root: &Path, replays: &[ReplaySpeed], commit: &str) -> Res
     if let Some(at) = md.find(REPLAY_SECTION) {
         md.truncate(at);
     }
-    md.push_str(&replay_section(replays));
+    md.push_str(&replay_section(replays, clock));
     md.push_str(&format!("\n(The replay numbers were measured at {commit} by `cargo xtask bench --replay-only`.)\n"));
     std::fs::write(&path, md)?;
     let json_path = root.join("BENCHMARKS.json");
@@ -395,6 +407,7 @@ pub fn update_replays(root: &Path, replays: &[ReplaySpeed], commit: &str) -> Res
         object.remove("replay");
         object.insert("replays".into(), serde_json::json!(replays));
         object.insert("replays_commit".into(), serde_json::json!(commit));
+        object.insert("clock_cost".into(), serde_json::json!(clock));
     }
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     Ok(())
