@@ -63,8 +63,9 @@ const IOCTL_ID_VALID: libc::c_ulong = 0x4008_2102;
 const IOCTL_ADDFD: libc::c_ulong = 0x4018_2103;
 const ADDFD_FLAG_SETFD: u32 = 1;
 const FLAG_CONTINUE: u32 = 1;
-/// How long the notifier polls without sleeping after answering.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+/// How long the notifier polls without sleeping after answering: long enough for the next read
+/// of a program reading the clock in a loop, short enough not to take a core from the others.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
 
 /// What the notifier needs to know and where it reports.
 pub struct Notifier {
