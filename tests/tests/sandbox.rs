@@ -277,3 +277,32 @@ fn the_program_reads_the_recorded_wall_clock() {
     }
     assert!(report["clock_reads"].as_u64().unwrap() >= 2, "{report}");
 }
+
+#[test]
+fn a_static_go_binary_reads_the_recorded_wall_clock() {
+    let dir = scratch("sandbox-go-clock");
+    std::fs::write(
+        dir.join("main.go"),
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"time\"\n)\n\nfunc main() { fmt.Println(time.Now().Unix()) }\n",
+    )
+    .unwrap();
+    // No libc: Go finds the vDSO itself, and the patch must reach it there too.
+    let built = std::process::Command::new("go")
+        .args(["build", "-o", "clock", "main.go"])
+        .current_dir(&dir)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .output()
+        .expect("go (cargo xtask setup installs it)");
+    assert!(built.status.success(), "{}", stderr(&built));
+    let recorded = retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "./clock"]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let then: i64 = String::from_utf8_lossy(&recorded.stdout).trim().parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (out, report) = replay(&dir.join("rec"), &["--lenient"], &["./clock"], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    let replayed: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((replayed - then).abs() <= 1 && replayed <= now - 2, "replayed {replayed}, recorded {then}, today {now}");
+}

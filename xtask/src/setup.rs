@@ -133,6 +133,7 @@ fn test_peers() -> Result<()> {
         ("sqlite3", "sqlite3"),
         ("pg_ctlcluster", "postgresql"),
         ("nginx", "nginx"),
+        ("go", "golang-go"), // a static binary reading the clock without libc
     ];
     install_missing(&wanted)?;
     // pip, for the replay of `pip install` from a local index.
