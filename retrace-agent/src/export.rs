@@ -48,9 +48,16 @@ pub fn export(
     let mut writer = Writer::create(out, manifest, vec![to], policy)?;
     let mut failed = None;
     let mut records = Vec::new();
-    let report = source.for_each(|record| {
+    // What getrandom returned can be key material: the copy keeps it only if its rules ask.
+    let keep_random = rules.capture.as_ref().is_some_and(|c| c.random);
+    let report = source.for_each(|mut record| {
         if failed.is_some() {
             return;
+        }
+        if let Some(crate::store::proto::record::Kind::Syscall(call)) = &mut record.kind {
+            if !keep_random {
+                call.random.clear();
+            }
         }
         stage.push(record, &mut records);
         for r in records.drain(..) {
@@ -89,6 +96,9 @@ pub fn export(
             "left out by the capture allowlist: {} bytes of {} streams\n",
             stats.not_captured_bytes, stats.not_captured_streams
         ));
+    }
+    if !keep_random {
+        note.push_str("left out: what getrandom returned (ask with `[capture] random = true` in the rules)\n");
     }
     crate::store::writer::write_durably(&out.join(NOTE), note.as_bytes())?;
     Ok((manifest, stats))

@@ -144,6 +144,7 @@ pub async fn record(
     let ring = probes.take_ring()?;
     let pauses = if config.probes.backpressure { Some(probes.take_pauses()?) } else { None };
     let mut tracker = Tracker::new(root);
+    tracker.record_random = config.rules.capture.as_ref().is_none_or(|c| c.random);
     let rules = config.rules.rule_names().join(",");
     let mut first = vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }];
     let origin = if launched.is_some() { "inherited" } else { "attach" };

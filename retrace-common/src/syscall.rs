@@ -97,6 +97,7 @@ syscalls! {
     Renameat2 = 78 => "renameat2", None;
     Link = 79 => "link", None;
     Linkat = 80 => "linkat", None;
+    Getrandom = 81 => "getrandom", None;
 }
 
 impl Sys {

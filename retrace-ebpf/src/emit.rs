@@ -44,6 +44,8 @@ pub enum Aux {
     UserPath(u64),
     /// Two paths (rename, link): each in its own half of the aux area, NUL-terminated.
     UserPaths(u64, u64),
+    /// User bytes of known length (what getrandom returned), up to the aux area's size.
+    UserBytes(u64, u64),
     /// A user socket address of known length.
     UserAddr(u64, u64),
 }
@@ -431,6 +433,18 @@ fn build(
                 match bpf_probe_read_user_str_bytes(second as *const u8, tail) {
                     Ok(s) => (AUX_SECOND_PATH + s.len()) as u32,
                     Err(_) => 0,
+                }
+            }
+            Aux::UserBytes(ptr, len) => {
+                let n = (if len > AUX_MAX as u64 { AUX_MAX as u64 } else { len }) as u32;
+                let n = n & (AUX_MAX as u32 * 2 - 1);
+                if ptr != 0
+                    && n as usize <= AUX_MAX
+                    && raw_read_user(dst.as_mut_ptr().cast(), n, ptr as *const c_void) == 0
+                {
+                    n
+                } else {
+                    0
                 }
             }
             Aux::UserAddr(ptr, len) => {

@@ -6,6 +6,7 @@ mod data;
 mod fd;
 mod names;
 mod open;
+mod random;
 mod read;
 mod recv;
 mod send;

@@ -306,3 +306,32 @@ fn a_static_go_binary_reads_the_recorded_wall_clock() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((replayed - then).abs() <= 1 && replayed <= now - 2, "replayed {replayed}, recorded {then}, today {now}");
 }
+
+#[test]
+fn the_program_gets_the_recorded_random_bytes_unless_the_rules_keep_them_out() {
+    let dir = scratch("sandbox-random");
+    // os.urandom and the random module's seed both come from getrandom.
+    let script = "import os, random; print(os.urandom(16).hex(), random.random())";
+    let command = [retrace_tests::python(), "-c", script];
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, recorded.stdout, "the same random bytes");
+    assert!(report["random_reads"].as_u64().unwrap() >= 2, "{report}");
+    // A capture allowlist without `random = true` keeps them out of the recording.
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, "[capture]\npipes = true\n").unwrap();
+    let out = retrace_command()
+        .current_dir(&dir)
+        .args(["record", "-o", "rec-no-random", "--rules", rules.to_str().unwrap(), "--"])
+        .args(command)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, report) = replay(&dir.join("rec-no-random"), &["--lenient"], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(report["random_reads"], 0, "{report}");
+    assert!(report["random_unreplayed"].as_u64().unwrap() >= 2, "{report}");
+}

@@ -575,3 +575,32 @@ fn expired_recordings_are_refused_and_collected() {
     let log = std::fs::read_to_string(audit_log()).unwrap();
     assert!(log.lines().any(|l| l.contains("gc_delete") && l.contains("short")));
 }
+
+#[test]
+fn random_bytes_are_recorded_but_left_out_of_an_export() {
+    let dir = scratch("export-random");
+    let (rec, _) = record(&dir, &[], &[retrace_tests::python(), "-c", "import os; os.urandom(32)"]);
+    let random = |records: &[retrace_agent::store::proto::Record]| -> usize {
+        records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(retrace_agent::store::proto::record::Kind::Syscall(call)) => Some(call.random.len()),
+                _ => None,
+            })
+            .sum()
+    };
+    assert!(random(&rec.records) >= 32, "getrandom's bytes are in the recording");
+    let them = dir.join("them.txt");
+    let recipient = keygen(&them);
+    let share = dir.join("share");
+    let out =
+        retrace(&["export", dir.join("rec").to_str().unwrap(), "--to", &recipient, "-o", share.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let opened =
+        retrace_agent::store::Recording::open(&share, retrace_agent::keys::read_identity(&them).unwrap()).unwrap();
+    let mut records = Vec::new();
+    opened.for_each(|r| records.push(r)).unwrap();
+    assert_eq!(random(&records), 0, "the export leaves them out");
+    let note = std::fs::read_to_string(share.join("EXPORT-NOTE.txt")).unwrap();
+    assert!(note.contains("getrandom"), "{note}");
+}

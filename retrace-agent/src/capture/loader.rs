@@ -335,6 +335,7 @@ fn syscall_nr(name: &str) -> Option<u32> {
         "renameat2" => 316,
         "link" => 86,
         "linkat" => 265,
+        "getrandom" => 318,
         _ => return None,
     })
 }

@@ -92,6 +92,9 @@ pub struct CaptureSection {
     /// Pipes, terminals and other non-file, non-socket streams.
     #[serde(default)]
     pub pipes: bool,
+    /// What getrandom returned (recorded without a `[capture]` section; it can be key material).
+    #[serde(default)]
+    pub random: bool,
 }
 
 const HEADER_NAMES: &[&str] = &[

@@ -74,21 +74,7 @@ impl VirtualClock {
 pub fn answer(clock: &VirtualClock, pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
     let ns = clock.now_ns();
     let (sec, nsec) = (ns.div_euclid(1_000_000_000) as i64, ns.rem_euclid(1_000_000_000) as i64);
-    let write = |addr: u64, bytes: &[u8]| -> Result<(), i32> {
-        if addr == 0 {
-            return Ok(());
-        }
-        let local = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-        let remote = libc::iovec { iov_base: addr as *mut _, iov_len: bytes.len() };
-        // SAFETY: one write of `bytes` into the caller's memory (one system call; the replayer
-        // may, as root).
-        let n = unsafe { libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        if n == bytes.len() as isize {
-            Ok(())
-        } else {
-            Err(libc::EFAULT)
-        }
-    };
+    let write = |addr: u64, bytes: &[u8]| write_to(pid, addr, bytes);
     let pair = |a: i64, b: i64| [a.to_ne_bytes(), b.to_ne_bytes()].concat();
     Some(match nr {
         libc::SYS_clock_gettime => write(args[1], &pair(sec, nsec)).map(|_| 0),
@@ -98,6 +84,22 @@ pub fn answer(clock: &VirtualClock, pid: u32, nr: i64, args: &[u64; 6]) -> Optio
         libc::SYS_time => write(args[0], &sec.to_ne_bytes()).map(|_| sec),
         _ => return None,
     })
+}
+
+/// Writes `bytes` at `addr` in `pid`'s memory (nothing for a null address): one system call.
+pub fn write_to(pid: u32, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+    if addr == 0 {
+        return Ok(());
+    }
+    let local = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+    let remote = libc::iovec { iov_base: addr as *mut _, iov_len: bytes.len() };
+    // SAFETY: one write of `bytes` into the caller's memory (the replayer may, as root).
+    let n = unsafe { libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if n == bytes.len() as isize {
+        Ok(())
+    } else {
+        Err(libc::EFAULT)
+    }
 }
 
 /// Patches the wall-clock entry points of `pid`'s vDSO into system calls (`mov eax, NR;
@@ -114,9 +116,17 @@ pub fn patch_vdso(pid: u32) -> std::io::Result<usize> {
     mem.read_exact_at(&mut image, lo)?;
     let mut patched = 0;
     for (name, offset) in vdso_symbols(&image) {
-        let Some(&(_, nr)) = PATCHED.iter().find(|(n, _)| *n == name) else { continue };
-        let mut code = [0xb8, 0, 0, 0, 0, 0x0f, 0x05, 0xc3];
-        code[1..5].copy_from_slice(&(nr as u32).to_le_bytes());
+        let code = if name == "__vdso_getrandom" {
+            // `mov rax, -ENOSYS; ret`: libc falls back to the system call, answered like the
+            // clock (the vDSO's own getrandom keeps state the replayer cannot give).
+            [0x48, 0xc7, 0xc0, 0xda, 0xff, 0xff, 0xff, 0xc3]
+        } else if let Some(&(_, nr)) = PATCHED.iter().find(|(n, _)| *n == name) {
+            let mut code = [0xb8, 0, 0, 0, 0, 0x0f, 0x05, 0xc3];
+            code[1..5].copy_from_slice(&(nr as u32).to_le_bytes());
+            code
+        } else {
+            continue;
+        };
         mem.write_all_at(&code, lo + offset)?;
         patched += 1;
     }

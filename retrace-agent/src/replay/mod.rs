@@ -152,6 +152,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         connections: connections.clone(),
         failed_connects,
         inbound: script.inbound,
+        random: script.random,
         shared: shared.clone(),
         stop: stop.clone(),
     };

@@ -77,6 +77,8 @@ pub struct Notifier {
     pub failed_connects: HashMap<String, VecDeque<i32>>,
     /// Recorded inbound connections, opened again once the program listens.
     pub inbound: Vec<Connection>,
+    /// What getrandom returned when recorded, in order: returned again.
+    pub random: std::collections::VecDeque<Vec<u8>>,
     pub shared: Arc<Shared>,
     pub stop: Arc<AtomicBool>,
 }
@@ -138,6 +140,7 @@ impl Notifier {
                         None => Answer::Continue,
                     }
                 }
+                libc::SYS_getrandom => self.getrandom(&req),
                 // A new image: its vDSO is patched at its first system call (the loader's brk,
                 // the runtime's arch_prctl or set_tid_address), before any of its code reads the
                 // clock. The thread may become its process's leader: both are marked.
@@ -235,6 +238,23 @@ impl Notifier {
                 self.shared.fail(format!("cannot hand a socket to the program: {e}"));
                 Answer::Error(libc::ECONNREFUSED)
             }
+        }
+    }
+
+    /// getrandom: the next recorded bytes (as many as asked, at most as many as recorded);
+    /// the kernel's once the recorded ones are used up.
+    fn getrandom(&mut self, req: &Notif) -> Answer {
+        let Some(recorded) = self.random.pop_front() else {
+            self.shared.report.lock().expect("report").random_unreplayed += 1;
+            return Answer::Continue;
+        };
+        let n = recorded.len().min(req.data.args[1] as usize);
+        match clock::write_to(req.pid, req.data.args[0], &recorded[..n]) {
+            Ok(()) => {
+                self.shared.report.lock().expect("report").random_reads += 1;
+                Answer::Value(n as i64)
+            }
+            Err(errno) => Answer::Error(errno),
         }
     }
 

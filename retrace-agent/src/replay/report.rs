@@ -71,6 +71,10 @@ pub struct ReplayReport {
     pub exit_status: i32,
     /// Wall-clock reads answered with the recorded time.
     pub clock_reads: u64,
+    /// getrandom calls answered with the recorded bytes, and those past the recorded ones
+    /// (answered by the kernel).
+    pub random_reads: u64,
+    pub random_unreplayed: u64,
     pub exchanges: Vec<Exchange>,
     /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
     pub outputs: Vec<OutputCheck>,

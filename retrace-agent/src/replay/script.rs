@@ -57,6 +57,8 @@ pub struct Script {
     pub datagram_peers: Vec<String>,
     /// When the recorded command started (its first exec), for the replayed clock.
     pub started_ns: Option<u64>,
+    /// What getrandom returned, in order.
+    pub random: std::collections::VecDeque<Vec<u8>>,
 }
 
 /// A standard output of the recorded command, whole.
@@ -79,6 +81,7 @@ impl Script {
         let mut histories = FileHistories::default();
         let mut gapped = std::collections::HashSet::new();
         let mut first_exec = None;
+        let mut random = std::collections::VecDeque::new();
         // mkdir (one path), rename and link (old, new), in order.
         let mut names: Vec<(bool, Vec<String>)> = Vec::new();
         let report = recording.for_each(|record| {
@@ -99,6 +102,9 @@ impl Script {
                     };
                     if let (Some(event), true) = (event, call.stream_id != 0) {
                         positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
+                    }
+                    if call.ret > 0 && !call.random.is_empty() {
+                        random.push_back(call.random.clone());
                     }
                     if call.ret == 0 && !call.paths.is_empty() {
                         names.push((call.name.starts_with(b"mkdir"), call.paths.clone()));
@@ -121,6 +127,7 @@ impl Script {
             command: report.info.map(|i| i.command).unwrap_or_default(),
             failed_connects,
             started_ns: first_exec,
+            random,
             ..Default::default()
         };
         let root = recording.manifest.root_pid;

@@ -29,6 +29,7 @@ const NOTIFIED: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_arch_prctl,
     libc::SYS_set_tid_address,
+    libc::SYS_getrandom,
 ];
 
 /// Syscalls refused outright, with the errno the program sees.

@@ -75,6 +75,8 @@ struct PendingCall {
 pub struct Tracker {
     /// Wall clock minus CLOCK_MONOTONIC, in ns.
     clock_offset: i128,
+    /// Whether what getrandom returned is kept (the capture allowlist may leave it out).
+    pub record_random: bool,
     streams: HashMap<u64, Stream>,
     next_stream: u64,
     tables: FdTables,
@@ -106,6 +108,7 @@ pub struct Totals {
 impl Tracker {
     pub fn new(root: u32) -> Tracker {
         Tracker {
+            record_random: true,
             clock_offset: clock_offset(),
             streams: HashMap::default(),
             next_stream: 0,

@@ -26,6 +26,7 @@ impl Tracker {
         let mut stream_id = 0;
         let mut detail = String::new();
         let mut named = Vec::new();
+        let mut random = Vec::new();
         let placed = call.placed.is_some();
         // The fd whose pending entry the record carries: a lifecycle call's (first) new fd, else
         // the first argument (as the kernel's `changed_fds` and `loss_fd` choose it).
@@ -196,6 +197,7 @@ impl Tracker {
                     }
                 }
                 Sys::Fstat | Sys::Newfstatat | Sys::Statx => stream_id = self.stream_for_fd(tgid, fd0, ts, out),
+                Sys::Getrandom if self.record_random => random = aux[..aux.len().min(ret as usize)].to_vec(),
                 Sys::Mkdir | Sys::Mkdirat | Sys::Rename | Sys::Renameat | Sys::Renameat2 | Sys::Link | Sys::Linkat => {
                     named = self.named_paths(tgid, sys, args, aux, ts, out);
                     detail = named.join(" -> ");
@@ -267,11 +269,16 @@ impl Tracker {
             args: args.to_vec(),
             stream_id,
             bytes: rec.bytes,
-            detail: if detail.is_empty() && !aux.is_empty() && sys.direction().is_none() { text(aux) } else { detail },
+            detail: if detail.is_empty() && !aux.is_empty() && sys.direction().is_none() && sys != Sys::Getrandom {
+                text(aux)
+            } else {
+                detail
+            },
             file_offset,
             file_size,
             file_mtime_ns,
             paths: named,
+            random,
         })));
     }
 
