@@ -136,6 +136,7 @@ mod tests {
             paths: vec!["/srv/app/**".into()],
             addresses: addresses.iter().map(|s| s.to_string()).collect(),
             pipes: false,
+            random: false,
         })
         .unwrap()
     }
