@@ -482,11 +482,12 @@ fn http_servers_replay_against_their_clients_with_dates_as_noise() {
 fn noise_rules_name_more_headers_and_patterns() {
     let dir = scratch("replay-noise-rules");
     let port = free_port();
-    // A server whose answers carry a build id and a request counter that change every run.
+    // A server whose answers carry values that change every run (from the monotonic clock, which
+    // replay leaves native; random bytes and the wall clock are replayed).
     let script = dir.join("server.py");
     std::fs::write(
         &script,
-        "import http.server, sys, uuid\nclass H(http.server.BaseHTTPRequestHandler):\n    def log_message(self, *a): pass\n    def do_GET(self):\n        body = ('token=%s done\\n' % uuid.uuid4().hex).encode()\n        self.send_response(200)\n        self.send_header('X-Build', uuid.uuid4().hex[:8])\n        self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\nhttp.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n",
+        "import http.server, sys, time\nclass H(http.server.BaseHTTPRequestHandler):\n    def log_message(self, *a): pass\n    def do_GET(self):\n        body = ('token=%x done\\n' % time.monotonic_ns()).encode()\n        self.send_response(200)\n        self.send_header('X-Build', '%x' % time.monotonic_ns())\n        self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\nhttp.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n",
     )
     .unwrap();
     let p = port.to_string();
