@@ -7,6 +7,8 @@
 
 use serde::Serialize;
 
+use super::script::{first_difference, redacted};
+
 pub use crate::redact::rules::Noise;
 
 /// Header names whose values differ between runs of an unchanged program.
@@ -219,7 +221,6 @@ fn text(bytes: &[u8]) -> String {
 pub fn compare(recorded: &[u8], wildcards: &[(usize, usize)], source: &mut dyn Source, noise: &Noise) -> Outcome {
     let (messages, raw_at) = recorded_messages(recorded);
     let raw_rest = &recorded[raw_at..];
-    let redacted = |from: usize, to: usize| wildcards.iter().any(|&(o, l)| o < to && from < o + l);
     let mut outcome = Outcome::default();
     for (msg_at, expected) in &messages {
         let mut got = Vec::new();
@@ -251,7 +252,7 @@ pub fn compare(recorded: &[u8], wildcards: &[(usize, usize)], source: &mut dyn S
                 return outcome;
             }
             // Content-Length follows the body, compared below; a redacted value matches anything.
-            if ev == av || en == "content-length" || redacted(msg_at + ev_at, msg_at + ev_at + ev.len()) {
+            if ev == av || en == "content-length" || redacted(wildcards, msg_at + ev_at, msg_at + ev_at + ev.len()) {
                 continue;
             }
             let why = if NOISY_HEADERS.contains(&en.as_str()) {
@@ -280,12 +281,7 @@ pub fn compare(recorded: &[u8], wildcards: &[(usize, usize)], source: &mut dyn S
         }
         let body_at = msg_at + expected.head.len();
         let same_body = expected.body.len() == actual.body.len()
-            && expected
-                .body
-                .iter()
-                .zip(&actual.body)
-                .enumerate()
-                .all(|(i, (e, a))| e == a || redacted(body_at + i, body_at + i + 1));
+            && first_difference(&expected.body, &actual.body, wildcards, body_at).is_none();
         if !same_body {
             if !noise.patterns.is_empty() && blank(&expected.body, noise) == blank(&actual.body, noise) {
                 outcome.ignored.push(Ignored {
@@ -313,7 +309,7 @@ pub fn compare(recorded: &[u8], wildcards: &[(usize, usize)], source: &mut dyn S
                 _ => break,
             }
         }
-        if let Some(at) = (0..filled).find(|&i| got[i] != raw_rest[i] && !redacted(raw_at + i, raw_at + i + 1)) {
+        if let Some(at) = first_difference(raw_rest, &got[..filled], wildcards, raw_at) {
             outcome.difference =
                 Some((outcome.consumed + at, "different bytes", raw_rest[at..].to_vec(), got[at..filled].to_vec()));
         } else if filled < raw_rest.len() {

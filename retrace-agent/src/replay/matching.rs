@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
 
-use super::script::{Connection, Step};
+use super::script::{first_difference, Connection, Step};
 
 /// The recorded outbound connections not yet claimed, by peer, in the order they were made.
 #[derive(Default)]
@@ -103,9 +103,7 @@ fn closest(candidates: &[Connection], got: &[u8]) -> Option<Closest> {
         .iter()
         .filter_map(|c| {
             let (bytes, wild) = first_send(c)?;
-            let wildcard = |i: usize| wild.iter().any(|&(o, l)| i >= o && i < o + l);
-            let offset = got.iter().zip(bytes).enumerate().find(|&(i, (g, r))| g != r && !wildcard(i)).map(|(i, _)| i);
-            let offset = offset.unwrap_or(got.len().min(bytes.len()));
+            let offset = first_difference(bytes, got, wild, 0).unwrap_or(got.len().min(bytes.len()));
             Some(Closest { stream_id: c.stream_id, offset, expected: bytes[offset..].to_vec() })
         })
         .max_by_key(|c| (c.offset, std::cmp::Reverse(c.stream_id)))
@@ -113,8 +111,7 @@ fn closest(candidates: &[Connection], got: &[u8]) -> Option<Closest> {
 
 /// Whether `got` and `recorded` agree as far as both go (redacted spans match anything).
 fn fits(got: &[u8], recorded: &[u8], wildcards: &[Span]) -> bool {
-    let wild = |i: usize| wildcards.iter().any(|&(o, l)| i >= o && i < o + l);
-    got.iter().zip(recorded).enumerate().all(|(i, (g, r))| g == r || wild(i))
+    first_difference(recorded, got, wildcards, 0).is_none()
 }
 
 #[cfg(test)]

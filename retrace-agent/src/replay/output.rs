@@ -15,7 +15,7 @@ use regex::bytes::Regex;
 use super::{
     http::{Ignored, Noise},
     report::{Difference, OutputCheck},
-    script::RecordedOutput,
+    script::{first_difference, RecordedOutput},
 };
 
 /// A recorded output being compared: the pipe's write end goes to the program as `fd`.
@@ -89,14 +89,13 @@ fn compare(read_end: OwnedFd, recorded: RecordedOutput, noise: Noise) -> OutputC
 fn lines(recorded: &RecordedOutput, actual: &[u8], noise: &Noise) -> OutputCheck {
     let mut check = OutputCheck { fd: recorded.fd, status: "matched".into(), ..Default::default() };
     let expected = &recorded.bytes;
-    let wild = |i: usize| recorded.wildcards.iter().any(|&(o, l)| i >= o && i < o + l);
     let (mut e_at, mut a_at, mut line) = (0usize, 0usize, 0usize);
     while e_at < expected.len() || a_at < actual.len() {
         line += 1;
         let e_end = expected[e_at..].iter().position(|&b| b == b'\n').map_or(expected.len(), |p| e_at + p + 1);
         let a_end = actual[a_at..].iter().position(|&b| b == b'\n').map_or(actual.len(), |p| a_at + p + 1);
         let (e, a) = (&expected[e_at..e_end], &actual[a_at..a_end]);
-        let same = e.len() == a.len() && e.iter().zip(a).enumerate().all(|(i, (x, y))| x == y || wild(e_at + i));
+        let same = e.len() == a.len() && first_difference(e, a, &recorded.wildcards, e_at).is_none();
         if !same {
             let both = !e.is_empty() && !a.is_empty();
             let why = if both && blank(e, times(), &[]) == blank(a, times(), &[]) {

@@ -14,7 +14,7 @@ use super::{
     http,
     matching::{Choice, Pool},
     report::{Difference, Exchange, Unmatched},
-    script::{Connection, Step},
+    script::{self, Connection, Step},
     Shared,
 };
 
@@ -146,8 +146,7 @@ pub fn play(connection: Connection, sock: TcpStream, role: Role, prefetched: Vec
                     }
                 }
                 exchange.bytes_from_program += filled as u64;
-                let wild = |i: usize| wildcards.iter().any(|&(o, l)| i >= o && i < o + l);
-                if let Some(at) = (0..filled).find(|&i| got[i] != bytes[i] && !wild(i)) {
+                if let Some(at) = script::first_difference(bytes, &got[..filled], wildcards, 0) {
                     diverge(&mut exchange, sent_offset + at, &bytes[at..], &got[at..filled], "different bytes");
                 } else if filled < bytes.len() && exchange.difference.is_none() {
                     diverge(&mut exchange, sent_offset + filled, &bytes[filled..], b"", "the program sent less");

@@ -29,6 +29,22 @@ pub enum Step {
     Receive { bytes: Vec<u8>, ts_ns: u64 },
 }
 
+/// Whether `[from, to)` of recorded bytes touches a span (offset, length) redacted at record
+/// time.
+pub fn redacted(wildcards: &[(usize, usize)], from: usize, to: usize) -> bool {
+    wildcards.iter().any(|&(o, l)| o < to && from < o + l)
+}
+
+/// The first offset, over the length both have, where `actual` differs from `recorded`;
+/// redacted spans match anything (`base`: where `recorded` starts in the spans' coordinates).
+pub fn first_difference(recorded: &[u8], actual: &[u8], wildcards: &[(usize, usize)], base: usize) -> Option<usize> {
+    recorded
+        .iter()
+        .zip(actual)
+        .enumerate()
+        .position(|(i, (r, a))| r != a && !redacted(wildcards, base + i, base + i + 1))
+}
+
 /// A connection the program opened (connect), to be answered by the replayer.
 #[derive(Debug, Clone)]
 pub struct Connection {
