@@ -160,9 +160,7 @@ impl Script {
                 .unwrap_or_default();
             chunks.sort_by_key(|d| d.offset);
             for d in chunks {
-                let base = output.bytes.len();
-                output.wildcards.extend(d.redactions.iter().map(|r| (base + r.offset as usize, r.length as usize)));
-                output.bytes.extend_from_slice(&d.payload);
+                append(&mut output.bytes, &mut output.wildcards, d);
             }
             script.outputs.push(output);
         }
@@ -262,19 +260,23 @@ impl Script {
     }
 }
 
+/// Appends a record's payload to `bytes`, and its redacted spans, moved to where they land.
+fn append(bytes: &mut Vec<u8>, wildcards: &mut Vec<(usize, usize)>, d: &proto::Data) {
+    let base = bytes.len();
+    wildcards.extend(d.redactions.iter().map(|r| (base + r.offset as usize, r.length as usize)));
+    bytes.extend_from_slice(&d.payload);
+}
+
 fn steps(chunks: &[(u64, usize, proto::Data)]) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     for (_, _, d) in chunks {
         match (d.direction(), steps.last_mut()) {
-            (Direction::Out, Some(Step::Send { bytes, wildcards })) => {
-                let base = bytes.len();
-                wildcards.extend(d.redactions.iter().map(|r| (base + r.offset as usize, r.length as usize)));
-                bytes.extend_from_slice(&d.payload);
+            (Direction::Out, Some(Step::Send { bytes, wildcards })) => append(bytes, wildcards, d),
+            (Direction::Out, _) => {
+                let (mut bytes, mut wildcards) = (Vec::new(), Vec::new());
+                append(&mut bytes, &mut wildcards, d);
+                steps.push(Step::Send { bytes, wildcards });
             }
-            (Direction::Out, _) => steps.push(Step::Send {
-                bytes: d.payload.to_vec(),
-                wildcards: d.redactions.iter().map(|r| (r.offset as usize, r.length as usize)).collect(),
-            }),
             (Direction::In, Some(Step::Receive { bytes, .. })) => bytes.extend_from_slice(&d.payload),
             (Direction::In, _) => steps.push(Step::Receive { bytes: d.payload.to_vec(), ts_ns: d.ts_ns }),
             _ => {}
