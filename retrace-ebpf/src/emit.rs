@@ -405,6 +405,19 @@ fn fill(
     }
 }
 
+/// Up to `MAX` (a power of two) bytes of user memory at `ptr` into `dst`; how many were read.
+/// The mask keeps the length provably bounded for the verifier.
+#[inline(always)]
+unsafe fn read_user_capped<const MAX: usize>(dst: &mut [u8], ptr: u64, len: u64) -> u32 {
+    let n = (if len > MAX as u64 { MAX as u64 } else { len }) as u32;
+    let n = n & (MAX as u32 * 2 - 1);
+    if ptr != 0 && n as usize <= MAX && raw_read_user(dst.as_mut_ptr().cast(), n, ptr as *const c_void) == 0 {
+        n
+    } else {
+        0
+    }
+}
+
 /// Assembles a syscall record in the per-CPU scratch buffer: returns it and its length.
 #[inline(always)]
 fn build(
@@ -435,30 +448,8 @@ fn build(
                     Err(_) => 0,
                 }
             }
-            Aux::UserBytes(ptr, len) => {
-                let n = (if len > AUX_MAX as u64 { AUX_MAX as u64 } else { len }) as u32;
-                let n = n & (AUX_MAX as u32 * 2 - 1);
-                if ptr != 0
-                    && n as usize <= AUX_MAX
-                    && raw_read_user(dst.as_mut_ptr().cast(), n, ptr as *const c_void) == 0
-                {
-                    n
-                } else {
-                    0
-                }
-            }
-            Aux::UserAddr(ptr, len) => {
-                let n = (if len > SOCKADDR_MAX as u64 { SOCKADDR_MAX as u64 } else { len }) as u32;
-                let n = n & (SOCKADDR_MAX as u32 * 2 - 1);
-                if ptr != 0
-                    && n as usize <= SOCKADDR_MAX
-                    && raw_read_user(dst.as_mut_ptr().cast(), n, ptr as *const c_void) == 0
-                {
-                    n
-                } else {
-                    0
-                }
-            }
+            Aux::UserBytes(ptr, len) => read_user_capped::<AUX_MAX>(dst, ptr, len),
+            Aux::UserAddr(ptr, len) => read_user_capped::<SOCKADDR_MAX>(dst, ptr, len),
         }
     };
     let aux_len = aux_len & (AUX_MAX as u32 * 2 - 1);
