@@ -74,7 +74,8 @@ pub fn export(
     for r in records {
         writer.append(r)?;
     }
-    let manifest = writer.finish(src.ended_ns.unwrap_or(now), src.exit_status, src.stopped_by_recorder)?;
+    let manifest =
+        writer.finish(src.ended_ns.unwrap_or(now), src.exit_status, src.stopped_by_recorder, src.stopped_ns)?;
     let stats = stage.stats.clone();
     let mut note = format!(
         "Export of recording {} as {}, for {}\nexpires {}\nrules applied: {}\n",

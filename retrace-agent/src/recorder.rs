@@ -179,6 +179,7 @@ pub async fn record(
 
     // Whether the recorder itself sent the launched command its SIGTERM.
     let mut stopped_by_recorder = false;
+    let mut stopped_ns = None;
     let exit_status = match launched.as_mut() {
         Some(child) => {
             child.release();
@@ -201,11 +202,13 @@ pub async fn record(
                     _ = stop.changed(), if !asked => {
                         asked = true;
                         stopped_by_recorder = true;
+                        stopped_ns = Some(now_wall_ns());
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
                     }
                     _ = sleep_until(deadline), if !asked => {
                         asked = true;
                         stopped_by_recorder = true;
+                        stopped_ns = Some(now_wall_ns());
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
                     }
                 }
@@ -271,7 +274,7 @@ pub async fn record(
         writer.append(record)?;
     }
     let exit_status = exit_status.or_else(|| tracker.exit_code(root));
-    let manifest = writer.finish(now_wall_ns(), exit_status, stopped_by_recorder)?;
+    let manifest = writer.finish(now_wall_ns(), exit_status, stopped_by_recorder, stopped_ns)?;
     drop(probes);
     // Detached: nothing can be paused after this last resume.
     drop(pauses);

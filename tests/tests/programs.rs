@@ -393,3 +393,52 @@ fn hundreds_of_short_lived_processes_open_relative_paths_exactly() {
         .collect();
     assert!(elsewhere.is_empty(), "relative paths recorded elsewhere: {elsewhere:?}");
 }
+
+#[test]
+fn redis_server_replays_concurrent_benchmark_clients_in_the_recorded_order() {
+    let dir = scratch("programs-redis-benchmark");
+    let port = free_port();
+    let p = port.to_string();
+    let dir_s = dir.to_str().unwrap();
+    let server = ["redis-server", "--port", &p, "--save", "", "--appendonly", "no", "--dir", dir_s];
+    let rec = dir.join("rec");
+    let mut recorder = retrace_tests::retrace_command()
+        .arg("record")
+        .arg("-o")
+        .arg(&rec)
+        .arg("--")
+        .args(server)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    // 20 connections at once: each INCR's answer is the counter's value, so the answers
+    // depend on the order in which the server read the requests across connections.
+    run(Command::new("redis-benchmark").args(["-p", &p, "-c", "20", "-n", "2000", "-t", "incr,lpush", "-q"]));
+    let counter = run(Command::new("redis-cli").args(["-p", &p, "get", "counter:__rand_int__"]));
+    assert_eq!(String::from_utf8_lossy(&counter.stdout), "2000\n");
+    run(Command::new("redis-cli").args(["-p", &p, "llen", "mylist"]));
+    // SAFETY: SIGINT to the recorder we started.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut recorder.stderr.take().unwrap(), &mut err).unwrap();
+    recorder.wait().unwrap();
+    assert!(err.contains("0 bytes lost"), "{err}");
+
+    let (out, report) = replay_in(&dir, &rec, &[], &server);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    let exchanges = report["exchanges"].as_array().unwrap();
+    // 40 benchmark connections, its probes, and the two redis-cli ones.
+    assert!(exchanges.len() >= 42, "{report}");
+    assert!(exchanges.iter().all(|e| e["status"] == "matched"), "{report}");
+    let to_program: u64 = exchanges.iter().map(|e| e["bytes_to_program"].as_u64().unwrap()).sum();
+    assert!(to_program > 2 * 2000 * 20, "every request was sent: {to_program} bytes");
+
+    // A server that no longer knows LPUSH answers it with errors.
+    let mut changed = server.to_vec();
+    changed.extend(["--rename-command", "LPUSH", "PUSHLEFT"]);
+    let (out, report) = replay_in(&dir, &rec, &[], &changed);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert!(report["exchanges"].as_array().unwrap().iter().any(|e| e["status"] == "diverged"), "{report}");
+}

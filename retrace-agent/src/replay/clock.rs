@@ -25,7 +25,26 @@ struct State {
     at: Instant,
     /// The last value handed out: never go below it.
     last_ns: i128,
+    /// The recorded time of the next thing the program waits for: the clock does not pass it
+    /// (a replay slower than the recording would otherwise show later times).
+    limit_ns: Option<i128>,
     reads: u64,
+}
+
+impl State {
+    /// What the clock reads now: advanced from the anchor, held at the limit, never back.
+    fn visible(&self) -> i128 {
+        let mut now = self.anchor_ns + self.at.elapsed().as_nanos() as i128;
+        if let Some(limit) = self.limit_ns {
+            now = now.min(limit);
+        }
+        now.max(self.last_ns)
+    }
+
+    fn rebase(&mut self, now: i128) {
+        self.anchor_ns = now;
+        self.at = Instant::now();
+    }
 }
 
 impl Default for VirtualClock {
@@ -39,7 +58,7 @@ impl Default for VirtualClock {
 impl VirtualClock {
     /// Starts at `start_ns` (the recording's start).
     pub fn new(start_ns: u64) -> VirtualClock {
-        let state = State { anchor_ns: start_ns as i128, at: Instant::now(), last_ns: 0, reads: 0 };
+        let state = State { anchor_ns: start_ns as i128, at: Instant::now(), last_ns: 0, limit_ns: None, reads: 0 };
         VirtualClock { state: Mutex::new(state) }
     }
 
@@ -47,17 +66,23 @@ impl VirtualClock {
     /// (unless it already reads later: it never goes backwards).
     pub fn anchor(&self, recorded_ns: u64) {
         let mut s = self.state.lock().expect("clock");
-        let now = s.anchor_ns + s.at.elapsed().as_nanos() as i128;
-        if (recorded_ns as i128) > now {
-            s.anchor_ns = recorded_ns as i128;
-            s.at = Instant::now();
-        }
+        let now = s.visible().max(recorded_ns as i128);
+        s.rebase(now);
+    }
+
+    /// The clock may not pass `limit_ns` (None: no limit) until told otherwise. Time held
+    /// back by a limit is not made up later: the clock goes on from where it stood.
+    pub fn limit(&self, limit_ns: Option<u64>) {
+        let mut s = self.state.lock().expect("clock");
+        let now = s.visible();
+        s.rebase(now);
+        s.limit_ns = limit_ns.map(i128::from);
     }
 
     /// The virtual wall clock, ns since the epoch.
     pub fn now_ns(&self) -> i128 {
         let mut s = self.state.lock().expect("clock");
-        let now = (s.anchor_ns + s.at.elapsed().as_nanos() as i128).max(s.last_ns);
+        let now = s.visible();
         s.last_ns = now;
         s.reads += 1;
         now
@@ -182,6 +207,13 @@ mod tests {
         clock.anchor(1_500_000_000_000); // earlier than now: ignored
         assert!(clock.now_ns() >= 2_000_000_000_000);
         assert_eq!(clock.reads(), 3);
+        // Held at a limit, and going on from there (not jumping) once it is lifted.
+        clock.limit(Some(2_000_000_000_000));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let held = clock.now_ns();
+        assert!(held >= 2_000_000_000_000 && held < 2_000_000_000_000 + 20_000_000, "{held}");
+        clock.limit(None);
+        assert!(clock.now_ns() - held < 15_000_000);
     }
 
     #[test]

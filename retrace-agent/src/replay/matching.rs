@@ -124,8 +124,9 @@ mod tests {
             peer: "127.0.0.1:80".parse().unwrap(),
             steps: vec![
                 Step::Send { bytes: first.as_bytes().to_vec(), wildcards: vec![] },
-                Step::Receive { bytes: b"ok".to_vec(), ts_ns: 0 },
+                Step::Receive { bytes: b"ok".to_vec(), ts_ns: 0, gate: 0 },
             ],
+            opens_at: 0,
         }
     }
 

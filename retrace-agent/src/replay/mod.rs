@@ -8,6 +8,7 @@ mod clock;
 pub mod http;
 mod matching;
 mod notify;
+mod order;
 mod output;
 mod peer;
 pub mod report;
@@ -73,6 +74,9 @@ pub struct Shared {
     noise: http::Noise,
     /// The wall clock the program sees.
     clock: clock::VirtualClock,
+    /// When the recorder stopped the program, if it did: the clock reads it when the replayer
+    /// stops the program.
+    stopped_ns: Option<u64>,
 }
 
 impl Shared {
@@ -138,7 +142,12 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     let clock = clock::VirtualClock::new(script.started_ns.unwrap_or(recording.manifest.started_ns));
     let sandboxed = sandbox::spawn(&config.argv, &rootfs, &stdio, recording.manifest.root_pid)?;
 
-    let shared = Arc::new(Shared { noise: config.noise.clone(), clock, ..Default::default() });
+    let shared = Arc::new(Shared {
+        noise: config.noise.clone(),
+        clock,
+        stopped_ns: recording.manifest.stopped_ns,
+        ..Default::default()
+    });
     {
         let mut report = shared.report.lock().expect("report");
         report.files_served = files_served;
@@ -152,6 +161,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         connections: connections.clone(),
         failed_connects,
         inbound: script.inbound,
+        inbound_order: script.inbound_order,
         random: script.random,
         shared: shared.clone(),
         stop: stop.clone(),

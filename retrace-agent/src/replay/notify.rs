@@ -75,8 +75,10 @@ pub struct Notifier {
     pub connections: Arc<Pool>,
     /// Recorded connect attempts that failed, by address: replayed with the same error.
     pub failed_connects: HashMap<String, VecDeque<i32>>,
-    /// Recorded inbound connections, opened again once the program listens.
+    /// Recorded inbound connections, opened again once the program listens, and the order of
+    /// their events.
     pub inbound: Vec<Connection>,
+    pub inbound_order: Vec<super::script::OrderEvent>,
     /// What getrandom returned when recorded, in order: returned again.
     pub random: std::collections::VecDeque<Vec<u8>>,
     pub shared: Arc<Shared>,
@@ -166,8 +168,9 @@ impl Notifier {
                     self.respond(req.id, Answer::Continue);
                     if !self.inbound.is_empty() {
                         let inbound = std::mem::take(&mut self.inbound);
+                        let order = std::mem::take(&mut self.inbound_order);
                         let (shared, child) = (self.shared.clone(), self.child);
-                        let handle = std::thread::spawn(move || peer::play_clients(inbound, child, shared));
+                        let handle = std::thread::spawn(move || peer::play_clients(inbound, order, child, shared));
                         self.shared.peers.lock().expect("peers").push(handle);
                     }
                     Answer::Done

@@ -1,7 +1,8 @@
 //! The replayed program's stdout and stderr, compared with the recorded command's: each goes
 //! through a pipe to a thread that passes it on to the replayer's own fd unchanged and compares
 //! it, line by line, with what was recorded: redacted spans match anything, and a line may
-//! differ in its times (the clock is not replayed) and where the noise rules say. A program whose
+//! differ in its times (the replayed clock runs at the replay's pace between recorded events)
+//! and where the noise rules say. A program whose
 //! only effects are its output and its files (sqlite3, a compiler) diverges here.
 
 use std::{
@@ -84,8 +85,8 @@ fn compare(read_end: OwnedFd, recorded: RecordedOutput, noise: Noise) -> OutputC
     check
 }
 
-/// Line by line: a line may differ only in its times (the clock is not replayed) or where the
-/// noise rules' patterns match; each such difference is reported as ignored.
+/// Line by line: a line may differ only in its times (the replayed clock runs at the replay's
+/// pace between recorded events) or where the noise rules' patterns match; each such difference is reported as ignored.
 fn lines(recorded: &RecordedOutput, actual: &[u8], noise: &Noise) -> OutputCheck {
     let mut check = OutputCheck { fd: recorded.fd, status: "matched".into(), ..Default::default() };
     let expected = &recorded.bytes;
@@ -99,7 +100,7 @@ fn lines(recorded: &RecordedOutput, actual: &[u8], noise: &Noise) -> OutputCheck
         if !same {
             let both = !e.is_empty() && !a.is_empty();
             let why = if both && blank(e, times(), &[]) == blank(a, times(), &[]) {
-                Some("times (the clock is not replayed)")
+                Some("times")
             } else if both && blank(e, times(), &noise.patterns) == blank(a, times(), &noise.patterns) {
                 Some("noise rule (pattern)")
             } else {

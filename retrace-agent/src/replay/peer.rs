@@ -13,8 +13,9 @@ use std::{
 use super::{
     http,
     matching::{Choice, Pool},
+    order::Order,
     report::{Difference, Exchange, Unmatched},
-    script::{self, Connection, Step},
+    script::{self, Connection, OrderEvent, Step},
     Shared,
 };
 
@@ -65,7 +66,7 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
         }
     };
     match chosen {
-        Ok(connection) => play(connection, sock, Role::Server, got, shared),
+        Ok(connection) => play(connection, sock, Role::Server, got, shared, None),
         Err(closest) => {
             // SO_LINGER 0: the close is a reset, as a refused request would be.
             let linger = libc::linger { l_onoff: 1, l_linger: 0 };
@@ -101,9 +102,20 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
     }
 }
 
+/// A connection's place in the recorded order of a server's connections: the order, and the
+/// connection's index in it.
+type Place = (Arc<Order>, usize);
+
 /// Plays `connection` on `sock`; `prefetched` is what the program already sent on it.
-pub fn play(connection: Connection, sock: TcpStream, role: Role, prefetched: Vec<u8>, shared: Arc<Shared>) {
-    let mut sock = Program { sock, pending: prefetched, at: 0 };
+pub fn play(
+    connection: Connection,
+    sock: TcpStream,
+    role: Role,
+    prefetched: Vec<u8>,
+    shared: Arc<Shared>,
+    place: Option<Place>,
+) {
+    let mut sock = Program { sock, pending: prefetched, at: 0, place: place.clone(), from_socket: 0 };
     let mut exchange = Exchange {
         stream_id: connection.stream_id,
         peer: connection.peer.to_string(),
@@ -113,13 +125,28 @@ pub fn play(connection: Connection, sock: TcpStream, role: Role, prefetched: Vec
     let _ = sock.sock.set_nodelay(true);
     let _ = sock.sock.set_read_timeout(Some(STEP_TIMEOUT));
     let mut sent_offset = 0usize; // position in what the program sent
+    let mut recorded_sent = 0u64; // the same in the recording
     for step in &connection.steps {
+        if let (Step::Send { bytes, .. }, Some((order, i))) = (step, &place) {
+            // Compared whole: the program wrote what this step stands for in the order.
+            if recorded_sent > 0 {
+                order.read(*i, recorded_sent);
+            }
+            recorded_sent += bytes.len() as u64;
+        }
         match step {
-            Step::Receive { bytes, ts_ns } => {
+            Step::Receive { bytes, ts_ns, gate } => {
+                if let Some((order, i)) = &place {
+                    order.read(*i, recorded_sent);
+                    order.wait(*gate);
+                }
                 shared.clock.anchor(*ts_ns);
                 if sock.sock.write_all(bytes).is_err() {
                     diverge(&mut exchange, sent_offset, b"", b"", "the program closed the connection early");
                     break;
+                }
+                if let Some((order, i)) = &place {
+                    order.sent(*i, bytes.len() as u64);
                 }
                 exchange.bytes_to_program += bytes.len() as u64;
             }
@@ -173,6 +200,9 @@ pub fn play(connection: Connection, sock: TcpStream, role: Role, prefetched: Vec
         exchange.bytes_from_program += n as u64;
     }
     let _ = sock.sock.shutdown(std::net::Shutdown::Both);
+    if let Some((order, i)) = &place {
+        order.ended(*i);
+    }
     shared.exchange(exchange);
 }
 
@@ -181,6 +211,9 @@ struct Program {
     sock: TcpStream,
     pending: Vec<u8>,
     at: usize,
+    place: Option<Place>,
+    /// Bytes read from the socket so far.
+    from_socket: u64,
 }
 
 impl http::Source for Program {
@@ -204,7 +237,12 @@ impl Program {
             self.at += n;
             return Ok(n);
         }
-        read_soon(&mut self.sock, buf)
+        let n = read_soon(&mut self.sock, buf)?;
+        self.from_socket += n as u64;
+        if let (Some((order, i)), true) = (&self.place, n > 0) {
+            order.read(*i, self.from_socket);
+        }
+        Ok(n)
     }
 }
 
@@ -246,9 +284,20 @@ pub(super) fn context(bytes: &[u8]) -> String {
 }
 
 /// Server replay: opens each recorded inbound connection to the address it reached (retrying
-/// while the program gets ready), plays it, then stops the program (TERM, then KILL).
-pub fn play_clients(inbound: Vec<Connection>, child: libc::pid_t, shared: Arc<Shared>) {
-    for connection in inbound {
+/// while the program gets ready) once the program has done what it had done before accepting
+/// it, and plays the connections concurrently in the recorded order (see `order`); then stops
+/// the program (TERM, then KILL).
+pub fn play_clients(inbound: Vec<Connection>, order: Vec<OrderEvent>, child: libc::pid_t, shared: Arc<Shared>) {
+    // The clock follows the recording: it does not pass the time of the next recorded event,
+    // nor, after the last, the time the recorder stopped the program.
+    let clock_shared = shared.clone();
+    let on_next = Box::new(move |ts: Option<u64>| {
+        clock_shared.clock.limit(ts.or(clock_shared.stopped_ns));
+    });
+    let order = Arc::new(Order::new(order, inbound.len(), on_next));
+    let mut playing = Vec::new();
+    for (i, connection) in inbound.into_iter().enumerate() {
+        order.wait(connection.opens_at);
         let deadline = std::time::Instant::now() + STEP_TIMEOUT;
         let sock = loop {
             match TcpStream::connect(connection.peer) {
@@ -258,20 +307,34 @@ pub fn play_clients(inbound: Vec<Connection>, child: libc::pid_t, shared: Arc<Sh
             }
         };
         match sock {
-            Some(sock) => play(connection, sock, Role::Client, Vec::new(), shared.clone()),
-            None => shared.exchange(Exchange {
-                stream_id: connection.stream_id,
-                peer: connection.peer.to_string(),
-                status: "diverged".into(),
-                difference: Some(Difference {
-                    what: "the program did not accept the connection".into(),
+            Some(sock) => {
+                let (shared, place) = (shared.clone(), Some((order.clone(), i)));
+                playing
+                    .push(std::thread::spawn(move || play(connection, sock, Role::Client, Vec::new(), shared, place)));
+            }
+            None => {
+                order.ended(i);
+                shared.exchange(Exchange {
+                    stream_id: connection.stream_id,
+                    peer: connection.peer.to_string(),
+                    status: "diverged".into(),
+                    difference: Some(Difference {
+                        what: "the program did not accept the connection".into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                })
+            }
         }
     }
+    for p in playing {
+        let _ = p.join();
+    }
     shared.stopped_by_replayer.store(true, std::sync::atomic::Ordering::Relaxed);
+    shared.clock.limit(None);
+    if let Some(ns) = shared.stopped_ns {
+        shared.clock.anchor(ns);
+    }
     // TERM goes to the program (forwarded through the sandbox's init); KILL of our handle takes
     // the whole pid namespace down.
     // SAFETY: signals to the sandbox handle we started (still our unreaped child).

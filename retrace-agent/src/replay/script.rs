@@ -25,8 +25,9 @@ pub enum Step {
     /// at record time and match anything.
     Send { bytes: Vec<u8>, wildcards: Vec<(usize, usize)> },
     /// The program receives these bytes, recorded at `ts_ns` (the replayed clock reads that
-    /// time when they are delivered).
-    Receive { bytes: Vec<u8>, ts_ns: u64 },
+    /// time when they are delivered). Server replay sends them once the events before `gate`
+    /// in `Script::inbound_order` have happened (0: at once).
+    Receive { bytes: Vec<u8>, ts_ns: u64, gate: usize },
 }
 
 /// Whether `[from, to)` of recorded bytes touches a span (offset, length) redacted at record
@@ -51,6 +52,23 @@ pub struct Connection {
     pub stream_id: u64,
     pub peer: SocketAddr,
     pub steps: Vec<Step>,
+    /// Server replay opens it once the events before this one in `Script::inbound_order` have
+    /// happened (0 for the program's own connections).
+    pub opens_at: usize,
+}
+
+/// One event of the recorded inbound connections, in the order the program saw them: across
+/// connections, what the program read (a request the replayer sends) and what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrderEvent {
+    /// Index into `Script::inbound`.
+    pub connection: usize,
+    /// The program read it (the replayer sends it); else the program wrote it.
+    pub to_program: bool,
+    /// Bytes in that direction of the connection once it has happened.
+    pub end: u64,
+    /// When it happened.
+    pub ts_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +77,8 @@ pub struct Script {
     /// Connections the program accepted (it was a server): the replayer opens them again to
     /// the address they reached (`peer` here is the program's local address).
     pub inbound: Vec<Connection>,
+    /// Every read and write of the program on its inbound connections, in recorded order.
+    pub inbound_order: Vec<OrderEvent>,
     /// Absolute path → the file as the program found it when recorded: its content (every
     /// byte seen), or absent (the program created it).
     pub files: HashMap<String, FileStart>,
@@ -100,6 +120,8 @@ impl Script {
         let mut random = std::collections::VecDeque::new();
         // mkdir (one path), rename and link (old, new), in order.
         let mut names: Vec<(bool, Vec<String>)> = Vec::new();
+        // Where each stream's record came, among syscalls and data.
+        let mut opened: HashMap<u64, usize> = HashMap::new();
         let report = recording.for_each(|record| {
             histories.observe(&record);
             match record.kind {
@@ -107,6 +129,8 @@ impl Script {
                     first_exec.get_or_insert(p.ts_ns);
                 }
                 Some(R::Stream(info)) => {
+                    order += 1;
+                    opened.insert(info.id, order);
                     infos.insert(info.id, info);
                 }
                 Some(R::Syscall(call)) => {
@@ -169,6 +193,7 @@ impl Script {
         // (a readiness probe a server counts, a client that gave up).
         let mut ids: Vec<u64> = infos.keys().copied().collect();
         ids.sort_unstable();
+        let mut accepted = Vec::new();
         for id in ids {
             let Some(info) = infos.get(&id) else { continue };
             let mut chunks = data.remove(&id).unwrap_or_default();
@@ -177,11 +202,13 @@ impl Script {
             match info.kind() {
                 StreamKind::Tcp if info.origin == "socket" && !info.listening => {
                     let Ok(peer) = info.peer.parse::<SocketAddr>() else { continue };
-                    script.connections.push(Connection { stream_id: id, peer, steps: steps(&chunks) });
+                    let steps = steps(chunks.iter().map(|c| (&c.2, 0)));
+                    script.connections.push(Connection { stream_id: id, peer, steps, opens_at: 0 });
                 }
                 StreamKind::Tcp if info.origin == "accept" => {
                     let Ok(local) = info.local.parse::<SocketAddr>() else { continue };
-                    script.inbound.push(Connection { stream_id: id, peer: local, steps: steps(&chunks) });
+                    let at = (info.ts_ns, opened.get(&id).copied().unwrap_or(0));
+                    accepted.push((id, local, at, chunks));
                 }
                 StreamKind::Udp if !chunks.is_empty() => {
                     let named = chunks.iter().map(|c| c.2.addr.clone()).filter(|a| !a.is_empty());
@@ -255,7 +282,7 @@ impl Script {
         }
         // Connections in the order the program opened them.
         script.connections.sort_by_key(|c| c.stream_id);
-        script.inbound.sort_by_key(|c| c.stream_id);
+        (script.inbound, script.inbound_order) = inbound(accepted);
         Ok(script)
     }
 }
@@ -267,9 +294,15 @@ fn append(bytes: &mut Vec<u8>, wildcards: &mut Vec<(usize, usize)>, d: &proto::D
     bytes.extend_from_slice(&d.payload);
 }
 
-fn steps(chunks: &[(u64, usize, proto::Data)]) -> Vec<Step> {
+/// A connection's records as steps; each comes with its index in the order of all inbound
+/// connections' records (0 for an outbound connection). What the program read in one go is
+/// one step unless something happened elsewhere in between.
+fn steps<'a>(chunks: impl Iterator<Item = (&'a proto::Data, usize)>) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
-    for (_, _, d) in chunks {
+    let mut last = 0;
+    for (d, at) in chunks {
+        let follows = at == 0 || at == last + 1;
+        last = at;
         match (d.direction(), steps.last_mut()) {
             (Direction::Out, Some(Step::Send { bytes, wildcards })) => append(bytes, wildcards, d),
             (Direction::Out, _) => {
@@ -277,12 +310,47 @@ fn steps(chunks: &[(u64, usize, proto::Data)]) -> Vec<Step> {
                 append(&mut bytes, &mut wildcards, d);
                 steps.push(Step::Send { bytes, wildcards });
             }
-            (Direction::In, Some(Step::Receive { bytes, .. })) => bytes.extend_from_slice(&d.payload),
-            (Direction::In, _) => steps.push(Step::Receive { bytes: d.payload.to_vec(), ts_ns: d.ts_ns }),
+            (Direction::In, Some(Step::Receive { bytes, .. })) if follows => bytes.extend_from_slice(&d.payload),
+            (Direction::In, _) => steps.push(Step::Receive { bytes: d.payload.to_vec(), ts_ns: d.ts_ns, gate: at }),
             _ => {}
         }
     }
     steps
+}
+
+/// The program's accepted connections (id, local address, when accepted, records) as
+/// connections to replay, with the order of their events across connections.
+type Accepted = (u64, SocketAddr, (u64, usize), Vec<(u64, usize, proto::Data)>);
+fn inbound(mut accepted: Vec<Accepted>) -> (Vec<Connection>, Vec<OrderEvent>) {
+    accepted.sort_by_key(|a| a.0);
+    let mut all: Vec<(u64, usize, usize, usize)> = Vec::new(); // ts, order, connection, chunk
+    for (i, (.., chunks)) in accepted.iter().enumerate() {
+        all.extend(chunks.iter().enumerate().map(|(j, c)| (c.0, c.1, i, j)));
+    }
+    all.sort_unstable();
+    // Event 0 is a placeholder: a gate of 0 means "no wait".
+    let mut order = vec![OrderEvent { connection: usize::MAX, to_program: false, end: 0, ts_ns: 0 }];
+    let mut index: Vec<Vec<usize>> = accepted.iter().map(|a| vec![0; a.3.len()]).collect();
+    let mut ends: Vec<[u64; 2]> = vec![[0; 2]; accepted.len()];
+    for &(_, _, i, j) in &all {
+        let d = &accepted[i].3[j].2;
+        let to_program = d.direction() == Direction::In;
+        let end = &mut ends[i][to_program as usize];
+        *end += d.payload.len() as u64;
+        index[i][j] = order.len();
+        order.push(OrderEvent { connection: i, to_program, end: *end, ts_ns: d.ts_ns });
+    }
+    let connections = accepted
+        .into_iter()
+        .zip(index)
+        .map(|((stream_id, peer, opened, chunks), index)| Connection {
+            stream_id,
+            peer,
+            opens_at: 1 + all.partition_point(|e| (e.0, e.1) < opened),
+            steps: steps(chunks.iter().zip(index).map(|(c, at)| (&c.2, at))),
+        })
+        .collect();
+    (connections, order)
 }
 
 #[derive(Debug, Clone, Copy)]

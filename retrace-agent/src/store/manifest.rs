@@ -44,6 +44,10 @@ pub struct Manifest {
     /// says how it was stopped, not how it would have ended.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped_by_recorder: bool,
+    /// When the recorder sent that stop (wall clock, ns since the epoch): the replayed clock
+    /// reads it when the replayer stops the program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_ns: Option<u64>,
     pub ring_buffer_bytes: u64,
     pub max_payload: Option<u64>,
     pub hostname: String,

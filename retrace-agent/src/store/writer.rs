@@ -211,6 +211,7 @@ impl Writer {
         ended_ns: u64,
         exit_status: Option<i32>,
         stopped_by_recorder: bool,
+        stopped_ns: Option<u64>,
     ) -> Result<Manifest, StoreError> {
         if self.current.is_none() {
             self.open_segment()?;
@@ -219,6 +220,7 @@ impl Writer {
         self.manifest.ended_ns = Some(ended_ns);
         self.manifest.exit_status = exit_status;
         self.manifest.stopped_by_recorder = stopped_by_recorder;
+        self.manifest.stopped_ns = stopped_ns;
         self.manifest.complete = true;
         self.manifest.write(&self.dir)?;
         Ok(self.manifest)
