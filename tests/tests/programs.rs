@@ -442,3 +442,91 @@ fn redis_server_replays_concurrent_benchmark_clients_in_the_recorded_order() {
     assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
     assert!(report["exchanges"].as_array().unwrap().iter().any(|e| e["status"] == "diverged"), "{report}");
 }
+
+/// A non-loopback IPv4 address of this host (a resolver there makes glibc's AI_ADDRCONFIG
+/// matter), else a loopback one.
+fn host_address() -> String {
+    let out = Command::new("hostname").arg("-I").output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.split_whitespace().find(|a| a.parse::<std::net::Ipv4Addr>().is_ok()).unwrap_or("127.0.0.77").to_owned()
+}
+
+#[test]
+fn curl_and_python_resolve_names_through_a_recorded_dns_server() {
+    let dir = scratch("programs-dns");
+    let dns_ip = host_address();
+    let conf = dir.join("dnsmasq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "no-resolv\nno-hosts\nbind-interfaces\nlisten-address={dns_ip}\nport=53\naddress=/svc.retrace.test/127.0.0.1\naddress=/other.retrace.test/127.0.0.1\n"
+        ),
+    )
+    .unwrap();
+    let _dnsmasq = Server(
+        Command::new("dnsmasq")
+            .args(["--keep-in-foreground", "-u", "root"])
+            .arg(format!("--conf-file={}", conf.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (cargo xtask setup installs it)"),
+    );
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello"), "hello by name\n").unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let _http = Server(
+        Command::new(python())
+            .args(["-m", "http.server", &p, "--bind", "127.0.0.1", "--directory", site.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let dig = || Command::new("dig").args(["+short", "+time=1", &format!("@{dns_ip}"), "svc.retrace.test"]).output();
+    while !dig().is_ok_and(|o| o.stdout == b"127.0.0.1\n") {
+        assert!(std::time::Instant::now() < deadline, "dnsmasq answers on {dns_ip}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The recorded programs see a resolv.conf naming the test's DNS server (a private mount).
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {dns_ip}\noptions timeout:1 attempts:1\n")).unwrap();
+    let with_resolv = |command: &[&str]| -> Vec<String> {
+        let mount = format!("mount --bind {} /etc/resolv.conf && exec \"$@\"", resolv.display());
+        ["unshare", "-m", "sh", "-c", &mount, "sh"].iter().chain(command).map(|s| s.to_string()).collect()
+    };
+    let url = format!("http://svc.retrace.test:{port}/hello");
+    let curl = ["curl", "-sS", url.as_str()];
+    let fetch = format!("import urllib.request; print(urllib.request.urlopen('{url}').read().decode(), end='')");
+    let py = [python(), "-c", fetch.as_str()];
+    for (name, command) in [("curl", &curl[..]), ("python", &py[..])] {
+        let rec_dir = dir.join(name);
+        let recorded = with_resolv(command);
+        let recorded: Vec<&str> = recorded.iter().map(String::as_str).collect();
+        let out = record_in(&dir, &rec_dir, &recorded);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello by name\n", "{name}");
+        // Replayed as the plain command: the recorded resolv.conf is served, the DNS server
+        // and the web server are the replayer's.
+        let (out, report) = replay_in(&dir, &rec_dir.join("rec"), &[], command);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}\n{report}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello by name\n");
+        let dns = report["dns"].as_array().unwrap();
+        assert!(
+            dns.iter().any(|q| q["name"] == "svc.retrace.test" && q["type"] == "A" && q["answer"] == "recorded"),
+            "{report}"
+        );
+    }
+    // Another name: NXDOMAIN from the replayer, never silence, and a failed replay.
+    let other = format!("http://other.retrace.test:{port}/hello");
+    let (out, report) = replay_in(&dir, &dir.join("curl/rec"), &[], &["curl", "-sS", &other]);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Could not resolve host"), "{}", stderr(&out));
+    let dns = report["dns"].as_array().unwrap();
+    assert!(
+        dns.iter().any(|q| q["name"] == "other.retrace.test" && q["answer"].as_str().unwrap().starts_with("NXDOMAIN")),
+        "{report}"
+    );
+}

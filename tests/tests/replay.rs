@@ -509,26 +509,39 @@ fn noise_rules_name_more_headers_and_patterns() {
 }
 
 #[test]
-fn recorded_datagrams_are_named_as_not_replayed() {
+fn datagrams_are_answered_by_content_and_an_unrecorded_one_is_reported() {
     let dir = scratch("replay-udp");
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = echo.local_addr().unwrap().port();
+    // The peer answers each datagram with it reversed.
     let echoing = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
-        if let Ok((n, from)) = echo.recv_from(&mut buf) {
-            let _ = echo.send_to(&buf[..n], from);
+        for _ in 0..2 {
+            if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let reply: Vec<u8> = buf[..n].iter().rev().copied().collect();
+                let _ = echo.send_to(&reply, from);
+            }
         }
     });
-    let script = format!(
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(2)\ns.sendto(b'ping', ('127.0.0.1', {port}))\nprint(s.recvfrom(64)[0])\n"
-    );
-    let (_, recorded) = record(&dir, &[], &[retrace_tests::python(), "-c", &script]);
-    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "b'ping'\n");
+    let script = |first: &str| {
+        format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(2)\nfor m in (b'{first}', b'pong'):\n    s.sendto(m, ('127.0.0.1', {port}))\n    print(s.recvfrom(64)[0])\n"
+        )
+    };
+    let (_, recorded) = record(&dir, &[], &[retrace_tests::python(), "-c", &script("ping")]);
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "b'gnip'\nb'gnop'\n");
     echoing.join().unwrap();
+    // The peer is gone: the replayer answers, in the order the program asks (here reversed).
+    let swapped = script("ping").replace("(b'ping', b'pong')", "(b'pong', b'ping')");
     let (out, report) =
-        replay(&dir.join("rec"), &dir.join("report.json"), &[retrace_tests::python(), "-c", &script], None);
+        replay(&dir.join("rec"), &dir.join("report.json"), &[retrace_tests::python(), "-c", &swapped], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "b'gnop'\nb'gnip'\n", "{}", stderr(&out));
+    assert_eq!(report["datagrams_matched"], 2, "{report}");
+    // A datagram never recorded: no answer (the program times out) and an entry in the report.
+    let (out, report) =
+        replay(&dir.join("rec"), &dir.join("changed.json"), &[retrace_tests::python(), "-c", &script("pang")], None);
     assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
-    let address = format!("127.0.0.1:{port}");
-    assert!(report["datagrams_not_replayed"].as_array().unwrap().iter().any(|a| a == address.as_str()), "{report}");
-    assert!(stderr(&out).contains("are not replayed yet"), "{}", stderr(&out));
+    let unmatched = report["unmatched"].as_array().unwrap();
+    assert_eq!(unmatched[0]["address"], format!("udp 127.0.0.1:{port}"), "{report}");
+    assert_eq!(unmatched[0]["sent"], "pang", "{report}");
 }

@@ -133,7 +133,10 @@ fn test_peers() -> Result<()> {
         ("sqlite3", "sqlite3"),
         ("pg_ctlcluster", "postgresql"),
         ("nginx", "nginx"),
-        ("go", "golang-go"), // a static binary reading the clock without libc
+        ("go", "golang-go"),         // a static binary reading the clock without libc
+        ("dnsmasq", "dnsmasq-base"), // a DNS server for name resolution through glibc
+        ("dig", "dnsutils"),
+        ("unshare", "util-linux"), // a recorded program sees the test's resolv.conf
     ];
     install_missing(&wanted)?;
     // pip, for the replay of `pip install` from a local index.

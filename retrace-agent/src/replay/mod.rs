@@ -5,6 +5,7 @@
 //! `notify` for what the replayer answers.
 
 mod clock;
+mod datagram;
 pub mod http;
 mod matching;
 mod notify;
@@ -152,12 +153,14 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         let mut report = shared.report.lock().expect("report");
         report.files_served = files_served;
         report.files_absent = files_absent;
-        report.datagrams_not_replayed = script.datagram_peers.clone();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // The recorded datagram peers listen before the program starts.
+    let datagrams = datagram::serve(sandboxed.pid, script.datagrams, script.local_ips, shared.clone(), stop.clone());
     let notifier = notify::Notifier {
         listener: sandboxed.listener,
         child: sandboxed.pid,
+        udp_addresses: script.udp_addresses,
         connections: connections.clone(),
         failed_connects,
         inbound: script.inbound,
@@ -167,6 +170,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         stop: stop.clone(),
     };
     let notifier = std::thread::spawn(move || notifier.run());
+    sandboxed.go.start();
     let exit_status = crate::target::wait_exit_code(sandboxed.pid as u32);
     let outputs: Vec<report::OutputCheck> = tees.into_iter().map(output::Tee::finish).collect();
     // The notifier ends once no sandboxed process is left: the PID namespace dies with the
@@ -179,6 +183,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     }
     stop.store(true, Ordering::Relaxed);
     let _ = notifier.join();
+    let _ = datagrams.join();
     let peers = std::mem::take(&mut *shared.peers.lock().expect("peers"));
     for p in peers {
         let _ = p.join();

@@ -73,6 +73,9 @@ pub struct Notifier {
     pub child: libc::pid_t,
     /// Recorded outbound connections not yet claimed, by peer.
     pub connections: Arc<Pool>,
+    /// Where the program's UDP sockets connected or sent when recorded: served by
+    /// `datagram` inside the sandbox.
+    pub udp_addresses: std::collections::HashSet<String>,
     /// Recorded connect attempts that failed, by address: replayed with the same error.
     pub failed_connects: HashMap<String, VecDeque<i32>>,
     /// Recorded inbound connections, opened again once the program listens, and the order of
@@ -225,6 +228,14 @@ impl Notifier {
                 return Answer::Error(libc::ENOENT);
             }
         }
+        if family != libc::AF_UNIX as u16 && socket_type(req.pid, req.data.args[0] as i32) == Some(libc::SOCK_DGRAM) {
+            // A datagram socket: connected to a recorded peer, it reaches the replayer's.
+            if self.udp_addresses.contains(&address) {
+                return Answer::Continue;
+            }
+            self.shared.blocked(Blocked { syscall: "connect".into(), address, pid: req.pid });
+            return Answer::Error(libc::ECONNREFUSED);
+        }
         let Some(peer) = address.parse::<SocketAddr>().ok().filter(|a| self.connections.has(a)) else {
             self.shared.blocked(Blocked { syscall: "connect".into(), address, pid: req.pid });
             return Answer::Error(libc::ECONNREFUSED);
@@ -261,8 +272,8 @@ impl Notifier {
         }
     }
 
-    /// A datagram to an address: nothing in the recording answers datagrams yet, so every one
-    /// is refused and reported.
+    /// A datagram to an address: to a recorded peer it goes (the replayer's socket there
+    /// answers); any other is refused and reported.
     fn sendto(&mut self, req: &Notif) -> Answer {
         let len = (req.data.args[5] as usize).min(128);
         let Some(raw) = read_mem(req.pid, req.data.args[4], len) else { return Answer::Error(libc::EFAULT) };
@@ -270,6 +281,9 @@ impl Notifier {
             return Answer::Error(libc::EINTR);
         }
         let address = crate::streams::sockaddr::format(&raw).unwrap_or_else(|| "?".into());
+        if self.udp_addresses.contains(&address) {
+            return Answer::Continue;
+        }
         self.shared.blocked(Blocked { syscall: "sendto".into(), address, pid: req.pid });
         Answer::Error(libc::EACCES)
     }
@@ -303,19 +317,11 @@ impl Notifier {
 
 /// Options the program set on its socket before connecting (timeouts, buffer sizes, keepalive,
 /// TCP_NODELAY) carried over to the replacement: read from a copy of its socket.
-fn copy_socket_options(pid: u32, their_fd: i32, ours: i32) {
-    // SAFETY: pidfd_open/pidfd_getfd give us our own fds; getsockopt/setsockopt read and write
-    // buffers of the size passed.
+fn copy_socket_options(pid: u32, their_fd_number: i32, ours: i32) {
+    let Some(theirs) = their_fd(pid, their_fd_number) else { return };
+    let theirs = theirs.as_raw_fd();
+    // SAFETY: getsockopt/setsockopt read and write buffers of the size passed.
     unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        if pidfd < 0 {
-            return;
-        }
-        let theirs = libc::syscall(libc::SYS_pidfd_getfd, pidfd, their_fd, 0) as i32;
-        libc::close(pidfd);
-        if theirs < 0 {
-            return;
-        }
         let options = [
             (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
             (libc::SOL_SOCKET, libc::SO_RCVBUF),
@@ -332,11 +338,44 @@ fn copy_socket_options(pid: u32, their_fd: i32, ours: i32) {
                 libc::setsockopt(ours, level, name, value.as_ptr().cast(), len);
             }
         }
-        libc::close(theirs);
     }
 }
 
-fn enter_netns(pid: libc::pid_t) -> std::io::Result<()> {
+/// SOCK_STREAM, SOCK_DGRAM...: the type of the program's socket `fd` (None if it is none).
+fn socket_type(pid: u32, fd: i32) -> Option<i32> {
+    let theirs = their_fd(pid, fd)?;
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int into `kind`.
+    let ok = unsafe {
+        libc::getsockopt(
+            theirs.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (ok == 0).then_some(kind)
+}
+
+/// A copy of the program's `fd` (`pid` may be any of its threads).
+fn their_fd(pid: u32, fd: i32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let tgid = crate::target::thread_group_of(pid).ok()?;
+    // SAFETY: pidfd_open/pidfd_getfd return fds we then own.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as i32;
+        if pidfd < 0 {
+            return None;
+        }
+        let theirs = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        libc::close(pidfd);
+        (theirs >= 0).then(|| OwnedFd::from_raw_fd(theirs))
+    }
+}
+
+pub(super) fn enter_netns(pid: libc::pid_t) -> std::io::Result<()> {
     let ns = File::open(format!("/proc/{pid}/ns/net"))?;
     // SAFETY: setns on this thread only.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

@@ -56,6 +56,21 @@ pub struct Unmatched {
     pub difference: Option<Difference>,
 }
 
+/// A DNS question the program asked a recorded DNS server.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DnsQuery {
+    pub name: String,
+    /// A, AAAA, ... (TYPEn for the rest).
+    #[serde(rename = "type")]
+    pub qtype: String,
+    /// `recorded`, or NXDOMAIN for a question the recording never asked.
+    pub answer: String,
+}
+
+impl DnsQuery {
+    pub const NXDOMAIN: &'static str = "NXDOMAIN (never asked when recorded)";
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Blocked {
     pub syscall: String,
@@ -79,11 +94,16 @@ pub struct ReplayReport {
     /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
     pub outputs: Vec<OutputCheck>,
     pub blocked: Vec<Blocked>,
-    /// Peers of the recording's datagrams (UDP: DNS and others), which replay does not play
-    /// yet: the program's datagrams are refused (and listed under `blocked`).
+    /// Recorded datagram peers that could not be served (their address could not be bound).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub datagrams_not_replayed: Vec<String>,
-    /// Connections to a recorded address that matched none of its recorded connections.
+    /// DNS questions answered by recorded DNS servers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsQuery>,
+    /// Datagrams to other recorded peers that matched a recorded one (and got its replies).
+    pub datagrams_matched: u64,
+    /// Connections to a recorded address that matched none of its recorded connections, and
+    /// datagrams (`udp ADDRESS`) that matched none of those recorded to their peer.
     pub unmatched: Vec<Unmatched>,
     /// Unix socket paths the program tried that do not exist on the host: refused with ENOENT,
     /// as the host would, and not a failure (nothing could be reached there).
@@ -106,6 +126,7 @@ impl ReplayReport {
         self.errors.is_empty()
             && self.blocked.is_empty()
             && self.unmatched.is_empty()
+            && self.dns.iter().all(|q| q.answer != DnsQuery::NXDOMAIN)
             && self.exchanges.iter().all(|e| e.status == "matched")
             && self.outputs.iter().all(|o| o.status == "matched")
             && !self.exit_differs()
@@ -177,6 +198,10 @@ impl ReplayReport {
                     "retrace:   a connection to {} matched no recorded one (reset); closest, stream {id}: {} at byte {}: expected \"{}\", got \"{}\"\n",
                     u.address, d.what, d.offset, d.expected, d.actual
                 )),
+                _ if u.address.starts_with("udp ") => s.push_str(&format!(
+                    "retrace:   a datagram to {} matched no recorded one (no answer): \"{}\"\n",
+                    &u.address[4..], u.sent
+                )),
                 _ => s.push_str(&format!(
                     "retrace:   a connection to {} matched no recorded one (reset): it sent \"{}\"\n",
                     u.address, u.sent
@@ -186,9 +211,15 @@ impl ReplayReport {
         for b in &self.blocked {
             s.push_str(&format!("retrace:   blocked {} to {} (pid {})\n", b.syscall, b.address, b.pid));
         }
+        for q in self.dns.iter().filter(|q| q.answer == DnsQuery::NXDOMAIN) {
+            s.push_str(&format!(
+                "retrace:   DNS {} {}: answered NXDOMAIN, never asked when recorded\n",
+                q.qtype, q.name
+            ));
+        }
         if !self.datagrams_not_replayed.is_empty() {
             s.push_str(&format!(
-                "retrace:   note: the recording's datagrams (UDP, to or from {}) are not replayed yet: the program's are refused\n",
+                "retrace:   note: recorded datagram peers not served: {}\n",
                 self.datagrams_not_replayed.join(", ")
             ));
         }

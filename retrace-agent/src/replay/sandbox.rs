@@ -21,6 +21,18 @@ use super::{
 pub struct Sandboxed {
     pub pid: libc::pid_t,
     pub listener: OwnedFd,
+    /// The program starts once this is given (or dropped: then it does not).
+    pub go: Go,
+}
+
+/// Holds the sandbox's init back until what the program will talk to is set up.
+pub struct Go(OwnedFd);
+
+impl Go {
+    pub fn start(self) {
+        // SAFETY: one byte to the init over our end of the pair.
+        unsafe { libc::write(self.0.as_raw_fd(), [b'G'].as_ptr().cast(), 1) };
+    }
 }
 
 /// Device nodes bound from the host into the private /dev.
@@ -347,6 +359,12 @@ pub fn spawn(
                 fail(9);
             }
             libc::close(listener as i32);
+            // Set-up inside the namespaces (the recorded peers' addresses and sockets) is the
+            // replayer's: wait for its go.
+            let mut go = [0u8; 1];
+            if libc::read(pair[1], go.as_mut_ptr().cast(), 1) != 1 {
+                libc::_exit(126);
+            }
             // The init (pid 1) forks the program (with its recorded pid where it can), reaps
             // orphans, and ends with it.
             if let Some(last) = &last_pid {
@@ -376,7 +394,7 @@ pub fn spawn(
         let what = STEPS.get(step as usize).copied().filter(|s| !s.is_empty());
         ReplayError::Sandbox(what.unwrap_or("the sandboxed child failed before exec").to_owned())
     })?;
-    Ok(Sandboxed { pid, listener })
+    Ok(Sandboxed { pid, listener, go: Go(ours) })
 }
 
 static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);

@@ -3,6 +3,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
+use super::datagram::{DatagramExchange, DatagramPeer};
 use crate::filestate::{FileHistories, Initial};
 use crate::store::{
     proto::{self, record::Kind as R, Direction, StreamKind},
@@ -88,9 +89,12 @@ pub struct Script {
     /// What the recorded command wrote to its stdout (fd 1) and stderr (fd 2), where those were
     /// no terminal and every byte was recorded.
     pub outputs: Vec<RecordedOutput>,
-    /// Peers of the recorded datagrams (UDP, by stream peer or datagram address): not replayed
-    /// yet, named in the report.
-    pub datagram_peers: Vec<String>,
+    /// What the program sent each recorded datagram peer (UDP), and what came back.
+    pub datagrams: Vec<DatagramPeer>,
+    /// Every address the program's UDP sockets were connected or sent to when recorded.
+    pub udp_addresses: std::collections::HashSet<String>,
+    /// The program's recorded local addresses (of its sockets).
+    pub local_ips: Vec<std::net::IpAddr>,
     /// When the recorded command started (its first exec), for the replayed clock.
     pub started_ns: Option<u64>,
     /// What getrandom returned, in order.
@@ -194,8 +198,14 @@ impl Script {
         let mut ids: Vec<u64> = infos.keys().copied().collect();
         ids.sort_unstable();
         let mut accepted = Vec::new();
+        let mut datagrams: HashMap<SocketAddr, DatagramPeer> = HashMap::new();
         for id in ids {
             let Some(info) = infos.get(&id) else { continue };
+            if let Ok(local) = info.local.parse::<SocketAddr>() {
+                if !script.local_ips.contains(&local.ip()) {
+                    script.local_ips.push(local.ip());
+                }
+            }
             let mut chunks = data.remove(&id).unwrap_or_default();
             // Redaction may hold one direction back on disk: time says what came first.
             chunks.sort_by_key(|c| (c.0, c.1));
@@ -210,12 +220,32 @@ impl Script {
                     let at = (info.ts_ns, opened.get(&id).copied().unwrap_or(0));
                     accepted.push((id, local, at, chunks));
                 }
-                StreamKind::Udp if !chunks.is_empty() => {
-                    let named = chunks.iter().map(|c| c.2.addr.clone()).filter(|a| !a.is_empty());
-                    let peers: Vec<String> = named.chain((!info.peer.is_empty()).then(|| info.peer.clone())).collect();
-                    for peer in peers {
-                        if !script.datagram_peers.contains(&peer) {
-                            script.datagram_peers.push(peer);
+                StreamKind::Udp => {
+                    if !info.peer.is_empty() {
+                        script.udp_addresses.insert(info.peer.clone());
+                    }
+                    // Each record is one datagram; a reply belongs to the last datagram sent to
+                    // its sender from the same socket.
+                    let mut last: HashMap<SocketAddr, usize> = HashMap::new();
+                    for (_, _, d) in &chunks {
+                        let address = if d.addr.is_empty() { &info.peer } else { &d.addr };
+                        let Ok(address) = address.parse::<SocketAddr>() else { continue };
+                        script.udp_addresses.insert(address.to_string());
+                        let peer =
+                            datagrams.entry(address).or_insert_with(|| DatagramPeer { address, exchanges: Vec::new() });
+                        match d.direction() {
+                            Direction::Out => {
+                                let mut exchange = DatagramExchange::default();
+                                append(&mut exchange.sent, &mut exchange.wildcards, d);
+                                last.insert(address, peer.exchanges.len());
+                                peer.exchanges.push(exchange);
+                            }
+                            Direction::In => {
+                                if let Some(&i) = last.get(&address) {
+                                    peer.exchanges[i].replies.push((d.payload.to_vec(), d.ts_ns));
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -283,6 +313,8 @@ impl Script {
         // Connections in the order the program opened them.
         script.connections.sort_by_key(|c| c.stream_id);
         (script.inbound, script.inbound_order) = inbound(accepted);
+        script.datagrams = datagrams.into_values().collect();
+        script.datagrams.sort_by_key(|p| p.address);
         Ok(script)
     }
 }
