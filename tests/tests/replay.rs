@@ -509,6 +509,43 @@ fn noise_rules_name_more_headers_and_patterns() {
 }
 
 #[test]
+fn denoise_learns_what_differs_between_unchanged_runs_and_still_catches_a_change() {
+    let dir = scratch("replay-denoise");
+    let port = free_port();
+    let script = dir.join("server.py");
+    let server_source = |greeting: &str| {
+        format!(
+            "import http.server, sys, time\nclass H(http.server.BaseHTTPRequestHandler):\n    def log_message(self, *a): pass\n    def do_GET(self):\n        body = ('{greeting} session=%x\\n' % time.monotonic_ns()).encode()\n        self.send_response(200)\n        self.send_header('X-Trace', '%d' % time.monotonic_ns())\n        self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\nhttp.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+        )
+    };
+    std::fs::write(&script, server_source("hello")).unwrap();
+    let p = port.to_string();
+    let server = [retrace_tests::python(), script.to_str().unwrap(), &p];
+    record_server(&dir, &server, port, &["/a", "/b"]);
+    let rec = dir.join("rec");
+    let (out, _) = replay(&rec, &dir.join("plain.json"), &server, None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "X-Trace differs: {}", stderr(&out));
+    let (out, _) = retrace_tests::replay_in(&dir, &rec, &["--denoise"], &server);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let learned = std::fs::read_to_string(rec.join("noise.toml")).unwrap();
+    assert!(learned.contains("x-trace") && learned.contains("session=[0-9a-fA-F]+"), "{learned}");
+    // Later replays read it; the report says what was ignored and why.
+    let (out, report) = replay(&rec, &dir.join("after.json"), &server, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ignored: Vec<&serde_json::Value> = report["exchanges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["ignored"].as_array().into_iter().flatten())
+        .collect();
+    assert!(ignored.iter().any(|i| i["field"] == "x-trace" && i["why"] == "noise rule (header)"), "{report}");
+    // A changed greeting is no noise (the script is the code under test: served from the disk).
+    std::fs::write(&script, server_source("howdy")).unwrap();
+    let (out, _) = retrace_tests::replay_in(&dir, &rec, &["--live", script.to_str().unwrap()], &server);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+}
+
+#[test]
 fn datagrams_are_answered_by_content_and_an_unrecorded_one_is_reported() {
     let dir = scratch("replay-udp");
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use retrace_agent::replay::{self, ReplayConfig};
+use retrace_agent::{
+    redact::{rules::NoiseSection, RulesFile},
+    replay::{self, ReplayConfig},
+};
 
 /// Exit status when the replay diverged from the recording or something was blocked.
 pub const DIVERGED: i32 = 86;
@@ -27,21 +30,70 @@ pub struct Args {
     keep_scratch: Option<PathBuf>,
     /// A rules file whose `[noise]` names HTTP headers and regexes that may differ
     /// (besides the built-in noisy headers: Date, ETag, Last-Modified, request ids...).
+    /// The noise learned by --denoise (noise.toml beside the recording) is always read too.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Replay the unchanged program more than once and keep what differed (header values,
+    /// tokens in bodies and output lines) as noise in noise.toml beside the recording.
+    #[arg(long)]
+    denoise: bool,
     /// The program to replay, and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
 
+/// How many replays `--denoise` makes at most (each learns from the one before).
+const DENOISE_ROUNDS: usize = 6;
+
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let recording = args.source.open("replay")?;
     let noise = match &args.rules {
-        Some(path) => retrace_agent::redact::RulesFile::read(path)?.noise()?,
+        Some(path) => RulesFile::read(path)?.noise.unwrap_or_default(),
         None => Default::default(),
     };
-    let config = ReplayConfig { argv: args.command, live: args.live, keep_scratch: args.keep_scratch, noise };
-    let report = replay::replay(&recording, &config)?;
+    let learned_path = replay::denoise::path(&args.source.recording);
+    let mut learned = if learned_path.exists() {
+        RulesFile::read(&learned_path)?.noise.unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let merged = |noise: &NoiseSection, learned: &NoiseSection| {
+        let mut all = noise.clone();
+        all.headers.extend(learned.headers.iter().cloned());
+        all.patterns.extend(learned.patterns.iter().cloned());
+        RulesFile::compile_noise(&all)
+    };
+    let mut config = ReplayConfig {
+        argv: args.command,
+        live: args.live,
+        keep_scratch: args.keep_scratch,
+        noise: merged(&noise, &learned)?,
+    };
+    let mut report = replay::replay(&recording, &config)?;
+    if args.denoise {
+        // Twice at least: a value that happened to match once may not the next time.
+        let before = learned.clone();
+        for round in 1..DENOISE_ROUNDS {
+            let new = replay::denoise::learn(&report, &mut learned);
+            if new == 0 && (round > 1 || !report.passed()) {
+                break;
+            }
+            config.noise = merged(&noise, &learned)?;
+            report = replay::replay(&recording, &config)?;
+        }
+        if learned != before {
+            let path = replay::denoise::save(&args.source.recording, &learned)
+                .map_err(|e| anyhow::anyhow!("cannot write the learned noise beside the recording: {e}"))?;
+            eprintln!(
+                "retrace: learned noise in {}: headers [{}], patterns [{}]",
+                path.display(),
+                learned.headers.join(", "),
+                learned.patterns.join(", ")
+            );
+        } else {
+            eprintln!("retrace: --denoise learned nothing new");
+        }
+    }
     eprint!("{}", report.summary());
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)

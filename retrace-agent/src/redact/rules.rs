@@ -62,7 +62,7 @@ pub struct Noise {
 
 /// Replay's noise rules as written: HTTP header names whose values may differ, and regexes whose matches
 /// in header values and bodies may differ.
-#[derive(Debug, Deserialize, Clone, Default)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NoiseSection {
     #[serde(default)]
@@ -240,6 +240,11 @@ impl RulesFile {
             .map(|p| Regex::new(&format!("(?-u:{p})")).map_err(|e| regex_error("noise", e)))
             .collect::<Result<_, _>>()?;
         Ok(Noise { headers: section.headers, patterns })
+    }
+
+    /// Noise rules as written, compiled (the noise section of a file that holds only that).
+    pub fn compile_noise(section: &NoiseSection) -> Result<Noise, RulesError> {
+        RulesFile { noise: Some(section.clone()), ..Default::default() }.noise()
     }
 
     /// The names of the rules this file turns on (for the manifest).

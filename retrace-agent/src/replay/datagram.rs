@@ -333,7 +333,6 @@ fn add_to_loopback(ip: IpAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

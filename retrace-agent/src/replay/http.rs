@@ -57,6 +57,8 @@ pub struct Outcome {
     pub consumed: usize,
     /// First real difference: offset in the program's bytes, what, expected, actual.
     pub difference: Option<(usize, &'static str, Vec<u8>, Vec<u8>)>,
+    /// What the difference could be noise in.
+    pub learn: Option<super::report::Learn>,
     pub ignored: Vec<Ignored>,
 }
 
@@ -275,6 +277,7 @@ pub fn compare(recorded: &[u8], wildcards: &[(usize, usize)], source: &mut dyn S
                 }),
                 None => {
                     outcome.difference = differ("different header value", ev, av, at);
+                    outcome.learn = Some(super::report::Learn::Header(en.clone()));
                     return outcome;
                 }
             }
@@ -295,6 +298,8 @@ pub fn compare(recorded: &[u8], wildcards: &[(usize, usize)], source: &mut dyn S
                 let at = at.unwrap_or(expected.body.len().min(actual.body.len()));
                 outcome.difference =
                     differ("different body", &expected.body[at..], &actual.body[at..], actual.head.len() + at);
+                outcome.learn =
+                    Some(super::report::Learn::Text { expected: expected.body.clone(), actual: actual.body.clone() });
                 return outcome;
             }
         }

@@ -6,6 +6,7 @@
 
 mod clock;
 mod datagram;
+pub mod denoise;
 pub mod http;
 mod matching;
 mod notify;

@@ -126,6 +126,8 @@ fn lines(recorded: &RecordedOutput, actual: &[u8], noise: &Noise) -> OutputCheck
                         what: what.into(),
                         expected: super::peer::context(&expected[e_at + at.min(e.len())..]),
                         actual: super::peer::context(&actual[a_at + at.min(a.len())..]),
+                        learn: (!e.is_empty() && !a.is_empty())
+                            .then(|| super::report::Learn::Text { expected: e.to_vec(), actual: a.to_vec() }),
                     });
                     return check;
                 }

@@ -88,6 +88,7 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
                         what: "different bytes".into(),
                         expected: context(&c.expected),
                         actual: context(got.get(c.offset..).unwrap_or_default()),
+                        learn: None,
                     }),
                 ),
                 None => (None, None),
@@ -157,6 +158,9 @@ pub fn play(
                 exchange.ignored.extend(outcome.ignored);
                 if let Some((at, what, expected, actual)) = outcome.difference {
                     diverge(&mut exchange, sent_offset + at, &expected, &actual, what);
+                    if let Some(d) = &mut exchange.difference {
+                        d.learn = outcome.learn;
+                    }
                     break;
                 }
                 sent_offset += outcome.consumed;
@@ -274,6 +278,7 @@ fn diverge(exchange: &mut Exchange, offset: usize, expected: &[u8], actual: &[u8
             what: what.into(),
             expected: context(expected),
             actual: context(actual),
+            learn: None,
         });
     }
 }

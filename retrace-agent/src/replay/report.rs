@@ -11,6 +11,17 @@ pub struct Difference {
     pub what: String,
     pub expected: String,
     pub actual: String,
+    /// What `--denoise` may learn from it.
+    #[serde(skip)]
+    pub learn: Option<Learn>,
+}
+
+/// A difference that could be noise: a header's value, or a text (a body, an output line) of
+/// which a span differs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Learn {
+    Header(String),
+    Text { expected: Vec<u8>, actual: Vec<u8> },
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
