@@ -502,7 +502,20 @@ fn curl_and_python_resolve_names_through_a_recorded_dns_server() {
     let curl = ["curl", "-sS", url.as_str()];
     let fetch = format!("import urllib.request; print(urllib.request.urlopen('{url}').read().decode(), end='')");
     let py = [python(), "-c", fetch.as_str()];
-    for (name, command) in [("curl", &curl[..]), ("python", &py[..])] {
+    // A static Go client: Go's own resolver, its own vDSO lookup for the clock it prints.
+    std::fs::write(
+        dir.join("main.go"),
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"io\"\n\t\"net/http\"\n\t\"os\"\n\t\"time\"\n)\n\nfunc main() {\n\tresp, err := http.Get(os.Args[1])\n\tif err != nil {\n\t\tfmt.Println(err)\n\t\tos.Exit(1)\n\t}\n\tbody, _ := io.ReadAll(resp.Body)\n\tfmt.Fprintln(os.Stderr, time.Now().UTC().Format(time.RFC3339Nano))\n\tfmt.Print(string(body))\n}\n",
+    )
+    .unwrap();
+    run(Command::new("go")
+        .args(["build", "-o", "goget", "main.go"])
+        .current_dir(&dir)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath")));
+    let go = ["./goget", url.as_str()];
+    for (name, command) in [("curl", &curl[..]), ("python", &py[..]), ("go", &go[..])] {
         let rec_dir = dir.join(name);
         let recorded = with_resolv(command);
         let recorded: Vec<&str> = recorded.iter().map(String::as_str).collect();
@@ -529,4 +542,61 @@ fn curl_and_python_resolve_names_through_a_recorded_dns_server() {
         dns.iter().any(|q| q["name"] == "other.retrace.test" && q["answer"].as_str().unwrap().starts_with("NXDOMAIN")),
         "{report}"
     );
+}
+
+#[test]
+fn nginx_replays_against_concurrent_keep_alive_wrk_connections() {
+    let dir = scratch("programs-nginx-wrk");
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>under load</h1>\n").unwrap();
+    let port = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; worker_processes 1; error_log stderr; pid {}/nginx.pid;\nevents {{}}\nhttp {{ access_log off; server {{ listen 127.0.0.1:{port}; root {}; }} }}\n",
+            dir.display(),
+            site.display()
+        ),
+    )
+    .unwrap();
+    let nginx = ["nginx", "-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()];
+    let rec = dir.join("rec");
+    let mut recorder = retrace_tests::retrace_command()
+        .arg("record")
+        .arg("-o")
+        .arg(&rec)
+        .arg("--")
+        .args(nginx)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let load = run(Command::new("wrk").args(["-t2", "-c6", "-d1s", &url]));
+    let text = String::from_utf8_lossy(&load.stdout).into_owned();
+    // SAFETY: SIGINT to the recorder we started.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut recorder.stderr.take().unwrap(), &mut err).unwrap();
+    recorder.wait().unwrap();
+    assert!(err.contains("0 bytes lost"), "{err}");
+
+    let (out, report) = replay_in(&dir, &rec, &[], &nginx);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    let exchanges = report["exchanges"].as_array().unwrap();
+    // wrk's six connections (and its probe): every request answered as recorded.
+    assert!(exchanges.len() >= 6, "{report}");
+    assert!(exchanges.iter().all(|e| e["status"] == "matched"), "{report}");
+    let requests: u64 = text
+        .split_whitespace()
+        .zip(text.split_whitespace().skip(1))
+        .find(|(_, w)| *w == "requests")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0);
+    let to_program: u64 = exchanges.iter().map(|e| e["bytes_to_program"].as_u64().unwrap()).sum();
+    assert!(requests > 100 && to_program > requests * 40, "{requests} requests, {to_program} bytes sent: {text}");
 }

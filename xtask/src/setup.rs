@@ -136,6 +136,7 @@ fn test_peers() -> Result<()> {
         ("go", "golang-go"),         // a static binary reading the clock without libc
         ("dnsmasq", "dnsmasq-base"), // a DNS server for name resolution through glibc
         ("dig", "dnsutils"),
+        ("wrk", "wrk"),            // concurrent keep-alive clients of a replayed server
         ("unshare", "util-linux"), // a recorded program sees the test's resolv.conf
     ];
     install_missing(&wanted)?;

@@ -7,6 +7,7 @@
 mod clock;
 mod datagram;
 pub mod denoise;
+mod diag;
 pub mod http;
 mod matching;
 mod notify;

@@ -5,6 +5,7 @@
 //! connections that did not wait on each other when recorded run concurrently.
 
 use std::{
+    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Mutex,
@@ -15,12 +16,12 @@ use std::{
 
 use super::script::OrderEvent;
 
+/// How long the program may leave a request unread before the next is sent anyway.
+const SETTLE: Duration = Duration::from_millis(200);
 /// How long nothing may happen while an event is awaited before the replayer stops waiting for
 /// it: a program that wrote less than recorded, or wrote in another order, is slowed down, not
 /// stuck (the comparison still reports what it did).
 const STALL: Duration = Duration::from_secs(2);
-/// How long a waiter polls before it sleeps: the event it waits for is usually one wake-up away.
-const SPIN: Duration = Duration::from_micros(50);
 
 /// Told the recorded time of the next awaited event (None: after the last one).
 type OnNext = Box<dyn Fn(Option<u64>) + Send + Sync>;
@@ -39,6 +40,10 @@ struct State {
     sent: Vec<u64>,
     read: Vec<u64>,
     ended: Vec<bool>,
+    /// Sent to the program and maybe not read by it yet.
+    unread: Vec<bool>,
+    /// The program's end of each open connection: its address, and ours.
+    ends: Vec<Option<(SocketAddr, SocketAddr)>>,
     waiters: Vec<(usize, Thread)>,
     last_progress: Instant,
 }
@@ -54,6 +59,8 @@ impl Order {
                 sent: vec![0; connections],
                 read: vec![0; connections],
                 ended: vec![false; connections],
+                unread: vec![false; connections],
+                ends: vec![None; connections],
                 waiters: Vec::new(),
                 last_progress: Instant::now(),
             }),
@@ -61,13 +68,10 @@ impl Order {
     }
 
     /// Waits until every event before `at` has happened (or nothing happened for `STALL`).
+    /// (It sleeps at once: a waiter that polled would take a core from the program and the
+    /// other connections, which is what it waits for; nginx under wrk replays twice as fast.)
     pub fn wait(&self, at: usize) {
-        let start = Instant::now();
         while self.reached.load(Ordering::Acquire) < at {
-            if start.elapsed() < SPIN {
-                std::hint::spin_loop();
-                continue;
-            }
             {
                 let mut state = self.state.lock().expect("order");
                 self.advance(&mut state);
@@ -88,9 +92,37 @@ impl Order {
         }
     }
 
+    /// `connection` is open: the program's end is `program`, ours `replayer`.
+    pub fn opened(&self, connection: usize, program: SocketAddr, replayer: SocketAddr) {
+        self.state.lock().expect("order").ends[connection] = Some((program, replayer));
+    }
+
     /// `n` more bytes sent to the program on `connection`.
     pub fn sent(&self, connection: usize, n: u64) {
-        self.update(|s| s.sent[connection] += n);
+        self.update(|s| {
+            s.sent[connection] += n;
+            s.unread[connection] = true;
+        });
+    }
+
+    /// Waits until the program has read what was sent to it on the other connections: a
+    /// request it read after those when recorded is sent only then. (Sent in order is not
+    /// enough: the kernel may deliver two connections' bytes to the program in either order.)
+    pub fn settle(&self, except: usize) {
+        let pending: Vec<(usize, (SocketAddr, SocketAddr))> = {
+            let state = self.state.lock().expect("order");
+            (0..state.unread.len())
+                .filter(|&c| c != except && state.unread[c] && !state.ended[c])
+                .filter_map(|c| state.ends[c].map(|e| (c, e)))
+                .collect()
+        };
+        for (c, (program, replayer)) in pending {
+            let start = Instant::now();
+            while super::diag::unread(program, replayer).is_some_and(|n| n > 0) && start.elapsed() < SETTLE {
+                std::thread::yield_now();
+            }
+            self.state.lock().expect("order").unread[c] = false;
+        }
     }
 
     /// The program's bytes on `connection` read up to `total` (a step compared whole counts

@@ -140,6 +140,7 @@ pub fn play(
                 if let Some((order, i)) = &place {
                     order.read(*i, recorded_sent);
                     order.wait(*gate);
+                    order.settle(*i);
                 }
                 shared.clock.anchor(*ts_ns);
                 if sock.sock.write_all(bytes).is_err() {
@@ -241,7 +242,9 @@ impl Program {
             self.at += n;
             return Ok(n);
         }
-        let n = read_soon(&mut self.sock, buf)?;
+        // Server replay reads many connections at once: a thread polling for each would take
+        // the cores the program needs.
+        let n = if self.place.is_some() { self.sock.read(buf)? } else { read_soon(&mut self.sock, buf)? };
         self.from_socket += n as u64;
         if let (Some((order, i)), true) = (&self.place, n > 0) {
             order.read(*i, self.from_socket);
@@ -313,6 +316,9 @@ pub fn play_clients(inbound: Vec<Connection>, order: Vec<OrderEvent>, child: lib
         };
         match sock {
             Some(sock) => {
+                if let Ok(ours) = sock.local_addr() {
+                    order.opened(i, connection.peer, ours);
+                }
                 let (shared, place) = (shared.clone(), Some((order.clone(), i)));
                 playing
                     .push(std::thread::spawn(move || play(connection, sock, Role::Client, Vec::new(), shared, place)));

@@ -69,7 +69,9 @@ fn replays(retrace: &Path, work: &Path, quick: bool) -> Result<Vec<replay::Repla
     drop(redis);
     eprintln!("bench: replay of a server fed 100 connections");
     let server = replay::server(retrace, work, 100, rounds)?;
-    Ok(vec![client, server])
+    eprintln!("bench: replay of redis-server fed redis-benchmark's concurrent connections");
+    let concurrent = replay::redis_server(retrace, work, if quick { 2000 } else { 20000 }, rounds)?;
+    Ok(vec![client, server, concurrent])
 }
 
 pub fn run(root: &Path, quick: bool) -> Result<()> {

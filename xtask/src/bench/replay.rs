@@ -135,6 +135,62 @@ pub fn server(retrace: &Path, work: &Path, connections: usize, rounds: usize) ->
     Ok(speed)
 }
 
+/// redis-server's run: started, `requests` INCR and LPUSH from redis-benchmark's 20
+/// concurrent connections answered, stopped.
+fn serve_benchmark(server: &mut Command, port: u16, requests: usize) -> Result<f64> {
+    let start = Instant::now();
+    let mut child = server.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("redis-server did not listen on port {port}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let n = requests.to_string();
+    let p = port.to_string();
+    let status = Command::new("redis-benchmark")
+        .args(["-p", &p, "-c", "20", "-n", &n, "-t", "incr,lpush", "-q"])
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("redis-benchmark failed: {status}");
+    }
+    // SAFETY: SIGINT to our child (the recorder stops its command; the server stops).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// redis-server recorded under redis-benchmark (20 connections at once), replayed (the
+/// replayer plays them concurrently, in the recorded order), timed against the live run.
+pub fn redis_server(retrace: &Path, work: &Path, requests: usize, rounds: usize) -> Result<ReplaySpeed> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let p = port.to_string();
+    let server = ["redis-server", "--port", &p, "--save", "", "--appendonly", "no"];
+    let rec = work.join("replay-redis-server");
+    let _ = std::fs::remove_dir_all(&rec);
+    let mut record = Command::new(retrace);
+    record.arg("record").arg("-o").arg(&rec).arg("--").args(server);
+    serve_benchmark(&mut record, port, requests).context("recording redis-server")?;
+    let mut speed = ReplaySpeed {
+        client: format!("redis-server fed redis-benchmark's 20 connections, {requests} INCR + {requests} LPUSH"),
+        original_s: Vec::new(),
+        replay_s: Vec::new(),
+    };
+    for _ in 0..rounds {
+        speed.original_s.push(serve_benchmark(Command::new(server[0]).args(&server[1..]), port, requests)?);
+        let start = Instant::now();
+        let out = Command::new(retrace).arg("replay").arg(&rec).arg("--").args(server).output()?;
+        speed.replay_s.push(start.elapsed().as_secs_f64());
+        if !out.status.success() {
+            bail!("redis-server's replay failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(speed)
+}
+
 /// Times `CALLS` wall-clock reads with the (native) monotonic clock: ns per read.
 const CLOCK_LOOP: &str = r#"
 #include <stdio.h>
