@@ -4,7 +4,10 @@
 //! line that differed becomes a pattern: the token that differed, as a character class, after
 //! the text just before it (`id: [0-9]+`).
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
 
 use super::report::{Learn, ReplayReport};
 use crate::redact::rules::NoiseSection;
@@ -86,7 +89,9 @@ pub fn save(recording: &Path, section: &NoiseSection) -> std::io::Result<PathBuf
     let text = toml::to_string(&File { noise: section }).map_err(std::io::Error::other)?;
     let path = path(recording);
     let header = "# Learned by `retrace replay --denoise`: what differed between replays of the unchanged program.\n";
-    std::fs::write(&path, format!("{header}{text}"))?;
+    // Its anchors are recorded text: readable by the recording's owner only.
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    std::io::Write::write_all(&mut file, format!("{header}{text}").as_bytes())?;
     Ok(path)
 }
 

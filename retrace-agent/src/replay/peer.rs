@@ -316,8 +316,9 @@ pub fn play_clients(inbound: Vec<Connection>, order: Vec<OrderEvent>, child: lib
         };
         match sock {
             Some(sock) => {
-                if let Ok(ours) = sock.local_addr() {
-                    order.opened(i, connection.peer, ours);
+                // As the kernel has them (a recorded 0.0.0.0 is reached at 127.0.0.1).
+                if let (Ok(program), Ok(ours)) = (sock.peer_addr(), sock.local_addr()) {
+                    order.opened(i, program, ours);
                 }
                 let (shared, place) = (shared.clone(), Some((order.clone(), i)));
                 playing
