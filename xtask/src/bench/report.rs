@@ -351,7 +351,7 @@ fn replay_targets(replays: &[ReplaySpeed]) -> String {
 
 fn replay_section(replays: &[ReplaySpeed], clock: &ClockCost) -> String {
     let mut md = format!(
-        "{REPLAY_SECTION}\n\nEach program run against its real peer (original), and the same command replayed with\n`retrace replay` against its recording (inside the sandbox it cannot reach the peer at all). Wall\nclock of the whole command, medians with [min–max] over alternating rounds; the replay includes\nopening and decrypting the recording and setting up the sandbox. A client replays against its\nrecorded server; a server is fed its recorded clients (original: the same server started,\nanswering the same requests from a live client, stopped).\n"
+        "{REPLAY_SECTION}\n\nEach program run against its real peer (original), and the same command replayed with\n`retrace replay` against its recording (inside the sandbox it cannot reach the peer at all). Wall\nclock of the whole command, medians with [min–max] over alternating rounds; the replay includes\nopening and decrypting the recording and setting up the sandbox. A client replays against its\nrecorded server; a server is fed its recorded clients (original: the same server started,\nanswering the same requests from a live client, stopped). A server fed concurrent connections\nreplays in the recorded order (a request goes once the program read the one it read before and\nwrote what it wrote before), one request in flight where the recording had up to 20, and each\nof its wall-clock reads is a system call the replayer answers: slower than it ran, and exact\n(docs/performance.md).\n"
     );
     for replay in replays {
         md.push_str(&format!(
