@@ -226,7 +226,7 @@ fn merge_local(current: &str, kernel: &str) -> Option<String> {
 }
 
 /// `0.0.0.0:port` or `[::]:port`.
-fn is_unspecified(addr: &str) -> bool {
+pub(super) fn is_unspecified(addr: &str) -> bool {
     addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:")
 }
 

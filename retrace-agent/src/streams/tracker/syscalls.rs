@@ -164,6 +164,15 @@ impl Tracker {
                             id.peer = live.peer;
                         }
                     }
+                    if !id.peer.is_empty() && super::fds::is_unspecified(&id.local) {
+                        // A listener on a wildcard: the connection's own local address is the
+                        // live socket's (if that fd is still this connection).
+                        let mut live = procfs::FdIdentity::default();
+                        procfs::socket_identity(tgid, ret as i32, &mut live);
+                        if live.peer == id.peer && !live.local.is_empty() {
+                            id.local = live.local;
+                        }
+                    }
                     detail = id.peer.clone();
                     stream_id = self.new_stream(tgid, ret as i32, &id, "accept", false, ts, out);
                     let cloexec = sys == Sys::Accept4 && args[3] & SOCK_CLOEXEC != 0;
