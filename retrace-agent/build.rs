@@ -18,6 +18,8 @@ fn main() -> anyhow::Result<()> {
         .context("failed to compile proto/retrace.proto")?;
     println!("cargo:rerun-if-changed=proto/retrace.proto");
 
+    shim()?;
+
     // Fuzz builds (`cargo fuzz`, cfg fuzzing) exercise the reader and the redactor only: no
     // eBPF object, and none of the sanitizer flags leak into the eBPF build.
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
@@ -34,6 +36,27 @@ fn main() -> anyhow::Result<()> {
         aya_build::Toolchain::Custom("stable"),
     )
     .map_err(|e| anyhow!("failed to build the eBPF programs (run `cargo xtask setup`): {e:#}"))
+}
+
+/// The library replay preloads to give OpenSSL's random functions the recorded bytes, built
+/// with the C compiler Rust links with.
+fn shim() -> anyhow::Result<()> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("libretrace_openssl_rand.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = std::process::Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg("shim/openssl_rand.c")
+        .arg("-ldl")
+        .status()
+        .with_context(|| {
+            format!("cannot run the C compiler `{cc}` (the one Rust links with) for shim/openssl_rand.c")
+        })?;
+    if !status.success() {
+        return Err(anyhow!("building shim/openssl_rand.c failed: {status}"));
+    }
+    println!("cargo:rerun-if-changed=shim/openssl_rand.c");
+    Ok(())
 }
 
 fn cargo_metadata_root() -> anyhow::Result<String> {

@@ -99,7 +99,7 @@ pub fn export(
         ));
     }
     if !keep_random {
-        note.push_str("left out: what getrandom returned (ask with `[capture] random = true` in the rules)\n");
+        note.push_str("left out: what getrandom and OpenSSL's RAND_bytes returned (ask with `[capture] random = true` in the rules)\n");
     }
     crate::store::writer::write_durably(&out.join(NOTE), note.as_bytes())?;
     Ok((manifest, stats))

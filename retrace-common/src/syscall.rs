@@ -98,6 +98,8 @@ syscalls! {
     Link = 79 => "link", None;
     Linkat = 80 => "linkat", None;
     Getrandom = 81 => "getrandom", None;
+    // Not a syscall: OpenSSL's RAND_bytes, RAND_priv_bytes and their _ex forms (uprobes).
+    OpensslRand = 82 => "RAND_bytes", None;
 }
 
 impl Sys {

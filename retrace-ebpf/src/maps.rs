@@ -115,3 +115,17 @@ pub fn ring_size() -> u64 {
 pub fn max_payload() -> u64 {
     unsafe { core::ptr::read_volatile(&MAX_PAYLOAD) }
 }
+
+/// An OpenSSL RAND call in progress per thread (pid_tgid): where its bytes go, how many, and
+/// how deep (RAND_bytes calls RAND_bytes_ex: only the outermost is recorded).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RandCall {
+    pub buf: u64,
+    pub num: u64,
+    pub depth: u32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static RAND_CALLS: LruHashMap<u64, RandCall> = LruHashMap::with_max_entries(4096, 0);

@@ -6,6 +6,7 @@ mod data;
 mod fd;
 mod names;
 mod open;
+mod openssl_rand;
 mod random;
 mod read;
 mod recv;

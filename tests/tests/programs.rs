@@ -302,7 +302,9 @@ struct Postgres {
 }
 
 impl Postgres {
-    fn start(dir: &Path, port: u16) -> Postgres {
+    /// Trust on every connection, or SCRAM on TCP (the superuser's password `scram`, set
+    /// over the unix socket).
+    fn start(dir: &Path, port: u16, scram: bool) -> Postgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL's server (cargo xtask setup installs it)")
             .flatten()
@@ -318,7 +320,10 @@ impl Postgres {
             cmd.args(["-u", "postgres", "--"]).arg(bin.join(program)).current_dir("/");
             cmd
         };
-        run(as_postgres("initdb").args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data));
+        let host_auth = if scram { "scram-sha-256" } else { "trust" };
+        run(as_postgres("initdb")
+            .args(["--auth-local=trust", "--auth-host", host_auth, "-U", "postgres", "-D"])
+            .arg(&data));
         let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
         run(as_postgres("pg_ctl")
             .arg("-D")
@@ -326,6 +331,11 @@ impl Postgres {
             .args(["-o", &options, "-w", "-l"])
             .arg(dir.join("pg.log"))
             .arg("start"));
+        if scram {
+            let mut psql = Command::new("runuser");
+            psql.args(["-u", "postgres", "--", "psql", "-X", "-h"]).arg(dir).args(["-p", &port.to_string()]);
+            run(psql.args(["-c", "ALTER USER postgres PASSWORD 'scram'"]).current_dir("/"));
+        }
         Postgres { data, bin }
     }
 }
@@ -347,7 +357,7 @@ impl Drop for Postgres {
 fn psql_replays_its_queries_with_postgres_stopped() {
     let dir = scratch("programs-psql");
     let port = free_port();
-    let postgres = Postgres::start(&dir, port);
+    let postgres = Postgres::start(&dir, port, false);
     let port = port.to_string();
     let psql = |sql: &str| -> Vec<String> {
         ["psql", "-X", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-c", sql].map(String::from).to_vec()
@@ -599,4 +609,35 @@ fn nginx_replays_against_concurrent_keep_alive_wrk_connections() {
         .unwrap_or(0);
     let to_program: u64 = exchanges.iter().map(|e| e["bytes_to_program"].as_u64().unwrap()).sum();
     assert!(requests > 100 && to_program > requests * 40, "{requests} requests, {to_program} bytes sent: {text}");
+}
+
+#[test]
+fn psql_logs_in_with_scram_and_replays_with_postgres_stopped() {
+    let dir = scratch("programs-psql-scram");
+    let port = free_port();
+    let postgres = Postgres::start(&dir, port, true);
+    let port = port.to_string();
+    // The client nonce comes from OpenSSL's generator (RAND_bytes): replayed as recorded, the
+    // server's recorded proof checks out.
+    let psql = |sql: &str| -> Vec<String> {
+        ["env", "PGPASSWORD=scram", "psql", "-X", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-c", sql]
+            .map(String::from)
+            .to_vec()
+    };
+    let command = psql("select 6 * 7 as answer");
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let recorded = record_in(&dir, &dir.join("q"), &command);
+    assert!(String::from_utf8_lossy(&recorded.stdout).contains("42"), "{}", String::from_utf8_lossy(&recorded.stdout));
+    drop(postgres);
+    let (out, report) = replay_in(&dir, &dir.join("q/rec"), &[], &command);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, recorded.stdout);
+    assert!(report["library_random_reads"].as_u64().unwrap() >= 1, "{report}");
+    // Another password: its proof is not the recorded one.
+    let wrong: Vec<String> =
+        psql("select 6 * 7 as answer").into_iter().map(|a| a.replace("=scram", "=other")).collect();
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let (out, report) = replay_in(&dir, &dir.join("q/rec"), &[], &wrong);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert_eq!(report["exchanges"][0]["status"], "diverged", "{report}");
 }

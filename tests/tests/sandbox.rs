@@ -310,8 +310,9 @@ fn a_static_go_binary_reads_the_recorded_wall_clock() {
 #[test]
 fn the_program_gets_the_recorded_random_bytes_unless_the_rules_keep_them_out() {
     let dir = scratch("sandbox-random");
-    // os.urandom and the random module's seed both come from getrandom.
-    let script = "import os, random; print(os.urandom(16).hex(), random.random())";
+    // os.urandom and the random module's seed both come from getrandom; ssl.RAND_bytes from
+    // OpenSSL's generator (which mixes in the CPU's time-stamp counter: recorded by uprobe).
+    let script = "import os, random, ssl; print(os.urandom(16).hex(), random.random(), ssl.RAND_bytes(16).hex())";
     let command = [retrace_tests::python(), "-c", script];
     let recorded =
         retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
@@ -320,6 +321,19 @@ fn the_program_gets_the_recorded_random_bytes_unless_the_rules_keep_them_out() {
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
     assert_eq!(out.stdout, recorded.stdout, "the same random bytes");
     assert!(report["random_reads"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(report["library_random_reads"], 1, "{report}");
+    // The recording holds the bytes RAND_bytes returned, as the program printed them.
+    let printed = String::from_utf8_lossy(&recorded.stdout).split_whitespace().last().unwrap().to_owned();
+    let timeline = retrace_command().current_dir(&dir).args(["inspect", "rec", "--json"]).output().unwrap();
+    let rand: Vec<serde_json::Value> = String::from_utf8_lossy(&timeline.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["type"] == "syscall" && r["name"] == "RAND_bytes")
+        .collect();
+    assert_eq!(rand.len(), 1, "one RAND_bytes call");
+    let bytes: Vec<u8> = rand[0]["random"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, printed);
     // A capture allowlist without `random = true` keeps them out of the recording.
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, "[capture]\npipes = true\n").unwrap();

@@ -9,7 +9,10 @@ use std::{
 
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, RawTracePoint, TracePoint},
+    programs::{
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, uprobe::UProbeScope, RawTracePoint,
+        TracePoint, UProbe,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use retrace_common::{
@@ -88,6 +91,7 @@ impl Drop for TracedBits {
 enum Link {
     Raw(&'static str, RawTracePointLinkId),
     TracePoint(&'static str, TracePointLinkId),
+    UProbe(&'static str, aya::programs::uprobe::UProbeLinkId),
 }
 
 /// Kernel counters, summed over CPUs.
@@ -163,6 +167,7 @@ impl Probes {
             program.load().map_err(attach_err(name))?;
             links.push(Link::TracePoint(name, program.attach(category, name).map_err(attach_err(name))?));
         }
+        links.extend(attach_openssl_rand(&mut ebpf)?);
         drop(btf);
         // Parsing the kernel's BTF took tens of MB that are not needed again.
         // SAFETY: malloc_trim only returns free heap memory to the kernel.
@@ -175,6 +180,7 @@ impl Probes {
     /// so those links are dropped concurrently.
     pub fn detach(&mut self) {
         let mut owned = Vec::new();
+        let mut uprobes = Vec::new();
         for link in self.links.drain(..) {
             match link {
                 Link::Raw(name, id) => {
@@ -189,10 +195,20 @@ impl Probes {
                         owned.push(link);
                     }
                 }
+                Link::UProbe(name, id) => {
+                    let Some(program) = self.ebpf.program_mut(name) else { continue };
+                    let Ok(program) = <&mut UProbe>::try_from(program) else { continue };
+                    if let Ok(link) = program.take_link(id) {
+                        uprobes.push(link);
+                    }
+                }
             }
         }
         std::thread::scope(|scope| {
             for link in owned {
+                scope.spawn(move || drop(link));
+            }
+            for link in uprobes {
                 scope.spawn(move || drop(link));
             }
         });
@@ -256,6 +272,63 @@ impl Probes {
                 .map_err(CaptureError::map)?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
+}
+
+/// OpenSSL's public random functions (nonces, salts, IVs), and the entry program that reads
+/// each one's arguments. Not RAND_priv_bytes: what it returns becomes private keys, which a
+/// recording has no need to hold.
+const OPENSSL_RAND: [(&str, &str); 2] = [("RAND_bytes", "rand_bytes_enter"), ("RAND_bytes_ex", "rand_bytes_ex_enter")];
+
+/// Folders where the system's shared libraries are.
+const LIBRARY_DIRS: [&str; 6] =
+    ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
+
+/// Every libcrypto of the system, once each (by inode).
+fn libcrypto_files() -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut seen = std::collections::HashSet::new();
+    let mut files = Vec::new();
+    for dir in LIBRARY_DIRS {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with("libcrypto.so") {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
+            if meta.is_file() && seen.insert((meta.dev(), meta.ino())) {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Uprobes on OpenSSL's random functions in every system libcrypto (uprobes fire in every
+/// process that maps the file; the programs keep only traced ones). A library or symbol that
+/// is not there is skipped: this capture is best effort.
+fn attach_openssl_rand(ebpf: &mut Ebpf) -> Result<Vec<Link>, CaptureError> {
+    let mut links = Vec::new();
+    let libraries = libcrypto_files();
+    for name in ["rand_bytes_enter", "rand_bytes_ex_enter", "rand_bytes_exit"] {
+        let program: &mut UProbe = ebpf
+            .program_mut(name)
+            .ok_or_else(|| CaptureError::MissingProgram { name: name.to_owned() })?
+            .try_into()
+            .map_err(attach_err(name))?;
+        program.load().map_err(attach_err(name))?;
+        for library in &libraries {
+            for (function, entry) in OPENSSL_RAND {
+                if name == "rand_bytes_exit" || name == entry {
+                    if let Ok(id) = program.attach(function, library, UProbeScope::AllProcesses) {
+                        links.push(Link::UProbe(name, id));
+                    }
+                }
+            }
+        }
+    }
+    Ok(links)
 }
 
 fn attach_err(program: &str) -> impl Fn(aya::programs::ProgramError) -> CaptureError + '_ {

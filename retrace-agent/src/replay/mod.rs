@@ -66,6 +66,11 @@ pub struct ReplayConfig {
     pub noise: http::Noise,
 }
 
+/// The shim preloaded into the program when the recording holds OpenSSL's random bytes
+/// (shim/openssl_rand.c, built by build.rs), and where the sandbox has it.
+const OPENSSL_RAND_SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libretrace_openssl_rand.so"));
+const OPENSSL_RAND_SHIM_PATH: &str = "/.retrace/libretrace_openssl_rand.so";
+
 /// State shared by the notifier and the peer threads.
 #[derive(Default)]
 pub struct Shared {
@@ -143,7 +148,17 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         tees.iter().map(|t| (t.fd, std::os::fd::AsRawFd::as_raw_fd(&t.write_end))).collect();
     // The program's clock starts at the recorded command's start, now.
     let clock = clock::VirtualClock::new(script.started_ns.unwrap_or(recording.manifest.started_ns));
-    let sandboxed = sandbox::spawn(&config.argv, &rootfs, &stdio, recording.manifest.root_pid)?;
+    // What OpenSSL's random functions returned comes from the replayer through a preloaded shim.
+    let mut env = Vec::new();
+    if !script.library_random.is_empty() {
+        rootfs.layer_file(OPENSSL_RAND_SHIM_PATH, OPENSSL_RAND_SHIM, None)?;
+        let preload = match std::env::var("LD_PRELOAD") {
+            Ok(other) if !other.is_empty() => format!("{OPENSSL_RAND_SHIM_PATH}:{other}"),
+            _ => OPENSSL_RAND_SHIM_PATH.to_owned(),
+        };
+        env.push(("LD_PRELOAD".to_owned(), preload));
+    }
+    let sandboxed = sandbox::spawn(&config.argv, &env, &rootfs, &stdio, recording.manifest.root_pid)?;
 
     let shared = Arc::new(Shared {
         noise: config.noise.clone(),
@@ -168,6 +183,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         inbound: script.inbound,
         inbound_order: script.inbound_order,
         random: script.random,
+        library_random: script.library_random,
         shared: shared.clone(),
         stop: stop.clone(),
     };

@@ -63,6 +63,9 @@ const IOCTL_ID_VALID: libc::c_ulong = 0x4008_2102;
 const IOCTL_ADDFD: libc::c_ulong = 0x4018_2103;
 const ADDFD_FLAG_SETFD: u32 = 1;
 const FLAG_CONTINUE: u32 = 1;
+/// getrandom flags no kernel accepts: the preloaded shim (shim/openssl_rand.c) asking for what
+/// OpenSSL's random functions returned when recorded.
+pub const LIBRARY_RANDOM: u32 = 0x5254_0000;
 /// How long the notifier polls without sleeping after answering: long enough for the next read
 /// of a program reading the clock in a loop, short enough not to take a core from the others.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
@@ -82,8 +85,10 @@ pub struct Notifier {
     /// their events.
     pub inbound: Vec<Connection>,
     pub inbound_order: Vec<super::script::OrderEvent>,
-    /// What getrandom returned when recorded, in order: returned again.
+    /// What getrandom returned, in order: returned again.
     pub random: std::collections::VecDeque<Vec<u8>>,
+    /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim.
+    pub library_random: std::collections::VecDeque<Vec<u8>>,
     pub shared: Arc<Shared>,
     pub stop: Arc<AtomicBool>,
 }
@@ -258,6 +263,9 @@ impl Notifier {
     /// getrandom: the next recorded bytes (as many as asked, at most as many as recorded);
     /// the kernel's once the recorded ones are used up.
     fn getrandom(&mut self, req: &Notif) -> Answer {
+        if req.data.args[2] as u32 == LIBRARY_RANDOM {
+            return self.library_random(req);
+        }
         let Some(recorded) = self.random.pop_front() else {
             self.shared.report.lock().expect("report").random_unreplayed += 1;
             return Answer::Continue;
@@ -267,6 +275,26 @@ impl Notifier {
             Ok(()) => {
                 self.shared.report.lock().expect("report").random_reads += 1;
                 Answer::Value(n as i64)
+            }
+            Err(errno) => Answer::Error(errno),
+        }
+    }
+
+    /// The shim's ask for the next bytes OpenSSL returned: exactly as many as asked, or ENOSYS
+    /// (the shim then calls the real function).
+    fn library_random(&mut self, req: &Notif) -> Answer {
+        let wanted = req.data.args[1] as usize;
+        let next = self.library_random.front().filter(|r| r.len() >= wanted).is_some();
+        let mut report = self.shared.report.lock().expect("report");
+        if !next {
+            report.library_random_unreplayed += 1;
+            return Answer::Error(libc::ENOSYS);
+        }
+        let recorded = self.library_random.pop_front().unwrap_or_default();
+        match clock::write_to(req.pid, req.data.args[0], &recorded[..wanted]) {
+            Ok(()) => {
+                report.library_random_reads += 1;
+                Answer::Value(wanted as i64)
             }
             Err(errno) => Answer::Error(errno),
         }

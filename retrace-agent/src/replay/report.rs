@@ -101,6 +101,10 @@ pub struct ReplayReport {
     /// (answered by the kernel).
     pub random_reads: u64,
     pub random_unreplayed: u64,
+    /// Calls of OpenSSL's random functions answered with the recorded bytes, and those past
+    /// them (answered by OpenSSL).
+    pub library_random_reads: u64,
+    pub library_random_unreplayed: u64,
     pub exchanges: Vec<Exchange>,
     /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
     pub outputs: Vec<OutputCheck>,

@@ -115,6 +115,7 @@ impl MountPlan {
 /// child only makes raw syscalls.
 pub fn spawn(
     argv: &[String],
+    env: &[(String, String)],
     rootfs: &RootFs,
     stdio: &[(i32, RawFd)],
     recorded_pid: u32,
@@ -126,6 +127,20 @@ pub fn spawn(
     let args_c: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
     let mut argv_p: Vec<*const libc::c_char> = args_c.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
+    // The replayer's environment, with `env` set over it.
+    let env_c: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| !env.iter().any(|(name, _)| k == name.as_str()))
+        .map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            kv
+        })
+        .chain(env.iter().map(|(k, v)| format!("{k}={v}").into_bytes()))
+        .filter_map(|kv| CString::new(kv).ok())
+        .collect();
+    let mut env_p: Vec<*const libc::c_char> = env_c.iter().map(|a| a.as_ptr()).collect();
+    env_p.push(std::ptr::null());
     let plan = MountPlan::new(rootfs);
     // The program gets the pid it had when recorded (logs, pid files and lock files name it):
     // the namespace's next pid is set just before the init forks it.
@@ -376,7 +391,7 @@ pub fn spawn(
             }
             let program = libc::fork();
             if program == 0 {
-                libc::execve(path_c.as_ptr(), argv_p.as_ptr(), environ());
+                libc::execve(path_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
                 fail(10);
             }
             libc::close(pair[1]);
@@ -433,14 +448,6 @@ unsafe fn wait_status(pid: libc::pid_t) -> i32 {
             return 127;
         }
     }
-}
-
-fn environ() -> *const *const libc::c_char {
-    extern "C" {
-        static environ: *const *const libc::c_char;
-    }
-    // SAFETY: the process environment, read once in the child before exec.
-    unsafe { environ }
 }
 
 /// Receives the listener fd, or the child's failure step.

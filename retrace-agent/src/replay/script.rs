@@ -9,6 +9,7 @@ use crate::store::{
     proto::{self, record::Kind as R, Direction, StreamKind},
     proto_text, Recording, StoreError,
 };
+use retrace_common::syscall::Sys;
 
 /// A file at the start of the replay.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +100,8 @@ pub struct Script {
     pub started_ns: Option<u64>,
     /// What getrandom returned, in order.
     pub random: std::collections::VecDeque<Vec<u8>>,
+    /// What OpenSSL's RAND_bytes (and its kin) returned, in order.
+    pub library_random: std::collections::VecDeque<Vec<u8>>,
 }
 
 /// A standard output of the recorded command, whole.
@@ -122,6 +125,7 @@ impl Script {
         let mut gapped = std::collections::HashSet::new();
         let mut first_exec = None;
         let mut random = std::collections::VecDeque::new();
+        let mut library_random = std::collections::VecDeque::new();
         // mkdir (one path), rename and link (old, new), in order.
         let mut names: Vec<(bool, Vec<String>)> = Vec::new();
         // Where each stream's record came, among syscalls and data.
@@ -148,7 +152,11 @@ impl Script {
                         positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
                     }
                     if call.ret > 0 && !call.random.is_empty() {
-                        random.push_back(call.random.clone());
+                        if call.name == Sys::OpensslRand.name() {
+                            library_random.push_back(call.random.clone());
+                        } else {
+                            random.push_back(call.random.clone());
+                        }
                     }
                     if call.ret == 0 && !call.paths.is_empty() {
                         names.push((call.name.starts_with(b"mkdir"), call.paths.clone()));
@@ -172,6 +180,7 @@ impl Script {
             failed_connects,
             started_ns: first_exec,
             random,
+            library_random,
             ..Default::default()
         };
         let root = recording.manifest.root_pid;

@@ -206,7 +206,9 @@ impl Tracker {
                     }
                 }
                 Sys::Fstat | Sys::Newfstatat | Sys::Statx => stream_id = self.stream_for_fd(tgid, fd0, ts, out),
-                Sys::Getrandom if self.record_random => random = aux[..aux.len().min(ret as usize)].to_vec(),
+                Sys::Getrandom | Sys::OpensslRand if self.record_random => {
+                    random = aux[..aux.len().min(ret as usize)].to_vec()
+                }
                 Sys::Mkdir | Sys::Mkdirat | Sys::Rename | Sys::Renameat | Sys::Renameat2 | Sys::Link | Sys::Linkat => {
                     named = self.named_paths(tgid, sys, args, aux, ts, out);
                     detail = named.join(" -> ");
@@ -278,7 +280,12 @@ impl Tracker {
             args: args.to_vec(),
             stream_id,
             bytes: rec.bytes,
-            detail: if detail.is_empty() && !aux.is_empty() && sys.direction().is_none() && sys != Sys::Getrandom {
+            detail: if detail.is_empty()
+                && !aux.is_empty()
+                && sys.direction().is_none()
+                && sys != Sys::Getrandom
+                && sys != Sys::OpensslRand
+            {
                 text(aux)
             } else {
                 detail
