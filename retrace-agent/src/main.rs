@@ -14,7 +14,9 @@ fn main() {
         }
         Err(e) => e.exit(),
     };
-    match cli::run(args) {
+    let result = cli::run(args);
+    cli::cleanup();
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("retrace: error: {e:#}");

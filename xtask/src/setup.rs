@@ -142,10 +142,22 @@ fn test_peers() -> Result<()> {
     install_missing(&wanted)?;
     // pip, for the replay of `pip install` from a local index.
     let pip = Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
-    if pip {
-        return Ok(());
+    if !pip {
+        apt_install(&["python3-pip"])?;
     }
-    apt_install(&["python3-pip"])
+    // A real S3 API on loopback for the object-storage tests (moto's server, from PyPI).
+    let moto = Command::new("sh").args(["-c", "command -v moto_server"]).output().is_ok_and(|o| o.status.success());
+    if !moto {
+        eprintln!("setup: pip install moto[server]");
+        let install = |extra: &[&str]| {
+            Command::new("python3").args(["-m", "pip", "install", "-q"]).args(extra).arg("moto[server]").status()
+        };
+        // Debian's python refuses pip installs into the system without this flag.
+        if !install(&[])?.success() && !install(&["--break-system-packages"])?.success() {
+            bail!("cannot install moto[server] with pip");
+        }
+    }
+    Ok(())
 }
 
 /// Installs with apt the packages (second) whose command (first) is not on PATH.

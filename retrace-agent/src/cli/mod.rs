@@ -11,9 +11,10 @@ mod replay;
 mod resume_guard;
 mod size;
 mod streams;
+mod upload;
 mod verify;
 
-use std::path::PathBuf;
+use std::{os::unix::fs::DirBuilderExt as _, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 use retrace_agent::{
@@ -50,6 +51,8 @@ enum Command {
     Export(export::Args),
     /// Delete every expired recording under a folder.
     Gc(gc::Args),
+    /// Copy a recording to S3-compatible object storage (segments, then the manifest).
+    Upload(upload::Args),
     /// The audit log of every recording access.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify(args) => verify::run(args),
         Command::Export(args) => export::run(args),
         Command::Gc(args) => gc::run(args),
+        Command::Upload(args) => upload::run(args),
         Command::Audit(cmd) => audit::run(cmd),
         Command::ResumeGuard(args) => resume_guard::run(args),
     }
@@ -90,7 +94,7 @@ pub fn audit(action: &str, subject: Subject) -> anyhow::Result<()> {
 /// The recording a reading command opens, and the identity to decrypt it with.
 #[derive(clap::Args)]
 pub struct Source {
-    /// Recording directory.
+    /// Recording directory (or s3://BUCKET/PREFIX: fetched into a private temporary folder).
     pub recording: PathBuf,
     /// age identity file to decrypt with (default: your retrace identity).
     #[arg(long, short = 'i')]
@@ -101,14 +105,58 @@ impl Source {
     /// Opens the recording to read it: refuses an expired one, logs the read (`what`), then
     /// decrypts with the identity given (or the default one).
     pub fn open(&self, what: &str) -> anyhow::Result<Recording> {
-        let manifest = Manifest::read(&self.recording)?;
+        let local = local_copy(&self.recording)?;
+        let manifest = Manifest::read(&local)?;
         let now = retrace_agent::store::writer::now_wall_ns();
         if manifest.expired(now) {
             return Err(StoreError::Expired { when: audit_log::rfc3339(manifest.expires_ns) }.into());
         }
         let identity = keys::identity_for_reading(self.identity.as_deref())?;
         audit("read", Subject::recording(&self.recording, &manifest.id).detail(what))?;
-        Ok(Recording::with_manifest(&self.recording, manifest, identity))
+        Ok(Recording::with_manifest(&local, manifest, identity))
+    }
+}
+
+/// Recordings fetched from object storage for this command, removed when it ends.
+static FETCHED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Where to read the recording at `path`: itself, or for `s3://bucket/prefix` a private local
+/// copy (ciphertext, as stored), removed by `cleanup`.
+pub fn local_copy(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if !retrace_agent::store::remote::is_remote(path) {
+        return Ok(path.to_owned());
+    }
+    let url = path.to_string_lossy();
+    let remote = retrace_agent::store::remote::Remote::open(&url)?;
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    remove_stale_copies();
+    let dir = std::env::temp_dir().join(format!("retrace-fetch-{}-{n}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot make a folder for {url} in {}: {e}", dir.display()))?;
+    FETCHED.lock().expect("fetched").push(dir.clone());
+    remote.fetch(&dir)?;
+    Ok(dir)
+}
+
+/// Copies left by commands that were killed (a reader piped into `head` ends by SIGPIPE).
+fn remove_stale_copies() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("retrace-fetch-").and_then(|rest| rest.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes the local copies of fetched recordings.
+pub fn cleanup() {
+    for dir in FETCHED.lock().expect("fetched").drain(..) {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

@@ -6,7 +6,7 @@ use retrace_agent::{audit::Subject, keys, store::verify, store::Manifest};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Recording directory.
+    /// Recording directory (or s3://BUCKET/PREFIX).
     recording: PathBuf,
     /// Also decrypt and check each segment's binding (default: your identity, if it is one of
     /// the recording's recipients; without one only the ciphertext is checked).
@@ -18,7 +18,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let manifest = Manifest::read(&args.recording)?;
+    let local = super::local_copy(&args.recording)?;
+    let manifest = Manifest::read(&local)?;
     let identity = match &args.identity {
         Some(path) => Some(keys::read_identity(path)?),
         // The default identity, if it is one the recording was made for.
@@ -27,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     super::audit("verify", Subject::recording(&args.recording, &manifest.id))?;
-    let report = verify::verify(&args.recording, identity)?;
+    let report = verify::verify(&local, identity)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -6,6 +6,7 @@ pub mod compress;
 pub mod crypt;
 pub mod manifest;
 pub mod reader;
+pub mod remote;
 mod segment_file;
 pub mod verify;
 pub mod writer;
