@@ -93,6 +93,11 @@ pub async fn record(
             let tgid = target::thread_group_of(*pid)?;
             (None, tgid, procfs::cmdline(tgid), "attach")
         }
+        Target::Cgroup(path) => {
+            let (_, pids) = target::cgroup(path)?;
+            let first = pids.first().copied().unwrap_or(0);
+            (None, first, vec![format!("cgroup:{}", path.display())], "cgroup")
+        }
     };
     let started_ns = now_wall_ns();
     let manifest = Manifest {
@@ -134,13 +139,24 @@ pub async fn record(
         }
     };
     // Attach: the processes the target already started are part of it (pre-fork servers).
-    let existing = if launched.is_none() { procfs::descendants(root) } else { Vec::new() };
-    for tgid in std::iter::once(root).chain(existing.iter().copied()) {
+    // A cgroup: the processes in it now; then every process that execs there.
+    let existing = match &target {
+        Target::Launch(_) => Vec::new(),
+        Target::Attach(_) => procfs::descendants(root),
+        Target::Cgroup(path) => {
+            let (id, pids) = target::cgroup(path)?;
+            probes.trace_cgroup(id)?;
+            pids.into_iter().filter(|&p| p != root).collect()
+        }
+    };
+    let roots = if root == 0 { None } else { Some(root) };
+    for tgid in roots.into_iter().chain(existing.iter().copied()) {
         if let Err(e) = probes.trace(tgid) {
             abort(&mut launched);
             return Err(e.into());
         }
     }
+    let follows_root = !matches!(target, Target::Cgroup(_));
     let ring = probes.take_ring()?;
     let pauses = if config.probes.backpressure { Some(probes.take_pauses()?) } else { None };
     let mut tracker = Tracker::new(root);
@@ -148,7 +164,9 @@ pub async fn record(
     let rules = config.rules.rule_names().join(",");
     let mut first = vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }];
     let origin = if launched.is_some() { "inherited" } else { "attach" };
-    tracker.adopt_open_fds(root, origin, monotonic_ns(), &mut first);
+    if root != 0 {
+        tracker.adopt_open_fds(root, origin, monotonic_ns(), &mut first);
+    }
     for &tgid in &existing {
         tracker.adopt_open_fds(tgid, origin, monotonic_ns(), &mut first);
     }
@@ -222,7 +240,8 @@ pub async fn record(
                     _ = stop.changed() => break,
                     _ = sleep_until(deadline) => break,
                     _ = tick.tick() => {
-                        if root_exited.load(Ordering::Relaxed) || !target::is_alive(root) || writer_failed.load(Ordering::Relaxed) {
+                        let root_gone = follows_root && (root_exited.load(Ordering::Relaxed) || !target::is_alive(root));
+                        if root_gone || writer_failed.load(Ordering::Relaxed) {
                             break;
                         }
                     }

@@ -18,6 +18,8 @@ use nix::{
 pub enum TargetError {
     #[error("no process with PID {pid}")]
     NoSuchProcess { pid: i32 },
+    #[error("`{path}` is not a cgroup v2 folder: give one under the cgroup2 mount (`grep cgroup2 /proc/self/mounts`)")]
+    NotCgroup { path: String },
     #[error("command not found: `{program}` (not a path to an executable, nor in PATH)")]
     NotFound { program: String },
     #[error("no command given: put the program to record after `--`")]
@@ -37,6 +39,38 @@ pub enum TargetError {
 pub enum Target {
     Launch(Vec<String>),
     Attach(u32),
+    /// Every process in a cgroup (v2) or below it: those there now, and any that execs there
+    /// later.
+    Cgroup(std::path::PathBuf),
+}
+
+/// A cgroup v2 folder: its id (the folder's inode, which is what the kernel reports), and the
+/// processes in it and in the cgroups below it now.
+pub fn cgroup(path: &std::path::Path) -> Result<(u64, Vec<u32>), TargetError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let not_v2 = || TargetError::NotCgroup { path: path.display().to_string() };
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| not_v2())?;
+    // SAFETY: statfs of a NUL-terminated path into a struct of its type.
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 || fs.f_type != libc::CGROUP2_SUPER_MAGIC {
+        return Err(not_v2());
+    }
+    let id = std::fs::metadata(path).map_err(|_| not_v2())?.ino();
+    let mut pids = Vec::new();
+    let mut dirs = vec![path.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Ok((id, pids))
 }
 
 /// A launched child, stopped before exec until `release`.

@@ -137,6 +137,11 @@ pub struct TaskRecord {
 }
 
 pub const TASK_GROUP_DEAD: u32 = 1;
+/// TASK_EXEC: the process was not followed; it joins the recording at this exec because it
+/// runs in a recorded cgroup.
+pub const TASK_JOINED: u32 = 2;
+/// How many cgroups one probe set can record (`CGROUPS`).
+pub const MAX_CGROUPS: u32 = 1024;
 
 /// Key of the kernel's `PENDING_LOSS` map: payload lost together with its syscall record.
 #[repr(C)]

@@ -129,3 +129,12 @@ pub struct RandCall {
 
 #[map]
 pub static RAND_CALLS: LruHashMap<u64, RandCall> = LruHashMap::with_max_entries(4096, 0);
+
+/// Recorded cgroups (cgroup v2 ids): a process that execs in one of them, or in a cgroup below
+/// one, joins the recording. Value: nonzero.
+#[map]
+pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(retrace_common::MAX_CGROUPS, 0);
+
+/// Word 0 is nonzero once `CGROUPS` holds any: other processes' execs then skip the lookups.
+#[map]
+pub static CGROUPS_ANY: Array<u32> = Array::with_max_entries(1, 0);

@@ -130,3 +130,72 @@ fn attach_follows_children_started_before_the_attach() {
     assert_eq!(f.pid, worker, "the worker forked before the attach wrote it");
     assert_bytes_eq(&rec.bytes(f.id, Direction::Out), b"written by the worker after attach", "worker's write");
 }
+
+/// The cgroup v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
+fn cgroup2_mount() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts.lines().find(|l| l.split(" - ").nth(1).is_some_and(|fs| fs.starts_with("cgroup2 ")));
+    std::path::PathBuf::from(line.expect("a cgroup2 mount").split(' ').nth(4).unwrap())
+}
+
+#[test]
+fn a_cgroup_is_recorded_with_the_processes_that_exec_in_it_later_and_nothing_else() {
+    let dir = scratch("attach-cgroup");
+    let cgroup = cgroup2_mount().join(format!("retrace-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let inside = dir.join("inside.bin");
+    let outside = dir.join("outside.bin");
+    std::fs::write(&inside, retrace_tests::pattern(100_000, 3)).unwrap();
+    std::fs::write(&outside, retrace_tests::pattern(1000, 4)).unwrap();
+    let procs = cgroup.join("cgroup.procs");
+    // Already in the cgroup when recording starts; its child reads later.
+    let early = dir.join("early.bin");
+    std::fs::write(&early, retrace_tests::pattern(5000, 5)).unwrap();
+    let mut resident = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {}; sleep 1.5; cat {} > /dev/null", procs.display(), early.display()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let rec = dir.join("rec");
+    let recorder = retrace_command()
+        .args(["record", "--duration", "3", "-o", rec.to_str().unwrap(), "--cgroup", cgroup.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rec.join("manifest.json").exists() {
+        assert!(Instant::now() < deadline, "the recorder did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Moves itself into the cgroup, then execs: recorded from the exec on.
+    let joined = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec cat {}", procs.display(), inside.display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(joined.success());
+    // Outside the cgroup: not recorded.
+    Command::new("cat").arg(&outside).stdout(Stdio::null()).status().unwrap();
+    resident.wait().unwrap();
+    let out = recorder.wait_with_output().unwrap();
+    assert_no_panic(&out);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir(&cgroup);
+
+    let rec = Rec::open(&rec);
+    let joined = rec.by_path(&inside);
+    assert_bytes_eq(&rec.bytes(joined.id, Direction::In), &std::fs::read(&inside).unwrap(), "the joined cat's read");
+    let early_stream = rec.by_path(&early);
+    assert_bytes_eq(
+        &rec.bytes(early_stream.id, Direction::In),
+        &std::fs::read(&early).unwrap(),
+        "the resident's child",
+    );
+    assert!(
+        !rec.streams.iter().any(|s| s.path == outside.to_str().unwrap()),
+        "a process outside the cgroup was recorded"
+    );
+}

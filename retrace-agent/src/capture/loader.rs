@@ -220,6 +220,18 @@ impl Probes {
         Ok(())
     }
 
+    /// Records the cgroup (v2) `id` and every cgroup below it: a process that execs there joins.
+    pub fn trace_cgroup(&mut self, id: u64) -> Result<(), CaptureError> {
+        let mut cgroups: BpfHashMap<&mut MapData, u64, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut("CGROUPS").expect("CGROUPS map")).map_err(CaptureError::map)?;
+        cgroups.insert(id, 1, 0).map_err(CaptureError::map)?;
+        let mut any: aya::maps::Array<&mut MapData, u32> =
+            aya::maps::Array::try_from(self.ebpf.map_mut("CGROUPS_ANY").expect("CGROUPS_ANY map"))
+                .map_err(CaptureError::map)?;
+        any.set(0, 1, 0).map_err(CaptureError::map)?;
+        Ok(())
+    }
+
     /// The list of processes paused by backpressure, moved out to the consumer.
     pub fn take_pauses(&mut self) -> Result<super::Pauses, CaptureError> {
         let map = self.ebpf.take_map("PAUSED").expect("PAUSED map");

@@ -22,6 +22,11 @@ pub struct Args {
     /// Attach to this running process (and follow the children it starts from now on).
     #[arg(long, conflicts_with = "command")]
     pid: Option<u32>,
+    /// Record every process in this cgroup (v2) or below it: those there now, and each one that
+    /// execs there from now on (a container's processes). Ends with SIGINT/SIGTERM or
+    /// --duration.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["command", "pid"])]
+    cgroup: Option<PathBuf>,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
@@ -73,11 +78,16 @@ fn parse_cpus(text: &str) -> Result<CpuList, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let target = match (args.pid, args.command.is_empty()) {
-        (Some(pid), true) => Target::Attach(pid),
-        (None, false) => Target::Launch(args.command.clone()),
-        (None, true) => bail!("nothing to record: give a command after `--` or a running process with --pid"),
-        (Some(_), false) => bail!("give either --pid or a command, not both"),
+    let target = match (args.pid, &args.cgroup, args.command.is_empty()) {
+        (None, Some(dir), true) => Target::Cgroup(dir.clone()),
+        (Some(pid), None, true) => Target::Attach(pid),
+        (None, None, false) => Target::Launch(args.command.clone()),
+        (None, None, true) => {
+            bail!(
+                "nothing to record: give a command after `--`, a running process with --pid, or a cgroup with --cgroup"
+            )
+        }
+        _ => bail!("give one of --pid, --cgroup or a command"),
     };
     let ring = args.ring_buffer;
     if !ring.is_power_of_two() || !(4096..=(1 << 31)).contains(&ring) {
@@ -107,6 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let what = match &target {
         Target::Attach(pid) => format!("pid {pid}"),
         Target::Launch(argv) => format!("launch {}", argv[0]),
+        Target::Cgroup(dir) => format!("cgroup {}", dir.display()),
     };
     super::audit("record_start", Subject::recording(&args.output, "").detail(what))?;
     let config = RecordConfig {

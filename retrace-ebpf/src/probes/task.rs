@@ -1,12 +1,18 @@
 //! The process tree: new threads and processes (task_newtask, which runs in the parent before
 //! the child can run, so no child syscall escapes the filter), exec, exit, exit_group status.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext, EbpfContext as _};
-use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD};
+use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext as _,
+};
+use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD, TASK_JOINED};
 
 use crate::{
     call::{set_traced, traced, Call},
     emit::{self, Aux},
+    maps::{CGROUPS, CGROUPS_ANY},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -25,12 +31,47 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = traced() else { return 0 };
+    let (tgid, tid, flags) = match traced() {
+        Some((tgid, tid)) => (tgid, tid, 0),
+        None => {
+            // Not followed: it joins if it runs in a recorded cgroup, from its new image on.
+            if !in_recorded_cgroup() {
+                return 0;
+            }
+            let id = bpf_get_current_pid_tgid();
+            let tgid = (id >> 32) as u32;
+            set_traced(tgid, true);
+            (tgid, id as u32, TASK_JOINED)
+        }
+    };
     let loc: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     let old_pid: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
     let path = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
-    emit::task(kind::TASK_EXEC, tgid, tid, unsafe { bpf_ktime_get_ns() }, old_pid, 0, 0, Some(path));
+    emit::task(kind::TASK_EXEC, tgid, tid, unsafe { bpf_ktime_get_ns() }, old_pid, flags, 0, Some(path));
     0
+}
+
+/// Cgroup levels looked at, from the root down: deep enough for a pod's containers under
+/// systemd slices.
+const CGROUP_LEVELS: i32 = 16;
+
+/// Whether the current task's cgroup (v2), or one above it, is recorded.
+#[inline(always)]
+fn in_recorded_cgroup() -> bool {
+    if CGROUPS_ANY.get(0).is_none_or(|any| *any == 0) {
+        return false;
+    }
+    for level in 0..CGROUP_LEVELS {
+        // SAFETY: a helper without pointers.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return false;
+        }
+        if unsafe { CGROUPS.get(&id) }.is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]

@@ -1,6 +1,6 @@
 //! The process tree: fork/clone, exec (close-on-exec), exit.
 
-use retrace_common::{TaskRecord, TASK_GROUP_DEAD};
+use retrace_common::{TaskRecord, TASK_GROUP_DEAD, TASK_JOINED};
 
 use super::*;
 
@@ -41,7 +41,11 @@ impl Tracker {
     pub(super) fn task_exec(&mut self, rec: &TaskRecord, path: String, out: &mut Vec<proto::Record>) {
         let tgid = rec.hdr.tgid;
         let ts = self.wall_ns(rec.hdr.ts_ns);
-        if self.tables.has_process(tgid) {
+        if rec.flags & TASK_JOINED != 0 && !self.tables.has_process(tgid) {
+            // It joins here (it execs in a recorded cgroup): what it holds open, and its cwd,
+            // as the kernel shows them now.
+            self.adopt_open_fds(tgid, "inherited", rec.hdr.ts_ns, out);
+        } else if self.tables.has_process(tgid) {
             // exec unshares the fd table, then closes the close-on-exec fds.
             let table = self.tables.table_id(tgid);
             let fds = self.tables.table(table).fds.clone();
