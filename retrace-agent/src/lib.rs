@@ -8,6 +8,7 @@ pub mod cpus;
 pub mod export;
 pub mod filestate;
 pub mod keys;
+pub mod node;
 pub mod recorder;
 pub mod redact;
 pub mod replay;

@@ -253,3 +253,76 @@ pub fn replay_in(cwd: &Path, rec: &Path, extra: &[&str], command: &[&str]) -> (O
     let report = std::fs::read(&report).map(|r| serde_json::from_slice(&r).expect("a JSON report")).unwrap_or_default();
     (out, report)
 }
+
+/// moto's S3 server on a free port, killed when dropped.
+pub struct S3 {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl S3 {
+    pub fn start() -> S3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (cargo xtask setup installs it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        S3 { child, endpoint }
+    }
+
+    /// `curl -X METHOD` on a bucket or object path, signed; the HTTP status.
+    pub fn curl(&self, method: &str, path: &str) -> String {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+                "test:test",
+            ])
+            .args(["-X", method, &format!("{}/{path}", self.endpoint)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn retrace(&self, args: &[&str]) -> Output {
+        let out = self.env(&mut retrace_command()).args(args).output().unwrap();
+        assert_no_panic(&out);
+        out
+    }
+
+    /// `cmd` with the AWS environment that reaches this server.
+    pub fn env<'a>(&self, cmd: &'a mut std::process::Command) -> &'a mut std::process::Command {
+        cmd.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cgroup v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
+pub fn cgroup2_mount() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts.lines().find(|l| l.split(" - ").nth(1).is_some_and(|fs| fs.starts_with("cgroup2 ")));
+    std::path::PathBuf::from(line.expect("a cgroup2 mount").split(' ').nth(4).unwrap())
+}

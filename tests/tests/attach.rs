@@ -131,17 +131,10 @@ fn attach_follows_children_started_before_the_attach() {
     assert_bytes_eq(&rec.bytes(f.id, Direction::Out), b"written by the worker after attach", "worker's write");
 }
 
-/// The cgroup v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
-fn cgroup2_mount() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = mounts.lines().find(|l| l.split(" - ").nth(1).is_some_and(|fs| fs.starts_with("cgroup2 ")));
-    std::path::PathBuf::from(line.expect("a cgroup2 mount").split(' ').nth(4).unwrap())
-}
-
 #[test]
 fn a_cgroup_is_recorded_with_the_processes_that_exec_in_it_later_and_nothing_else() {
     let dir = scratch("attach-cgroup");
-    let cgroup = cgroup2_mount().join(format!("retrace-test-{}", std::process::id()));
+    let cgroup = retrace_tests::cgroup2_mount().join(format!("retrace-test-{}", std::process::id()));
     std::fs::create_dir_all(&cgroup).unwrap();
     let inside = dir.join("inside.bin");
     let outside = dir.join("outside.bin");

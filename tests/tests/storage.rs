@@ -2,78 +2,9 @@
 //! server, installed by `cargo xtask setup`): uploaded segments first and the manifest last,
 //! idempotent on retry, and read back by every reader from `s3://bucket/prefix`.
 
-use std::{
-    net::TcpListener,
-    process::{Child, Command, Output, Stdio},
-    time::Duration,
-};
+use std::process::Output;
 
-use retrace_tests::{assert_bytes_eq, pattern, record, retrace_command, scratch};
-
-/// moto's S3 server on a free port, killed when dropped.
-struct S3 {
-    child: Child,
-    endpoint: String,
-}
-
-impl S3 {
-    fn start() -> S3 {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server (cargo xtask setup installs it)");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "moto_server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        S3 { child, endpoint }
-    }
-
-    /// `curl -X METHOD` on a bucket or object path, signed; the HTTP status.
-    fn curl(&self, method: &str, path: &str) -> String {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--aws-sigv4",
-                "aws:amz:us-east-1:s3",
-                "--user",
-                "test:test",
-            ])
-            .args(["-X", method, &format!("{}/{path}", self.endpoint)])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn retrace(&self, args: &[&str]) -> Output {
-        let out = retrace_command()
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .output()
-            .unwrap();
-        retrace_tests::assert_no_panic(&out);
-        out
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use retrace_tests::{assert_bytes_eq, pattern, record, scratch, S3};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

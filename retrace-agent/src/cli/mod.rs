@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand; no capture logic lives here.
 
+mod agent;
 mod audit;
 mod cat;
 mod export;
@@ -53,6 +54,8 @@ enum Command {
     Gc(gc::Args),
     /// Copy a recording to S3-compatible object storage (segments, then the manifest).
     Upload(upload::Args),
+    /// Run as a node agent: record what capture requests select, upload, serve metrics.
+    Agent(agent::Args),
     /// The audit log of every recording access.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -63,7 +66,7 @@ enum Command {
 
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    if !matches!(cli.command, Command::Record(_)) {
+    if !matches!(cli.command, Command::Record(_) | Command::Agent(_)) {
         // Readers end quietly when their reader goes away (`retrace streams rec | head`).
         // SAFETY: restores the default disposition before any output.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Export(args) => export::run(args),
         Command::Gc(args) => gc::run(args),
         Command::Upload(args) => upload::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Audit(cmd) => audit::run(cmd),
         Command::ResumeGuard(args) => resume_guard::run(args),
     }

@@ -80,6 +80,19 @@ impl Remote {
         Ok(Remote { store: Arc::new(builder.build()?), prefix: ObjectPath::from(prefix), url: url.to_owned() })
     }
 
+    /// The same store, under `relative` below this prefix.
+    pub fn child(&self, relative: &str) -> Remote {
+        let mut prefix = self.prefix.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            prefix = prefix.child(part);
+        }
+        Remote { store: self.store.clone(), prefix, url: format!("{}/{}", self.url.trim_end_matches('/'), relative) }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     fn object(&self, name: &str) -> ObjectPath {
         self.prefix.child(name)
     }

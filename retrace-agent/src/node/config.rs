@@ -1,0 +1,108 @@
+//! The node agent's configuration (`retrace agent --config FILE`, TOML).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's name (default: `$NODE_NAME`, else the hostname): recordings go under it.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Capture requests (`RetraceCapture` objects, `*.yaml`) read from here.
+    pub captures_dir: PathBuf,
+    /// Recordings are written here, and kept until uploaded.
+    pub spool_dir: PathBuf,
+    /// Prometheus metrics (`/metrics`), `/healthz` and `/readyz` on this address.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_max_captures")]
+    pub max_concurrent_captures: usize,
+    /// Kernel ring buffer per capture (bytes, power of two).
+    #[serde(default = "default_ring")]
+    pub ring_buffer_bytes: u32,
+    /// Recipients used when a capture names none (public keys only: a node never holds an
+    /// identity).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    #[serde(default)]
+    pub storage: Option<Storage>,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// Where finished recordings go: `s3://bucket/prefix` (AWS environment for credentials).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    pub url: String,
+}
+
+/// Which namespaces may be recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Only these (empty: any not denied).
+    #[serde(default)]
+    pub allow_namespaces: Vec<String>,
+    #[serde(default = "default_deny")]
+    pub deny_namespaces: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy { allow_namespaces: Vec::new(), deny_namespaces: default_deny() }
+    }
+}
+
+impl Policy {
+    pub fn allows(&self, namespace: &str) -> bool {
+        !self.deny_namespaces.iter().any(|n| n == namespace)
+            && (self.allow_namespaces.is_empty() || self.allow_namespaces.iter().any(|n| n == namespace))
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_max_captures() -> usize {
+    4
+}
+fn default_ring() -> u32 {
+    32 << 20
+}
+fn default_deny() -> Vec<String> {
+    vec!["kube-system".into()]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the agent config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent config {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl AgentConfig {
+    pub fn read(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p,
+            message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    pub fn node(&self) -> String {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .or_else(|| nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "node".into())
+    }
+}

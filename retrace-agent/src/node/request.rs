@@ -1,0 +1,99 @@
+//! Capture requests: `RetraceCapture` objects (`retrace.dev/v1alpha1`), read from the
+//! captures directory (`*.yaml`, one object or several separated by `---`).
+
+use std::{path::Path, time::Duration};
+
+use serde::Deserialize;
+
+pub const API_VERSION: &str = "retrace.dev/v1alpha1";
+pub const KIND: &str = "RetraceCapture";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureObject {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    /// What to record on this node: a cgroup (v2 folder) or a process.
+    #[serde(default)]
+    pub selector: Selector,
+    /// How long (`30s`, `5m`); default 60 s.
+    #[serde(default)]
+    pub duration: Option<String>,
+    /// Stop once this many bytes are recorded (accepted; enforced from the next version).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// age recipients (`age1…`); default: the agent's.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// How long the recording is kept (`7d`).
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Selector {
+    /// A cgroup v2 folder.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+impl CaptureObject {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.metadata.namespace, self.metadata.name)
+    }
+
+    pub fn duration(&self) -> Result<Duration, String> {
+        match &self.spec.duration {
+            Some(d) => crate::retention::parse_duration(d),
+            None => Ok(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Every capture object in `dir`; files that do not parse are returned as errors by path.
+pub fn read_dir(dir: &Path) -> (Vec<CaptureObject>, Vec<String>) {
+    let (mut objects, mut errors) = (Vec::new(), Vec::new());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        errors.push(format!("cannot read the captures folder {}", dir.display()));
+        return (objects, errors);
+    };
+    let mut paths: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            match CaptureObject::deserialize(document) {
+                Ok(o) if o.api_version == API_VERSION && o.kind == KIND => objects.push(o),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+    (objects, errors)
+}

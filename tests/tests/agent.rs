@@ -1,0 +1,175 @@
+//! The node agent against real parts: capture requests in a folder, a real cgroup v2, a real S3
+//! API on loopback (moto), promtool on its metrics; SIGTERM seals and uploads; what an earlier
+//! run left in the spool is uploaded at start.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use retrace_tests::{assert_bytes_eq, record, scratch, test_identity, S3};
+
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{port}{path}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_owned(), body.to_owned())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status(spool: &Path, namespace: &str, name: &str) -> serde_json::Value {
+    std::fs::read(spool.join("status").join(format!("{namespace}.{name}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn capture(dir: &Path, file: &str, namespace: &str, name: &str, selector: &str, duration: &str) {
+    std::fs::write(
+        dir.join(file),
+        format!(
+            "apiVersion: retrace.dev/v1alpha1\nkind: RetraceCapture\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  selector: {{{selector}}}\n  duration: {duration}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// The stream id of `path` in the recording at `url`.
+fn stream_of(s3: &S3, url: &str, path: &Path) -> String {
+    let out = s3.retrace(&["streams", url, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|s| s["path"] == path.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no stream for {} in {url}", path.display()))["id"]
+        .to_string()
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
+    let dir = scratch("agent");
+    let s3 = S3::start();
+    assert_eq!(s3.curl("PUT", "retrace-cluster"), "200");
+    let (captures, spool) = (dir.join("captures"), dir.join("spool"));
+    std::fs::create_dir_all(&captures).unwrap();
+    // A recording an earlier run finished but did not upload.
+    let leftover_file = dir.join("leftover.txt");
+    std::fs::write(&leftover_file, "left in the spool\n").unwrap();
+    let (_, out) = record(&dir, &[], &["cat", leftover_file.to_str().unwrap()]);
+    assert!(out.status.success());
+    let leftover = spool.join("shop/old/node-a-1");
+    std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    std::fs::rename(dir.join("rec"), &leftover).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let recipient = test_identity().to_public().to_string();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_name = \"node-a\"\ncaptures_dir = \"{}\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{recipient}\"]\n[storage]\nurl = \"s3://retrace-cluster/recordings\"\n",
+            captures.display(),
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = retrace_tests::retrace_command();
+    let agent = Agent(
+        s3.env(&mut cmd).args(["agent", "--config", config.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    wait_for("/healthz", Duration::from_secs(20), || http_get(port, "/healthz").0 == "200");
+    assert_eq!(http_get(port, "/readyz").0, "200");
+    // The leftover went up, then left the spool.
+    wait_for("the leftover's upload", Duration::from_secs(20), || !leftover.exists());
+    let url = "s3://retrace-cluster/recordings/shop/old/node-a-1";
+    let cat = s3.retrace(&["cat", url, &stream_of(&s3, url, &leftover_file), "--in"]);
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "left in the spool\n");
+
+    // A request for a cgroup: a process that execs there later is recorded.
+    let cgroup = retrace_tests::cgroup2_mount().join(format!("retrace-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    capture(&captures, "checkout.yaml", "shop", "checkout", &format!("cgroup: {}", cgroup.display()), "2s");
+    // kube-system is denied by default.
+    capture(&captures, "dns.yaml", "kube-system", "dns", "pid: 1", "2s");
+    wait_for("the capture to start", Duration::from_secs(20), || {
+        status(&spool, "shop", "checkout")["phase"] == "Recording"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let data = dir.join("data.bin");
+    std::fs::write(&data, retrace_tests::pattern(200_000, 9)).unwrap();
+    let procs = cgroup.join("cgroup.procs");
+    let ran = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec cat {}", procs.display(), data.display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    wait_for("the upload", Duration::from_secs(30), || status(&spool, "shop", "checkout")["phase"] == "Uploaded");
+    let done = status(&spool, "shop", "checkout");
+    let url = done["uploadedTo"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("s3://retrace-cluster/recordings/shop/checkout/node-a-"), "{done}");
+    let cat = s3.retrace(&["cat", &url, &stream_of(&s3, &url, &data), "--in"]);
+    assert_bytes_eq(&cat.stdout, &std::fs::read(&data).unwrap(), "the cgroup's process, read back from S3");
+    assert_eq!(status(&spool, "kube-system", "dns")["phase"], "Rejected");
+
+    // Metrics: valid exposition format, and what happened.
+    let (code, metrics) = http_get(port, "/metrics");
+    assert_eq!(code, "200");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(metrics.contains("retrace_recordings_uploaded_total 2"), "{metrics}");
+    assert!(metrics.contains("retrace_captures_rejected_total{reason=\"policy\"} 1"), "{metrics}");
+
+    // A long capture, cut short by SIGTERM: sealed, uploaded, and the agent exits 0.
+    capture(&captures, "long.yaml", "shop", "long", &format!("cgroup: {}", cgroup.display()), "10m");
+    wait_for("the long capture", Duration::from_secs(20), || status(&spool, "shop", "long")["phase"] == "Recording");
+    let mut agent = agent;
+    // SAFETY: SIGTERM to the agent we started.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let exit = agent.0.wait().unwrap();
+    assert!(exit.success(), "{exit}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(status(&spool, "shop", "long")["phase"], "Uploaded");
+    let left: Vec<PathBuf> = ["shop/checkout", "shop/long", "shop/old"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(spool.join(d)).into_iter().flatten().flatten().map(|e| e.path()))
+        .collect();
+    assert!(left.is_empty(), "left in the spool: {left:?}");
+    let _ = std::fs::remove_dir(&cgroup);
+}
