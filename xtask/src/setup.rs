@@ -145,17 +145,26 @@ fn test_peers() -> Result<()> {
     if !pip {
         apt_install(&["python3-pip"])?;
     }
+    // The deployment files' checks: kubectl (kustomize) from the machine image or apt, and
+    // kubernetes-validate from PyPI.
+    install_missing(&[("kubectl", "kubectl")])?;
+    pip_install_missing("kubernetes-validate", "kubernetes-validate")?;
     // A real S3 API on loopback for the object-storage tests (moto's server, from PyPI).
-    let moto = Command::new("sh").args(["-c", "command -v moto_server"]).output().is_ok_and(|o| o.status.success());
-    if !moto {
-        eprintln!("setup: pip install moto[server]");
-        let install = |extra: &[&str]| {
-            Command::new("python3").args(["-m", "pip", "install", "-q"]).args(extra).arg("moto[server]").status()
-        };
-        // Debian's python refuses pip installs into the system without this flag.
-        if !install(&[])?.success() && !install(&["--break-system-packages"])?.success() {
-            bail!("cannot install moto[server] with pip");
-        }
+    pip_install_missing("moto_server", "moto[server]")
+}
+
+/// Installs `package` with pip unless `command` is on PATH.
+fn pip_install_missing(command: &str, package: &str) -> Result<()> {
+    let found = Command::new("sh").args(["-c", &format!("command -v {command}")]).output();
+    if found.is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    eprintln!("setup: pip install {package}");
+    let install =
+        |extra: &[&str]| Command::new("python3").args(["-m", "pip", "install", "-q"]).args(extra).arg(package).status();
+    // Debian's python refuses pip installs into the system without this flag.
+    if !install(&[])?.success() && !install(&["--break-system-packages"])?.success() {
+        bail!("cannot install {package} with pip");
     }
     Ok(())
 }
