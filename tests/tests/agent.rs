@@ -109,7 +109,20 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     // A request for a cgroup: a process that execs there later is recorded.
     let cgroup = retrace_tests::cgroup2_mount().join(format!("retrace-agent-{}", std::process::id()));
     std::fs::create_dir_all(&cgroup).unwrap();
-    capture(&captures, "checkout.yaml", "shop", "checkout", &format!("cgroup: {}", cgroup.display()), "2s");
+    let requested = retrace_tests::retrace(&[
+        "capture",
+        "start",
+        "checkout",
+        "-n",
+        "shop",
+        "--dir",
+        captures.to_str().unwrap(),
+        "--cgroup",
+        cgroup.to_str().unwrap(),
+        "--duration",
+        "2s",
+    ]);
+    assert!(requested.status.success(), "{}", String::from_utf8_lossy(&requested.stderr));
     // kube-system is denied by default.
     capture(&captures, "dns.yaml", "kube-system", "dns", "pid: 1", "2s");
     wait_for("the capture to start", Duration::from_secs(20), || {
@@ -133,6 +146,29 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     let cat = s3.retrace(&["cat", &url, &stream_of(&s3, &url, &data), "--in"]);
     assert_bytes_eq(&cat.stdout, &std::fs::read(&data).unwrap(), "the cgroup's process, read back from S3");
     assert_eq!(status(&spool, "kube-system", "dns")["phase"], "Rejected");
+    let listed = retrace_tests::retrace(&[
+        "capture",
+        "list",
+        "--dir",
+        captures.to_str().unwrap(),
+        "--spool",
+        spool.to_str().unwrap(),
+    ]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.lines().any(|l| l.starts_with("shop/checkout") && l.contains("Uploaded")), "{listed}");
+    assert!(listed.lines().any(|l| l.starts_with("kube-system/dns") && l.contains("Rejected")), "{listed}");
+
+    // Withdrawing a request stops its capture early; what it recorded is uploaded.
+    let dir_s = captures.to_str().unwrap();
+    let cg = cgroup.to_str().unwrap();
+    let start = ["capture", "start", "brief", "-n", "shop", "--dir", dir_s, "--cgroup", cg, "--duration", "10m"];
+    assert!(retrace_tests::retrace(&start).status.success());
+    wait_for("the brief capture", Duration::from_secs(20), || status(&spool, "shop", "brief")["phase"] == "Recording");
+    let withdrawn = retrace_tests::retrace(&["capture", "stop", "brief", "-n", "shop", "--dir", dir_s]);
+    assert!(withdrawn.status.success(), "{}", String::from_utf8_lossy(&withdrawn.stderr));
+    wait_for("the brief capture's upload", Duration::from_secs(20), || {
+        status(&spool, "shop", "brief")["phase"] == "Uploaded"
+    });
 
     // Metrics: valid exposition format, and what happened.
     let (code, metrics) = http_get(port, "/metrics");
@@ -152,7 +188,8 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    assert!(metrics.contains("retrace_recordings_uploaded_total 2"), "{metrics}");
+    assert!(metrics.contains("retrace_recordings_uploaded_total 3"), "{metrics}");
+    assert!(metrics.contains("retrace_captures_started_total 2"), "{metrics}");
     assert!(metrics.contains("retrace_captures_rejected_total{reason=\"policy\"} 1"), "{metrics}");
 
     // A long capture, cut short by SIGTERM: sealed, uploaded, and the agent exits 0.
@@ -166,7 +203,7 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     assert!(exit.success(), "{exit}");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(status(&spool, "shop", "long")["phase"], "Uploaded");
-    let left: Vec<PathBuf> = ["shop/checkout", "shop/long", "shop/old"]
+    let left: Vec<PathBuf> = ["shop/checkout", "shop/long", "shop/old", "shop/brief"]
         .iter()
         .flat_map(|d| std::fs::read_dir(spool.join(d)).into_iter().flatten().flatten().map(|e| e.path()))
         .collect();

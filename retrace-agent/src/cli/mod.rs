@@ -2,6 +2,7 @@
 
 mod agent;
 mod audit;
+mod capture;
 mod cat;
 mod export;
 mod gc;
@@ -56,6 +57,9 @@ enum Command {
     Upload(upload::Args),
     /// Run as a node agent: record what capture requests select, upload, serve metrics.
     Agent(agent::Args),
+    /// Capture requests for node agents (start, list, stop).
+    #[command(subcommand)]
+    Capture(capture::Command),
     /// The audit log of every recording access.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Gc(args) => gc::run(args),
         Command::Upload(args) => upload::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Capture(cmd) => capture::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::ResumeGuard(args) => resume_guard::run(args),
     }
