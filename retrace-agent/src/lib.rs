@@ -13,6 +13,7 @@ pub mod recorder;
 pub mod redact;
 pub mod replay;
 pub mod retention;
+pub mod shared;
 pub mod store;
 pub mod streams;
 pub mod target;

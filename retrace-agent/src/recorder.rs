@@ -145,7 +145,7 @@ pub async fn record(
         Target::Attach(_) => procfs::descendants(root),
         Target::Cgroup(path) => {
             let (id, pids) = target::cgroup(path)?;
-            probes.trace_cgroup(id)?;
+            probes.trace_cgroup(id, 1)?;
             pids.into_iter().filter(|&p| p != root).collect()
         }
     };
@@ -307,7 +307,7 @@ pub async fn record(
     })
 }
 
-fn spawn_writer(
+pub(crate) fn spawn_writer(
     mut writer: Writer,
     records: std::sync::mpsc::Receiver<Vec<proto::Record>>,
     failed: Arc<AtomicBool>,
@@ -333,7 +333,7 @@ fn spawn_writer(
 }
 
 /// Events to redacted records. Ends when the consumer is done or the writer has failed.
-fn rebuild_streams(
+pub(crate) fn rebuild_streams(
     mut tracker: Tracker,
     mut stage: RedactStage,
     first: Vec<proto::Record>,

@@ -120,7 +120,7 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
         "--cgroup",
         cgroup.to_str().unwrap(),
         "--duration",
-        "2s",
+        "4s",
     ]);
     assert!(requested.status.success(), "{}", String::from_utf8_lossy(&requested.stderr));
     // kube-system is denied by default.
@@ -170,6 +170,60 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
         status(&spool, "shop", "brief")["phase"] == "Uploaded"
     });
 
+    // Two captures at once, on one probe set: each recording holds its own cgroup's process only.
+    let mut urls = Vec::new();
+    let mut files = Vec::new();
+    let mut cgroups = Vec::new();
+    for name in ["left", "right"] {
+        let cg = retrace_tests::cgroup2_mount().join(format!("retrace-agent-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&cg).unwrap();
+        let start = [
+            "capture",
+            "start",
+            name,
+            "-n",
+            "pair",
+            "--dir",
+            dir_s,
+            "--cgroup",
+            cg.to_str().unwrap(),
+            "--duration",
+            "3s",
+        ];
+        assert!(retrace_tests::retrace(&start).status.success());
+        let file = dir.join(format!("{name}.bin"));
+        std::fs::write(&file, retrace_tests::pattern(50_000, name.len() as u64)).unwrap();
+        files.push(file);
+        cgroups.push(cg);
+    }
+    for name in ["left", "right"] {
+        wait_for("both captures", Duration::from_secs(20), || status(&spool, "pair", name)["phase"] == "Recording");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (cg, file) in cgroups.iter().zip(&files) {
+        let ran = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && exec cat {}", cg.join("cgroup.procs").display(), file.display()))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ran.success());
+    }
+    for name in ["left", "right"] {
+        wait_for("both uploads", Duration::from_secs(30), || status(&spool, "pair", name)["phase"] == "Uploaded");
+        urls.push(status(&spool, "pair", name)["uploadedTo"].as_str().unwrap().to_owned());
+    }
+    for (i, url) in urls.iter().enumerate() {
+        let cat = s3.retrace(&["cat", url, &stream_of(&s3, url, &files[i]), "--in"]);
+        assert_bytes_eq(&cat.stdout, &std::fs::read(&files[i]).unwrap(), "its own cgroup's process");
+        let streams = s3.retrace(&["streams", url, "--json"]);
+        let other = files[1 - i].to_str().unwrap();
+        assert!(!String::from_utf8_lossy(&streams.stdout).contains(other), "{url} holds the other capture's file");
+    }
+    for cg in &cgroups {
+        let _ = std::fs::remove_dir(cg);
+    }
+
     // Metrics: valid exposition format, and what happened.
     let (code, metrics) = http_get(port, "/metrics");
     assert_eq!(code, "200");
@@ -188,8 +242,9 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    assert!(metrics.contains("retrace_recordings_uploaded_total 3"), "{metrics}");
-    assert!(metrics.contains("retrace_captures_started_total 2"), "{metrics}");
+    assert!(metrics.contains("retrace_recordings_uploaded_total 5"), "{metrics}");
+    assert!(metrics.contains("retrace_captures_started_total 4"), "{metrics}");
+    assert!(metrics.contains("retrace_probe_sets 1"), "{metrics}");
     assert!(metrics.contains("retrace_captures_rejected_total{reason=\"policy\"} 1"), "{metrics}");
 
     // A long capture, cut short by SIGTERM: sealed, uploaded, and the agent exits 0.
@@ -203,7 +258,7 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     assert!(exit.success(), "{exit}");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(status(&spool, "shop", "long")["phase"], "Uploaded");
-    let left: Vec<PathBuf> = ["shop/checkout", "shop/long", "shop/old", "shop/brief"]
+    let left: Vec<PathBuf> = ["shop/checkout", "shop/long", "shop/old", "shop/brief", "pair/left", "pair/right"]
         .iter()
         .flat_map(|d| std::fs::read_dir(spool.join(d)).into_iter().flatten().flatten().map(|e| e.path()))
         .collect();

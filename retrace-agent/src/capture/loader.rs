@@ -79,6 +79,15 @@ impl TracedBits {
             word.fetch_or(1 << (tgid & 63), Ordering::Relaxed);
         }
     }
+
+    fn clear(&self, tgid: u32) {
+        let index = (tgid >> 6) as usize;
+        if index < TRACED_WORDS as usize {
+            // SAFETY: as in `set`.
+            let word = unsafe { &*self.words.as_ptr().add(index) };
+            word.fetch_and(!(1 << (tgid & 63)), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for TracedBits {
@@ -220,15 +229,30 @@ impl Probes {
         Ok(())
     }
 
-    /// Records the cgroup (v2) `id` and every cgroup below it: a process that execs there joins.
-    pub fn trace_cgroup(&mut self, id: u64) -> Result<(), CaptureError> {
+    /// Stops following `tgid`.
+    pub fn untrace(&mut self, tgid: u32) {
+        self.traced.clear(tgid);
+    }
+
+    /// Records the cgroup (v2) `id` and every cgroup below it: a process that execs there joins,
+    /// and its exec record carries `capture` (nonzero), which says which recording it joins.
+    pub fn trace_cgroup(&mut self, id: u64, capture: u32) -> Result<(), CaptureError> {
         let mut cgroups: BpfHashMap<&mut MapData, u64, u32> =
             BpfHashMap::try_from(self.ebpf.map_mut("CGROUPS").expect("CGROUPS map")).map_err(CaptureError::map)?;
-        cgroups.insert(id, 1, 0).map_err(CaptureError::map)?;
+        cgroups.insert(id, capture.max(1), 0).map_err(CaptureError::map)?;
         let mut any: aya::maps::Array<&mut MapData, u32> =
             aya::maps::Array::try_from(self.ebpf.map_mut("CGROUPS_ANY").expect("CGROUPS_ANY map"))
                 .map_err(CaptureError::map)?;
         any.set(0, 1, 0).map_err(CaptureError::map)?;
+        Ok(())
+    }
+
+    /// Stops recording the cgroup `id` (processes that joined through it stay followed until
+    /// `untrace`).
+    pub fn untrace_cgroup(&mut self, id: u64) -> Result<(), CaptureError> {
+        let mut cgroups: BpfHashMap<&mut MapData, u64, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut("CGROUPS").expect("CGROUPS map")).map_err(CaptureError::map)?;
+        let _ = cgroups.remove(&id);
         Ok(())
     }
 

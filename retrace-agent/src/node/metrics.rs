@@ -12,6 +12,8 @@ use std::{
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Probe sets loaded (one, shared by every capture).
+    pub probe_sets: AtomicU64,
     pub captures_active: AtomicU64,
     pub captures_started: AtomicU64,
     pub captures_finished: AtomicU64,
@@ -39,6 +41,12 @@ impl Metrics {
             }
         };
         let get = |a: &AtomicU64| a.load(Relaxed);
+        metric(
+            "retrace_probe_sets",
+            "gauge",
+            "eBPF probe sets loaded (shared by every capture).",
+            &[("", get(&self.probe_sets))],
+        );
         metric("retrace_captures_active", "gauge", "Captures recording now.", &[("", get(&self.captures_active))]);
         metric("retrace_captures_started_total", "counter", "Captures started.", &[("", get(&self.captures_started))]);
         metric(

@@ -7,7 +7,8 @@
 //! seals and uploads what it has, then the agent exits; what could not be uploaded stays in the
 //! spool for the next start.
 //!
-//! Each capture loads its own probe set for now (see the README's node agent section).
+//! All captures share one probe set (`shared`): the kernel follows their processes and cgroups
+//! together, and a router hands each event to its capture's pipeline.
 
 pub mod config;
 pub mod metrics;
@@ -31,8 +32,9 @@ use serde_json::json;
 
 use crate::{
     capture::ProbeConfig,
-    recorder::{record, RecordConfig, RecordSummary},
+    recorder::{RecordConfig, RecordSummary},
     redact::RulesFile,
+    shared::SharedProbes,
     store::{remote::Remote, writer::now_wall_ns, Manifest, SegmentPolicy},
     target::Target,
 };
@@ -55,6 +57,8 @@ pub enum AgentError {
     },
     #[error("storage: {0}")]
     Storage(#[from] crate::store::remote::RemoteError),
+    #[error(transparent)]
+    Probes(#[from] crate::recorder::RecordError),
 }
 
 /// One JSON line on stderr.
@@ -83,6 +87,10 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         None => None,
     };
     let metrics = Arc::new(Metrics::default());
+    // One probe set for every capture.
+    let probes = ProbeConfig { ring_buffer_bytes: config.ring_buffer_bytes, max_payload: None, backpressure: false };
+    let shared = Arc::new(SharedProbes::load(&probes)?);
+    metrics.probe_sets.store(1, Relaxed);
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|source| AgentError::Listen { address: config.listen.clone(), source })?;
     {
@@ -122,7 +130,7 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
                 continue;
             }
             seen.insert(fingerprint);
-            match start(&config, &node, &object, remote.clone(), metrics.clone()) {
+            match start(&config, &node, &object, shared.clone(), remote.clone(), metrics.clone()) {
                 Ok(r) => {
                     running.insert(object.key(), r);
                 }
@@ -160,6 +168,7 @@ fn start(
     config: &AgentConfig,
     node: &str,
     object: &CaptureObject,
+    shared: Arc<SharedProbes>,
     remote: Option<Arc<Remote>>,
     metrics: Arc<Metrics>,
 ) -> Result<Running, (&'static str, String)> {
@@ -205,15 +214,19 @@ fn start(
     let (object, spool) = (object.clone(), config.spool_dir.clone());
     metrics.captures_started.fetch_add(1, Relaxed);
     metrics.captures_active.fetch_add(1, Relaxed);
-    write_status(&spool, &object, "Recording", json!({ "recording": output }));
-    log("info", "capture started", json!({ "capture": object.key(), "output": output }));
+    write_status(&spool, &object, "Starting", json!({ "recording": output }));
     let thread = std::thread::spawn(move || {
-        let outcome = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-            .and_then(|rt| rt.block_on(record(record_config, target, stop_rx)).map_err(|e| e.to_string()));
+        let outcome = shared.start(&record_config, &target).map_err(|e| e.to_string()).and_then(|capture| {
+            // Followed from here on: say so only now.
+            write_status(&spool, &object, "Recording", json!({ "recording": output }));
+            log("info", "capture started", json!({ "capture": object.key(), "output": output }));
+            // For its duration, or until its request is withdrawn or the agent stops.
+            let until = std::time::Instant::now() + duration;
+            while std::time::Instant::now() < until && !*stop_rx.borrow() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            shared.finish(capture).map_err(|e| e.to_string())
+        });
         metrics.captures_active.fetch_sub(1, Relaxed);
         match outcome {
             Ok(summary) => {

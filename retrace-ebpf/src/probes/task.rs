@@ -31,23 +31,24 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    // Which recording it joins (the cgroup's value in `CGROUPS`), in the record's clone_flags.
+    let mut joined = 0u32;
     let (tgid, tid, flags) = match traced() {
         Some((tgid, tid)) => (tgid, tid, 0),
         None => {
             // Not followed: it joins if it runs in a recorded cgroup, from its new image on.
-            if !in_recorded_cgroup() {
-                return 0;
-            }
+            let Some(capture) = recorded_cgroup() else { return 0 };
             let id = bpf_get_current_pid_tgid();
             let tgid = (id >> 32) as u32;
             set_traced(tgid, true);
+            joined = capture;
             (tgid, id as u32, TASK_JOINED)
         }
     };
     let loc: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     let old_pid: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
     let path = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
-    emit::task(kind::TASK_EXEC, tgid, tid, unsafe { bpf_ktime_get_ns() }, old_pid, flags, 0, Some(path));
+    emit::task(kind::TASK_EXEC, tgid, tid, unsafe { bpf_ktime_get_ns() }, old_pid, flags, joined as u64, Some(path));
     0
 }
 
@@ -55,23 +56,25 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// systemd slices.
 const CGROUP_LEVELS: i32 = 16;
 
-/// Whether the current task's cgroup (v2), or one above it, is recorded.
+/// The recording of the current task's cgroup (v2), or of the nearest one above it that is
+/// recorded.
 #[inline(always)]
-fn in_recorded_cgroup() -> bool {
+fn recorded_cgroup() -> Option<u32> {
     if CGROUPS_ANY.get(0).is_none_or(|any| *any == 0) {
-        return false;
+        return None;
     }
+    let mut found = None;
     for level in 0..CGROUP_LEVELS {
         // SAFETY: a helper without pointers.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
         if id == 0 {
-            return false;
+            break;
         }
-        if unsafe { CGROUPS.get(&id) }.is_some() {
-            return true;
+        if let Some(capture) = unsafe { CGROUPS.get(&id) } {
+            found = Some(*capture);
         }
     }
-    false
+    found
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]

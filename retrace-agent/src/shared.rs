@@ -1,0 +1,268 @@
+//! One probe set for many recordings (the node agent's captures). The probes are loaded once;
+//! one consumer drains the ring; a router hands each event to the recording its process
+//! belongs to: the processes a capture started with, their children (a fork inherits its
+//! parent's recording), and the processes that exec in a capture's cgroup (the kernel's exec
+//! record says which capture's cgroup it was). Each recording has its own pipeline as in
+//! `recorder` (streams, redaction, encrypted segments), so N captures cost a traced process no
+//! more than one, and an untraced process no more than today's filter.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    capture::{consumer, decode::Event, ProbeConfig, Probes},
+    recorder::{rebuild_streams, spawn_writer, RecordConfig, RecordError, RecordSummary},
+    redact::{RedactStage, Redactor},
+    store::{
+        manifest::{Manifest, FORMAT_VERSION},
+        proto::{self, record::Kind as R},
+        writer::now_wall_ns,
+        StoreError, Writer,
+    },
+    streams::{procfs, tracker::monotonic_ns, Tracker},
+    target::{self, Target},
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+/// After a capture stops following its processes: how long their last events may take to
+/// come out of the ring.
+const DRAIN: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct Routes {
+    /// Process → capture.
+    by_tgid: HashMap<u32, u32>,
+    /// Capture → its pipeline's input.
+    pipelines: HashMap<u32, mpsc::Sender<Vec<Event>>>,
+    /// Capture → every process it followed (for its pending loss at the end).
+    members: HashMap<u32, HashSet<u32>>,
+    /// Events of processes no capture follows (any more).
+    unrouted: u64,
+}
+
+pub struct SharedProbes {
+    probes: Mutex<Probes>,
+    routes: Arc<Mutex<Routes>>,
+    next: AtomicU32,
+    /// Runs the consumer and the router.
+    _runtime: tokio::runtime::Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// A recording running on the shared probes.
+pub struct Capture {
+    id: u32,
+    cgroup: Option<u64>,
+    writer: std::thread::JoinHandle<Result<Writer, StoreError>>,
+    streams: std::thread::JoinHandle<(Tracker, RedactStage)>,
+}
+
+impl SharedProbes {
+    pub fn load(config: &ProbeConfig) -> Result<SharedProbes, RecordError> {
+        let mut probes = Probes::load(config)?;
+        let ring = probes.take_ring()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("retrace-shared")
+            .enable_all()
+            .build()
+            .map_err(RecordError::Thread)?;
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (events_tx, mut events_rx) = mpsc::channel::<Vec<Event>>(4);
+        runtime.spawn(consumer::consume(ring, events_tx, stop_rx, None));
+        let router = routes.clone();
+        runtime.spawn(async move {
+            while let Some(batch) = events_rx.recv().await {
+                let outgoing = route(&router, batch);
+                for (sender, batch) in outgoing {
+                    let _ = sender.send(batch).await;
+                }
+            }
+        });
+        Ok(SharedProbes { probes: Mutex::new(probes), routes, next: AtomicU32::new(1), _runtime: runtime, stop })
+    }
+
+    /// Starts a recording of `target` (a cgroup, or a process and its children).
+    pub fn start(&self, config: &RecordConfig, target: &Target) -> Result<Capture, RecordError> {
+        let stage = RedactStage::new(Redactor::new(config.rules.compile()?));
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (cgroup, pids, command, mode) = match target {
+            Target::Cgroup(path) => {
+                let (cg, pids) = target::cgroup(path)?;
+                (Some(cg), pids, vec![format!("cgroup:{}", path.display())], "cgroup")
+            }
+            Target::Attach(pid) => {
+                let tgid = target::thread_group_of(*pid)?;
+                let mut pids = vec![tgid];
+                pids.extend(procfs::descendants(tgid));
+                (None, pids, procfs::cmdline(tgid), "attach")
+            }
+            Target::Launch(_) => unreachable!("the agent records running processes and cgroups"),
+        };
+        let root = pids.first().copied().unwrap_or(0);
+        let started_ns = now_wall_ns();
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            id: crate::recorder::recording_id(),
+            mode: mode.to_owned(),
+            program: command.first().cloned().unwrap_or_default(),
+            root_pid: root,
+            started_ns,
+            expires_ns: started_ns.saturating_add(config.expires.as_nanos() as u64),
+            recipients: config.recipients.iter().map(|r| r.to_string()).collect(),
+            redaction_rules: config.rules.rule_names(),
+            capture_allowlist: config.rules.capture.is_some(),
+            ring_buffer_bytes: config.probes.ring_buffer_bytes as u64,
+            max_payload: config.probes.max_payload,
+            hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            ..Default::default()
+        };
+        let writer = Writer::create(&config.output, manifest, config.recipients.clone(), config.segments)?;
+        let mut tracker = Tracker::new(root);
+        tracker.record_random = config.rules.capture.as_ref().is_none_or(|c| c.random);
+        let rules = config.rules.rule_names().join(",");
+        let mut first = vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }];
+        for &tgid in &pids {
+            tracker.adopt_open_fds(tgid, "attach", monotonic_ns(), &mut first);
+        }
+        let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(2);
+        let (records_tx, records_rx) = std::sync::mpsc::sync_channel::<Vec<proto::Record>>(2);
+        let writer = spawn_writer(writer, records_rx, Arc::new(AtomicBool::new(false))).map_err(RecordError::Thread)?;
+        let root_exited = Arc::new(AtomicBool::new(false));
+        let streams = std::thread::Builder::new()
+            .name("retrace-streams".into())
+            .spawn(move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited))
+            .map_err(RecordError::Thread)?;
+        {
+            let mut routes = self.routes.lock().expect("routes");
+            routes.pipelines.insert(id, events_tx);
+            for &tgid in &pids {
+                routes.by_tgid.insert(tgid, id);
+                routes.members.entry(id).or_default().insert(tgid);
+            }
+        }
+        let mut probes = self.probes.lock().expect("probes");
+        for &tgid in &pids {
+            probes.trace(tgid)?;
+        }
+        if let Some(cg) = cgroup {
+            probes.trace_cgroup(cg, id)?;
+        }
+        Ok(Capture { id, cgroup, writer, streams })
+    }
+
+    /// Stops a recording: its processes are no longer followed, its last events are drained,
+    /// and it is sealed.
+    pub fn finish(&self, capture: Capture) -> Result<RecordSummary, RecordError> {
+        let members: Vec<u32> = {
+            let routes = self.routes.lock().expect("routes");
+            routes.members.get(&capture.id).map(|m| m.iter().copied().collect()).unwrap_or_default()
+        };
+        {
+            let mut probes = self.probes.lock().expect("probes");
+            if let Some(cg) = capture.cgroup {
+                probes.untrace_cgroup(cg)?;
+            }
+            for &tgid in &members {
+                probes.untrace(tgid);
+            }
+        }
+        std::thread::sleep(DRAIN);
+        {
+            let mut routes = self.routes.lock().expect("routes");
+            routes.pipelines.remove(&capture.id);
+            routes.by_tgid.retain(|_, c| *c != capture.id);
+            routes.members.remove(&capture.id);
+        }
+        let (mut tracker, mut stage) = capture.streams.join().map_err(|_| RecordError::WriterDied)?;
+        let mut writer = capture.writer.join().map_err(|_| RecordError::WriterDied)??;
+        let mut tail = Vec::new();
+        let now = monotonic_ns();
+        let losses = self.probes.lock().expect("probes").pending_loss()?;
+        for (key, loss) in losses.into_iter().filter(|(k, _)| members.contains(&k.tgid)) {
+            tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, loss.reopened > 0, now, &mut tail);
+        }
+        tracker.finish(now, &mut tail);
+        let mut records = Vec::with_capacity(tail.len() + 1);
+        for record in tail {
+            stage.push(record, &mut records);
+        }
+        stage.finish(&mut records);
+        // Kernel counters are the node's, shared by every capture: each recording's loss is in
+        // its gaps.
+        records.push(proto::Record {
+            kind: Some(R::Counters(proto::Counters {
+                unattributed_bytes: tracker.unattributed_bytes,
+                ..Default::default()
+            })),
+        });
+        for record in records {
+            writer.append(record)?;
+        }
+        let manifest = writer.finish(now_wall_ns(), None, false, None)?;
+        Ok(RecordSummary {
+            manifest,
+            totals: tracker.totals,
+            exit_status: None,
+            kernel: Default::default(),
+            records: 0,
+            redaction: stage.stats.clone(),
+        })
+    }
+
+    /// Events of processes no capture follows.
+    pub fn unrouted(&self) -> u64 {
+        self.routes.lock().expect("routes").unrouted
+    }
+}
+
+impl Drop for SharedProbes {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Splits a batch by capture (every pipeline gets one, maybe empty: its writer seals segments
+/// by age on them) and follows the process tree.
+fn route(routes: &Mutex<Routes>, batch: Vec<Event>) -> Vec<(mpsc::Sender<Vec<Event>>, Vec<Event>)> {
+    let mut routes = routes.lock().expect("routes");
+    let mut split: HashMap<u32, Vec<Event>> = routes.pipelines.keys().map(|&id| (id, Vec::new())).collect();
+    for event in batch {
+        let tgid = event.header().tgid;
+        match &event {
+            Event::TaskExec { rec, .. } if rec.flags & retrace_common::TASK_JOINED != 0 => {
+                let capture = rec.clone_flags as u32;
+                if routes.pipelines.contains_key(&capture) {
+                    routes.by_tgid.insert(tgid, capture);
+                    routes.members.entry(capture).or_default().insert(tgid);
+                }
+            }
+            Event::TaskNew(rec) if rec.clone_flags & CLONE_THREAD == 0 => {
+                if let Some(&capture) = routes.by_tgid.get(&tgid) {
+                    routes.by_tgid.insert(rec.pid as u32, capture);
+                    routes.members.entry(capture).or_default().insert(rec.pid as u32);
+                }
+            }
+            _ => {}
+        }
+        let dead = matches!(&event, Event::TaskExit(rec) if rec.flags & retrace_common::TASK_GROUP_DEAD != 0);
+        match routes.by_tgid.get(&tgid).copied() {
+            Some(capture) => split.entry(capture).or_default().push(event),
+            None => routes.unrouted += 1,
+        }
+        if dead {
+            routes.by_tgid.remove(&tgid);
+        }
+    }
+    split.into_iter().filter_map(|(id, events)| routes.pipelines.get(&id).map(|s| (s.clone(), events))).collect()
+}
