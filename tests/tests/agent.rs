@@ -170,6 +170,33 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
         status(&spool, "shop", "brief")["phase"] == "Uploaded"
     });
 
+    // A pod by UID, one container of it (a cgroupfs-driver layout under the real cgroup v2 tree).
+    let uid = format!("0000{:04x}-aaaa-bbbb-cccc-0123456789ab", std::process::id() & 0xffff);
+    let pod = retrace_tests::cgroup2_mount()
+        .join(format!("retrace-kubepods-{}", std::process::id()))
+        .join(format!("pod{uid}"));
+    let container = pod.join("c0ffee");
+    std::fs::create_dir_all(&container).unwrap();
+    capture(&captures, "pod.yaml", "shop", "pod", &format!("podUID: {uid}, containerID: containerd://c0ffee"), "4s");
+    wait_for("the pod's capture", Duration::from_secs(20), || status(&spool, "shop", "pod")["phase"] == "Recording");
+    std::thread::sleep(Duration::from_millis(300));
+    let in_pod = dir.join("in-pod.bin");
+    std::fs::write(&in_pod, retrace_tests::pattern(30_000, 77)).unwrap();
+    let ran = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec cat {}", container.join("cgroup.procs").display(), in_pod.display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    wait_for("the pod's upload", Duration::from_secs(30), || status(&spool, "shop", "pod")["phase"] == "Uploaded");
+    let url = status(&spool, "shop", "pod")["uploadedTo"].as_str().unwrap().to_owned();
+    let cat = s3.retrace(&["cat", &url, &stream_of(&s3, &url, &in_pod), "--in"]);
+    assert_bytes_eq(&cat.stdout, &std::fs::read(&in_pod).unwrap(), "the pod's container");
+    let _ = std::fs::remove_dir(&container);
+    let _ = std::fs::remove_dir(&pod);
+    let _ = std::fs::remove_dir(pod.parent().unwrap());
+
     // Two captures at once, on one probe set: each recording holds its own cgroup's process only.
     let mut urls = Vec::new();
     let mut files = Vec::new();
@@ -242,8 +269,8 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    assert!(metrics.contains("retrace_recordings_uploaded_total 5"), "{metrics}");
-    assert!(metrics.contains("retrace_captures_started_total 4"), "{metrics}");
+    assert!(metrics.contains("retrace_recordings_uploaded_total 6"), "{metrics}");
+    assert!(metrics.contains("retrace_captures_started_total 5"), "{metrics}");
     assert!(metrics.contains("retrace_probe_sets 1"), "{metrics}");
     assert!(metrics.contains("retrace_captures_rejected_total{reason=\"policy\"} 1"), "{metrics}");
 
@@ -258,10 +285,11 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     assert!(exit.success(), "{exit}");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(status(&spool, "shop", "long")["phase"], "Uploaded");
-    let left: Vec<PathBuf> = ["shop/checkout", "shop/long", "shop/old", "shop/brief", "pair/left", "pair/right"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(spool.join(d)).into_iter().flatten().flatten().map(|e| e.path()))
-        .collect();
+    let left: Vec<PathBuf> =
+        ["shop/checkout", "shop/long", "shop/old", "shop/brief", "shop/pod", "pair/left", "pair/right"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(spool.join(d)).into_iter().flatten().flatten().map(|e| e.path()))
+            .collect();
     assert!(left.is_empty(), "left in the spool: {left:?}");
     let _ = std::fs::remove_dir(&cgroup);
 }

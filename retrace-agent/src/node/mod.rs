@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod pods;
 pub mod request;
 
 use std::{
@@ -175,10 +176,12 @@ fn start(
     if !config.policy.allows(&object.metadata.namespace) {
         return Err(("policy", format!("namespace {} is not allowed on this node", object.metadata.namespace)));
     }
-    let target = match (&object.spec.selector.cgroup, object.spec.selector.pid) {
-        (Some(cgroup), None) => Target::Cgroup(PathBuf::from(cgroup)),
-        (None, Some(pid)) => Target::Attach(pid),
-        _ => return Err(("invalid", "spec.selector needs one of cgroup or pid".into())),
+    let selector = &object.spec.selector;
+    let target = match (&selector.cgroup, selector.pid, &selector.pod_uid) {
+        (Some(cgroup), None, None) => Target::Cgroup(PathBuf::from(cgroup)),
+        (None, Some(pid), None) => Target::Attach(pid),
+        (None, None, Some(uid)) => Target::Cgroup(pod_target(uid, selector.container_id.as_deref())?),
+        _ => return Err(("invalid", "spec.selector needs one of cgroup, pid or podUID".into())),
     };
     let duration = object.duration().map_err(|e| ("invalid", format!("spec.duration: {e}")))?;
     let expires = match &object.spec.expires {
@@ -275,6 +278,16 @@ fn count(metrics: &Metrics, summary: &RecordSummary) {
     metrics.bytes_redacted.fetch_add(redacted, Relaxed);
     metrics.ring_overflow_bytes.fetch_add(summary.kernel.chunk_bytes_dropped, Relaxed);
     metrics.segments_sealed.fetch_add(summary.manifest.segments.len() as u64, Relaxed);
+}
+
+/// A pod's cgroup on this node (or one of its containers').
+fn pod_target(uid: &str, container: Option<&str>) -> Result<PathBuf, (&'static str, String)> {
+    let root = pods::cgroup2_root().ok_or(("invalid", "no cgroup v2 mount on this node".to_owned()))?;
+    let pod = pods::pod_cgroup(&root, uid).ok_or(("invalid", format!("no pod {uid} on this node")))?;
+    match container {
+        None => Ok(pod),
+        Some(id) => pods::container_cgroup(&pod, id).ok_or(("invalid", format!("no container {id} in pod {uid}"))),
+    }
 }
 
 /// Uploads the recording in `dir` under the remote prefix, at the same relative place as in the

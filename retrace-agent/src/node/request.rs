@@ -56,6 +56,12 @@ pub struct Selector {
     pub cgroup: Option<String>,
     #[serde(default)]
     pub pid: Option<u32>,
+    /// A pod on this node, by UID: its cgroup (systemd or cgroupfs driver; containerd, CRI-O
+    /// or docker), or with `containerID` one container's.
+    #[serde(default, rename = "podUID")]
+    pub pod_uid: Option<String>,
+    #[serde(default, rename = "containerID")]
+    pub container_id: Option<String>,
 }
 
 impl CaptureObject {
