@@ -170,6 +170,32 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
         status(&spool, "shop", "brief")["phase"] == "Uploaded"
     });
 
+    // A byte budget: a 10-minute capture ends once its recording holds maxBytes.
+    std::fs::write(
+        captures.join("budget.yaml"),
+        format!(
+            "apiVersion: retrace.dev/v1alpha1\nkind: RetraceCapture\nmetadata: {{name: budget, namespace: shop}}\nspec:\n  selector: {{cgroup: {}}}\n  duration: 10m\n  maxBytes: 65536\n",
+            cgroup.display()
+        ),
+    )
+    .unwrap();
+    wait_for("the budget capture", Duration::from_secs(20), || {
+        status(&spool, "shop", "budget")["phase"] == "Recording"
+    });
+    let big = dir.join("big.bin");
+    std::fs::write(&big, retrace_tests::pattern(2 << 20, 12)).unwrap();
+    let ran = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && exec cat {}", procs.display(), big.display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    wait_for("the budget capture to end", Duration::from_secs(30), || {
+        status(&spool, "shop", "budget")["phase"] == "Uploaded"
+    });
+    assert!(status(&spool, "shop", "budget")["bytes"].as_u64().unwrap() >= 65536);
+
     // A pod by UID, one container of it (a cgroupfs-driver layout under the real cgroup v2 tree).
     let uid = format!("0000{:04x}-aaaa-bbbb-cccc-0123456789ab", std::process::id() & 0xffff);
     let pod = retrace_tests::cgroup2_mount()
@@ -269,8 +295,8 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    assert!(metrics.contains("retrace_recordings_uploaded_total 6"), "{metrics}");
-    assert!(metrics.contains("retrace_captures_started_total 5"), "{metrics}");
+    assert!(metrics.contains("retrace_recordings_uploaded_total 7"), "{metrics}");
+    assert!(metrics.contains("retrace_captures_started_total 6"), "{metrics}");
     assert!(metrics.contains("retrace_probe_sets 1"), "{metrics}");
     assert!(metrics.contains("retrace_captures_rejected_total{reason=\"policy\"} 1"), "{metrics}");
 
@@ -286,7 +312,7 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(status(&spool, "shop", "long")["phase"], "Uploaded");
     let left: Vec<PathBuf> =
-        ["shop/checkout", "shop/long", "shop/old", "shop/brief", "shop/pod", "pair/left", "pair/right"]
+        ["shop/checkout", "shop/long", "shop/old", "shop/brief", "shop/pod", "shop/budget", "pair/left", "pair/right"]
             .iter()
             .flat_map(|d| std::fs::read_dir(spool.join(d)).into_iter().flatten().flatten().map(|e| e.path()))
             .collect();

@@ -19,6 +19,9 @@ pub struct AgentConfig {
     pub listen: String,
     #[serde(default = "default_max_captures")]
     pub max_concurrent_captures: usize,
+    /// No capture records more than this many bytes (a request's maxBytes may ask for less).
+    #[serde(default)]
+    pub max_bytes_per_capture: Option<u64>,
     /// Kernel ring buffer per capture (bytes, power of two).
     #[serde(default = "default_ring")]
     pub ring_buffer_bytes: u32,

@@ -102,7 +102,7 @@ impl Metrics {
     }
 }
 
-fn dir_bytes(dir: &std::path::Path) -> u64 {
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     let mut dirs = vec![dir.to_owned()];
     while let Some(d) = dirs.pop() {

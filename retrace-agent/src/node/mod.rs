@@ -213,6 +213,10 @@ fn start(
         rules: RulesFile::default(),
         agent_cpus: None,
     };
+    let max_bytes = match (object.spec.max_bytes, config.max_bytes_per_capture) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (object, spool) = (object.clone(), config.spool_dir.clone());
     metrics.captures_started.fetch_add(1, Relaxed);
@@ -223,9 +227,18 @@ fn start(
             // Followed from here on: say so only now.
             write_status(&spool, &object, "Recording", json!({ "recording": output }));
             log("info", "capture started", json!({ "capture": object.key(), "output": output }));
-            // For its duration, or until its request is withdrawn or the agent stops.
+            // For its duration, until its request is withdrawn or the agent stops, or until it
+            // holds its byte budget.
             let until = std::time::Instant::now() + duration;
             while std::time::Instant::now() < until && !*stop_rx.borrow() {
+                if max_bytes.is_some_and(|max| metrics::dir_bytes(&output) >= max) {
+                    log(
+                        "info",
+                        "capture reached its byte budget",
+                        json!({ "capture": object.key(), "maxBytes": max_bytes }),
+                    );
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             shared.finish(capture).map_err(|e| e.to_string())

@@ -37,7 +37,7 @@ pub struct Spec {
     /// How long (`30s`, `5m`); default 60 s.
     #[serde(default)]
     pub duration: Option<String>,
-    /// Stop once this many bytes are recorded (accepted; enforced from the next version).
+    /// Stop once the recording holds this many bytes (checked every 50 ms).
     #[serde(default)]
     pub max_bytes: Option<u64>,
     /// age recipients (`age1…`); default: the agent's.
