@@ -66,6 +66,8 @@ pub enum RecordError {
     Target(#[from] TargetError),
     #[error("the recording writer stopped unexpectedly")]
     WriterDied,
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     #[error("could not start the recorder's threads: {0}")]
     Thread(std::io::Error),
     #[error(transparent)]

@@ -106,7 +106,7 @@ impl SharedProbes {
                 pids.extend(procfs::descendants(tgid));
                 (None, pids, procfs::cmdline(tgid), "attach")
             }
-            Target::Launch(_) => unreachable!("the agent records running processes and cgroups"),
+            Target::Launch(_) => return Err(RecordError::Unsupported("launching a command on shared probes")),
         };
         let root = pids.first().copied().unwrap_or(0);
         let started_ns = now_wall_ns();
