@@ -9,13 +9,25 @@ impl Tracker {
     /// too, while the process surely exists: from then on fork, chdir and fchdir records keep
     /// every followed process's cwd (one that exits at once still has its relative paths right).
     pub fn adopt_open_fds(&mut self, tgid: u32, origin: &str, now_mono_ns: u64, out: &mut Vec<proto::Record>) {
+        self.adopt_fds_where(tgid, origin, now_mono_ns, out, |_| true);
+    }
+
+    /// `adopt_open_fds` for the fds `keep` accepts only.
+    pub(super) fn adopt_fds_where(
+        &mut self,
+        tgid: u32,
+        origin: &str,
+        now_mono_ns: u64,
+        out: &mut Vec<proto::Record>,
+        keep: impl Fn(i32) -> bool,
+    ) {
         if let Some(cwd) = procfs::cwd(tgid) {
             self.cwd.insert(tgid, cwd);
         }
         let table = self.tables.table_id(tgid);
         let ts = self.wall_ns(now_mono_ns);
         for (fd, id) in procfs::open_fds(tgid).unwrap_or_default() {
-            if origin == "inherited" && id.cloexec {
+            if !keep(fd) || (origin == "inherited" && id.cloexec) {
                 continue;
             }
             let sid = self.new_stream(tgid, fd, &id, origin, true, ts, out);

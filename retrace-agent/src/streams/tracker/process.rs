@@ -42,9 +42,11 @@ impl Tracker {
         let tgid = rec.hdr.tgid;
         let ts = self.wall_ns(rec.hdr.ts_ns);
         if rec.flags & TASK_JOINED != 0 && !self.tables.has_process(tgid) {
-            // It joins here (it execs in a recorded cgroup): what it holds open, and its cwd,
-            // as the kernel shows them now.
-            self.adopt_open_fds(tgid, "inherited", rec.hdr.ts_ns, out);
+            // It joins here (it execs in a recorded cgroup): its cwd and standard fds as the
+            // kernel shows them now. Not the others: the agent reads this behind the process,
+            // which may have opened more since (their opens follow as records); another fd it
+            // inherited becomes an untracked stream when first used.
+            self.adopt_fds_where(tgid, "inherited", rec.hdr.ts_ns, out, |fd| (0..=2).contains(&fd));
         } else if self.tables.has_process(tgid) {
             // exec unshares the fd table, then closes the close-on-exec fds.
             let table = self.tables.table_id(tgid);
