@@ -101,24 +101,7 @@ pub async fn record(
             (None, first, vec![format!("cgroup:{}", path.display())], "cgroup")
         }
     };
-    let started_ns = now_wall_ns();
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        id: recording_id(),
-        mode: mode.to_owned(),
-        program: command.first().map(|c| c.rsplit('/').next().unwrap_or(c).to_owned()).unwrap_or_default(),
-        root_pid: root,
-        started_ns,
-        expires_ns: started_ns.saturating_add(config.expires.as_nanos() as u64),
-        recipients: config.recipients.iter().map(|r| r.to_string()).collect(),
-        redaction_rules: config.rules.rule_names(),
-        capture_allowlist: config.rules.capture.is_some(),
-        ring_buffer_bytes: config.probes.ring_buffer_bytes as u64,
-        max_payload: config.probes.max_payload,
-        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
-        kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-        ..Default::default()
-    };
+    let manifest = new_manifest(&config, mode, &command, root);
     // A child that never got to run is killed if set-up fails from here on.
     let abort = |launched: &mut Option<Launched>| {
         if let Some(child) = launched.take() {
@@ -161,10 +144,7 @@ pub async fn record(
     let follows_root = !matches!(target, Target::Cgroup(_));
     let ring = probes.take_ring()?;
     let pauses = if config.probes.backpressure { Some(probes.take_pauses()?) } else { None };
-    let mut tracker = Tracker::new(root);
-    tracker.record_random = config.rules.capture.as_ref().is_none_or(|c| c.random);
-    let rules = config.rules.rule_names().join(",");
-    let mut first = vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }];
+    let (mut tracker, mut first) = new_tracker(&config, root, command);
     let origin = if launched.is_some() { "inherited" } else { "attach" };
     if root != 0 {
         tracker.adopt_open_fds(root, origin, monotonic_ns(), &mut first);
@@ -264,36 +244,19 @@ pub async fn record(
             eprintln!("probe {name:<28} runs {runs:>10}  avg {avg_ns:>6} ns");
         }
     }
-    let mut tail = Vec::new();
-    let now = monotonic_ns();
-    for (key, loss) in probes.pending_loss()? {
-        tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, loss.reopened > 0, now, &mut tail);
-    }
-    tracker.finish(now, &mut tail);
-    // What redaction still holds comes out before the counters, the last record.
-    let mut records = Vec::with_capacity(tail.len() + 1);
-    for record in tail {
-        stage.push(record, &mut records);
-    }
-    stage.finish(&mut records);
-    records.push(proto::Record {
-        kind: Some(R::Counters(proto::Counters {
-            chunks_dropped: kernel.chunks_dropped,
-            chunk_bytes_dropped: kernel.chunk_bytes_dropped,
-            records_dropped: kernel.records_dropped,
-            task_records_dropped: kernel.task_records_dropped,
-            fault_bytes: kernel.fault_bytes,
-            truncated_bytes: kernel.truncated_bytes,
-            captured_bytes: kernel.captured_bytes,
-            malformed_records: consume_stats.malformed,
-            unattributed_bytes: tracker.unattributed_bytes,
-            program_misses: kernel.program_misses,
-            pauses: kernel.pauses,
-        })),
-    });
-    for record in records {
-        writer.append(record)?;
-    }
+    seal_tail(&mut tracker, &mut stage, &mut writer, probes.pending_loss()?, |tracker| proto::Counters {
+        chunks_dropped: kernel.chunks_dropped,
+        chunk_bytes_dropped: kernel.chunk_bytes_dropped,
+        records_dropped: kernel.records_dropped,
+        task_records_dropped: kernel.task_records_dropped,
+        fault_bytes: kernel.fault_bytes,
+        truncated_bytes: kernel.truncated_bytes,
+        captured_bytes: kernel.captured_bytes,
+        malformed_records: consume_stats.malformed,
+        unattributed_bytes: tracker.unattributed_bytes,
+        program_misses: kernel.program_misses,
+        pauses: kernel.pauses,
+    })?;
     let exit_status = exit_status.or_else(|| tracker.exit_code(root));
     let manifest = writer.finish(now_wall_ns(), exit_status, stopped_by_recorder, stopped_ns)?;
     drop(probes);
@@ -307,6 +270,64 @@ pub async fn record(
         records: consume_stats.records,
         redaction: stage.stats.clone(),
     })
+}
+
+/// The manifest a new recording starts with.
+pub(crate) fn new_manifest(config: &RecordConfig, mode: &str, command: &[String], root: u32) -> Manifest {
+    let started_ns = now_wall_ns();
+    Manifest {
+        format_version: FORMAT_VERSION,
+        id: recording_id(),
+        mode: mode.to_owned(),
+        program: command.first().map(|c| c.rsplit('/').next().unwrap_or(c).to_owned()).unwrap_or_default(),
+        root_pid: root,
+        started_ns,
+        expires_ns: started_ns.saturating_add(config.expires.as_nanos() as u64),
+        recipients: config.recipients.iter().map(|r| r.to_string()).collect(),
+        redaction_rules: config.rules.rule_names(),
+        capture_allowlist: config.rules.capture.is_some(),
+        ring_buffer_bytes: config.probes.ring_buffer_bytes as u64,
+        max_payload: config.probes.max_payload,
+        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// A recording's tracker, and its first record (what is recorded, under which rules).
+pub(crate) fn new_tracker(config: &RecordConfig, root: u32, command: Vec<String>) -> (Tracker, Vec<proto::Record>) {
+    let mut tracker = Tracker::new(root);
+    tracker.record_random = config.rules.capture.as_ref().is_none_or(|c| c.random);
+    let rules = config.rules.rule_names().join(",");
+    (tracker, vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }])
+}
+
+/// A recording's last records: the loss still pending in the kernel for its fds, what the
+/// tracker and redaction still hold, then the counters (from the finished tracker) last.
+pub(crate) fn seal_tail(
+    tracker: &mut Tracker,
+    stage: &mut RedactStage,
+    writer: &mut Writer,
+    losses: impl IntoIterator<Item = (retrace_common::FdKey, retrace_common::PendingLoss)>,
+    counters: impl FnOnce(&Tracker) -> proto::Counters,
+) -> Result<(), StoreError> {
+    let mut tail = Vec::new();
+    let now = monotonic_ns();
+    for (key, loss) in losses {
+        tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, loss.reopened > 0, now, &mut tail);
+    }
+    tracker.finish(now, &mut tail);
+    // What redaction still holds comes out before the counters, the last record.
+    let mut records = Vec::with_capacity(tail.len() + 1);
+    for record in tail {
+        stage.push(record, &mut records);
+    }
+    stage.finish(&mut records);
+    records.push(proto::Record { kind: Some(R::Counters(counters(tracker))) });
+    for record in records {
+        writer.append(record)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn spawn_writer(

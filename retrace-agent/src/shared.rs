@@ -19,14 +19,9 @@ use tokio::sync::mpsc;
 
 use crate::{
     capture::{consumer, decode::Event, ProbeConfig, Probes},
-    recorder::{rebuild_streams, spawn_writer, RecordConfig, RecordError, RecordSummary},
+    recorder::{self, rebuild_streams, spawn_writer, RecordConfig, RecordError, RecordSummary},
     redact::{RedactStage, Redactor},
-    store::{
-        manifest::{Manifest, FORMAT_VERSION},
-        proto::{self, record::Kind as R},
-        writer::now_wall_ns,
-        StoreError, Writer,
-    },
+    store::{proto, writer::now_wall_ns, StoreError, Writer},
     streams::{procfs, tracker::monotonic_ns, Tracker},
     target::{self, Target},
 };
@@ -109,29 +104,9 @@ impl SharedProbes {
             Target::Launch(_) => return Err(RecordError::Unsupported("launching a command on shared probes")),
         };
         let root = pids.first().copied().unwrap_or(0);
-        let started_ns = now_wall_ns();
-        let manifest = Manifest {
-            format_version: FORMAT_VERSION,
-            id: crate::recorder::recording_id(),
-            mode: mode.to_owned(),
-            program: command.first().cloned().unwrap_or_default(),
-            root_pid: root,
-            started_ns,
-            expires_ns: started_ns.saturating_add(config.expires.as_nanos() as u64),
-            recipients: config.recipients.iter().map(|r| r.to_string()).collect(),
-            redaction_rules: config.rules.rule_names(),
-            capture_allowlist: config.rules.capture.is_some(),
-            ring_buffer_bytes: config.probes.ring_buffer_bytes as u64,
-            max_payload: config.probes.max_payload,
-            hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
-            kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-            ..Default::default()
-        };
+        let manifest = recorder::new_manifest(config, mode, &command, root);
         let writer = Writer::create(&config.output, manifest, config.recipients.clone(), config.segments)?;
-        let mut tracker = Tracker::new(root);
-        tracker.record_random = config.rules.capture.as_ref().is_none_or(|c| c.random);
-        let rules = config.rules.rule_names().join(",");
-        let mut first = vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }];
+        let (mut tracker, mut first) = recorder::new_tracker(config, root, command);
         for &tgid in &pids {
             tracker.adopt_open_fds(tgid, "attach", monotonic_ns(), &mut first);
         }
@@ -186,29 +161,14 @@ impl SharedProbes {
         }
         let (mut tracker, mut stage) = capture.streams.join().map_err(|_| RecordError::WriterDied)?;
         let mut writer = capture.writer.join().map_err(|_| RecordError::WriterDied)??;
-        let mut tail = Vec::new();
-        let now = monotonic_ns();
         let losses = self.probes.lock().expect("probes").pending_loss()?;
-        for (key, loss) in losses.into_iter().filter(|(k, _)| members.contains(&k.tgid)) {
-            tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, loss.reopened > 0, now, &mut tail);
-        }
-        tracker.finish(now, &mut tail);
-        let mut records = Vec::with_capacity(tail.len() + 1);
-        for record in tail {
-            stage.push(record, &mut records);
-        }
-        stage.finish(&mut records);
+        let ours = losses.into_iter().filter(|(k, _)| members.contains(&k.tgid));
         // Kernel counters are the node's, shared by every capture: each recording's loss is in
         // its gaps.
-        records.push(proto::Record {
-            kind: Some(R::Counters(proto::Counters {
-                unattributed_bytes: tracker.unattributed_bytes,
-                ..Default::default()
-            })),
-        });
-        for record in records {
-            writer.append(record)?;
-        }
+        recorder::seal_tail(&mut tracker, &mut stage, &mut writer, ours, |tracker| proto::Counters {
+            unattributed_bytes: tracker.unattributed_bytes,
+            ..Default::default()
+        })?;
         let manifest = writer.finish(now_wall_ns(), None, false, None)?;
         Ok(RecordSummary {
             manifest,
