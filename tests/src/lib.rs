@@ -326,3 +326,33 @@ pub fn cgroup2_mount() -> std::path::PathBuf {
     let line = mounts.lines().find(|l| l.split(" - ").nth(1).is_some_and(|fs| fs.starts_with("cgroup2 ")));
     std::path::PathBuf::from(line.expect("a cgroup2 mount").split(' ').nth(4).unwrap())
 }
+
+/// Records `server` (launched by `retrace record`) into `rec` while `clients` talk to it on
+/// `port`, then stops it (SIGINT to the recorder) and checks that nothing was lost; what
+/// `clients` returned.
+pub fn record_server<T>(rec: &Path, server: &[&str], port: u16, clients: impl FnOnce() -> T) -> T {
+    let mut recorder = retrace_command()
+        .arg("record")
+        .arg("-o")
+        .arg(rec)
+        .arg("--")
+        .args(server)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not listen on port {port}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let result = clients();
+    // SAFETY: SIGINT to the recorder we started.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut recorder.stderr.take().unwrap(), &mut err).unwrap();
+    // `record` exits with the server's own status once stopped (143 for python, 0 for nginx).
+    recorder.wait().unwrap();
+    assert!(err.contains("0 bytes lost"), "{err}");
+    result
+}

@@ -412,29 +412,14 @@ fn redis_server_replays_concurrent_benchmark_clients_in_the_recorded_order() {
     let dir_s = dir.to_str().unwrap();
     let server = ["redis-server", "--port", &p, "--save", "", "--appendonly", "no", "--dir", dir_s];
     let rec = dir.join("rec");
-    let mut recorder = retrace_tests::retrace_command()
-        .arg("record")
-        .arg("-o")
-        .arg(&rec)
-        .arg("--")
-        .args(server)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    // 20 connections at once: each INCR's answer is the counter's value, so the answers
-    // depend on the order in which the server read the requests across connections.
-    run(Command::new("redis-benchmark").args(["-p", &p, "-c", "20", "-n", "2000", "-t", "incr,lpush", "-q"]));
-    let counter = run(Command::new("redis-cli").args(["-p", &p, "get", "counter:__rand_int__"]));
-    assert_eq!(String::from_utf8_lossy(&counter.stdout), "2000\n");
-    run(Command::new("redis-cli").args(["-p", &p, "llen", "mylist"]));
-    // SAFETY: SIGINT to the recorder we started.
-    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut recorder.stderr.take().unwrap(), &mut err).unwrap();
-    recorder.wait().unwrap();
-    assert!(err.contains("0 bytes lost"), "{err}");
+    retrace_tests::record_server(&rec, &server, port, || {
+        // 20 connections at once: each INCR's answer is the counter's value, so the answers
+        // depend on the order in which the server read the requests across connections.
+        run(Command::new("redis-benchmark").args(["-p", &p, "-c", "20", "-n", "2000", "-t", "incr,lpush", "-q"]));
+        let counter = run(Command::new("redis-cli").args(["-p", &p, "get", "counter:__rand_int__"]));
+        assert_eq!(String::from_utf8_lossy(&counter.stdout), "2000\n");
+        run(Command::new("redis-cli").args(["-p", &p, "llen", "mylist"]));
+    });
 
     let (out, report) = replay_in(&dir, &rec, &[], &server);
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
@@ -574,26 +559,11 @@ fn nginx_replays_against_concurrent_keep_alive_wrk_connections() {
     .unwrap();
     let nginx = ["nginx", "-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()];
     let rec = dir.join("rec");
-    let mut recorder = retrace_tests::retrace_command()
-        .arg("record")
-        .arg("-o")
-        .arg(&rec)
-        .arg("--")
-        .args(nginx)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
     let url = format!("http://127.0.0.1:{port}/index.html");
-    let load = run(Command::new("wrk").args(["-t2", "-c6", "-d1s", &url]));
-    let text = String::from_utf8_lossy(&load.stdout).into_owned();
-    // SAFETY: SIGINT to the recorder we started.
-    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut recorder.stderr.take().unwrap(), &mut err).unwrap();
-    recorder.wait().unwrap();
-    assert!(err.contains("0 bytes lost"), "{err}");
+    let text = retrace_tests::record_server(&rec, &nginx, port, || {
+        let load = run(Command::new("wrk").args(["-t2", "-c6", "-d1s", &url]));
+        String::from_utf8_lossy(&load.stdout).into_owned()
+    });
 
     let (out, report) = replay_in(&dir, &rec, &[], &nginx);
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));

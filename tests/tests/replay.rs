@@ -393,33 +393,12 @@ fn a_threaded_client_gets_each_connection_by_what_it_asks_and_an_unrecorded_ask_
 
 /// Records `server` (launched) answering `requests` curl requests on `port`, then stops it.
 fn record_server(dir: &Path, server: &[&str], port: u16, requests: &[&str]) {
-    let rec = dir.join("rec");
-    let mut recorder = retrace_command()
-        .arg("record")
-        .arg("-o")
-        .arg(&rec)
-        .arg("--")
-        .args(server)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for path in requests {
-        let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-    // SAFETY: SIGINT to the recorder we started.
-    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
-    let mut err = String::new();
-    recorder.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    // `record` exits with the server's own status once stopped (143 for python, 0 for nginx).
-    recorder.wait().unwrap();
-    assert!(err.contains("0 bytes lost"), "{err}");
+    retrace_tests::record_server(&dir.join("rec"), server, port, || {
+        for path in requests {
+            let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
 }
 
 #[test]

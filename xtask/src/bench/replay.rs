@@ -80,28 +80,37 @@ for i in range(n):
     c.close()
 "#;
 
-/// The server's run: started, `connections` requests answered, stopped.
-fn serve(server: &mut Command, client: &Path, port: u16, connections: usize) -> Result<f64> {
+/// A server's run, timed: started, waited for on `port`, fed by `clients`, stopped with SIGINT
+/// (a recorder stops its command; the server stops).
+fn serve_with(server: &mut Command, port: u16, what: &str, clients: impl FnOnce() -> Result<()>) -> Result<f64> {
     let start = Instant::now();
     let mut child = server.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let deadline = Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            bail!("the bench's HTTP server did not listen on port {port}");
+            bail!("{what} did not listen on port {port}");
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    // That probe was a connection too: the client makes the rest.
-    let status =
-        Command::new("python3").arg(client).arg(port.to_string()).arg((connections - 1).to_string()).status()?;
-    if !status.success() {
-        bail!("the bench's HTTP client failed: {status}");
-    }
-    // SAFETY: SIGINT to our child (the recorder stops its command; the server stops).
+    clients()?;
+    // SAFETY: SIGINT to our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     child.wait()?;
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// The server's run: started, `connections` requests answered, stopped.
+fn serve(server: &mut Command, client: &Path, port: u16, connections: usize) -> Result<f64> {
+    serve_with(server, port, "the bench's HTTP server", || {
+        // The readiness probe was a connection too: the client makes the rest.
+        let status =
+            Command::new("python3").arg(client).arg(port.to_string()).arg((connections - 1).to_string()).status()?;
+        if !status.success() {
+            bail!("the bench's HTTP client failed: {status}");
+        }
+        Ok(())
+    })
 }
 
 /// A server recorded answering `connections` connections, replayed (the replayer plays the
@@ -138,29 +147,17 @@ pub fn server(retrace: &Path, work: &Path, connections: usize, rounds: usize) ->
 /// redis-server's run: started, `requests` INCR and LPUSH from redis-benchmark's 20
 /// concurrent connections answered, stopped.
 fn serve_benchmark(server: &mut Command, port: u16, requests: usize) -> Result<f64> {
-    let start = Instant::now();
-    let mut child = server.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("redis-server did not listen on port {port}");
+    serve_with(server, port, "redis-server", || {
+        let (n, p) = (requests.to_string(), port.to_string());
+        let status = Command::new("redis-benchmark")
+            .args(["-p", &p, "-c", "20", "-n", &n, "-t", "incr,lpush", "-q"])
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("redis-benchmark failed: {status}");
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let n = requests.to_string();
-    let p = port.to_string();
-    let status = Command::new("redis-benchmark")
-        .args(["-p", &p, "-c", "20", "-n", &n, "-t", "incr,lpush", "-q"])
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("redis-benchmark failed: {status}");
-    }
-    // SAFETY: SIGINT to our child (the recorder stops its command; the server stops).
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    child.wait()?;
-    Ok(start.elapsed().as_secs_f64())
+        Ok(())
+    })
 }
 
 /// redis-server recorded under redis-benchmark (20 connections at once), replayed (the
