@@ -85,6 +85,8 @@ pub async fn record(
     // Rules first: a bad rules file must not start anything.
     let stage = RedactStage::new(Redactor::new(config.rules.compile()?));
     let mut probes = Probes::load(&config.probes)?;
+    // A cgroup's id and the processes in it at the start.
+    let mut cgroup = None;
     let (mut launched, root, command, mode) = match &target {
         Target::Launch(argv) => {
             let child = Launched::spawn(argv)?;
@@ -96,8 +98,9 @@ pub async fn record(
             (None, tgid, procfs::cmdline(tgid), "attach")
         }
         Target::Cgroup(path) => {
-            let (_, pids) = target::cgroup(path)?;
+            let (id, pids) = target::cgroup(path)?;
             let first = pids.first().copied().unwrap_or(0);
+            cgroup = Some((id, pids));
             (None, first, vec![format!("cgroup:{}", path.display())], "cgroup")
         }
     };
@@ -128,8 +131,8 @@ pub async fn record(
     let existing = match &target {
         Target::Launch(_) => Vec::new(),
         Target::Attach(_) => procfs::descendants(root),
-        Target::Cgroup(path) => {
-            let (id, pids) = target::cgroup(path)?;
+        Target::Cgroup(_) => {
+            let (id, pids) = cgroup.take().unwrap_or_default();
             probes.trace_cgroup(id, 1)?;
             pids.into_iter().filter(|&p| p != root).collect()
         }
