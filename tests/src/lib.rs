@@ -59,7 +59,17 @@ pub fn retrace_command() -> Command {
 
 /// The identity `retrace record` made for the tests (on first use).
 pub fn test_identity() -> retrace_agent::keys::Identity {
-    retrace_agent::keys::read_identity(&test_home().join("config/retrace/identity.txt")).expect("the tests' identity")
+    let path = test_home().join("config/retrace/identity.txt");
+    if !path.exists() {
+        // Made the way `retrace record` makes it on first use.
+        let made = retrace_command()
+            .args(["record", "--output", "rec", "--", "true"])
+            .current_dir(scratch("identity"))
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+    retrace_agent::keys::read_identity(&path).expect("the tests' identity")
 }
 
 /// The tests' audit log.
@@ -304,6 +314,27 @@ impl S3 {
         out
     }
 
+    /// The objects under `prefix` in `bucket`: (key, size), by key.
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "test:test"])
+            .arg(format!("{}/{bucket}?list-type=2&max-keys=1000&prefix={prefix}", self.endpoint))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let tag = |item: &str, name: &str| -> Option<String> {
+            let from = item.find(&format!("<{name}>"))? + name.len() + 2;
+            Some(item[from..from + item[from..].find("</")?].to_owned())
+        };
+        let mut objects: Vec<(String, u64)> = text
+            .split("<Contents>")
+            .skip(1)
+            .filter_map(|item| Some((tag(item, "Key")?, tag(item, "Size")?.parse().ok()?)))
+            .collect();
+        objects.sort();
+        objects
+    }
+
     /// `cmd` with the AWS environment that reaches this server.
     pub fn env<'a>(&self, cmd: &'a mut std::process::Command) -> &'a mut std::process::Command {
         cmd.env("AWS_ACCESS_KEY_ID", "test")
@@ -355,4 +386,77 @@ pub fn record_server<T>(rec: &Path, server: &[&str], port: u16, clients: impl Fn
     recorder.wait().unwrap();
     assert!(err.contains("0 bytes lost"), "{err}");
     result
+}
+
+/// A TCP relay in front of a server that the test can close (every connection through it is
+/// cut, and new ones are refused until it opens again) and slow down: an outage, or a slow
+/// link, between a client and a real server.
+pub struct Gate {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Microseconds to wait after each 16 KiB relayed (0: full speed).
+    pub delay_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Gate {
+    pub fn new(upstream: u16) -> Gate {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let delay_us = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let streams = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, d, st) = (open.clone(), delay_us.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !o.load(Relaxed) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                st.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    let d = d.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                            let us = d.load(Relaxed);
+                            if us > 0 {
+                                std::thread::sleep(std::time::Duration::from_micros(us));
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Gate { port, open, delay_us, streams }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn close(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::Relaxed);
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -1,6 +1,7 @@
 //! The node agent against real parts: capture requests in a folder, a real cgroup v2, a real S3
 //! API on loopback (moto), promtool on its metrics; SIGTERM seals and uploads; what an earlier
-//! run left in the spool is uploaded at start.
+//! run left in the spool is uploaded at start; a storage outage, a full spool and a kill -9
+//! lose nothing that is not counted.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use retrace_tests::{assert_bytes_eq, record, scratch, test_identity, S3};
+use retrace_tests::{assert_bytes_eq, record, scratch, test_identity, Gate, S3};
 
 fn http_get(port: u16, path: &str) -> (String, String) {
     let out = Command::new("curl")
@@ -88,7 +89,7 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "node_name = \"node-a\"\ncaptures_dir = \"{}\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{recipient}\"]\n[storage]\nurl = \"s3://retrace-cluster/recordings\"\n",
+            "node_name = \"node-a\"\ncaptures_dir = \"{}\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{recipient}\"]\n[upload]\nurl = \"s3://retrace-cluster/recordings\"\n",
             captures.display(),
             spool.display()
         ),
@@ -317,5 +318,179 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
             .flat_map(|d| std::fs::read_dir(spool.join(d)).into_iter().flatten().flatten().map(|e| e.path()))
             .collect();
     assert!(left.is_empty(), "left in the spool: {left:?}");
+    let _ = std::fs::remove_dir(&cgroup);
+}
+
+fn spawn_agent(s3: &S3, config: &Path, log: &Path) -> Agent {
+    let mut cmd = retrace_tests::retrace_command();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Agent(s3.env(&mut cmd).args(["agent", "--config", config.to_str().unwrap()]).stderr(log).spawn().unwrap())
+}
+
+/// Runs `sh -c script` as a process of `cgroup`.
+fn run_in(cgroup: &Path, script: &str) {
+    let ran = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {} && {script}", cgroup.join("cgroup.procs").display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ran.success());
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let (_, text) = http_get(port, "/metrics");
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_spool_rides_out_a_storage_outage_within_its_bound_and_a_kill_9_uploads_each_segment_once() {
+    let dir = scratch("agent-faults");
+    let s3 = S3::start();
+    assert_eq!(s3.curl("PUT", "faults"), "200");
+    // The agent reaches S3 through a relay the test can cut and slow down.
+    let gate = Gate::new(s3.endpoint.rsplit(':').next().unwrap().parse().unwrap());
+    let (captures, spool) = (dir.join("captures"), dir.join("spool"));
+    std::fs::create_dir_all(&captures).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let max = 1_000_000u64;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_name = \"node-b\"\ncaptures_dir = \"{}\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{}\"]\nspool_max_bytes = {max}\ndrain_timeout = \"3s\"\n[upload]\nurl = \"s3://faults/rec\"\nendpoint = \"{}\"\n",
+            captures.display(),
+            spool.display(),
+            test_identity().to_public(),
+            gate.endpoint()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("agent.log");
+    let agent = spawn_agent(&s3, &config, &log);
+    wait_for("/healthz", Duration::from_secs(20), || http_get(port, "/healthz").0 == "200");
+    let cgroup = retrace_tests::cgroup2_mount().join(format!("retrace-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let cg = format!("cgroup: {}", cgroup.display());
+    let file = |name: &str, len: usize| {
+        let path = dir.join(name);
+        std::fs::write(&path, retrace_tests::pattern(len, name.len() as u64 * 31 + len as u64)).unwrap();
+        path
+    };
+    let read_back = |url: &str, path: &Path| {
+        let cat = s3.retrace(&["cat", url, &stream_of(&s3, url, path), "--in"]);
+        assert_bytes_eq(&cat.stdout, &std::fs::read(path).unwrap(), &format!("{} from {url}", path.display()));
+    };
+
+    // A running capture's sealed segments go up while it records.
+    let (a1, a2) = (file("a1.bin", 300_000), file("a2.bin", 300_000));
+    capture(&captures, "stream.yaml", "shop", "stream", &cg, "6s");
+    wait_for("the stream capture", Duration::from_secs(20), || {
+        status(&spool, "shop", "stream")["phase"] == "Recording"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    run_in(&cgroup, &format!("cat {} && sleep 1.5 && cat {}", a1.display(), a2.display()));
+    wait_for("a segment uploaded while recording", Duration::from_secs(20), || {
+        let s = status(&spool, "shop", "stream");
+        s["phase"] == "Recording" && s["segmentsUploaded"].as_u64().unwrap_or(0) >= 1
+    });
+    wait_for("the stream capture's upload", Duration::from_secs(30), || {
+        status(&spool, "shop", "stream")["phase"] == "Uploaded"
+    });
+    let url = status(&spool, "shop", "stream")["uploadedTo"].as_str().unwrap().to_owned();
+    read_back(&url, &a1);
+    read_back(&url, &a2);
+
+    // Storage away: ended captures wait in the spool, which stays within its bound by dropping
+    // the oldest segments of the oldest ended capture; then storage returns and it drains.
+    gate.close();
+    // Each byte is recorded twice: cat reads it, then writes it.
+    let (b1, b2) = (file("b1.bin", 300_000), file("b2.bin", 250_000));
+    for (name, path) in [("first", &b1), ("second", &b2)] {
+        capture(&captures, &format!("{name}.yaml"), "shop", name, &cg, "3s");
+        wait_for("an outage capture", Duration::from_secs(20), || status(&spool, "shop", name)["phase"] == "Recording");
+        std::thread::sleep(Duration::from_millis(300));
+        run_in(&cgroup, &format!("exec cat {}", path.display()));
+        wait_for("an outage capture to end", Duration::from_secs(30), || {
+            status(&spool, "shop", name)["phase"] == "Uploading"
+        });
+    }
+    wait_for("segments evicted", Duration::from_secs(20), || metric(port, "retrace_spool_evicted_segments_total") > 0);
+    std::thread::sleep(Duration::from_millis(600));
+    let held = metric(port, "retrace_spool_bytes");
+    assert!(held <= max, "the spool holds {held} bytes, over its bound of {max}");
+    assert!(status(&spool, "shop", "first")["lastError"].is_string(), "{}", status(&spool, "shop", "first"));
+    assert!(metric(port, "retrace_upload_errors_total{reason=\"storage\"}") > 0);
+    gate.open();
+    for name in ["first", "second"] {
+        wait_for("the spool to drain", Duration::from_secs(90), || status(&spool, "shop", name)["phase"] == "Uploaded");
+    }
+    let first = status(&spool, "shop", "first")["uploadedTo"].as_str().unwrap().to_owned();
+    let second = status(&spool, "shop", "second")["uploadedTo"].as_str().unwrap().to_owned();
+    read_back(&second, &b2);
+    let verified = s3.retrace(&["verify", &first]);
+    let text = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(verified.status.success(), "{text}");
+    assert!(text.contains("dropped by the node agent's full spool"), "{text}");
+    assert!(status(&spool, "shop", "first")["segmentsEvicted"].as_u64().unwrap() >= 1);
+
+    // kill -9 in the middle of an upload, then a restart: every segment arrives, once, and the
+    // request that ended is not recorded again.
+    gate.close();
+    let (c1, c2) = (file("c1.bin", 200_000), file("c2.bin", 200_000));
+    capture(&captures, "crash.yaml", "shop", "crash", &cg, "4s");
+    wait_for("the crash capture", Duration::from_secs(20), || status(&spool, "shop", "crash")["phase"] == "Recording");
+    std::thread::sleep(Duration::from_millis(300));
+    run_in(&cgroup, &format!("cat {} && sleep 1.2 && cat {}", c1.display(), c2.display()));
+    wait_for("the crash capture to end", Duration::from_secs(30), || {
+        status(&spool, "shop", "crash")["phase"] == "Uploading"
+    });
+    gate.delay_us.store(40_000, std::sync::atomic::Ordering::Relaxed);
+    gate.open();
+    let prefix = "rec/shop/crash/";
+    wait_for("a first segment up", Duration::from_secs(60), || {
+        let keys = s3.list("faults", prefix);
+        keys.iter().any(|(k, _)| k.contains("seg-")) && !keys.iter().any(|(k, _)| k.ends_with("manifest.json"))
+    });
+    let mut agent = agent;
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    gate.delay_us.store(0, std::sync::atomic::Ordering::Relaxed);
+    let mut agent = spawn_agent(&s3, &config, &log);
+    wait_for("the upload after the restart", Duration::from_secs(90), || {
+        status(&spool, "shop", "crash")["phase"] == "Uploaded"
+    });
+    let url = status(&spool, "shop", "crash")["uploadedTo"].as_str().unwrap().to_owned();
+    let verified = s3.retrace(&["verify", &url]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+    read_back(&url, &c1);
+    read_back(&url, &c2);
+    // Exactly the manifest and the segments it lists, under one recording.
+    let keys = s3.list("faults", prefix);
+    let leaf = url.trim_end_matches('/').rsplit('/').next().unwrap();
+    assert!(keys.iter().all(|(k, _)| k.starts_with(&format!("{prefix}{leaf}/"))), "recorded twice: {keys:?}");
+    let manifest: serde_json::Value = {
+        let out = Command::new("curl")
+            .args(["-s", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "test:test"])
+            .arg(format!("{}/faults/{prefix}{leaf}/manifest.json", s3.endpoint))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut expected: Vec<(String, u64)> = manifest["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (format!("{prefix}{leaf}/{}", s["name"].as_str().unwrap()), s["bytes"].as_u64().unwrap()))
+        .collect();
+    let manifest_key = format!("{prefix}{leaf}/manifest.json");
+    expected.push((manifest_key.clone(), keys.iter().find(|(k, _)| *k == manifest_key).unwrap().1));
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert_eq!(manifest["complete"], true);
+
+    // SAFETY: SIGTERM to the agent we started.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    assert!(agent.0.wait().unwrap().success());
     let _ = std::fs::remove_dir(&cgroup);
 }

@@ -175,4 +175,13 @@ pub fn warn_unfinished(report: &retrace_agent::store::reader::ReadReport) {
             "retrace: warning: recording unfinished (the recorder stopped without sealing it): {records} records read from its unsealed tail {segment}"
         );
     }
+    if !report.evicted.is_empty() {
+        let records: u64 = report.evicted.iter().map(|(_, r)| r).sum();
+        let names: Vec<&str> = report.evicted.iter().map(|(n, _)| n.as_str()).collect();
+        eprintln!(
+            "retrace: warning: {} segments ({records} records) were dropped by the node agent's full spool before upload: {}",
+            names.len(),
+            names.join(", ")
+        );
+    }
 }

@@ -40,6 +40,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if let Some(tail) = &report.unfinished_tail {
             println!("note: unfinished tail {tail}: the recorder stopped before sealing it");
         }
+        if !report.evicted.is_empty() {
+            println!(
+                "note: {} segments dropped by the node agent's full spool before upload (gaps): {}",
+                report.evicted.len(),
+                report.evicted.join(", ")
+            );
+        }
         println!(
             "{} {}: {} segments, {checked}, {state}",
             if report.ok() { "OK" } else { "FAILED" },

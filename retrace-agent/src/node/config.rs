@@ -29,17 +29,27 @@ pub struct AgentConfig {
     /// identity).
     #[serde(default)]
     pub recipients: Vec<String>,
+    /// Everything under the spool stays within this many bytes: past it the oldest sealed
+    /// segments of ended captures are dropped (counted gaps), then running captures end.
     #[serde(default)]
-    pub storage: Option<Storage>,
+    pub spool_max_bytes: Option<u64>,
+    /// On SIGTERM: how long to keep uploading before exiting (what is left stays spooled).
+    #[serde(default = "default_drain")]
+    pub drain_timeout: String,
+    #[serde(default, alias = "storage")]
+    pub upload: Option<Upload>,
     #[serde(default)]
     pub policy: Policy,
 }
 
-/// Where finished recordings go: `s3://bucket/prefix` (AWS environment for credentials).
+/// Where recordings go: `s3://bucket/prefix` (AWS environment or profile for credentials).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Storage {
+pub struct Upload {
     pub url: String,
+    /// Another S3 server (`http://` allowed), instead of `AWS_ENDPOINT_URL` or AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// Which namespaces may be recorded.
@@ -75,6 +85,9 @@ fn default_max_captures() -> usize {
 fn default_ring() -> u32 {
     32 << 20
 }
+fn default_drain() -> String {
+    "45s".into()
+}
 fn default_deny() -> Vec<String> {
     vec!["kube-system".into()]
 }
@@ -99,6 +112,11 @@ impl AgentConfig {
             path: p,
             message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
         })
+    }
+
+    pub fn drain_timeout(&self) -> Result<std::time::Duration, ConfigError> {
+        crate::retention::parse_duration(&self.drain_timeout)
+            .map_err(|e| ConfigError::Parse { path: "drain_timeout".into(), message: e })
     }
 
     pub fn node(&self) -> String {

@@ -1,5 +1,6 @@
 //! The agent's counters, as Prometheus text on `/metrics`, with `/healthz` and `/readyz`.
 
+use super::spool::Spool;
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::TcpListener,
@@ -26,13 +27,17 @@ pub struct Metrics {
     pub segments_sealed: AtomicU64,
     pub segments_uploaded: AtomicU64,
     pub recordings_uploaded: AtomicU64,
-    pub upload_errors: AtomicU64,
+    pub upload_errors_storage: AtomicU64,
+    pub upload_errors_conflict: AtomicU64,
+    pub upload_errors_local: AtomicU64,
+    pub spool_evicted_segments: AtomicU64,
+    pub spool_evicted_bytes: AtomicU64,
     pub ring_overflow_bytes: AtomicU64,
 }
 
 impl Metrics {
     /// Prometheus text exposition format.
-    pub fn render(&self, spool: &std::path::Path) -> String {
+    pub fn render(&self, spool: &Spool) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -68,14 +73,22 @@ impl Metrics {
             ],
         );
         metric(
-            "retrace_bytes_total",
+            "retrace_bytes_captured_total",
             "counter",
-            "Payload bytes of finished captures, by what became of them.",
-            &[
-                ("{what=\"captured\"}", get(&self.bytes_captured)),
-                ("{what=\"redacted\"}", get(&self.bytes_redacted)),
-                ("{what=\"lost\"}", get(&self.bytes_lost)),
-            ],
+            "Payload bytes recorded by finished captures.",
+            &[("", get(&self.bytes_captured))],
+        );
+        metric(
+            "retrace_bytes_redacted_total",
+            "counter",
+            "Payload bytes redacted at record time by finished captures.",
+            &[("", get(&self.bytes_redacted))],
+        );
+        metric(
+            "retrace_bytes_lost_total",
+            "counter",
+            "Payload bytes finished captures lost (explicit gaps in their recordings), by reason.",
+            &[("{reason=\"capture\"}", get(&self.bytes_lost))],
         );
         metric(
             "retrace_ring_overflow_bytes_total",
@@ -96,30 +109,39 @@ impl Metrics {
             "Recordings uploaded whole (manifest last).",
             &[("", get(&self.recordings_uploaded))],
         );
-        metric("retrace_upload_errors_total", "counter", "Failed uploads.", &[("", get(&self.upload_errors))]);
-        metric("retrace_spool_bytes", "gauge", "Bytes in the node's spool.", &[("", dir_bytes(spool))]);
+        metric(
+            "retrace_upload_errors_total",
+            "counter",
+            "Failed upload attempts (each retried with backoff), by reason.",
+            &[
+                ("{reason=\"storage\"}", get(&self.upload_errors_storage)),
+                ("{reason=\"conflict\"}", get(&self.upload_errors_conflict)),
+                ("{reason=\"local\"}", get(&self.upload_errors_local)),
+            ],
+        );
+        metric("retrace_spool_bytes", "gauge", "Bytes in the node's spool.", &[("", spool.bytes())]);
+        if let Some(max) = spool.max_bytes {
+            metric("retrace_spool_max_bytes", "gauge", "The spool's bound (spool_max_bytes).", &[("", max)]);
+        }
+        metric(
+            "retrace_spool_evicted_segments_total",
+            "counter",
+            "Sealed segments of ended captures dropped to keep the spool within its bound.",
+            &[("", get(&self.spool_evicted_segments))],
+        );
+        metric(
+            "retrace_spool_evicted_bytes_total",
+            "counter",
+            "Bytes of the segments dropped to keep the spool within its bound.",
+            &[("", get(&self.spool_evicted_bytes))],
+        );
         out
     }
 }
 
-pub fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => dirs.push(entry.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
 /// Serves `/metrics`, `/healthz` and `/readyz` (ready: the captures folder readable, the spool
 /// writable) on `listener`, one request per connection.
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, spool: PathBuf, captures: PathBuf) {
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, spool: Arc<Spool>, captures: PathBuf) {
     for stream in listener.incoming().flatten() {
         let mut reader = BufReader::new(match stream.try_clone() {
             Ok(s) => s,
@@ -134,7 +156,7 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, spool: PathBuf, captu
             "/metrics" => ("200 OK", metrics.render(&spool)),
             "/healthz" => ("200 OK", "ok\n".to_owned()),
             "/readyz" => {
-                let probe = spool.join(".ready");
+                let probe = spool.root.join(".ready");
                 let writable = std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)).is_ok();
                 if writable && std::fs::read_dir(&captures).is_ok() {
                     ("200 OK", "ready\n".to_owned())

@@ -14,10 +14,12 @@ pub mod config;
 pub mod metrics;
 pub mod pods;
 pub mod request;
+pub mod spool;
+pub mod uploader;
 
 use std::{
     collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
         Arc,
@@ -30,13 +32,15 @@ use config::AgentConfig;
 use metrics::Metrics;
 use request::CaptureObject;
 use serde_json::json;
+use spool::Spool;
+use uploader::Uploader;
 
 use crate::{
     capture::ProbeConfig,
     recorder::{RecordConfig, RecordSummary},
     redact::RulesFile,
     shared::SharedProbes,
-    store::{remote::Remote, writer::now_wall_ns, Manifest, SegmentPolicy},
+    store::{remote::Remote, writer::now_wall_ns, SegmentPolicy},
     target::Target,
 };
 
@@ -76,15 +80,20 @@ struct Running {
     thread: JoinHandle<()>,
 }
 
-/// Runs until `stop` is set (SIGTERM); then stops the captures, lets them seal and upload, and
-/// returns.
+/// Phases after which a request is not run again (also after an agent restart).
+const ENDED: [&str; 4] = ["Uploading", "Uploaded", "Recorded", "Failed"];
+
+/// Runs until `stop` is set (SIGTERM); then stops the captures, lets them seal, uploads what
+/// it can within `drain_timeout`, and returns.
 pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
     let node = config.node();
-    let spool = config.spool_dir.clone();
-    std::fs::create_dir_all(spool.join("status"))
-        .map_err(|source| AgentError::Spool { path: spool.display().to_string(), source })?;
-    let remote = match &config.storage {
-        Some(s) => Some(Arc::new(Remote::open(&s.url)?)),
+    let drain_timeout = config.drain_timeout()?;
+    let spool = Arc::new(
+        Spool::open(config.spool_dir.clone(), config.spool_max_bytes)
+            .map_err(|source| AgentError::Spool { path: config.spool_dir.display().to_string(), source })?,
+    );
+    let remote = match &config.upload {
+        Some(u) => Some(Arc::new(Remote::open_at(&u.url, u.endpoint.as_deref())?)),
         None => None,
     };
     let metrics = Arc::new(Metrics::default());
@@ -99,9 +108,16 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         std::thread::spawn(move || metrics::serve(listener, metrics, spool, captures));
     }
     log("info", "agent started", json!({ "node": node, "listen": config.listen }));
-    if let Some(remote) = &remote {
-        resume(&spool, remote, &metrics);
-    }
+    // Uploads (and resumes what an earlier run left in the spool) on a thread of its own.
+    let uploader = Uploader::new(spool.clone(), remote.clone(), metrics.clone());
+    let (recording, spool_full) = (uploader.recording.clone(), uploader.spool_full.clone());
+    let draining = Arc::new(AtomicBool::new(false));
+    let deadline = Arc::new(std::sync::Mutex::new(None));
+    let upload_thread = {
+        let (draining, deadline) = (draining.clone(), deadline.clone());
+        std::thread::spawn(move || uploader.run(draining, deadline))
+    };
+    let pipeline = Pipeline { shared, spool: spool.clone(), metrics: metrics.clone(), recording, spool_full };
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut reported: HashSet<String> = HashSet::new();
@@ -122,16 +138,31 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         }
         running.retain(|_, r| !r.thread.is_finished());
         for object in objects {
-            let fingerprint = format!("{object:?}");
+            let fingerprint = object.fingerprint();
             if running.contains_key(&object.key()) || seen.contains(&fingerprint) {
                 continue;
             }
-            if running.len() >= config.max_concurrent_captures {
-                write_status(&spool, &object, "Pending", json!({ "reason": "max_concurrent_captures reached" }));
+            let (namespace, name) = (&object.metadata.namespace, &object.metadata.name);
+            let status = spool.read_status(namespace, name).unwrap_or_default();
+            if status["request"] == json!(fingerprint) && ENDED.iter().any(|p| status["phase"] == json!(p)) {
+                // This request ran to its end before (maybe before a restart): not again.
+                seen.insert(fingerprint);
+                continue;
+            }
+            let waits = if running.len() >= config.max_concurrent_captures {
+                Some("max_concurrent_captures reached")
+            } else if pipeline.spool_full.load(Relaxed) {
+                Some("the spool is full (spool_max_bytes) until object storage takes what it holds")
+            } else {
+                None
+            };
+            if let Some(reason) = waits {
+                let reason = json!({ "reason": reason, "request": fingerprint });
+                spool.write_status(namespace, name, Some("Pending"), reason);
                 continue;
             }
             seen.insert(fingerprint);
-            match start(&config, &node, &object, shared.clone(), remote.clone(), metrics.clone()) {
+            match pipeline.start(&config, &node, &object) {
                 Ok(r) => {
                     running.insert(object.key(), r);
                 }
@@ -142,7 +173,8 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
                         &metrics.captures_rejected_invalid
                     };
                     counter.fetch_add(1, Relaxed);
-                    write_status(&spool, &object, "Rejected", json!({ "lastError": message }));
+                    let fields = json!({ "lastError": message, "request": object.fingerprint() });
+                    spool.write_status(namespace, name, Some("Rejected"), fields);
                     log(
                         "warn",
                         "capture rejected",
@@ -154,134 +186,148 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         std::thread::sleep(Duration::from_millis(250));
     }
     log("info", "stopping: sealing and uploading the running captures", json!({ "running": running.len() }));
+    *deadline.lock().expect("deadline") = Some(std::time::Instant::now() + drain_timeout);
     for r in running.values() {
         let _ = r.stop.send(true);
     }
     for (_, r) in running {
         let _ = r.thread.join();
     }
+    draining.store(true, Relaxed);
+    let _ = upload_thread.join();
     log("info", "agent stopped", json!({}));
     Ok(())
 }
 
-/// Starts recording what `object` selects, on a thread of its own: record, then upload.
-fn start(
-    config: &AgentConfig,
-    node: &str,
-    object: &CaptureObject,
+/// What every capture's thread shares.
+struct Pipeline {
     shared: Arc<SharedProbes>,
-    remote: Option<Arc<Remote>>,
+    spool: Arc<Spool>,
     metrics: Arc<Metrics>,
-) -> Result<Running, (&'static str, String)> {
-    if !config.policy.allows(&object.metadata.namespace) {
-        return Err(("policy", format!("namespace {} is not allowed on this node", object.metadata.namespace)));
-    }
-    let selector = &object.spec.selector;
-    let target = match (&selector.cgroup, selector.pid, &selector.pod_uid) {
-        (Some(cgroup), None, None) => Target::Cgroup(PathBuf::from(cgroup)),
-        (None, Some(pid), None) => Target::Attach(pid),
-        (None, None, Some(uid)) => Target::Cgroup(pod_target(uid, selector.container_id.as_deref())?),
-        _ => return Err(("invalid", "spec.selector needs one of cgroup, pid or podUID".into())),
-    };
-    let duration = object.duration().map_err(|e| ("invalid", format!("spec.duration: {e}")))?;
-    let expires = match &object.spec.expires {
-        Some(e) => crate::retention::parse_duration(e).map_err(|e| ("invalid", format!("spec.expires: {e}")))?,
-        None => Duration::from_secs(7 * 86400),
-    };
-    let names = if object.spec.recipients.is_empty() { &config.recipients } else { &object.spec.recipients };
-    if names.is_empty() {
-        return Err(("invalid", "no recipients: set spec.recipients or the agent's recipients".into()));
-    }
-    let recipients = names
-        .iter()
-        .map(|r| crate::keys::parse_recipient(r))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ("invalid", format!("spec.recipients: {e}")))?;
-    let started = now_wall_ns() / 1_000_000_000;
-    let leaf = format!("{node}-{started}");
-    let output = config.spool_dir.join(&object.metadata.namespace).join(&object.metadata.name).join(&leaf);
-    if let Some(parent) = output.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| ("invalid", format!("spool: {e}")))?;
-    }
-    let record_config = RecordConfig {
-        output: output.clone(),
-        probes: ProbeConfig { ring_buffer_bytes: config.ring_buffer_bytes, max_payload: None, backpressure: false },
-        duration: Some(duration),
-        segments: SegmentPolicy::default(),
-        recipients,
-        expires,
-        rules: RulesFile::default(),
-        agent_cpus: None,
-    };
-    let max_bytes = match (object.spec.max_bytes, config.max_bytes_per_capture) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (object, spool) = (object.clone(), config.spool_dir.clone());
-    metrics.captures_started.fetch_add(1, Relaxed);
-    metrics.captures_active.fetch_add(1, Relaxed);
-    write_status(&spool, &object, "Starting", json!({ "recording": output }));
-    let thread = std::thread::spawn(move || {
-        let outcome = shared.start(&record_config, &target).map_err(|e| e.to_string()).and_then(|capture| {
-            // Followed from here on: say so only now.
-            write_status(&spool, &object, "Recording", json!({ "recording": output }));
-            log("info", "capture started", json!({ "capture": object.key(), "output": output }));
-            // For its duration, until its request is withdrawn or the agent stops, or until it
-            // holds its byte budget.
-            let until = std::time::Instant::now() + duration;
-            while std::time::Instant::now() < until && !*stop_rx.borrow() {
-                if max_bytes.is_some_and(|max| metrics::dir_bytes(&output) >= max) {
-                    log(
-                        "info",
-                        "capture reached its byte budget",
-                        json!({ "capture": object.key(), "maxBytes": max_bytes }),
-                    );
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            shared.finish(capture).map_err(|e| e.to_string())
-        });
-        metrics.captures_active.fetch_sub(1, Relaxed);
-        match outcome {
-            Ok(summary) => {
-                count(&metrics, &summary);
-                metrics.captures_finished.fetch_add(1, Relaxed);
-                let fields = json!({
-                    "recording": output,
-                    "bytes": summary.totals.recorded_bytes,
-                    "lost": summary.totals.lost_bytes,
-                    "segments": summary.manifest.segments.len(),
-                });
-                log("info", "capture recorded", json!({ "capture": object.key(), "details": fields }));
-                match remote {
-                    Some(remote) => {
-                        write_status(&spool, &object, "Uploading", fields.clone());
-                        match upload(&remote, &output, &metrics) {
-                            Ok(url) => {
-                                let mut fields = fields;
-                                fields["uploadedTo"] = json!(url);
-                                write_status(&spool, &object, "Uploaded", fields);
-                            }
-                            Err(e) => {
-                                let mut fields = fields;
-                                fields["lastError"] = json!(e);
-                                write_status(&spool, &object, "Recorded", fields);
-                            }
-                        }
-                    }
-                    None => write_status(&spool, &object, "Recorded", fields),
-                }
-            }
-            Err(e) => {
-                metrics.captures_failed.fetch_add(1, Relaxed);
-                write_status(&spool, &object, "Failed", json!({ "lastError": e }));
-                log("error", "capture failed", json!({ "capture": object.key(), "error": e }));
-            }
+    /// Recordings being written (the uploader sends only their sealed segments).
+    recording: Arc<std::sync::Mutex<HashSet<PathBuf>>>,
+    spool_full: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// Starts recording what `object` selects, on a thread of its own; once it ends, the
+    /// uploader takes its recording.
+    fn start(
+        &self,
+        config: &AgentConfig,
+        node: &str,
+        object: &CaptureObject,
+    ) -> Result<Running, (&'static str, String)> {
+        if !config.policy.allows(&object.metadata.namespace) {
+            return Err(("policy", format!("namespace {} is not allowed on this node", object.metadata.namespace)));
         }
-    });
-    Ok(Running { stop: stop_tx, thread })
+        let selector = &object.spec.selector;
+        let target = match (&selector.cgroup, selector.pid, &selector.pod_uid) {
+            (Some(cgroup), None, None) => Target::Cgroup(PathBuf::from(cgroup)),
+            (None, Some(pid), None) => Target::Attach(pid),
+            (None, None, Some(uid)) => Target::Cgroup(pod_target(uid, selector.container_id.as_deref())?),
+            _ => return Err(("invalid", "spec.selector needs one of cgroup, pid or podUID".into())),
+        };
+        let duration = object.duration().map_err(|e| ("invalid", format!("spec.duration: {e}")))?;
+        let expires = match &object.spec.expires {
+            Some(e) => crate::retention::parse_duration(e).map_err(|e| ("invalid", format!("spec.expires: {e}")))?,
+            None => Duration::from_secs(7 * 86400),
+        };
+        let names = if object.spec.recipients.is_empty() { &config.recipients } else { &object.spec.recipients };
+        if names.is_empty() {
+            return Err(("invalid", "no recipients: set spec.recipients or the agent's recipients".into()));
+        }
+        let recipients = names
+            .iter()
+            .map(|r| crate::keys::parse_recipient(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ("invalid", format!("spec.recipients: {e}")))?;
+        let started = now_wall_ns() / 1_000_000_000;
+        let (namespace, name) = (object.metadata.namespace.clone(), object.metadata.name.clone());
+        let output = self.spool.recording_dir(&namespace, &name, &format!("{node}-{started}"));
+        if let Some(parent) = output.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| ("invalid", format!("spool: {e}")))?;
+        }
+        let record_config = RecordConfig {
+            output: output.clone(),
+            probes: ProbeConfig { ring_buffer_bytes: config.ring_buffer_bytes, max_payload: None, backpressure: false },
+            duration: Some(duration),
+            segments: SegmentPolicy::default(),
+            recipients,
+            expires,
+            rules: RulesFile::default(),
+            agent_cpus: None,
+        };
+        let max_bytes = match (object.spec.max_bytes, config.max_bytes_per_capture) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let key = object.key();
+        let (shared, spool, metrics) = (self.shared.clone(), self.spool.clone(), self.metrics.clone());
+        let (recording, spool_full, uploads) =
+            (self.recording.clone(), self.spool_full.clone(), config.upload.is_some());
+        metrics.captures_started.fetch_add(1, Relaxed);
+        metrics.captures_active.fetch_add(1, Relaxed);
+        recording.lock().expect("recording").insert(output.clone());
+        let request = object.fingerprint();
+        spool.write_status(
+            &namespace,
+            &name,
+            Some("Starting"),
+            json!({ "recording": output, "request": request, "lastError": null, "segmentsUploaded": 0 }),
+        );
+        let thread = std::thread::spawn(move || {
+            let outcome = shared.start(&record_config, &target).map_err(|e| e.to_string()).and_then(|capture| {
+                // Followed from here on: say so only now.
+                spool.write_status(&namespace, &name, Some("Recording"), json!({}));
+                log("info", "capture started", json!({ "capture": key, "output": output }));
+                // For its duration, until its request is withdrawn or the agent stops, until it
+                // holds its byte budget, or while the spool has no room for it.
+                let until = std::time::Instant::now() + duration;
+                while std::time::Instant::now() < until && !*stop_rx.borrow() {
+                    if max_bytes.is_some_and(|max| spool::recording_bytes(&output) >= max) {
+                        log(
+                            "info",
+                            "capture reached its byte budget",
+                            json!({ "capture": key, "maxBytes": max_bytes }),
+                        );
+                        break;
+                    }
+                    if spool_full.load(Relaxed) {
+                        log("warn", "capture ended: the spool is full", json!({ "capture": key }));
+                        spool.write_status(&namespace, &name, None, json!({ "reason": "spool full" }));
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                shared.finish(capture).map_err(|e| e.to_string())
+            });
+            metrics.captures_active.fetch_sub(1, Relaxed);
+            match outcome {
+                Ok(summary) => {
+                    count(&metrics, &summary);
+                    metrics.captures_finished.fetch_add(1, Relaxed);
+                    let fields = json!({
+                        "bytes": summary.totals.recorded_bytes,
+                        "lost": summary.totals.lost_bytes,
+                        "segments": summary.manifest.segments.len(),
+                    });
+                    log("info", "capture recorded", json!({ "capture": key, "details": fields }));
+                    let phase = if uploads { "Uploading" } else { "Recorded" };
+                    spool.write_status(&namespace, &name, Some(phase), fields);
+                }
+                Err(e) => {
+                    metrics.captures_failed.fetch_add(1, Relaxed);
+                    spool.write_status(&namespace, &name, Some("Failed"), json!({ "lastError": e }));
+                    log("error", "capture failed", json!({ "capture": key, "error": e }));
+                }
+            }
+            // Ended: the uploader takes it whole from here.
+            recording.lock().expect("recording").remove(&output);
+        });
+        Ok(Running { stop: stop_tx, thread })
+    }
 }
 
 fn count(metrics: &Metrics, summary: &RecordSummary) {
@@ -300,69 +346,5 @@ fn pod_target(uid: &str, container: Option<&str>) -> Result<PathBuf, (&'static s
     match container {
         None => Ok(pod),
         Some(id) => pods::container_cgroup(&pod, id).ok_or(("invalid", format!("no container {id} in pod {uid}"))),
-    }
-}
-
-/// Uploads the recording in `dir` under the remote prefix, at the same relative place as in the
-/// spool (`namespace/name/node-time`), then deletes it; the address it went to.
-fn upload(remote: &Remote, dir: &Path, metrics: &Metrics) -> Result<String, String> {
-    let relative: Vec<String> = dir
-        .iter()
-        .rev()
-        .take(3)
-        .map(|c| c.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    let target = remote.child(&relative.join("/"));
-    match target.upload(dir) {
-        Ok((uploaded, _)) => {
-            metrics.segments_uploaded.fetch_add(uploaded as u64, Relaxed);
-            metrics.recordings_uploaded.fetch_add(1, Relaxed);
-            // Only now: the local copy goes.
-            let _ = std::fs::remove_dir_all(dir);
-            log("info", "recording uploaded", json!({ "recording": dir, "to": target.url() }));
-            Ok(target.url().to_owned())
-        }
-        Err(e) => {
-            metrics.upload_errors.fetch_add(1, Relaxed);
-            log(
-                "error",
-                "upload failed: the recording stays in the spool",
-                json!({ "recording": dir, "error": e.to_string() }),
-            );
-            Err(e.to_string())
-        }
-    }
-}
-
-/// Uploads the recordings an earlier run left in the spool (`namespace/name/node-time`).
-fn resume(spool: &Path, remote: &Remote, metrics: &Metrics) {
-    let dirs = |d: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(d).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect()
-    };
-    for namespace in dirs(spool).into_iter().filter(|d| !d.ends_with("status")) {
-        for name in dirs(&namespace) {
-            for recording in dirs(&name) {
-                if Manifest::read(&recording).is_ok() {
-                    log("info", "uploading a recording left in the spool", json!({ "recording": recording }));
-                    let _ = upload(remote, &recording, metrics);
-                }
-            }
-        }
-    }
-}
-
-/// The request's status on this node, as `status/NAMESPACE.NAME.json` in the spool.
-fn write_status(spool: &Path, object: &CaptureObject, phase: &str, fields: serde_json::Value) {
-    let mut status = json!({ "phase": phase, "updated_ns": now_wall_ns() });
-    if let (Some(status), Some(fields)) = (status.as_object_mut(), fields.as_object()) {
-        status.extend(fields.clone());
-    }
-    let path = spool.join("status").join(format!("{}.{}.json", object.metadata.namespace, object.metadata.name));
-    let tmp = path.with_extension("json.tmp");
-    if std::fs::write(&tmp, status.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, &path);
     }
 }

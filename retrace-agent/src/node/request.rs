@@ -70,6 +70,13 @@ impl CaptureObject {
         format!("{}/{}", self.metadata.namespace, self.metadata.name)
     }
 
+    /// Names this request's content: a request that ran to its end is not run again unless
+    /// it changed.
+    pub fn fingerprint(&self) -> String {
+        let digest = blake3::hash(format!("{self:?}").as_bytes());
+        digest.to_hex()[..16].to_owned()
+    }
+
     pub fn duration(&self) -> Result<Duration, String> {
         match &self.spec.duration {
             Some(d) => crate::retention::parse_duration(d),

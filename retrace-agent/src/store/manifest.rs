@@ -77,6 +77,11 @@ pub struct SegmentEntry {
     pub bytes: u64,
     /// Records inside, segment header and end excluded.
     pub records: u64,
+    /// The node agent's spool dropped this segment before it could be uploaded (the spool
+    /// reached its bound while object storage was away): its records are a counted gap. Its
+    /// hash stays, so the segments after it still verify against it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evicted: bool,
 }
 
 impl Manifest {

@@ -31,6 +31,8 @@ pub struct ReadReport {
     pub torn_tail: Option<(String, u64)>,
     /// The recording information (command line).
     pub info: Option<proto::RecordingInfo>,
+    /// Segments the node agent's spool dropped (name, records): gaps in every stream they held.
+    pub evicted: Vec<(String, u64)>,
 }
 
 /// One segment's records after its checks.
@@ -56,6 +58,11 @@ impl Recording {
         let mut report = ReadReport::default();
         let mut prev: Vec<u8> = Vec::new();
         for (index, entry) in self.manifest.segments.iter().enumerate() {
+            if entry.evicted {
+                report.evicted.push((entry.name.clone(), entry.records));
+                prev = hex_decode(&entry.blake3);
+                continue;
+            }
             let ciphertext = read_sealed(&self.dir, entry)?;
             let (_, records) = self.decode_sealed(&self.dir.join(&entry.name), &ciphertext, index, &prev)?;
             prev = hex_decode(&entry.blake3);

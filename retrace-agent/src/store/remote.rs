@@ -60,20 +60,48 @@ pub fn is_remote(path: &Path) -> bool {
 }
 
 impl Remote {
-    /// `s3://bucket/prefix`, with the AWS environment.
+    /// `s3://bucket/prefix`, with the AWS environment (or its shared profile files).
     pub fn open(url: &str) -> Result<Remote, RemoteError> {
+        Remote::open_at(url, None)
+    }
+
+    /// `s3://bucket/prefix` on the S3 server at `endpoint` (plain `http://` allowed), else at
+    /// `AWS_ENDPOINT_URL`, the profile's `endpoint_url`, or AWS.
+    pub fn open_at(url: &str, endpoint: Option<&str>) -> Result<Remote, RemoteError> {
         let rest = url.strip_prefix("s3://").ok_or_else(|| RemoteError::Address(url.to_owned()))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let prefix = prefix.trim_matches('/');
         if bucket.is_empty() || prefix.is_empty() {
             return Err(RemoteError::Address(url.to_owned()));
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+        // A few quick retries per request; past them the caller's own backoff takes over (the
+        // agent keeps the recording spooled), so a storage outage never blocks it for minutes.
+        let retry = object_store::RetryConfig {
+            backoff: Default::default(),
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(20),
+        };
+        let client = object_store::ClientOptions::new().with_connect_timeout(std::time::Duration::from_secs(5));
+        let mut builder =
+            AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry).with_client_options(client);
+        let profile = profile::Profile::load();
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            if let (Some(key), Some(secret)) = (&profile.access_key_id, &profile.secret_access_key) {
+                builder = builder.with_access_key_id(key).with_secret_access_key(secret);
+                if let Some(token) = &profile.session_token {
+                    builder = builder.with_token(token);
+                }
+            }
+        }
+        let endpoint = endpoint
+            .map(str::to_owned)
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .or_else(|| profile.endpoint_url.clone());
+        if let Some(endpoint) = endpoint {
             builder = builder.with_allow_http(endpoint.starts_with("http://")).with_endpoint(endpoint);
         }
         if std::env::var_os("AWS_REGION").is_none() {
-            if let Ok(region) = std::env::var("AWS_DEFAULT_REGION") {
+            if let Some(region) = std::env::var("AWS_DEFAULT_REGION").ok().or(profile.region) {
                 builder = builder.with_region(region);
             }
         }
@@ -101,20 +129,37 @@ impl Remote {
     /// Returns (segments uploaded, segments already there).
     pub fn upload(&self, dir: &Path) -> Result<(usize, usize), RemoteError> {
         let manifest = Manifest::read(dir)?;
+        let done = std::collections::HashSet::new();
+        let (uploaded, there) = self.upload_segments(dir, &manifest, &done, |_| {})?;
         runtime()?.block_on(async {
-            let (mut uploaded, mut there) = (0, 0);
-            for segment in &manifest.segments {
-                let path = dir.join(&segment.name);
-                if self.put_once(&path, &segment.name, segment.bytes).await? {
-                    uploaded += 1;
-                } else {
-                    there += 1;
-                }
-            }
             // The commit marker: the manifest that lists them, last.
             let text = std::fs::read(dir.join(MANIFEST))
                 .map_err(|source| RemoteError::Io { path: dir.join(MANIFEST), source })?;
             self.store.put(&self.object(MANIFEST), PutPayload::from(text)).await?;
+            Ok((uploaded.len(), there))
+        })
+    }
+
+    /// Puts the sealed segments `manifest` lists that are not in `done` (create-only), calling
+    /// `put` after each; returns those put (or found there already) and how many were there.
+    /// A recording still being written is uploaded this way as it seals segments.
+    pub fn upload_segments(
+        &self,
+        dir: &Path,
+        manifest: &Manifest,
+        done: &std::collections::HashSet<String>,
+        mut put: impl FnMut(&str),
+    ) -> Result<(Vec<String>, usize), RemoteError> {
+        runtime()?.block_on(async {
+            let (mut uploaded, mut there) = (Vec::new(), 0);
+            for segment in manifest.segments.iter().filter(|s| !s.evicted && !done.contains(&s.name)) {
+                let path = dir.join(&segment.name);
+                if !self.put_once(&path, &segment.name, segment.bytes).await? {
+                    there += 1;
+                }
+                put(&segment.name);
+                uploaded.push(segment.name.clone());
+            }
             Ok((uploaded, there))
         })
     }
@@ -169,7 +214,7 @@ impl Remote {
             let io = |path: PathBuf| move |source| RemoteError::Io { path, source };
             write_private(&into.join(MANIFEST), &manifest).map_err(io(into.join(MANIFEST)))?;
             let manifest = Manifest::read(into)?;
-            for segment in &manifest.segments {
+            for segment in manifest.segments.iter().filter(|s| !s.evicted) {
                 let bytes = self.store.get(&self.object(&segment.name)).await?.bytes().await?;
                 let path = into.join(&segment.name);
                 write_private(&path, &bytes).map_err(io(path.clone()))?;
@@ -221,4 +266,78 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     std::io::Write::write_all(&mut file, bytes)
+}
+
+/// The shared AWS profile files (`~/.aws/credentials`, `~/.aws/config`, or
+/// `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`), profile `AWS_PROFILE` or `default`:
+/// credentials, region and endpoint where the environment gives none.
+mod profile {
+    #[derive(Debug, Default)]
+    pub struct Profile {
+        pub access_key_id: Option<String>,
+        pub secret_access_key: Option<String>,
+        pub session_token: Option<String>,
+        pub region: Option<String>,
+        pub endpoint_url: Option<String>,
+    }
+
+    impl Profile {
+        pub fn load() -> Profile {
+            let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+            let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+            let file = |var: &str, default: &str| {
+                std::env::var_os(var).map(std::path::PathBuf::from).unwrap_or_else(|| home.join(".aws").join(default))
+            };
+            let mut profile = Profile::default();
+            // In the config file, profiles other than the default are `[profile NAME]`.
+            let config_section = if name == "default" { name.clone() } else { format!("profile {name}") };
+            for (path, section) in [
+                (file("AWS_CONFIG_FILE", "config"), config_section),
+                (file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), name),
+            ] {
+                let Ok(text) = std::fs::read_to_string(&path) else { continue };
+                for (key, value) in section_of(&text, &section) {
+                    let slot = match key.as_str() {
+                        "aws_access_key_id" => &mut profile.access_key_id,
+                        "aws_secret_access_key" => &mut profile.secret_access_key,
+                        "aws_session_token" => &mut profile.session_token,
+                        "region" => &mut profile.region,
+                        "endpoint_url" => &mut profile.endpoint_url,
+                        _ => continue,
+                    };
+                    *slot = Some(value);
+                }
+            }
+            profile
+        }
+    }
+
+    /// `key = value` lines of `[section]` in an INI text.
+    fn section_of(text: &str, section: &str) -> Vec<(String, String)> {
+        let mut inside = false;
+        let mut pairs = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') && line.ends_with(']') {
+                inside = line[1..line.len() - 1].trim() == section;
+            } else if inside && !line.starts_with('#') && !line.starts_with(';') {
+                if let Some((key, value)) = line.split_once('=') {
+                    pairs.push((key.trim().to_ascii_lowercase(), value.trim().to_owned()));
+                }
+            }
+        }
+        pairs
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_named_profile_is_read_from_its_section_only() {
+            let text = "[default]\naws_access_key_id = A\n[other]\naws_access_key_id = B\n# x = y\nregion=eu-west-1\n";
+            assert_eq!(super::section_of(text, "default"), vec![("aws_access_key_id".into(), "A".into())]);
+            assert_eq!(
+                super::section_of(text, "other"),
+                vec![("aws_access_key_id".into(), "B".into()), ("region".into(), "eu-west-1".into())]
+            );
+        }
+    }
 }

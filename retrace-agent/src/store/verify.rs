@@ -26,6 +26,9 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
     /// The recorder stopped before finishing: the segment it was writing (not an error).
     pub unfinished_tail: Option<String>,
+    /// Segments the node agent's spool dropped before upload (a counted gap, not an error).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evicted: Vec<String>,
 }
 
 impl VerifyReport {
@@ -50,6 +53,13 @@ pub fn verify(dir: &Path, identity: Option<Identity>) -> Result<VerifyReport, St
         let mut problem = |what: String| report.problems.push(format!("{}: {what}", entry.name));
         if entry.name != segment_name(index) {
             problem(format!("listed in place {index}, where {} belongs", segment_name(index)));
+        }
+        if entry.evicted {
+            report.evicted.push(entry.name.clone());
+            // Its end record is gone with it: whether it was the last one cannot be checked.
+            saw_last |= index + 1 == manifest.segments.len();
+            prev = hex_decode(&entry.blake3);
+            continue;
         }
         match (read_sealed(dir, entry), &recording) {
             (Err(StoreError::Tampered { what, .. }), _) => problem(what),

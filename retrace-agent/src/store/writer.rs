@@ -200,6 +200,7 @@ impl Writer {
             blake3: crypt::hex(&sealed.digest),
             bytes: sealed.bytes,
             records: segment.records,
+            evicted: false,
         });
         self.prev_hash = sealed.digest.to_vec();
         self.manifest.write(&self.dir)
