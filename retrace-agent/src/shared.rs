@@ -55,7 +55,8 @@ pub struct SharedProbes {
 /// A recording running on the shared probes.
 pub struct Capture {
     id: u32,
-    cgroup: Option<u64>,
+    /// The cgroups it follows (ids); a pod selector's change while it runs.
+    cgroups: Mutex<HashSet<u64>>,
     writer: std::thread::JoinHandle<Result<Writer, StoreError>>,
     streams: std::thread::JoinHandle<(Tracker, RedactStage)>,
 }
@@ -88,8 +89,6 @@ impl SharedProbes {
 
     /// Starts a recording of `target` (a cgroup, or a process and its children).
     pub fn start(&self, config: &RecordConfig, target: &Target) -> Result<Capture, RecordError> {
-        let stage = RedactStage::new(Redactor::new(config.rules.compile()?));
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (cgroup, pids, command, mode) = match target {
             Target::Cgroup(path) => {
                 let (cg, pids) = target::cgroup(path)?;
@@ -103,6 +102,25 @@ impl SharedProbes {
             }
             Target::Launch(_) => return Err(RecordError::Unsupported("launching a command on shared probes")),
         };
+        self.begin(config, mode, command, pids, cgroup)
+    }
+
+    /// Starts a recording that follows no process yet: cgroups are added while it runs
+    /// (`follow_cgroup`), as the pods a selector picks come and go.
+    pub fn start_selected(&self, config: &RecordConfig, description: &str) -> Result<Capture, RecordError> {
+        self.begin(config, "pods", vec![description.to_owned()], Vec::new(), None)
+    }
+
+    fn begin(
+        &self,
+        config: &RecordConfig,
+        mode: &str,
+        command: Vec<String>,
+        pids: Vec<u32>,
+        cgroup: Option<u64>,
+    ) -> Result<Capture, RecordError> {
+        let stage = RedactStage::new(Redactor::new(config.rules.compile()?));
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let root = pids.first().copied().unwrap_or(0);
         let manifest = recorder::new_manifest(config, mode, &command, root);
         let writer = Writer::create(&config.output, manifest, config.recipients.clone(), config.segments)?;
@@ -133,7 +151,39 @@ impl SharedProbes {
         if let Some(cg) = cgroup {
             probes.trace_cgroup(cg, id)?;
         }
-        Ok(Capture { id, cgroup, writer, streams })
+        Ok(Capture { id, cgroups: Mutex::new(cgroup.into_iter().collect()), writer, streams })
+    }
+
+    /// Adds a cgroup to a running capture: the processes in it now, and any that exec there
+    /// later. Whether it was new to the capture.
+    pub fn follow_cgroup(&self, capture: &Capture, path: &std::path::Path) -> Result<bool, RecordError> {
+        let (cg, pids) = target::cgroup(path)?;
+        if !capture.cgroups.lock().expect("cgroups").insert(cg) {
+            return Ok(false);
+        }
+        {
+            let mut routes = self.routes.lock().expect("routes");
+            for &tgid in &pids {
+                routes.by_tgid.insert(tgid, capture.id);
+                routes.members.entry(capture.id).or_default().insert(tgid);
+            }
+        }
+        let mut probes = self.probes.lock().expect("probes");
+        probes.trace_cgroup(cg, capture.id)?;
+        for &tgid in &pids {
+            probes.trace(tgid)?;
+        }
+        Ok(true)
+    }
+
+    /// Stops following a cgroup (its pod went away): processes that exec there are no longer
+    /// added. Whether the capture followed it.
+    pub fn unfollow_cgroup(&self, capture: &Capture, id: u64) -> Result<bool, RecordError> {
+        if !capture.cgroups.lock().expect("cgroups").remove(&id) {
+            return Ok(false);
+        }
+        self.probes.lock().expect("probes").untrace_cgroup(id)?;
+        Ok(true)
     }
 
     /// Stops a recording: its processes are no longer followed, its last events are drained,
@@ -145,7 +195,7 @@ impl SharedProbes {
         };
         {
             let mut probes = self.probes.lock().expect("probes");
-            if let Some(cg) = capture.cgroup {
+            for &cg in capture.cgroups.lock().expect("cgroups").iter() {
                 probes.untrace_cgroup(cg)?;
             }
             for &tgid in &members {

@@ -494,3 +494,340 @@ fn the_spool_rides_out_a_storage_outage_within_its_bound_and_a_kill_9_uploads_ea
     assert!(agent.0.wait().unwrap().success());
     let _ = std::fs::remove_dir(&cgroup);
 }
+
+/// A stand-in for the Kubernetes API server (none can be installed here): list and watch
+/// (chunked JSON events) of pods and `RetraceCapture` objects, honouring the pods' field
+/// selector on `spec.nodeName`, and merge patches of a capture's status. Nothing else.
+struct ApiServer {
+    port: u16,
+    state: std::sync::Arc<std::sync::Mutex<ApiState>>,
+}
+
+#[derive(Default)]
+struct ApiState {
+    version: u64,
+    /// (resource, event type, object, version)
+    events: Vec<(String, String, serde_json::Value, u64)>,
+    objects: std::collections::BTreeMap<(String, String), serde_json::Value>,
+    /// (path, body) of every PATCH.
+    patches: Vec<(String, serde_json::Value)>,
+    /// Request lines seen.
+    requests: Vec<String>,
+}
+
+const PODS: &str = "/api/v1/pods";
+const CAPTURES: &str = "/apis/retrace.dev/v1alpha1/retracecaptures";
+
+impl ApiServer {
+    fn start() -> ApiServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ApiState::default()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let state = shared.clone();
+                std::thread::spawn(move || serve_api(conn, state));
+            }
+        });
+        ApiServer { port, state }
+    }
+
+    fn key(object: &serde_json::Value) -> String {
+        format!(
+            "{}/{}",
+            object["metadata"]["namespace"].as_str().unwrap(),
+            object["metadata"]["name"].as_str().unwrap()
+        )
+    }
+
+    /// Adds or changes an object of `resource` (`PODS` or `CAPTURES`).
+    fn put(&self, resource: &str, mut object: serde_json::Value) {
+        let mut state = self.state.lock().unwrap();
+        state.version += 1;
+        let version = state.version;
+        object["metadata"]["resourceVersion"] = serde_json::json!(version.to_string());
+        let key = (resource.to_owned(), ApiServer::key(&object));
+        let kind = if state.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+        state.objects.insert(key, object.clone());
+        state.events.push((resource.to_owned(), kind.to_owned(), object, version));
+    }
+
+    fn delete(&self, resource: &str, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.version += 1;
+        let version = state.version;
+        if let Some(mut object) = state.objects.remove(&(resource.to_owned(), format!("{namespace}/{name}"))) {
+            object["metadata"]["resourceVersion"] = serde_json::json!(version.to_string());
+            state.events.push((resource.to_owned(), "DELETED".to_owned(), object, version));
+        }
+    }
+}
+
+fn serve_api(conn: std::net::TcpStream, state: std::sync::Arc<std::sync::Mutex<ApiState>>) {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        state.lock().unwrap().requests.push(format!("{method} {target}"));
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let query = query.replace("%3D", "=").replace("%2F", "/");
+        let param =
+            |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}="))).map(str::to_owned);
+        let resource = if path == PODS {
+            PODS
+        } else if path == CAPTURES {
+            CAPTURES
+        } else {
+            ""
+        };
+        let node = param("fieldSelector").and_then(|f| f.strip_prefix("spec.nodeName=").map(str::to_owned));
+        let wanted = |object: &serde_json::Value| node.as_ref().is_none_or(|n| object["spec"]["nodeName"] == *n);
+        let respond = |out: &mut std::net::TcpStream, code: &str, body: &serde_json::Value| {
+            let text = body.to_string();
+            write!(
+                out,
+                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            )
+        };
+        if method == "GET" && !resource.is_empty() && param("watch").is_some_and(|w| w == "true" || w == "1") {
+            // A watch: every later event, as chunks, until the client hangs up.
+            let from: u64 = param("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+            if write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").is_err() {
+                return;
+            }
+            let mut sent = from;
+            loop {
+                let pending: Vec<(String, serde_json::Value, u64)> = state
+                    .lock()
+                    .unwrap()
+                    .events
+                    .iter()
+                    .filter(|(r, _, o, v)| r == resource && *v > sent && wanted(o))
+                    .map(|(_, t, o, v)| (t.clone(), o.clone(), *v))
+                    .collect();
+                for (kind, object, version) in pending {
+                    let text = format!("{}\n", serde_json::json!({ "type": kind, "object": object }));
+                    if write!(out, "{:x}\r\n{text}\r\n", text.len()).is_err() {
+                        return;
+                    }
+                    sent = version;
+                }
+                let _ = out.flush();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else if method == "GET" && !resource.is_empty() {
+            let state = state.lock().unwrap();
+            let items: Vec<serde_json::Value> = state
+                .objects
+                .iter()
+                .filter(|((r, _), o)| r == resource && wanted(o))
+                .map(|(_, o)| o.clone())
+                .collect();
+            let kind = if resource == PODS { "PodList" } else { "RetraceCaptureList" };
+            let list = serde_json::json!({
+                "kind": kind, "apiVersion": if resource == PODS { "v1" } else { "retrace.dev/v1alpha1" },
+                "metadata": { "resourceVersion": state.version.to_string() }, "items": items,
+            });
+            drop(state);
+            if respond(&mut out, "200 OK", &list).is_err() {
+                return;
+            }
+        } else if method == "PATCH" && path.starts_with("/apis/retrace.dev/v1alpha1/namespaces/") && path.ends_with("/status") {
+            let patch: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let parts: Vec<&str> = path.split('/').collect();
+            let key = (CAPTURES.to_owned(), format!("{}/{}", parts[5], parts[7]));
+            let mut state = state.lock().unwrap();
+            state.patches.push((path.to_owned(), patch));
+            let found = state.objects.get(&key).cloned();
+            drop(state);
+            let sent = match found {
+                Some(object) => respond(&mut out, "200 OK", &object),
+                None => respond(&mut out, "404 Not Found", &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})),
+            };
+            if sent.is_err() {
+                return;
+            }
+        } else if respond(&mut out, "404 Not Found", &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})).is_err() {
+            return;
+        }
+    }
+}
+
+fn pod(name: &str, uid: &str, node: &str, app: &str, containers: &[(&str, &str)]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "shop", "uid": uid, "labels": { "app": app, "tier": "front" } },
+        "spec": {
+            "nodeName": node,
+            "containers": containers.iter().map(|(n, _)| serde_json::json!({ "name": n, "image": "img" })).collect::<Vec<_>>(),
+        },
+        "status": {
+            "containerStatuses": containers.iter().map(|(n, id)| serde_json::json!({
+                "name": n, "containerID": format!("containerd://{id}"), "image": "img", "imageID": "",
+                "ready": true, "restartCount": 0,
+            })).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// The stream id of `path` in a local recording.
+fn local_stream(recording: &Path, path: &Path) -> Option<String> {
+    let out = retrace_tests::retrace(&["streams", recording.to_str().unwrap(), "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|s| s["path"] == path.to_str().unwrap())
+        .map(|s| s["id"].to_string())
+}
+
+#[test]
+fn the_agent_watches_the_api_server_and_follows_the_selected_pods_on_its_node() {
+    let dir = scratch("agent-kube");
+    let api = ApiServer::start();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://127.0.0.1:{}\"}}\nusers:\n- name: agent\n  user: {{token: test-token}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: agent}}\ncurrent-context: fake\n",
+            api.port
+        ),
+    )
+    .unwrap();
+    // Pods as the kubelet's systemd driver lays them out, under the real cgroup v2 tree.
+    let slice = retrace_tests::cgroup2_mount().join(format!("retrace-kubepods-{}.slice", std::process::id()));
+    let tag = std::process::id() & 0xffff;
+    let uid = |n: u32| format!("{n:04x}{tag:04x}-aaaa-bbbb-cccc-0123456789ab");
+    let container_dir = |pod_uid: &str, id: &str| {
+        let d = slice
+            .join(format!("kubepods-besteffort-pod{}.slice", pod_uid.replace('-', "_")))
+            .join(format!("cri-containerd-{id}.scope"));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let web1 = (container_dir(&uid(1), "a1"), container_dir(&uid(1), "s1"));
+    let db = container_dir(&uid(2), "d1");
+    let elsewhere = container_dir(&uid(3), "e1");
+    api.put(PODS, pod("web-1", &uid(1), "node-k", "web", &[("app", "a1"), ("sidecar", "s1")]));
+    api.put(PODS, pod("db-1", &uid(2), "node-k", "db", &[("app", "d1")]));
+    api.put(PODS, pod("web-9", &uid(3), "node-x", "web", &[("app", "e1")]));
+
+    let spool = dir.join("spool");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_name = \"node-k\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{}\"]\n[kubernetes]\nkubeconfig = \"{}\"\n",
+            spool.display(),
+            test_identity().to_public(),
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = retrace_tests::retrace_command();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let agent = Agent(cmd.args(["agent", "--config", config.to_str().unwrap()]).stderr(log).spawn().unwrap());
+    wait_for("/readyz after the lists", Duration::from_secs(30), || http_get(port, "/readyz").0 == "200");
+
+    // A request for the app container of the web pods.
+    let request = serde_json::json!({
+        "apiVersion": "retrace.dev/v1alpha1", "kind": "RetraceCapture",
+        "metadata": { "name": "web", "namespace": "shop", "uid": "c-1" },
+        "spec": {
+            "selector": {
+                "podSelector": { "matchLabels": { "app": "web" }, "matchExpressions": [{ "key": "tier", "operator": "In", "values": ["front"] }] },
+                "containers": ["app"],
+            },
+            "duration": "10m",
+        },
+    });
+    api.put(CAPTURES, request);
+    let targets = |spool: &Path| status(spool, "shop", "web")["targets"].clone();
+    wait_for("web-1's app container", Duration::from_secs(20), || {
+        status(&spool, "shop", "web")["phase"] == "Recording"
+            && targets(&spool) == serde_json::json!(["shop/web-1/app"])
+    });
+    let file = |name: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, retrace_tests::pattern(40_000, name.len() as u64 + 5)).unwrap();
+        path
+    };
+    let (in_app, in_sidecar, in_db, in_other) =
+        (file("app.bin"), file("sidecar.bin"), file("db.bin"), file("other.bin"));
+    run_in(&web1.0, &format!("exec cat {}", in_app.display()));
+    run_in(&web1.1, &format!("exec cat {}", in_sidecar.display()));
+    run_in(&db, &format!("exec cat {}", in_db.display()));
+    run_in(&elsewhere, &format!("exec cat {}", in_other.display()));
+
+    // A new pod is followed once it shows up; a deleted one is let go.
+    let web2 = container_dir(&uid(4), "a2");
+    api.put(PODS, pod("web-2", &uid(4), "node-k", "web", &[("app", "a2")]));
+    wait_for("web-2 followed", Duration::from_secs(20), || {
+        targets(&spool) == serde_json::json!(["shop/web-1/app", "shop/web-2/app"])
+    });
+    let in_web2 = file("web2.bin");
+    run_in(&web2, &format!("exec cat {}", in_web2.display()));
+    api.delete(PODS, "shop", "web-1");
+    wait_for("web-1 let go", Duration::from_secs(20), || targets(&spool) == serde_json::json!(["shop/web-2/app"]));
+    assert!(http_get(port, "/metrics").1.contains("retrace_capture_targets 1"));
+
+    // The request deleted: its capture ends.
+    api.delete(CAPTURES, "shop", "web");
+    wait_for("the capture to end", Duration::from_secs(20), || status(&spool, "shop", "web")["phase"] == "Recorded");
+    let recording = std::fs::read_dir(spool.join("shop/web")).unwrap().next().unwrap().unwrap().path();
+    for (path, wanted) in [(&in_app, true), (&in_web2, true), (&in_sidecar, false), (&in_db, false), (&in_other, false)]
+    {
+        match (local_stream(&recording, path), wanted) {
+            (Some(id), true) => {
+                let cat = retrace_tests::retrace(&["cat", recording.to_str().unwrap(), &id, "--in"]);
+                assert_bytes_eq(&cat.stdout, &std::fs::read(path).unwrap(), &path.display().to_string());
+            }
+            (None, false) => {}
+            (found, _) => panic!("{}: recorded {found:?}, wanted {wanted}", path.display()),
+        }
+    }
+    // Its status went to the API server, under this node, as it changed.
+    let state = api.state.lock().unwrap();
+    let phases: Vec<String> = state
+        .patches
+        .iter()
+        .filter(|(path, _)| path == "/apis/retrace.dev/v1alpha1/namespaces/shop/retracecaptures/web/status")
+        .filter_map(|(_, p)| p["status"]["nodes"]["node-k"]["phase"].as_str().map(str::to_owned))
+        .collect();
+    assert!(phases.iter().any(|p| p == "Recording"), "{phases:?}");
+    assert!(state.requests.iter().any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("spec.nodeName")));
+    drop(state);
+    drop(agent);
+    for d in [&web1.0, &web1.1, &db, &elsewhere, &web2] {
+        let _ = std::fs::remove_dir(d);
+        let _ = std::fs::remove_dir(d.parent().unwrap());
+    }
+    let _ = std::fs::remove_dir(&slice);
+}

@@ -10,8 +10,10 @@ pub struct AgentConfig {
     /// This node's name (default: `$NODE_NAME`, else the hostname): recordings go under it.
     #[serde(default)]
     pub node_name: Option<String>,
-    /// Capture requests (`RetraceCapture` objects, `*.yaml`) read from here.
-    pub captures_dir: PathBuf,
+    /// Capture requests (`RetraceCapture` objects, `*.yaml`) read from here (as well as from
+    /// the API server with `[kubernetes]`).
+    #[serde(default)]
+    pub captures_dir: Option<PathBuf>,
     /// Recordings are written here, and kept until uploaded.
     pub spool_dir: PathBuf,
     /// Prometheus metrics (`/metrics`), `/healthz` and `/readyz` on this address.
@@ -40,6 +42,17 @@ pub struct AgentConfig {
     pub upload: Option<Upload>,
     #[serde(default)]
     pub policy: Policy,
+    /// Watch `RetraceCapture` objects and this node's pods through the API server.
+    #[serde(default)]
+    pub kubernetes: Option<Kubernetes>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// A kubeconfig file; default: the pod's service account (in-cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Where recordings go: `s3://bucket/prefix` (AWS environment or profile for credentials).
@@ -108,10 +121,15 @@ impl AgentConfig {
     pub fn read(path: &Path) -> Result<AgentConfig, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: p,
+        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p.clone(),
             message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
-        })
+        })?;
+        if config.captures_dir.is_none() && config.kubernetes.is_none() {
+            let message = "set captures_dir (a folder of requests), [kubernetes] (the API server), or both".into();
+            return Err(ConfigError::Parse { path: p, message });
+        }
+        Ok(config)
     }
 
     pub fn drain_timeout(&self) -> Result<std::time::Duration, ConfigError> {

@@ -16,6 +16,8 @@ pub struct Metrics {
     /// Probe sets loaded (one, shared by every capture).
     pub probe_sets: AtomicU64,
     pub captures_active: AtomicU64,
+    /// Pods or containers the running captures follow.
+    pub targets: AtomicU64,
     pub captures_started: AtomicU64,
     pub captures_finished: AtomicU64,
     pub captures_failed: AtomicU64,
@@ -53,6 +55,12 @@ impl Metrics {
             &[("", get(&self.probe_sets))],
         );
         metric("retrace_captures_active", "gauge", "Captures recording now.", &[("", get(&self.captures_active))]);
+        metric(
+            "retrace_capture_targets",
+            "gauge",
+            "Pods or containers (cgroups) the running captures follow.",
+            &[("", get(&self.targets))],
+        );
         metric("retrace_captures_started_total", "counter", "Captures started.", &[("", get(&self.captures_started))]);
         metric(
             "retrace_captures_finished_total",
@@ -141,7 +149,7 @@ impl Metrics {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` (ready: the captures folder readable, the spool
 /// writable) on `listener`, one request per connection.
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, spool: Arc<Spool>, captures: PathBuf) {
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, spool: Arc<Spool>, captures: Option<PathBuf>) {
     for stream in listener.incoming().flatten() {
         let mut reader = BufReader::new(match stream.try_clone() {
             Ok(s) => s,
@@ -158,10 +166,13 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, spool: Arc<Spool>, ca
             "/readyz" => {
                 let probe = spool.root.join(".ready");
                 let writable = std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)).is_ok();
-                if writable && std::fs::read_dir(&captures).is_ok() {
-                    ("200 OK", "ready\n".to_owned())
-                } else {
-                    ("503 Service Unavailable", "spool not writable or captures folder unreadable\n".to_owned())
+                let folder = captures.as_ref().is_none_or(|c| std::fs::read_dir(c).is_ok());
+                let synced = spool.cluster.get().is_none_or(|c| c.synced());
+                match (writable, folder, synced) {
+                    (true, true, true) => ("200 OK", "ready\n".to_owned()),
+                    (false, _, _) => ("503 Service Unavailable", "the spool is not writable\n".to_owned()),
+                    (_, false, _) => ("503 Service Unavailable", "the captures folder is unreadable\n".to_owned()),
+                    _ => ("503 Service Unavailable", "pods and capture requests not listed yet\n".to_owned()),
                 }
             }
             _ => ("404 Not Found", "not found\n".to_owned()),

@@ -10,6 +10,7 @@
 //! All captures share one probe set (`shared`): the kernel follows their processes and cgroups
 //! together, and a router hands each event to its capture's pipeline.
 
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod pods;
@@ -28,7 +29,9 @@ use std::{
     time::Duration,
 };
 
+use cluster::Cluster;
 use config::AgentConfig;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use metrics::Metrics;
 use request::CaptureObject;
 use serde_json::json;
@@ -64,6 +67,8 @@ pub enum AgentError {
     Storage(#[from] crate::store::remote::RemoteError),
     #[error(transparent)]
     Probes(#[from] crate::recorder::RecordError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// One JSON line on stderr.
@@ -96,6 +101,13 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         Some(u) => Some(Arc::new(Remote::open_at(&u.url, u.endpoint.as_deref())?)),
         None => None,
     };
+    let cluster = match &config.kubernetes {
+        Some(k) => Some(Arc::new(Cluster::connect(k.kubeconfig.as_deref(), &node)?)),
+        None => None,
+    };
+    if let Some(cluster) = &cluster {
+        let _ = spool.cluster.set(cluster.clone());
+    }
     let metrics = Arc::new(Metrics::default());
     // One probe set for every capture.
     let probes = ProbeConfig { ring_buffer_bytes: config.ring_buffer_bytes, max_payload: None, backpressure: false };
@@ -117,12 +129,27 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         let (draining, deadline) = (draining.clone(), deadline.clone());
         std::thread::spawn(move || uploader.run(draining, deadline))
     };
-    let pipeline = Pipeline { shared, spool: spool.clone(), metrics: metrics.clone(), recording, spool_full };
+    let pipeline = Pipeline {
+        shared,
+        spool: spool.clone(),
+        metrics: metrics.clone(),
+        recording,
+        spool_full,
+        cluster: cluster.clone(),
+    };
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut reported: HashSet<String> = HashSet::new();
     while !stop.load(Relaxed) {
-        let (objects, errors) = request::read_dir(&config.captures_dir);
+        let (mut objects, mut errors) = match &config.captures_dir {
+            Some(dir) => request::read_dir(dir),
+            None => Default::default(),
+        };
+        if let Some(cluster) = &cluster {
+            let (more, bad) = cluster.captures();
+            objects.extend(more);
+            errors.extend(bad);
+        }
         for e in errors {
             if reported.insert(e.clone()) {
                 metrics.captures_rejected_invalid.fetch_add(1, Relaxed);
@@ -207,7 +234,24 @@ struct Pipeline {
     /// Recordings being written (the uploader sends only their sealed segments).
     recording: Arc<std::sync::Mutex<HashSet<PathBuf>>>,
     spool_full: Arc<AtomicBool>,
+    cluster: Option<Arc<Cluster>>,
 }
+
+/// What a capture follows.
+enum Selection {
+    Target(Target),
+    /// The pods (or containers) a label selector picks in the request's namespace, on this
+    /// node, as they come and go.
+    Pods {
+        selector: LabelSelector,
+        containers: Vec<String>,
+        cluster: Arc<Cluster>,
+        root: PathBuf,
+    },
+}
+
+/// How often a pod selector's picks are brought up to date.
+const RESELECT: Duration = Duration::from_millis(500);
 
 impl Pipeline {
     /// Starts recording what `object` selects, on a thread of its own; once it ends, the
@@ -222,11 +266,24 @@ impl Pipeline {
             return Err(("policy", format!("namespace {} is not allowed on this node", object.metadata.namespace)));
         }
         let selector = &object.spec.selector;
-        let target = match (&selector.cgroup, selector.pid, &selector.pod_uid) {
-            (Some(cgroup), None, None) => Target::Cgroup(PathBuf::from(cgroup)),
-            (None, Some(pid), None) => Target::Attach(pid),
-            (None, None, Some(uid)) => Target::Cgroup(pod_target(uid, selector.container_id.as_deref())?),
-            _ => return Err(("invalid", "spec.selector needs one of cgroup, pid or podUID".into())),
+        let selection = match (&selector.cgroup, selector.pid, &selector.pod_uid, object.pod_selector()) {
+            (Some(cgroup), None, None, None) => Selection::Target(Target::Cgroup(PathBuf::from(cgroup))),
+            (None, Some(pid), None, None) => Selection::Target(Target::Attach(pid)),
+            (None, None, Some(uid), None) => {
+                Selection::Target(Target::Cgroup(pod_target(uid, selector.container_id.as_deref())?))
+            }
+            (None, None, None, Some((pods, containers))) => {
+                let Some(cluster) = self.cluster.clone() else {
+                    return Err((
+                        "invalid",
+                        "podSelector needs the agent's [kubernetes] section (the pod list)".into(),
+                    ));
+                };
+                kube::core::Selector::try_from(pods.clone()).map_err(|e| ("invalid", format!("podSelector: {e}")))?;
+                let root = pods::cgroup2_root().ok_or(("invalid", "no cgroup v2 mount on this node".to_owned()))?;
+                Selection::Pods { selector: pods.clone(), containers: containers.to_vec(), cluster, root }
+            }
+            _ => return Err(("invalid", "spec.selector needs one of cgroup, pid, podUID or podSelector".into())),
         };
         let duration = object.duration().map_err(|e| ("invalid", format!("spec.duration: {e}")))?;
         let expires = match &object.spec.expires {
@@ -278,14 +335,33 @@ impl Pipeline {
             json!({ "recording": output, "request": request, "lastError": null, "segmentsUploaded": 0 }),
         );
         let thread = std::thread::spawn(move || {
-            let outcome = shared.start(&record_config, &target).map_err(|e| e.to_string()).and_then(|capture| {
+            let started = match &selection {
+                Selection::Target(target) => shared.start(&record_config, target),
+                Selection::Pods { .. } => shared.start_selected(&record_config, &format!("pods in {namespace}")),
+            };
+            let outcome = started.map_err(|e| e.to_string()).and_then(|capture| {
                 // Followed from here on: say so only now.
                 spool.write_status(&namespace, &name, Some("Recording"), json!({}));
                 log("info", "capture started", json!({ "capture": key, "output": output }));
                 // For its duration, until its request is withdrawn or the agent stops, until it
                 // holds its byte budget, or while the spool has no room for it.
                 let until = std::time::Instant::now() + duration;
+                let mut targets: HashMap<String, (PathBuf, u64)> = HashMap::new();
+                let mut reselect = std::time::Instant::now();
                 while std::time::Instant::now() < until && !*stop_rx.borrow() {
+                    if let Selection::Pods { selector, containers, cluster, root } = &selection {
+                        if std::time::Instant::now() >= reselect {
+                            reselect = std::time::Instant::now() + RESELECT;
+                            let picked = cluster::select(&cluster.pods(), &namespace, selector, containers, root);
+                            let changed = follow(&shared, &capture, &mut targets, picked.unwrap_or_default(), &metrics);
+                            if changed {
+                                let mut names: Vec<&String> = targets.keys().collect();
+                                names.sort();
+                                spool.write_status(&namespace, &name, None, json!({ "targets": names }));
+                                log("info", "capture targets", json!({ "capture": key, "targets": names }));
+                            }
+                        }
+                    }
                     if max_bytes.is_some_and(|max| spool::recording_bytes(&output) >= max) {
                         log(
                             "info",
@@ -301,6 +377,7 @@ impl Pipeline {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
+                metrics.targets.fetch_sub(targets.len() as u64, Relaxed);
                 shared.finish(capture).map_err(|e| e.to_string())
             });
             metrics.captures_active.fetch_sub(1, Relaxed);
@@ -328,6 +405,43 @@ impl Pipeline {
         });
         Ok(Running { stop: stop_tx, thread })
     }
+}
+
+/// Brings a capture's followed cgroups to `picked` (target name, cgroup folder); whether
+/// anything changed.
+fn follow(
+    shared: &SharedProbes,
+    capture: &crate::shared::Capture,
+    targets: &mut HashMap<String, (PathBuf, u64)>,
+    picked: Vec<(String, PathBuf)>,
+    metrics: &Metrics,
+) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut changed = false;
+    let wanted: HashSet<&String> = picked.iter().map(|(n, _)| n).collect();
+    let gone: Vec<String> = targets.keys().filter(|n| !wanted.contains(n)).cloned().collect();
+    for name in gone {
+        if let Some((_, id)) = targets.remove(&name) {
+            let _ = shared.unfollow_cgroup(capture, id);
+            metrics.targets.fetch_sub(1, Relaxed);
+            changed = true;
+        }
+    }
+    for (name, dir) in picked {
+        if targets.contains_key(&name) {
+            continue;
+        }
+        let Ok(id) = std::fs::metadata(&dir).map(|m| m.ino()) else { continue };
+        match shared.follow_cgroup(capture, &dir) {
+            Ok(_) => {
+                targets.insert(name, (dir, id));
+                metrics.targets.fetch_add(1, Relaxed);
+                changed = true;
+            }
+            Err(e) => log("warn", "cannot follow a target", json!({ "target": name, "error": e.to_string() })),
+        }
+    }
+    changed
 }
 
 fn count(metrics: &Metrics, summary: &RecordSummary) {

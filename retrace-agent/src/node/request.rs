@@ -3,6 +3,7 @@
 
 use std::{path::Path, time::Duration};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 
 pub const API_VERSION: &str = "retrace.dev/v1alpha1";
@@ -22,6 +23,9 @@ pub struct Metadata {
     pub name: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// The API server's id of the object (a request recreated under the same name is new).
+    #[serde(default)]
+    pub uid: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -46,6 +50,12 @@ pub struct Spec {
     /// How long the recording is kept (`7d`).
     #[serde(default)]
     pub expires: Option<String>,
+    /// The pods to record (as `selector.podSelector`).
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelector>,
+    /// Only these containers of them (as `selector.containers`).
+    #[serde(default)]
+    pub containers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -62,6 +72,13 @@ pub struct Selector {
     pub pod_uid: Option<String>,
     #[serde(default, rename = "containerID")]
     pub container_id: Option<String>,
+    /// Pods on this node in the request's namespace, by label (`matchLabels`,
+    /// `matchExpressions`), followed as they come and go; needs the agent's `[kubernetes]`.
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelector>,
+    /// Only these containers of the selected pods (names); default: the whole pod.
+    #[serde(default)]
+    pub containers: Vec<String>,
 }
 
 impl CaptureObject {
@@ -75,6 +92,16 @@ impl CaptureObject {
     pub fn fingerprint(&self) -> String {
         let digest = blake3::hash(format!("{self:?}").as_bytes());
         digest.to_hex()[..16].to_owned()
+    }
+
+    /// The pod selector and container names, from `spec.selector` or `spec`.
+    pub fn pod_selector(&self) -> Option<(&LabelSelector, &[String])> {
+        let selector = &self.spec.selector;
+        match (&selector.pod_selector, &self.spec.pod_selector) {
+            (Some(pods), _) => Some((pods, &selector.containers)),
+            (None, Some(pods)) => Some((pods, &self.spec.containers)),
+            (None, None) => None,
+        }
     }
 
     pub fn duration(&self) -> Result<Duration, String> {

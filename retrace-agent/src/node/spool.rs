@@ -19,6 +19,8 @@ pub struct Spool {
     /// Status files are read, merged and replaced under this lock (the capture threads and the
     /// uploader both write them).
     status: Mutex<()>,
+    /// Where statuses are also published (the API server's objects).
+    pub cluster: std::sync::OnceLock<std::sync::Arc<super::cluster::Cluster>>,
 }
 
 /// What eviction dropped.
@@ -32,7 +34,7 @@ pub struct Evicted {
 impl Spool {
     pub fn open(root: PathBuf, max_bytes: Option<u64>) -> std::io::Result<Spool> {
         std::fs::create_dir_all(root.join("status"))?;
-        Ok(Spool { root, max_bytes, status: Mutex::new(()) })
+        Ok(Spool { root, max_bytes, status: Mutex::new(()), cluster: Default::default() })
     }
 
     /// Where a capture's recording started at `started` (s) goes.
@@ -107,6 +109,15 @@ impl Spool {
         let tmp = path.with_extension("json.tmp");
         if std::fs::write(&tmp, status.to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
+        }
+        if let Some(cluster) = self.cluster.get() {
+            let mut public = status.clone();
+            if let Some(s) = public.as_object_mut() {
+                // The spool's path and the request's fingerprint are the node's business.
+                s.remove("recording");
+                s.remove("request");
+            }
+            cluster.publish_status(namespace, name, &public);
         }
     }
 

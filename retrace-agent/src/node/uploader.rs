@@ -154,7 +154,8 @@ impl Uploader {
                 json!({ "segments": evicted.segments, "bytes": evicted.bytes, "records": evicted.records }),
             );
         }
-        if self.spool_full.swap(!within, Relaxed) != !within && !within {
+        let was_full = self.spool_full.swap(!within, Relaxed);
+        if !within && !was_full {
             log("warn", "spool full: running captures end", json!({ "max_bytes": self.spool.max_bytes }));
         }
         left
