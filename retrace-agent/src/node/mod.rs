@@ -299,6 +299,29 @@ impl Pipeline {
             .map(|r| crate::keys::parse_recipient(r))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ("invalid", format!("spec.recipients: {e}")))?;
+        let rules = match &object.spec.rules {
+            None => RulesFile::default(),
+            Some(rules) => {
+                let text = match (&rules.inline, &rules.config_map_ref, &self.cluster) {
+                    (Some(text), None, _) => text.clone(),
+                    (None, Some(r), Some(cluster)) => {
+                        cluster.config_map(&object.metadata.namespace, &r.name, &r.key).map_err(|e| ("invalid", e))?
+                    }
+                    (None, Some(_), None) => {
+                        return Err((
+                            "invalid",
+                            "spec.rules.configMapRef needs the agent's [kubernetes] section".into(),
+                        ))
+                    }
+                    _ => return Err(("invalid", "spec.rules needs one of inline or configMapRef".into())),
+                };
+                let parsed: RulesFile = toml::from_str(&text).map_err(|e| {
+                    ("invalid", format!("spec.rules: {}", e.to_string().lines().next().unwrap_or_default()))
+                })?;
+                parsed.compile().map_err(|e| ("invalid", format!("spec.rules: {e}")))?;
+                parsed
+            }
+        };
         let started = now_wall_ns() / 1_000_000_000;
         let (namespace, name) = (object.metadata.namespace.clone(), object.metadata.name.clone());
         let output = self.spool.recording_dir(&namespace, &name, &format!("{node}-{started}"));
@@ -312,7 +335,7 @@ impl Pipeline {
             segments: SegmentPolicy::default(),
             recipients,
             expires,
-            rules: RulesFile::default(),
+            rules,
             agent_cpus: None,
         };
         let max_bytes = match (object.spec.max_bytes, config.max_bytes_per_capture) {

@@ -50,12 +50,30 @@ pub struct Spec {
     /// How long the recording is kept (`7d`).
     #[serde(default)]
     pub expires: Option<String>,
+    /// Redaction rules (TOML) applied at record time: inline, or a ConfigMap's key.
+    #[serde(default)]
+    pub rules: Option<Rules>,
     /// The pods to record (as `selector.podSelector`).
     #[serde(default)]
     pub pod_selector: Option<LabelSelector>,
     /// Only these containers of them (as `selector.containers`).
     #[serde(default)]
     pub containers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Rules {
+    #[serde(default)]
+    pub inline: Option<String>,
+    #[serde(default)]
+    pub config_map_ref: Option<ConfigMapRef>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+pub struct ConfigMapRef {
+    pub name: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
