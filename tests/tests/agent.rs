@@ -554,13 +554,34 @@ impl ApiServer {
         state.events.push((resource.to_owned(), kind.to_owned(), object, version));
     }
 
-    fn delete(&self, resource: &str, namespace: &str, name: &str) {
+    /// Whether it was there.
+    fn delete(&self, resource: &str, namespace: &str, name: &str) -> bool {
         let mut state = self.state.lock().unwrap();
         state.version += 1;
         let version = state.version;
-        if let Some(mut object) = state.objects.remove(&(resource.to_owned(), format!("{namespace}/{name}"))) {
-            object["metadata"]["resourceVersion"] = serde_json::json!(version.to_string());
-            state.events.push((resource.to_owned(), "DELETED".to_owned(), object, version));
+        let Some(mut object) = state.objects.remove(&(resource.to_owned(), format!("{namespace}/{name}"))) else {
+            return false;
+        };
+        object["metadata"]["resourceVersion"] = serde_json::json!(version.to_string());
+        state.events.push((resource.to_owned(), "DELETED".to_owned(), object, version));
+        true
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    for (key, value) in fields {
+        if value.is_null() {
+            target.as_object_mut().unwrap().remove(key);
+        } else {
+            merge_patch(target.as_object_mut().unwrap().entry(key.clone()).or_insert(serde_json::Value::Null), value);
         }
     }
 }
@@ -660,6 +681,29 @@ fn serve_api(conn: std::net::TcpStream, state: std::sync::Arc<std::sync::Mutex<A
             if respond(&mut out, "200 OK", &list).is_err() {
                 return;
             }
+        } else if (method == "POST" || method == "DELETE") && path.starts_with("/apis/retrace.dev/v1alpha1/namespaces/") {
+            // retrace capture start (POST .../namespaces/NS/retracecaptures) and stop (DELETE .../NAME).
+            let parts: Vec<&str> = path.split('/').collect();
+            let api = ApiServer { port: 0, state: state.clone() };
+            let answer = if method == "POST" {
+                let mut object: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                object["metadata"]["namespace"] = serde_json::json!(parts[5]);
+                object["metadata"]["uid"] = serde_json::json!(format!("uid-{}", object["metadata"]["name"].as_str().unwrap_or("")));
+                api.put(CAPTURES, object.clone());
+                object
+            } else if api.delete(CAPTURES, parts[5], parts[7]) {
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
+            } else {
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+            };
+            let code = match (method.as_str(), answer["code"].as_u64()) {
+                ("POST", _) => "201 Created",
+                (_, Some(404)) => "404 Not Found",
+                _ => "200 OK",
+            };
+            if respond(&mut out, code, &answer).is_err() {
+                return;
+            }
         } else if method == "GET" && path.starts_with("/api/v1/namespaces/") && path.contains("/configmaps/") {
             let parts: Vec<&str> = path.split('/').collect();
             let key = (CONFIGMAPS.to_owned(), format!("{}/{}", parts[4], parts[6]));
@@ -676,7 +720,10 @@ fn serve_api(conn: std::net::TcpStream, state: std::sync::Arc<std::sync::Mutex<A
             let parts: Vec<&str> = path.split('/').collect();
             let key = (CAPTURES.to_owned(), format!("{}/{}", parts[5], parts[7]));
             let mut state = state.lock().unwrap();
-            state.patches.push((path.to_owned(), patch));
+            state.patches.push((path.to_owned(), patch.clone()));
+            if let Some(object) = state.objects.get_mut(&key) {
+                merge_patch(object, &patch);
+            }
             let found = state.objects.get(&key).cloned();
             drop(state);
             let sent = match found {
@@ -817,12 +864,12 @@ fn the_agent_watches_the_api_server_and_follows_the_selected_pods_on_its_node() 
     });
     let in_web2 = file("web2.bin");
     run_in(&web2, &format!("exec cat {}", in_web2.display()));
-    api.delete(PODS, "shop", "web-1");
+    assert!(api.delete(PODS, "shop", "web-1"));
     wait_for("web-1 let go", Duration::from_secs(20), || targets(&spool) == serde_json::json!(["shop/web-2/app"]));
     assert!(http_get(port, "/metrics").1.contains("retrace_capture_targets 1"));
 
     // The request deleted: its capture ends.
-    api.delete(CAPTURES, "shop", "web");
+    assert!(api.delete(CAPTURES, "shop", "web"));
     wait_for("the capture to end", Duration::from_secs(20), || status(&spool, "shop", "web")["phase"] == "Recorded");
     let recording = std::fs::read_dir(spool.join("shop/web")).unwrap().next().unwrap().unwrap().path();
     for (path, wanted) in [(&in_app, true), (&in_web2, true), (&in_sidecar, false), (&in_db, false), (&in_other, false)]
@@ -851,6 +898,26 @@ fn the_agent_watches_the_api_server_and_follows_the_selected_pods_on_its_node() 
     assert!(phases.iter().any(|p| p == "Recording"), "{phases:?}");
     assert!(state.requests.iter().any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("spec.nodeName")));
     drop(state);
+
+    // `retrace capture` against the API server: start, list with each node's phase, stop.
+    let kc = kubeconfig.to_str().unwrap();
+    let start =
+        ["capture", "start", "quiet", "-n", "shop", "--kubeconfig", kc, "--pods", "app=none", "--container", "app"];
+    let started = retrace_tests::retrace(&[&start[..], &["--duration", "10m"]].concat());
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    wait_for("the quiet capture", Duration::from_secs(20), || status(&spool, "shop", "quiet")["phase"] == "Recording");
+    wait_for("its status on the API server", Duration::from_secs(20), || {
+        let listed = retrace_tests::retrace(&["capture", "list", "--kubeconfig", kc]);
+        let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+        text.lines().any(|l| l.starts_with("shop/quiet") && l.contains("node-k:Recording") && l.contains("\"none\""))
+    });
+    let stopped = retrace_tests::retrace(&["capture", "stop", "quiet", "-n", "shop", "--kubeconfig", kc]);
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    wait_for("the quiet capture to end", Duration::from_secs(20), || {
+        status(&spool, "shop", "quiet")["phase"] == "Recorded"
+    });
+    let missing = retrace_tests::retrace(&["capture", "stop", "nothing", "-n", "shop", "--kubeconfig", kc]);
+    assert!(!missing.status.success());
     drop(agent);
     for d in [&web1.0, &web1.1, &db, &elsewhere, &web2] {
         let _ = std::fs::remove_dir(d);

@@ -212,3 +212,86 @@ pub fn select(
     targets.sort();
     Ok(targets)
 }
+
+/// `RetraceCapture` objects on the API server, for `retrace capture start|list|stop`.
+pub struct Requests {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    resource: ApiResource,
+}
+
+impl Requests {
+    /// With `kubeconfig`, else `$KUBECONFIG`, `~/.kube/config` or the pod's service account.
+    pub fn connect(kubeconfig: Option<&Path>) -> Result<Requests, ClusterError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Client(e.to_string()))?;
+        let config = match kubeconfig {
+            Some(path) => {
+                let bad = |message: String| ClusterError::Kubeconfig { path: path.display().to_string(), message };
+                let file = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+                runtime
+                    .block_on(Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()))
+                    .map_err(|e| bad(e.to_string()))?
+            }
+            None => runtime.block_on(Config::infer()).map_err(|e| ClusterError::InCluster(e.to_string()))?,
+        };
+        let client =
+            runtime.block_on(async { Client::try_from(config) }).map_err(|e| ClusterError::Client(e.to_string()))?;
+        let gvk = GroupVersionKind::gvk("retrace.dev", "v1alpha1", super::request::KIND);
+        Ok(Requests { runtime, client, resource: ApiResource::from_gvk_with_plural(&gvk, "retracecaptures") })
+    }
+
+    fn api(&self, namespace: Option<&str>) -> Api<DynamicObject> {
+        match namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &self.resource),
+            None => Api::all_with(self.client.clone(), &self.resource),
+        }
+    }
+
+    /// Creates the request (`spec` as JSON).
+    pub fn create(&self, namespace: &str, name: &str, spec: serde_json::Value) -> Result<(), ClusterError> {
+        let mut object = DynamicObject::new(name, &self.resource).within(namespace);
+        object.data = json!({ "spec": spec });
+        self.runtime
+            .block_on(self.api(Some(namespace)).create(&kube::api::PostParams::default(), &object))
+            .map(|_| ())
+            .map_err(|e| ClusterError::Client(short(&e)))
+    }
+
+    /// Every request: (namespace, name, spec, status).
+    pub fn list(&self) -> Result<Vec<(String, String, serde_json::Value, serde_json::Value)>, ClusterError> {
+        let list = self
+            .runtime
+            .block_on(self.api(None).list(&kube::api::ListParams::default()))
+            .map_err(|e| ClusterError::Client(short(&e)))?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|o| {
+                (
+                    o.metadata.namespace.clone().unwrap_or_default(),
+                    o.metadata.name.clone().unwrap_or_default(),
+                    o.data.get("spec").cloned().unwrap_or_default(),
+                    o.data.get("status").cloned().unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    pub fn delete(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        self.runtime
+            .block_on(self.api(Some(namespace)).delete(name, &kube::api::DeleteParams::default()))
+            .map(|_| ())
+            .map_err(|e| ClusterError::Client(short(&e)))
+    }
+}
+
+/// The API server's message where it sent one.
+fn short(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
+}
