@@ -146,6 +146,7 @@ impl SharedProbes {
         }
         let mut probes = self.probes.lock().expect("probes");
         for &tgid in &pids {
+            probes.charge_to(tgid, id)?;
             probes.trace(tgid)?;
         }
         if let Some(cg) = cgroup {
@@ -171,9 +172,18 @@ impl SharedProbes {
         let mut probes = self.probes.lock().expect("probes");
         probes.trace_cgroup(cg, capture.id)?;
         for &tgid in &pids {
+            probes.charge_to(tgid, capture.id)?;
             probes.trace(tgid)?;
         }
         Ok(true)
+    }
+
+    /// Caps the capture's payload at `bytes_per_second` in the kernel (bursts of a second's
+    /// worth, at least 256 KiB): what is beyond it becomes `rate_limit` gaps, and the traced
+    /// processes never wait.
+    pub fn set_rate(&self, capture: &Capture, bytes_per_second: u64) -> Result<(), RecordError> {
+        let burst = bytes_per_second.max(256 << 10);
+        Ok(self.probes.lock().expect("probes").set_rate(capture.id, Some((bytes_per_second, burst)))?)
     }
 
     /// Stops following a cgroup (its pod went away): processes that exec there are no longer
@@ -198,6 +208,7 @@ impl SharedProbes {
             for &cg in capture.cgroups.lock().expect("cgroups").iter() {
                 probes.untrace_cgroup(cg)?;
             }
+            probes.set_rate(capture.id, None)?;
             for &tgid in &members {
                 probes.untrace(tgid);
             }

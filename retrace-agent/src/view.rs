@@ -164,6 +164,7 @@ pub fn gap_reason_name(r: GapReason) -> &'static str {
     match r {
         GapReason::RingFull => "ring_full",
         GapReason::MaxPayload => "max_payload",
+        GapReason::RateLimit => "rate_limit",
         GapReason::Fault => "fault",
         GapReason::InKernelCopy => "in_kernel_copy",
         GapReason::RecordDropped => "record_dropped",

@@ -81,6 +81,8 @@ pub const SYSCALL_HAS_PENDING_LOSS: u32 = 1 << 1;
 /// A record that changed what this call's fd refers to (open, close, dup, ...) was dropped
 /// since the fd's last record: the agent no longer knows what it is. On records and chunks.
 pub const FD_REOPENED: u32 = 1 << 2;
+/// The call's truncation (`truncated`) is its capture's rate cap, not `--max-payload`.
+pub const SYSCALL_RATE_LIMITED: u32 = 1 << 3;
 
 /// One finished syscall of a traced task: its arguments, result and, for data calls, the byte
 /// accounting `bytes == captured + lost_ring + lost_fault + truncated`.
@@ -142,6 +144,20 @@ pub const TASK_GROUP_DEAD: u32 = 1;
 pub const TASK_JOINED: u32 = 2;
 /// How many cgroups one probe set can record (`CGROUPS`).
 pub const MAX_CGROUPS: u32 = 1024;
+/// How many captures may have a rate cap (`RATES`).
+pub const MAX_RATED_CAPTURES: u32 = 256;
+
+/// A capture's payload rate cap in the kernel (`RATES`, by capture id): a token bucket of
+/// bytes, refilled at `rate` bytes a second up to `burst`. Payload beyond it is not copied:
+/// it is counted as truncated (`SYSCALL_RATE_LIMITED`) and becomes a gap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RateBucket {
+    pub tokens: u64,
+    pub last_ns: u64,
+    pub rate: u64,
+    pub burst: u64,
+}
 
 /// Key of the kernel's `PENDING_LOSS` map: payload lost together with its syscall record.
 #[repr(C)]
@@ -167,6 +183,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for FdKey {}
     unsafe impl aya::Pod for PendingLoss {}
+    unsafe impl aya::Pod for RateBucket {}
 }
 
 pub const HEADER_SIZE: usize = core::mem::size_of::<Header>();

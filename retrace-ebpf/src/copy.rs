@@ -82,12 +82,20 @@ impl Copy {
         buf_or_vec: u64,
         len_or_count: u64,
         moved: u64,
+        keep: u64,
+        rate_limited: bool,
     ) -> Option<&'static DataAccount> {
-        let cap = max_payload();
+        // mmsghdr calls return a message count: only `--max-payload` bounds their bytes.
+        let cap_left = match (source, max_payload()) {
+            (Source::Mmsghdr, 0) => u64::MAX,
+            (Source::Mmsghdr, cap) => cap,
+            _ => keep,
+        };
         let slot = COPY_STATE.get_ptr_mut(0)?;
         // SAFETY: per-CPU slot; programs do not nest on a CPU while a syscall exit runs.
         let s = unsafe { &mut *slot };
         let (lost_before_in, lost_before_out, reopened) = crate::emit::take_pending_loss(call.tgid, fd);
+        let reopened = reopened | if rate_limited { retrace_common::SYSCALL_RATE_LIMITED as u64 } else { 0 };
         // Field by field: a struct literal becomes a byte-loop `memset` plus stores in BPF.
         {
             use core::ptr::addr_of_mut as at;
@@ -116,7 +124,7 @@ impl Copy {
             put(at!(s.cur_left), 0);
             put(at!(s.msg_left), 0);
             put(at!(s.offset), 0);
-            put(at!(s.cap_left), if cap == 0 { u64::MAX } else { cap });
+            put(at!(s.cap_left), cap_left);
             put(at!(s.position_arg), call.args[3]);
         }
         match source {
@@ -305,7 +313,7 @@ fn emit_class<const C: usize>(s: &mut Copy, n: u64, level: RingLevel) -> bool {
         (*chunk).lost_before_in = s.acct.lost_before_in;
         (*chunk).lost_before_out = s.acct.lost_before_out;
         (*chunk).sys = s.sys;
-        (*chunk).flags = s.acct.reopened as u32;
+        (*chunk).flags = (s.acct.reopened as u32) & retrace_common::FD_REOPENED;
         (*chunk).position_arg = s.position_arg;
         let dst = (rec as *mut u8).add(DATA_CHUNK_SIZE);
         if n as usize <= C && raw_read_user(dst.cast(), n, s.cur_base as *const c_void) == 0 {

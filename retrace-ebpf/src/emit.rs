@@ -18,7 +18,7 @@ use retrace_common::{
     kind,
     syscall::Sys,
     FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, FD_REOPENED, SYSCALL_DATA,
-    SYSCALL_HAS_PENDING_LOSS, SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
+    SYSCALL_HAS_PENDING_LOSS, SYSCALL_RATE_LIMITED, SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
 };
 
 use crate::{
@@ -217,8 +217,9 @@ pub enum Pieces {
 /// the verifier must see a constant offset for the second copy). When that fails, the call's
 /// plain record counts the bytes as lost.
 #[inline(always)]
-pub fn data_call(call: &Call, sys: Sys, fd: i32, pieces: Pieces, moved: u64, n: u64) {
+pub fn data_call(call: &Call, sys: Sys, fd: i32, pieces: Pieces, moved: u64, n: u64, rate_limited: bool) {
     let (lost_before_in, lost_before_out, reopened) = take_pending_loss(call.tgid, fd);
+    let reopened = reopened | if rate_limited { SYSCALL_RATE_LIMITED as u64 } else { 0 };
     let mut acct = DataAccount {
         call_bytes: moved,
         lost_before_in,
@@ -390,9 +391,8 @@ fn fill(
         if lost_in + lost_out > 0 {
             flags |= SYSCALL_HAS_PENDING_LOSS;
         }
-        if reopened != 0 {
-            flags |= FD_REOPENED;
-        }
+        // `reopened` carries the flag bits FD_REOPENED and SYSCALL_RATE_LIMITED.
+        flags |= (reopened as u32) & (FD_REOPENED | SYSCALL_RATE_LIMITED);
         put(at!((*rec).flags), flags);
         put(at!((*rec).lost_before_in), lost_in);
         put(at!((*rec).lost_before_out), lost_out);

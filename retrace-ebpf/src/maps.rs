@@ -138,3 +138,46 @@ pub static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(retrace_common
 /// Word 0 is nonzero once `CGROUPS` holds any: other processes' execs then skip the lookups.
 #[map]
 pub static CGROUPS_ANY: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Which capture a process belongs to (node agent, only where a capture has a rate cap to
+/// charge): set by user space for the processes a capture starts with, by the kernel for
+/// processes that join at exec and for the children of members; cleared at exit.
+#[map]
+pub static CAPTURE_OF: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Captures' payload rate caps (see `RateBucket`).
+#[map]
+pub static RATES: HashMap<u32, retrace_common::RateBucket> =
+    HashMap::with_max_entries(retrace_common::MAX_RATED_CAPTURES, 0);
+
+/// Word 0 is nonzero once `RATES` holds any: without it a data call looks nothing up.
+#[map]
+pub static RATES_ANY: Array<u32> = Array::with_max_entries(1, 0);
+
+/// How many of a call's `moved` payload bytes it keeps: `--max-payload`, then its capture's
+/// rate cap (charged here). Whether the rate cap cut it.
+#[inline(always)]
+pub fn payload_kept(tgid: u32, ts_ns: u64, moved: u64) -> (u64, bool) {
+    let cap = max_payload();
+    let kept = if cap != 0 && cap < moved { cap } else { moved };
+    if RATES_ANY.get(0).is_none_or(|any| *any == 0) {
+        return (kept, false);
+    }
+    // SAFETY: map lookups; the bucket is this capture's, updated in place (a race between
+    // CPUs can grant a little more than the cap, never lose track of what was kept).
+    let Some(capture) = (unsafe { CAPTURE_OF.get(&tgid) }) else { return (kept, false) };
+    let Some(bucket) = RATES.get_ptr_mut(capture) else { return (kept, false) };
+    let b = unsafe { &mut *bucket };
+    let elapsed = if ts_ns > b.last_ns { ts_ns - b.last_ns } else { 0 };
+    // At most a second's refill: elapsed × rate stays within 64 bits for rates below 16 GB/s.
+    let elapsed = if elapsed > 1_000_000_000 { 1_000_000_000 } else { elapsed };
+    let add = elapsed * b.rate / 1_000_000_000;
+    if add > 0 {
+        let tokens = b.tokens + add;
+        b.tokens = if tokens > b.burst { b.burst } else { tokens };
+        b.last_ns = ts_ns;
+    }
+    let grant = if kept < b.tokens { kept } else { b.tokens };
+    b.tokens -= grant;
+    (grant, grant < kept)
+}

@@ -925,3 +925,68 @@ fn the_agent_watches_the_api_server_and_follows_the_selected_pods_on_its_node() 
     }
     let _ = std::fs::remove_dir(&slice);
 }
+
+#[test]
+fn a_capture_s_rate_cap_is_kept_in_the_kernel_as_counted_gaps_and_never_slows_the_pod() {
+    let dir = scratch("agent-rate");
+    let (captures, spool) = (dir.join("captures"), dir.join("spool"));
+    std::fs::create_dir_all(&captures).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "captures_dir = \"{}\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{}\"]\n",
+            captures.display(),
+            spool.display(),
+            test_identity().to_public()
+        ),
+    )
+    .unwrap();
+    let mut cmd = retrace_tests::retrace_command();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let _agent = Agent(cmd.args(["agent", "--config", config.to_str().unwrap()]).stderr(log).spawn().unwrap());
+    wait_for("/healthz", Duration::from_secs(20), || http_get(port, "/healthz").0 == "200");
+    let cgroup = retrace_tests::cgroup2_mount().join(format!("retrace-rate-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).unwrap();
+    let rate = 300_000u64;
+    std::fs::write(
+        captures.join("rated.yaml"),
+        format!(
+            "apiVersion: retrace.dev/v1alpha1\nkind: RetraceCapture\nmetadata: {{name: rated, namespace: shop}}\nspec:\n  selector: {{cgroup: {}}}\n  duration: 3s\n  maxBytesPerSecond: {rate}\n",
+            cgroup.display()
+        ),
+    )
+    .unwrap();
+    wait_for("the rated capture", Duration::from_secs(20), || status(&spool, "shop", "rated")["phase"] == "Recording");
+    std::thread::sleep(Duration::from_millis(300));
+    let file = dir.join("big.bin");
+    let content = retrace_tests::pattern(4 << 20, 3);
+    std::fs::write(&file, &content).unwrap();
+    let started = Instant::now();
+    run_in(&cgroup, &format!("exec cat {}", file.display()));
+    let took = started.elapsed();
+    wait_for("the rated capture to end", Duration::from_secs(30), || {
+        status(&spool, "shop", "rated")["phase"] == "Recorded"
+    });
+    let recording = std::fs::read_dir(spool.join("shop/rated")).unwrap().next().unwrap().unwrap().path();
+    let rec = retrace_tests::Rec::open(&recording);
+    let s = rec.by_path(&file);
+    // Every byte moved is accounted for: what was kept, and the rest as rate_limit gaps.
+    assert_eq!(s.bytes_in + s.lost_bytes_in, content.len() as u64, "{s:?}");
+    // The bucket starts full (a second's worth), then refills at the rate; cat's writes to
+    // /dev/null are charged too.
+    let kept = s.bytes_in;
+    let allowed = rate + rate * (took.as_millis() as u64 + 1000) / 1000;
+    assert!(kept > 0 && kept <= allowed, "kept {kept} of {} bytes within {took:?} (allowed {allowed})", content.len());
+    assert!(took < Duration::from_secs(3), "the capture slowed its process: {took:?}");
+    let gaps = rec.gaps(s.id);
+    assert!(!gaps.is_empty());
+    assert!(gaps.iter().all(|g| retrace_agent::view::gap_reason_name(g.reason()) == "rate_limit"), "{gaps:?}");
+    // What was kept is the file's bytes at their places.
+    for d in rec.data(s.id) {
+        let at = d.offset as usize;
+        assert_eq!(&d.payload[..], &content[at..at + d.payload.len()], "bytes at {at}");
+    }
+    let _ = std::fs::remove_dir(&cgroup);
+}

@@ -229,6 +229,36 @@ impl Probes {
         Ok(())
     }
 
+    /// Charges `tgid` (and, from now on, its children) to `capture`'s rate cap.
+    pub fn charge_to(&mut self, tgid: u32, capture: u32) -> Result<(), CaptureError> {
+        let mut map: BpfHashMap<&mut MapData, u32, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut("CAPTURE_OF").expect("CAPTURE_OF map"))
+                .map_err(CaptureError::map)?;
+        map.insert(tgid, capture, 0).map_err(CaptureError::map)
+    }
+
+    /// Caps `capture`'s payload at `bytes_per_second` (bursts up to `burst` bytes) in the
+    /// kernel; `None` lifts the cap.
+    pub fn set_rate(&mut self, capture: u32, cap: Option<(u64, u64)>) -> Result<(), CaptureError> {
+        let mut rates: BpfHashMap<&mut MapData, u32, retrace_common::RateBucket> =
+            BpfHashMap::try_from(self.ebpf.map_mut("RATES").expect("RATES map")).map_err(CaptureError::map)?;
+        match cap {
+            Some((rate, burst)) => {
+                let now = crate::streams::tracker::monotonic_ns();
+                let bucket = retrace_common::RateBucket { tokens: burst, last_ns: now, rate, burst };
+                rates.insert(capture, bucket, 0).map_err(CaptureError::map)?;
+                let mut any: aya::maps::Array<&mut MapData, u32> =
+                    aya::maps::Array::try_from(self.ebpf.map_mut("RATES_ANY").expect("RATES_ANY map"))
+                        .map_err(CaptureError::map)?;
+                any.set(0, 1, 0).map_err(CaptureError::map)
+            }
+            None => {
+                let _ = rates.remove(&capture);
+                Ok(())
+            }
+        }
+    }
+
     /// Stops following `tgid`.
     pub fn untrace(&mut self, tgid: u32) {
         self.traced.clear(tgid);

@@ -24,6 +24,10 @@ pub struct AgentConfig {
     /// No capture records more than this many bytes (a request's maxBytes may ask for less).
     #[serde(default)]
     pub max_bytes_per_capture: Option<u64>,
+    /// No capture records more than this many payload bytes a second (enforced in the kernel;
+    /// a request's maxBytesPerSecond may ask for less).
+    #[serde(default)]
+    pub max_bytes_per_second_per_capture: Option<u64>,
     /// Kernel ring buffer per capture (bytes, power of two).
     #[serde(default = "default_ring")]
     pub ring_buffer_bytes: u32,

@@ -342,6 +342,13 @@ impl Pipeline {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let max_rate = match (object.spec.max_bytes_per_second, config.max_bytes_per_second_per_capture) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if max_rate == Some(0) {
+            return Err(("invalid", "spec.maxBytesPerSecond must be above 0".into()));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let key = object.key();
         let (shared, spool, metrics) = (self.shared.clone(), self.spool.clone(), self.metrics.clone());
@@ -362,7 +369,17 @@ impl Pipeline {
                 Selection::Target(target) => shared.start(&record_config, target),
                 Selection::Pods { .. } => shared.start_selected(&record_config, &format!("pods in {namespace}")),
             };
-            let outcome = started.map_err(|e| e.to_string()).and_then(|capture| {
+            let rated = started.and_then(|capture| match max_rate {
+                Some(rate) => match shared.set_rate(&capture, rate) {
+                    Ok(()) => Ok(capture),
+                    Err(e) => {
+                        let _ = shared.finish(capture);
+                        Err(e)
+                    }
+                },
+                None => Ok(capture),
+            });
+            let outcome = rated.map_err(|e| e.to_string()).and_then(|capture| {
                 // Followed from here on: say so only now.
                 spool.write_status(&namespace, &name, Some("Recording"), json!({}));
                 log("info", "capture started", json!({ "capture": key, "output": output }));

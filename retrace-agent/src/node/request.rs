@@ -44,6 +44,10 @@ pub struct Spec {
     /// Stop once the recording holds this many bytes (checked every 50 ms).
     #[serde(default)]
     pub max_bytes: Option<u64>,
+    /// Payload bytes a second, enforced in the kernel: beyond it calls are recorded without
+    /// their payload (counted `rate_limit` gaps); the pod never waits.
+    #[serde(default)]
+    pub max_bytes_per_second: Option<u64>,
     /// age recipients (`age1…`); default: the agent's.
     #[serde(default)]
     pub recipients: Vec<String>,

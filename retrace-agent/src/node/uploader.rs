@@ -169,8 +169,10 @@ impl Uploader {
             return Ok(false);
         }
         let metrics = &self.metrics;
-        let (names, _) = target.upload_segments(dir, &manifest, &retry.uploaded, |name| {
-            metrics.segments_uploaded.fetch_add(1, Relaxed);
+        let (names, _) = target.upload_segments(dir, &manifest, &retry.uploaded, |name, new| {
+            if new {
+                metrics.segments_uploaded.fetch_add(1, Relaxed);
+            }
             let _ = std::fs::remove_file(dir.join(name));
         })?;
         retry.uploaded.extend(names);

@@ -130,34 +130,36 @@ impl Remote {
     pub fn upload(&self, dir: &Path) -> Result<(usize, usize), RemoteError> {
         let manifest = Manifest::read(dir)?;
         let done = std::collections::HashSet::new();
-        let (uploaded, there) = self.upload_segments(dir, &manifest, &done, |_| {})?;
+        let (uploaded, there) = self.upload_segments(dir, &manifest, &done, |_, _| {})?;
         runtime()?.block_on(async {
             // The commit marker: the manifest that lists them, last.
             let text = std::fs::read(dir.join(MANIFEST))
                 .map_err(|source| RemoteError::Io { path: dir.join(MANIFEST), source })?;
             self.store.put(&self.object(MANIFEST), PutPayload::from(text)).await?;
-            Ok((uploaded.len(), there))
+            Ok((uploaded.len() - there, there))
         })
     }
 
     /// Puts the sealed segments `manifest` lists that are not in `done` (create-only), calling
-    /// `put` after each; returns those put (or found there already) and how many were there.
+    /// `put` after each (with whether it was put now); returns those put or found there
+    /// already, and how many were there.
     /// A recording still being written is uploaded this way as it seals segments.
     pub fn upload_segments(
         &self,
         dir: &Path,
         manifest: &Manifest,
         done: &std::collections::HashSet<String>,
-        mut put: impl FnMut(&str),
+        mut put: impl FnMut(&str, bool),
     ) -> Result<(Vec<String>, usize), RemoteError> {
         runtime()?.block_on(async {
             let (mut uploaded, mut there) = (Vec::new(), 0);
             for segment in manifest.segments.iter().filter(|s| !s.evicted && !done.contains(&s.name)) {
                 let path = dir.join(&segment.name);
-                if !self.put_once(&path, &segment.name, segment.bytes).await? {
+                let new = self.put_once(&path, &segment.name, segment.bytes).await?;
+                if !new {
                     there += 1;
                 }
-                put(&segment.name);
+                put(&segment.name, new);
                 uploaded.push(segment.name.clone());
             }
             Ok((uploaded, there))

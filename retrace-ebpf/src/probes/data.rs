@@ -7,7 +7,7 @@ use crate::{
     call::Call,
     copy::{emit_address_of, Copy, Source},
     emit::{self, Aux, Pieces},
-    maps::max_payload,
+    maps::payload_kept,
 };
 
 /// Where a datagram address sits in the call's arguments.
@@ -48,8 +48,8 @@ pub fn on_data(
             }
         }
         let moved = call.ret as u64;
-        let cap = max_payload();
-        let kept = if cap != 0 && cap < moved { cap } else { moved };
+        let (kept, rate_limited) =
+            if source == Source::Mmsghdr { (moved, false) } else { payload_kept(call.tgid, call.ts_ns, moved) };
         if kept <= CHUNK_MAX as u64 {
             // The common case: the payload rides in the call's own record.
             let pieces = match source {
@@ -59,11 +59,11 @@ pub fn on_data(
                 Source::Mmsghdr => None,
             };
             if let Some(pieces) = pieces {
-                emit::data_call(&call, sys, fd, pieces, moved, kept);
+                emit::data_call(&call, sys, fd, pieces, moved, kept, rate_limited);
                 return 0;
             }
         }
-        Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], moved)
+        Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], moved, kept, rate_limited)
     } else {
         None
     };

@@ -12,7 +12,7 @@ use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD, TASK_JOINED};
 use crate::{
     call::{set_traced, traced, Call},
     emit::{self, Aux},
-    maps::{CGROUPS, CGROUPS_ANY},
+    maps::{CAPTURE_OF, CGROUPS, CGROUPS_ANY},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -24,6 +24,11 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let clone_flags: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
     if clone_flags & CLONE_THREAD == 0 {
         set_traced(pid as u32, true);
+        // A child is charged to its parent's capture.
+        if let Some(capture) = unsafe { CAPTURE_OF.get(&tgid) } {
+            let capture = *capture;
+            let _ = CAPTURE_OF.insert(&(pid as u32), &capture, 0);
+        }
     }
     emit::task(kind::TASK_NEW, tgid, tid, unsafe { bpf_ktime_get_ns() }, pid, 0, clone_flags, None);
     0
@@ -41,6 +46,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             let id = bpf_get_current_pid_tgid();
             let tgid = (id >> 32) as u32;
             set_traced(tgid, true);
+            let _ = CAPTURE_OF.insert(&tgid, &capture, 0);
             joined = capture;
             (tgid, id as u32, TASK_JOINED)
         }
@@ -85,6 +91,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     emit::task(kind::TASK_EXIT, tgid, tid, unsafe { bpf_ktime_get_ns() }, tid as i32, flags, 0, None);
     if group_dead != 0 {
         set_traced(tgid, false);
+        let _ = CAPTURE_OF.remove(&tgid);
     }
     0
 }

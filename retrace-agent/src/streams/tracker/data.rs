@@ -177,7 +177,7 @@ impl Tracker {
         };
         out.push(data_record(sid, dir, ts, &chunk, base, file_offset, payload, addr_of(&call.addrs, 0)));
         if rec.bytes > captured {
-            let mut budget = Budget { ring: rec.lost_ring, fault: rec.lost_fault, truncated: rec.truncated };
+            let mut budget = Budget::of(rec);
             self.hole(sid, dir, base + captured, rec.bytes - captured, &mut budget, true, sys, ts, out);
         }
     }
@@ -198,7 +198,7 @@ impl Tracker {
         if rec.bytes == 0 {
             return;
         }
-        let mut budget = Budget { ring: rec.lost_ring, fault: rec.lost_fault, truncated: rec.truncated };
+        let mut budget = Budget::of(rec);
         let (sid, base, spans) = match call.placed {
             Some((placed_sid, _, base)) => (placed_sid, base, call.spans),
             None => {
@@ -237,9 +237,10 @@ impl Tracker {
         ts: u64,
         out: &mut Vec<proto::Record>,
     ) {
+        let truncation = if budget.rate_limited { GapReason::RateLimit } else { GapReason::MaxPayload };
         let order: [(GapReason, &mut u64); 3] = if at_end {
             [
-                (GapReason::MaxPayload, &mut budget.truncated),
+                (truncation, &mut budget.truncated),
                 (GapReason::RingFull, &mut budget.ring),
                 (GapReason::Fault, &mut budget.fault),
             ]
@@ -247,7 +248,7 @@ impl Tracker {
             [
                 (GapReason::RingFull, &mut budget.ring),
                 (GapReason::Fault, &mut budget.fault),
-                (GapReason::MaxPayload, &mut budget.truncated),
+                (truncation, &mut budget.truncated),
             ]
         };
         let mut left = len;

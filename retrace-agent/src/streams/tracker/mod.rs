@@ -186,6 +186,19 @@ struct Budget {
     ring: u64,
     fault: u64,
     truncated: u64,
+    /// The truncation is the capture's rate cap (`SYSCALL_RATE_LIMITED`), not --max-payload.
+    rate_limited: bool,
+}
+
+impl Budget {
+    fn of(rec: &retrace_common::SyscallRecord) -> Budget {
+        Budget {
+            ring: rec.lost_ring,
+            fault: rec.lost_fault,
+            truncated: rec.truncated,
+            rate_limited: rec.flags & retrace_common::SYSCALL_RATE_LIMITED != 0,
+        }
+    }
 }
 
 fn addr_of(addrs: &[(u32, String)], index: u32) -> String {
