@@ -990,3 +990,35 @@ fn a_capture_s_rate_cap_is_kept_in_the_kernel_as_counted_gaps_and_never_slows_th
     }
     let _ = std::fs::remove_dir(&cgroup);
 }
+
+#[test]
+fn over_its_memory_cap_the_agent_starts_no_capture() {
+    let dir = scratch("agent-memory");
+    let (captures, spool) = (dir.join("captures"), dir.join("spool"));
+    std::fs::create_dir_all(&captures).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("agent.toml");
+    // 1 MiB: far below what any agent holds.
+    std::fs::write(
+        &config,
+        format!(
+            "captures_dir = \"{}\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{}\"]\nmemory_max_bytes = 1048576\n",
+            captures.display(),
+            spool.display(),
+            test_identity().to_public()
+        ),
+    )
+    .unwrap();
+    let mut cmd = retrace_tests::retrace_command();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let _agent = Agent(cmd.args(["agent", "--config", config.to_str().unwrap()]).stderr(log).spawn().unwrap());
+    wait_for("/healthz", Duration::from_secs(20), || http_get(port, "/healthz").0 == "200");
+    capture(&captures, "held.yaml", "shop", "held", "pid: 1", "5s");
+    wait_for("the request to wait", Duration::from_secs(20), || {
+        let s = status(&spool, "shop", "held");
+        s["phase"] == "Pending" && s["reason"].as_str().is_some_and(|r| r.contains("memory_max_bytes"))
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(status(&spool, "shop", "held")["phase"], "Pending");
+    assert!(metric(port, "retrace_agent_resident_memory_bytes") > 1 << 20);
+}

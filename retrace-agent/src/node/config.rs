@@ -28,6 +28,10 @@ pub struct AgentConfig {
     /// a request's maxBytesPerSecond may ask for less).
     #[serde(default)]
     pub max_bytes_per_second_per_capture: Option<u64>,
+    /// The agent's resident memory cap: above it no capture starts (Pending), and after 2 s
+    /// over it the newest running capture ends (sealed and uploaded).
+    #[serde(default)]
+    pub memory_max_bytes: Option<u64>,
     /// Kernel ring buffer per capture (bytes, power of two).
     #[serde(default = "default_ring")]
     pub ring_buffer_bytes: u32,

@@ -16,6 +16,8 @@ pub struct Metrics {
     /// Probe sets loaded (one, shared by every capture).
     pub probe_sets: AtomicU64,
     pub captures_active: AtomicU64,
+    pub captures_shed_memory: AtomicU64,
+    pub memory_bytes: AtomicU64,
     /// Pods or containers the running captures follow.
     pub targets: AtomicU64,
     pub captures_started: AtomicU64,
@@ -60,6 +62,18 @@ impl Metrics {
             "gauge",
             "Pods or containers (cgroups) the running captures follow.",
             &[("", get(&self.targets))],
+        );
+        metric(
+            "retrace_agent_resident_memory_bytes",
+            "gauge",
+            "The agent's resident memory (memory_max_bytes caps it).",
+            &[("", get(&self.memory_bytes))],
+        );
+        metric(
+            "retrace_captures_ended_for_memory_total",
+            "counter",
+            "Running captures ended early because the agent was over memory_max_bytes.",
+            &[("", get(&self.captures_shed_memory))],
         );
         metric("retrace_captures_started_total", "counter", "Captures started.", &[("", get(&self.captures_started))]);
         metric(

@@ -83,6 +83,20 @@ pub fn log(level: &str, message: &str, fields: serde_json::Value) {
 struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     thread: JoinHandle<()>,
+    started: std::time::Instant,
+}
+
+/// How long the agent may stay over `memory_max_bytes` before it ends its newest capture.
+const MEMORY_GRACE: Duration = Duration::from_secs(2);
+
+/// The agent's resident memory (bytes).
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64
 }
 
 /// Phases after which a request is not run again (also after an agent restart).
@@ -140,7 +154,25 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut reported: HashSet<String> = HashSet::new();
+    let mut over_memory_since: Option<std::time::Instant> = None;
     while !stop.load(Relaxed) {
+        // The memory cap: no new capture while over it; past a grace, the newest one ends.
+        let memory = resident_bytes();
+        metrics.memory_bytes.store(memory, Relaxed);
+        let over_memory = config.memory_max_bytes.is_some_and(|max| memory > max);
+        over_memory_since = if over_memory { over_memory_since.or(Some(std::time::Instant::now())) } else { None };
+        if over_memory_since.is_some_and(|t| t.elapsed() >= MEMORY_GRACE) {
+            if let Some((key, newest)) = running.iter().max_by_key(|(_, r)| r.started) {
+                log(
+                    "warn",
+                    "over memory_max_bytes: the newest capture ends",
+                    json!({ "capture": key, "resident": memory }),
+                );
+                let _ = newest.stop.send(true);
+                metrics.captures_shed_memory.fetch_add(1, Relaxed);
+            }
+            over_memory_since = Some(std::time::Instant::now());
+        }
         let (mut objects, mut errors) = match &config.captures_dir {
             Some(dir) => request::read_dir(dir),
             None => Default::default(),
@@ -180,12 +212,18 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
                 Some("max_concurrent_captures reached")
             } else if pipeline.spool_full.load(Relaxed) {
                 Some("the spool is full (spool_max_bytes) until object storage takes what it holds")
+            } else if over_memory {
+                Some("the agent is over memory_max_bytes")
             } else {
                 None
             };
             if let Some(reason) = waits {
-                let reason = json!({ "reason": reason, "request": fingerprint });
-                spool.write_status(namespace, name, Some("Pending"), reason);
+                // Said once, not every round (with Kubernetes each status is a PATCH).
+                if status["phase"] != "Pending" || status["reason"] != reason || status["request"] != json!(fingerprint)
+                {
+                    let reason = json!({ "reason": reason, "request": fingerprint });
+                    spool.write_status(namespace, name, Some("Pending"), reason);
+                }
                 continue;
             }
             seen.insert(fingerprint);
@@ -443,7 +481,7 @@ impl Pipeline {
             // Ended: the uploader takes it whole from here.
             recording.lock().expect("recording").remove(&output);
         });
-        Ok(Running { stop: stop_tx, thread })
+        Ok(Running { stop: stop_tx, thread, started: std::time::Instant::now() })
     }
 }
 
