@@ -57,7 +57,7 @@ impl Entry {
         let mut unhashed = self.clone();
         unhashed.hash = String::new();
         let text = serde_json::to_vec(&unhashed).expect("entry serialises");
-        crate::store::crypt::hex(&Sha256::digest(&text))
+        crate::hex::encode(&Sha256::digest(&text))
     }
 }
 
@@ -212,7 +212,7 @@ fn whoami() -> (u32, String) {
 
 /// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn rfc3339_now() -> String {
-    let ns = crate::store::writer::now_wall_ns();
+    let ns = crate::clock::now_wall_ns();
     rfc3339(ns)
 }
 

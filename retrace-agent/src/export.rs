@@ -3,12 +3,13 @@
 //! recipient only (the exporter's own identity cannot read it) with its own expiry, and writes
 //! a plain note of what was removed.
 
+use crate::clock::now_wall_ns;
 use std::{path::Path, time::Duration};
 
 use crate::{
     keys::Recipient,
-    redact::{RedactStage, RedactStats, Redactor, RulesFile},
-    store::{manifest::Manifest, writer::now_wall_ns, Compression, Recording, SegmentPolicy, StoreError, Writer},
+    redact::{CheckedRules, RedactStage, RedactStats, Redactor},
+    store::{manifest::Manifest, Compression, Recording, SegmentPolicy, StoreError, Writer},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +24,14 @@ pub const NOTE: &str = "EXPORT-NOTE.txt";
 
 pub fn export(
     source: &Recording,
-    rules: &RulesFile,
+    rules: &CheckedRules,
     to: Recipient,
     expires: Duration,
     out: &Path,
 ) -> Result<(Manifest, RedactStats), ExportError> {
-    let strict = rules.strictest();
-    let mut stage = RedactStage::new(Redactor::new(strict.compile()?));
+    // Compiled by the caller from `RulesFile::strictest`.
+    let strict = rules.file();
+    let mut stage = RedactStage::new(Redactor::new(rules.compiled().clone()));
     let now = now_wall_ns();
     let src = &source.manifest;
     let manifest = Manifest {
@@ -49,12 +51,12 @@ pub fn export(
     let mut failed = None;
     let mut records = Vec::new();
     // What getrandom returned can be key material: the copy keeps it only if its rules ask.
-    let keep_random = rules.capture.as_ref().is_some_and(|c| c.random);
+    let keep_random = strict.capture.as_ref().is_some_and(|c| c.random);
     let report = source.for_each(|mut record| {
         if failed.is_some() {
             return;
         }
-        if let Some(crate::store::proto::record::Kind::Syscall(call)) = &mut record.kind {
+        if let Some(crate::model::proto::record::Kind::Syscall(call)) = &mut record.kind {
             if !keep_random {
                 call.random.clear();
             }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::store::proto::{self, record::Kind as R, Direction, StreamKind};
+use crate::model::proto::{self, record::Kind as R, Direction, StreamKind};
 
 const O_CREAT: u64 = 0o100;
 const O_EXCL: u64 = 0o200;
@@ -274,7 +274,7 @@ impl FileHistories {
                 return;
             }
             Some(R::Syscall(call)) => {
-                let flags = match &*crate::store::proto_text::text(&call.name) {
+                let flags = match &*crate::model::proto_text::text(&call.name) {
                     "open" => call.args.get(1).copied(),
                     "openat" => call.args.get(2).copied(),
                     "creat" => Some(O_CREAT | O_TRUNC),

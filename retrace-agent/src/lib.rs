@@ -1,13 +1,17 @@
 //! Retrace agent library: capture (kernel probes and ring buffer), streams (rebuilding files
-//! and connections from syscalls), store (the recording format), the recorder engine that ties
-//! them together, and read-side views. The CLI in `main.rs`/`cli/` only parses and dispatches.
+//! and connections from syscalls), the record model (`model`), redaction, store (the recording
+//! format), the recorder engine that ties them together, replay, read-side views, and the node
+//! agent. The CLI in `main.rs`/`cli/` only parses and dispatches, through the face below.
 
 pub mod audit;
 pub mod capture;
+pub mod clock;
 pub mod cpus;
 pub mod export;
 pub mod filestate;
+pub mod hex;
 pub mod keys;
+pub mod model;
 pub mod node;
 pub mod recorder;
 pub mod redact;
@@ -19,7 +23,17 @@ pub mod streams;
 pub mod target;
 pub mod view;
 
+// The library's face: the verbs `retrace` (cli/) and the node agent (node/) both call —
+// record, read, replay, verify, export — and the types they take. The modules behind them are
+// public for tests and tools, not for the CLI to reach into.
+pub use capture::ProbeConfig;
+pub use clock::now_wall_ns;
+pub use export::export;
 pub use recorder::{record, RecordConfig, RecordError, RecordSummary};
+pub use redact::{CheckedRules, RulesFile};
+pub use replay::{replay, ReplayConfig, ReplayReport};
+pub use store::{verify::verify, Compression, Manifest, Recording, SegmentPolicy, StoreError};
+pub use target::Target;
 
 /// The hot path's maps (streams, fd tables, per-stream redaction state, by small integer keys):
 /// foldhash, seeded per process, costs a fraction of SipHash per lookup.

@@ -2,6 +2,8 @@
 //! streams and write the recording. Free of CLI concerns, so a long-running agent can run
 //! several of these at once.
 
+use crate::clock::monotonic_ns;
+use crate::clock::now_wall_ns;
 use std::{
     path::PathBuf,
     sync::{
@@ -16,14 +18,13 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     capture::{consumer, decode::Event, CaptureError, KernelStats, ProbeConfig, Probes},
     keys::Recipient,
-    redact::{RedactStage, RedactStats, Redactor, RulesFile},
+    redact::{CheckedRules, RedactStage, RedactStats, Redactor},
     store::{
         manifest::{Manifest, FORMAT_VERSION},
         proto::{self, record::Kind as R},
-        writer::now_wall_ns,
         SegmentPolicy, StoreError, Writer,
     },
-    streams::{procfs, tracker::monotonic_ns, Tracker},
+    streams::{procfs, Tracker},
     target::{self, Launched, Target, TargetError},
 };
 
@@ -39,8 +40,8 @@ pub struct RecordConfig {
     pub recipients: Vec<Recipient>,
     /// How long the recording is kept (`retrace gc` deletes it after).
     pub expires: Duration,
-    /// Redaction rules and capture allowlist.
-    pub rules: RulesFile,
+    /// Redaction rules and capture allowlist, compiled (`RulesFile::check`).
+    pub rules: CheckedRules,
     /// Run the agent's threads on these CPUs only (a launched command keeps its own).
     pub agent_cpus: Option<Vec<usize>>,
 }
@@ -82,8 +83,7 @@ pub async fn record(
     target: Target,
     mut stop: watch::Receiver<bool>,
 ) -> Result<RecordSummary, RecordError> {
-    // Rules first: a bad rules file must not start anything.
-    let stage = RedactStage::new(Redactor::new(config.rules.compile()?));
+    let stage = RedactStage::new(Redactor::new(config.rules.compiled().clone()));
     let mut probes = Probes::load(&config.probes)?;
     // A cgroup's id and the processes in it at the start.
     let mut cgroup = None;
@@ -287,8 +287,8 @@ pub(crate) fn new_manifest(config: &RecordConfig, mode: &str, command: &[String]
         started_ns,
         expires_ns: started_ns.saturating_add(config.expires.as_nanos() as u64),
         recipients: config.recipients.iter().map(|r| r.to_string()).collect(),
-        redaction_rules: config.rules.rule_names(),
-        capture_allowlist: config.rules.capture.is_some(),
+        redaction_rules: config.rules.file().rule_names(),
+        capture_allowlist: config.rules.file().capture.is_some(),
         ring_buffer_bytes: config.probes.ring_buffer_bytes as u64,
         max_payload: config.probes.max_payload,
         hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -300,8 +300,8 @@ pub(crate) fn new_manifest(config: &RecordConfig, mode: &str, command: &[String]
 /// A recording's tracker, and its first record (what is recorded, under which rules).
 pub(crate) fn new_tracker(config: &RecordConfig, root: u32, command: Vec<String>) -> (Tracker, Vec<proto::Record>) {
     let mut tracker = Tracker::new(root);
-    tracker.record_random = config.rules.capture.as_ref().is_none_or(|c| c.random);
-    let rules = config.rules.rule_names().join(",");
+    tracker.record_random = config.rules.file().capture.as_ref().is_none_or(|c| c.random);
+    let rules = config.rules.file().rule_names().join(",");
     (tracker, vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }])
 }
 
@@ -401,5 +401,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 pub(crate) fn recording_id() -> String {
     let mut bytes = [0u8; 16];
     crate::random_bytes(&mut bytes);
-    crate::store::crypt::hex(&bytes)
+    crate::hex::encode(&bytes)
 }

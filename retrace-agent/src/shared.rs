@@ -6,6 +6,8 @@
 //! `recorder` (streams, redaction, encrypted segments), so N captures cost a traced process no
 //! more than one, and an untraced process no more than today's filter.
 
+use crate::clock::monotonic_ns;
+use crate::clock::now_wall_ns;
 use std::{
     collections::{HashMap, HashSet},
     sync::{
@@ -21,8 +23,8 @@ use crate::{
     capture::{consumer, decode::Event, ProbeConfig, Probes},
     recorder::{self, rebuild_streams, spawn_writer, RecordConfig, RecordError, RecordSummary},
     redact::{RedactStage, Redactor},
-    store::{proto, writer::now_wall_ns, StoreError, Writer},
-    streams::{procfs, tracker::monotonic_ns, Tracker},
+    store::{proto, StoreError, Writer},
+    streams::{procfs, Tracker},
     target::{self, Target},
 };
 
@@ -119,7 +121,7 @@ impl SharedProbes {
         pids: Vec<u32>,
         cgroup: Option<u64>,
     ) -> Result<Capture, RecordError> {
-        let stage = RedactStage::new(Redactor::new(config.rules.compile()?));
+        let stage = RedactStage::new(Redactor::new(config.rules.compiled().clone()));
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let root = pids.first().copied().unwrap_or(0);
         let manifest = recorder::new_manifest(config, mode, &command, root);

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use retrace_agent::store::proto::Direction;
+use retrace_agent::model::proto::Direction;
 use retrace_tests::{assert_bytes_eq, assert_no_panic, retrace_command, scratch, Rec};
 
 const CLIENT: &str = r#"

@@ -62,7 +62,7 @@ fn cpus_confine_the_recorder_not_the_command() {
     }
     let row = rec.find("the command's stdout", |s| s.fd == 1 && s.bytes_out > 0);
     retrace_tests::assert_bytes_eq(
-        &rec.bytes(row.id, retrace_agent::store::proto::Direction::Out),
+        &rec.bytes(row.id, retrace_agent::model::proto::Direction::Out),
         &out.stdout,
         "stdout",
     );

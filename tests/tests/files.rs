@@ -1,7 +1,7 @@
 //! File I/O: every byte read with read/readv/pread64 and written with write/writev, in sizes
 //! from 1 byte to 1 MiB, is recorded exactly.
 
-use retrace_agent::store::proto::Direction;
+use retrace_agent::model::proto::Direction;
 use retrace_tests::{assert_bytes_eq, pattern, python, record, retrace, scratch};
 
 const COPY_SCRIPT: &str = r#"
@@ -55,7 +55,7 @@ fn file_reads_and_writes_are_recorded_byte_for_byte() {
     assert_bytes_eq(&rec.bytes(output.id, Direction::Out), &content, "bytes written to output.bin");
 
     // Each syscall shape was exercised, and every chunk sits at its true stream offset.
-    let name = |d: &retrace_agent::store::proto::Data| String::from_utf8_lossy(&d.syscall).into_owned();
+    let name = |d: &retrace_agent::model::proto::Data| String::from_utf8_lossy(&d.syscall).into_owned();
     let mut calls: Vec<String> = rec.data(input.id).into_iter().map(name).collect();
     calls.extend(rec.data(output.id).into_iter().map(name));
     for name in ["read", "readv", "pread64", "write", "writev"] {

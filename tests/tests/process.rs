@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use retrace_agent::store::proto::Direction;
+use retrace_agent::model::proto::Direction;
 use retrace_tests::{assert_bytes_eq, pattern, python, record, scratch};
 
 #[test]

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use retrace_agent::store::proto::{record::Kind as R, Direction};
+use retrace_agent::model::proto::{record::Kind as R, Direction};
 use retrace_tests::{assert_bytes_eq, assert_no_panic, audit_log, record, retrace, retrace_command, scratch, Rec};
 
 /// (what, secret): one canary per detector; each secret must vanish.
@@ -216,7 +216,7 @@ fn capture_allowlist_keeps_other_streams_as_metadata() {
     assert!(rec.bytes(other_id, Direction::In).is_empty());
     let gaps = rec.gaps(other_id);
     assert_eq!(gaps.iter().map(|g| g.length).sum::<u64>(), 14, "counted, as not_captured");
-    assert!(gaps.iter().all(|g| g.reason == retrace_agent::store::proto::GapReason::NotCaptured as i32));
+    assert!(gaps.iter().all(|g| g.reason == retrace_agent::model::proto::GapReason::NotCaptured as i32));
     assert!(rec.recording.manifest.capture_allowlist);
 }
 
@@ -580,11 +580,11 @@ fn expired_recordings_are_refused_and_collected() {
 fn random_bytes_are_recorded_but_left_out_of_an_export() {
     let dir = scratch("export-random");
     let (rec, _) = record(&dir, &[], &[retrace_tests::python(), "-c", "import os; os.urandom(32)"]);
-    let random = |records: &[retrace_agent::store::proto::Record]| -> usize {
+    let random = |records: &[retrace_agent::model::proto::Record]| -> usize {
         records
             .iter()
             .filter_map(|r| match &r.kind {
-                Some(retrace_agent::store::proto::record::Kind::Syscall(call)) => Some(call.random.len()),
+                Some(retrace_agent::model::proto::record::Kind::Syscall(call)) => Some(call.random.len()),
                 _ => None,
             })
             .sum()

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use retrace_agent::store::proto::Direction;
+use retrace_agent::model::proto::Direction;
 use retrace_tests::{assert_bytes_eq, record, scratch};
 
 /// What the C helper's `exchange` sends: the client's sends, then the server's answers.

@@ -53,7 +53,7 @@ fn sigterm_stops_a_launched_command_and_keeps_the_recording() {
     assert!(rec.recording.manifest.complete);
     assert_eq!(rec.recording.manifest.exit_status, Some(143));
     let stdout = rec.find("the command's stdout", |s| s.fd == 1 && s.bytes_out > 0);
-    assert_eq!(rec.bytes(stdout.id, retrace_agent::store::proto::Direction::Out), b"started\n");
+    assert_eq!(rec.bytes(stdout.id, retrace_agent::model::proto::Direction::Out), b"started\n");
 }
 
 unsafe extern "C" {
@@ -97,6 +97,6 @@ fn a_full_disk_stops_the_recording_cleanly() {
     let rec = Rec::open(&rec);
     assert!(!rec.recording.manifest.complete);
     let null = rec.streams.iter().filter(|s| s.path == "/dev/null").max_by_key(|s| s.bytes_out).expect("/dev/null");
-    let bytes = rec.bytes(null.id, retrace_agent::store::proto::Direction::Out);
+    let bytes = rec.bytes(null.id, retrace_agent::model::proto::Direction::Out);
     assert!(!bytes.is_empty() && bytes.iter().all(|&b| b == b'y'), "{} bytes recorded", bytes.len());
 }

@@ -244,7 +244,7 @@ impl Probes {
             BpfHashMap::try_from(self.ebpf.map_mut("RATES").expect("RATES map")).map_err(CaptureError::map)?;
         match cap {
             Some((rate, burst)) => {
-                let now = crate::streams::tracker::monotonic_ns();
+                let now = crate::clock::monotonic_ns();
                 let bucket = retrace_common::RateBucket { tokens: burst, last_ns: now, rate, burst };
                 rates.insert(capture, bucket, 0).map_err(CaptureError::map)?;
                 let mut any: aya::maps::Array<&mut MapData, u32> =

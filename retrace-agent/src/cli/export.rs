@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use retrace_agent::{audit::Subject, export, keys, redact::RulesFile, retention};
+use retrace_agent::{audit::Subject, keys, retention, RulesFile};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,25 +24,27 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let to = keys::parse_recipient(&args.to)?;
+    // At their strictest, compiled once: a bad rules file fails before anything is read.
     let rules = match &args.rules {
         Some(path) => RulesFile::read(path)?,
         None => RulesFile::default(),
-    };
-    rules.compile()?; // a bad rules file fails before anything is read
+    }
+    .strictest()
+    .check()?;
     let source = args.source.open("export")?;
     super::audit(
         "export",
         Subject::recording(&args.source.recording, &source.manifest.id)
             .detail(format!("to {to} as {}", args.output.display())),
     )?;
-    let (manifest, _) = export::export(&source, &rules, to, args.expires, &args.output)?;
+    let (manifest, _) = retrace_agent::export(&source, &rules, to, args.expires, &args.output)?;
     eprintln!(
         "retrace: exported {} to {} for {} (expires {}); see {}",
         source.manifest.id,
         args.output.display(),
         manifest.recipients.join(", "),
         retrace_agent::audit::rfc3339(manifest.expires_ns),
-        args.output.join(export::NOTE).display()
+        args.output.join(retrace_agent::export::NOTE).display()
     );
     Ok(0)
 }

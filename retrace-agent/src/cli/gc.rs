@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use retrace_agent::{audit::Subject, retention, store::writer::now_wall_ns};
+use retrace_agent::{audit::Subject, now_wall_ns, retention};
 
 #[derive(clap::Args)]
 pub struct Args {

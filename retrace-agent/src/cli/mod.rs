@@ -21,8 +21,7 @@ use std::{os::unix::fs::DirBuilderExt as _, path::PathBuf};
 use clap::{Parser, Subcommand};
 use retrace_agent::{
     audit::{self as audit_log, Subject},
-    keys,
-    store::{Manifest, Recording, StoreError},
+    keys, Manifest, Recording, StoreError,
 };
 
 #[derive(Parser)]
@@ -116,7 +115,7 @@ impl Source {
     pub fn open(&self, what: &str) -> anyhow::Result<Recording> {
         let local = local_copy(&self.recording)?;
         let manifest = Manifest::read(&local)?;
-        let now = retrace_agent::store::writer::now_wall_ns();
+        let now = retrace_agent::clock::now_wall_ns();
         if manifest.expired(now) {
             return Err(StoreError::Expired { when: audit_log::rfc3339(manifest.expires_ns) }.into());
         }

@@ -4,14 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::bail;
 use retrace_agent::{
-    audit::Subject,
-    capture::ProbeConfig,
-    keys, record,
-    redact::RulesFile,
-    retention,
-    store::{Compression, SegmentPolicy},
-    target::Target,
-    RecordConfig,
+    audit::Subject, keys, record, retention, Compression, ProbeConfig, RecordConfig, RulesFile, SegmentPolicy, Target,
 };
 
 #[derive(clap::Args)]
@@ -107,8 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let rules = match &args.rules {
         Some(path) => RulesFile::read(path)?,
         None => RulesFile::default(),
-    };
-    rules.compile()?;
+    }
+    .check()?;
     let recipients = if args.recipients.is_empty() {
         vec![keys::default_recipient()?]
     } else {

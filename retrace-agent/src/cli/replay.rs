@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         keep_scratch: args.keep_scratch,
         noise: merged(&noise, &learned)?,
     };
-    let mut report = replay::replay(&recording, &config)?;
+    let mut report = retrace_agent::replay(&recording, &config)?;
     if args.denoise {
         // Twice at least: a value that happened to match once may not the next time.
         let before = learned.clone();
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 break;
             }
             config.noise = merged(&noise, &learned)?;
-            report = replay::replay(&recording, &config)?;
+            report = retrace_agent::replay(&recording, &config)?;
         }
         if learned != before {
             let path = replay::denoise::save(&args.source.recording, &learned)

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use retrace_agent::{audit::Subject, keys, store::verify, store::Manifest};
+use retrace_agent::{audit::Subject, keys, Manifest};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     super::audit("verify", Subject::recording(&args.recording, &manifest.id))?;
-    let report = verify::verify(&local, identity)?;
+    let report = retrace_agent::verify(&local, identity)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -18,6 +18,7 @@ pub mod request;
 pub mod spool;
 pub mod uploader;
 
+use crate::clock::now_wall_ns;
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
@@ -41,9 +42,9 @@ use uploader::Uploader;
 use crate::{
     capture::ProbeConfig,
     recorder::{RecordConfig, RecordSummary},
-    redact::RulesFile,
+    redact::{CheckedRules, RulesFile},
     shared::SharedProbes,
-    store::{remote::Remote, writer::now_wall_ns, SegmentPolicy},
+    store::{remote::Remote, SegmentPolicy},
     target::Target,
 };
 
@@ -338,7 +339,7 @@ impl Pipeline {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ("invalid", format!("spec.recipients: {e}")))?;
         let rules = match &object.spec.rules {
-            None => RulesFile::default(),
+            None => CheckedRules::default(),
             Some(rules) => {
                 let text = match (&rules.inline, &rules.config_map_ref, &self.cluster) {
                     (Some(text), None, _) => text.clone(),
@@ -356,8 +357,7 @@ impl Pipeline {
                 let parsed: RulesFile = toml::from_str(&text).map_err(|e| {
                     ("invalid", format!("spec.rules: {}", e.to_string().lines().next().unwrap_or_default()))
                 })?;
-                parsed.compile().map_err(|e| ("invalid", format!("spec.rules: {e}")))?;
-                parsed
+                parsed.check().map_err(|e| ("invalid", format!("spec.rules: {e}")))?
             }
         };
         let started = now_wall_ns() / 1_000_000_000;

@@ -4,6 +4,7 @@
 //! captures are dropped first, each marked `evicted` in its manifest (a counted gap), and
 //! running captures end once nothing else can go.
 
+use crate::clock::now_wall_ns;
 use std::{
     path::{Path, PathBuf},
     sync::Mutex,
@@ -11,7 +12,7 @@ use std::{
 
 use serde_json::json;
 
-use crate::store::{writer::now_wall_ns, Manifest};
+use crate::store::Manifest;
 
 pub struct Spool {
     pub root: PathBuf,

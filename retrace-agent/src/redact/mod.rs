@@ -14,7 +14,7 @@ pub mod stream;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
-pub use rules::{Rules, RulesError, RulesFile};
+pub use rules::{CheckedRules, Rules, RulesError, RulesFile};
 pub use stage::{RedactStage, RedactStats};
 
 /// Compiled rules plus this recording's placeholder key.

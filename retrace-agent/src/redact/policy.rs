@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::rules::CaptureSection;
-use crate::store::proto::{StreamInfo, StreamKind};
+use crate::model::proto::{StreamInfo, StreamKind};
 
 #[derive(Debug, Clone)]
 pub struct CapturePolicy {

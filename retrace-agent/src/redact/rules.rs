@@ -221,7 +221,39 @@ pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'stati
     }
 }
 
+/// A rules file and its compiled form, made once: whoever takes one (the recorder, the shared
+/// probes, export) redacts with it without compiling it again, and a bad file fails before
+/// anything is recorded or read.
+#[derive(Debug, Clone)]
+pub struct CheckedRules {
+    file: RulesFile,
+    compiled: Rules,
+}
+
+impl CheckedRules {
+    pub fn file(&self) -> &RulesFile {
+        &self.file
+    }
+
+    pub fn compiled(&self) -> &Rules {
+        &self.compiled
+    }
+}
+
+impl Default for CheckedRules {
+    /// Every built-in detector, nothing else.
+    fn default() -> CheckedRules {
+        RulesFile::default().check().expect("the built-in rules compile")
+    }
+}
+
 impl RulesFile {
+    /// Compiles the rules (once): errors name what is wrong.
+    pub fn check(self) -> Result<CheckedRules, RulesError> {
+        let compiled = self.compile()?;
+        Ok(CheckedRules { file: self, compiled })
+    }
+
     pub fn read(path: &Path) -> Result<RulesFile, RulesError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read { path: p.clone(), source })?;

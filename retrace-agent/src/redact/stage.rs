@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{stream::StreamRedactor, Redactor};
-use crate::store::proto::{self, record::Kind as R, Direction, GapReason, StreamKind};
+use crate::model::proto::{self, record::Kind as R, Direction, GapReason, StreamKind};
 
 /// A stream idle this long has what it holds back released.
 const IDLE_FLUSH: Duration = Duration::from_millis(500);

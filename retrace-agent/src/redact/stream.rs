@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::Redactor;
-use crate::store::proto;
+use crate::model::proto;
 
 /// Always held back from the end of what has arrived (multi-line constructs).
 const HOLD_MIN: usize = 256;

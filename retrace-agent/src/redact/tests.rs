@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::{redact_all, stream::StreamRedactor, Redactor, RulesFile};
-use crate::store::proto;
+use crate::model::proto;
 
 /// (detector, text around it, the secret that must disappear)
 pub const CANARIES: &[(&str, &str, &str)] = &[

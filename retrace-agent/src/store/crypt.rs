@@ -185,11 +185,7 @@ pub fn encrypt_to(recipients: &[Recipient], mut out: SegmentFile) -> io::Result<
 }
 
 pub fn hash_hex(bytes: &[u8]) -> String {
-    hex(blake3::hash(bytes).as_bytes())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(blake3::hash(bytes).as_bytes())
 }
 
 /// What decrypting a segment gave.

@@ -11,28 +11,8 @@ mod segment_file;
 pub mod verify;
 pub mod writer;
 
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/retrace.v1.rs"));
-}
-
-/// Syscall names, `bytes` fields that hold ASCII (see `retrace.proto`).
-pub mod proto_text {
-    use bytes::Bytes;
-
-    /// A static name, without an allocation.
-    pub fn name(name: &'static str) -> Bytes {
-        Bytes::from_static(name.as_bytes())
-    }
-
-    pub fn text(bytes: &Bytes) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(bytes)
-    }
-
-    /// Serialises as a string (JSON output of `inspect`).
-    pub fn serialize<S: serde::Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&text(bytes))
-    }
-}
+// The record model lives in `model`; these paths stay for readers of the store.
+pub use crate::model::{proto, proto_text};
 
 pub use manifest::{Manifest, SegmentEntry};
 pub use reader::Recording;

@@ -60,12 +60,12 @@ impl Recording {
         for (index, entry) in self.manifest.segments.iter().enumerate() {
             if entry.evicted {
                 report.evicted.push((entry.name.clone(), entry.records));
-                prev = hex_decode(&entry.blake3);
+                prev = crate::hex::decode(&entry.blake3);
                 continue;
             }
             let ciphertext = read_sealed(&self.dir, entry)?;
             let (_, records) = self.decode_sealed(&self.dir.join(&entry.name), &ciphertext, index, &prev)?;
-            prev = hex_decode(&entry.blake3);
+            prev = crate::hex::decode(&entry.blake3);
             for record in records {
                 take_info(&mut report, record, &mut f);
             }
@@ -218,8 +218,4 @@ pub fn parse_frames(data: &[u8]) -> Result<(Vec<proto::Record>, Option<u64>), u6
         records.push(record);
     }
     Ok((records, None))
-}
-
-pub(crate) fn hex_decode(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{
     io_err,
     manifest::Manifest,
-    reader::{hex_decode, read_sealed, Recording},
+    reader::{read_sealed, Recording},
     writer::{partial_name, segment_name},
     StoreError,
 };
@@ -58,7 +58,7 @@ pub fn verify(dir: &Path, identity: Option<Identity>) -> Result<VerifyReport, St
             report.evicted.push(entry.name.clone());
             // Its end record is gone with it: whether it was the last one cannot be checked.
             saw_last |= index + 1 == manifest.segments.len();
-            prev = hex_decode(&entry.blake3);
+            prev = crate::hex::decode(&entry.blake3);
             continue;
         }
         match (read_sealed(dir, entry), &recording) {
@@ -79,7 +79,7 @@ pub fn verify(dir: &Path, identity: Option<Identity>) -> Result<VerifyReport, St
                 Err(e) => problem(format!("{e}")),
             },
         }
-        prev = hex_decode(&entry.blake3);
+        prev = crate::hex::decode(&entry.blake3);
     }
     if report.decrypted && manifest.complete && !saw_last {
         report.problems.push("the recording is marked complete but its last segment is missing".into());

@@ -2,6 +2,7 @@
 //! written under a temporary name as an age stream; sealing finishes the stream, fsyncs it,
 //! renames it, fsyncs the directory and only then lists it (with its hash) in the manifest.
 
+use crate::clock::now_wall_ns;
 use std::{
     fs::File,
     io::Write,
@@ -197,7 +198,7 @@ impl Writer {
         sync_dir(&self.dir)?;
         self.manifest.segments.push(SegmentEntry {
             name,
-            blake3: crypt::hex(&sealed.digest),
+            blake3: crate::hex::encode(&sealed.digest),
             bytes: sealed.bytes,
             records: segment.records,
             evicted: false,
@@ -269,10 +270,6 @@ fn write_frame(segment: &mut Segment, record: &proto::Record, frame: &mut Vec<u8
     segment.out.write_all(frame).map_err(io_err(&segment.path))?;
     segment.bytes += frame.len() as u64;
     Ok(())
-}
-
-pub fn now_wall_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Encodes the frame of `Record { data: d }` where `d`'s payload, `payload_len` bytes, was taken

@@ -9,7 +9,7 @@ pub mod tracker;
 
 pub use tracker::Tracker;
 
-use crate::store::proto::StreamKind;
+use crate::model::proto::StreamKind;
 
 /// What a stream is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -265,9 +265,3 @@ fn clock_offset() -> i128 {
     let ns = |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
     ns(real) - ns(mono)
 }
-
-/// CLOCK_MONOTONIC now, in ns (the kernel's timestamps' clock).
-pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
