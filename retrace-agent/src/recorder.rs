@@ -148,6 +148,23 @@ pub async fn record(
     let ring = probes.take_ring()?;
     let pauses = if config.probes.backpressure { Some(probes.take_pauses()?) } else { None };
     let (mut tracker, mut first) = new_tracker(&config, root, command);
+    // TLS libraries of the target's own (linked into its program, loaded from elsewhere than
+    // the system's folders) get the TLS probes as they appear; those in use now, at once.
+    let tls_watch = crate::capture::tls::Watch::default();
+    tracker.tls_watch = Some(tls_watch.clone());
+    match &target {
+        Target::Launch(argv) => {
+            if let Some(program) = argv.first().and_then(|p| target::find_program(p)) {
+                probes.attach_tls(&program);
+            }
+        }
+        _ => {
+            for &tgid in roots.iter().chain(existing.iter()) {
+                tls_watch.push(crate::capture::tls::Candidate::Process(tgid));
+            }
+            tls_watch.drain_into(&mut probes);
+        }
+    }
     let origin = if launched.is_some() { "inherited" } else { "attach" };
     if root != 0 {
         tracker.adopt_open_fds(root, origin, monotonic_ns(), &mut first);
@@ -195,6 +212,7 @@ pub async fn record(
                 tokio::select! {
                     code = &mut wait => break Some(code.unwrap_or(-1)),
                     _ = tick.tick(), if !asked => {
+                        tls_watch.drain_into(&mut probes);
                         // The recording cannot continue (disk full...): stop capturing now; the
                         // command runs on and its status is still reported.
                         if writer_failed.load(Ordering::Relaxed) {
@@ -225,6 +243,7 @@ pub async fn record(
                     _ = stop.changed() => break,
                     _ = sleep_until(deadline) => break,
                     _ = tick.tick() => {
+                        tls_watch.drain_into(&mut probes);
                         let root_gone = follows_root && (root_exited.load(Ordering::Relaxed) || !target::is_alive(root));
                         if root_gone || writer_failed.load(Ordering::Relaxed) {
                             break;
@@ -247,7 +266,8 @@ pub async fn record(
             eprintln!("probe {name:<28} runs {runs:>10}  avg {avg_ns:>6} ns");
         }
     }
-    seal_tail(&mut tracker, &mut stage, &mut writer, probes.pending_loss()?, |tracker| proto::Counters {
+    let losses = (probes.pending_loss()?, probes.tls_pending_loss()?);
+    seal_tail(&mut tracker, &mut stage, &mut writer, losses, |tracker| proto::Counters {
         chunks_dropped: kernel.chunks_dropped,
         chunk_bytes_dropped: kernel.chunk_bytes_dropped,
         records_dropped: kernel.records_dropped,
@@ -305,19 +325,26 @@ pub(crate) fn new_tracker(config: &RecordConfig, root: u32, command: Vec<String>
     (tracker, vec![proto::Record { kind: Some(R::Info(proto::RecordingInfo { command, rules })) }])
 }
 
-/// A recording's last records: the loss still pending in the kernel for its fds, what the
+/// A recording's last records: the loss still pending in the kernel for its fds and TLS
+/// sessions, what the
 /// tracker and redaction still hold, then the counters (from the finished tracker) last.
 pub(crate) fn seal_tail(
     tracker: &mut Tracker,
     stage: &mut RedactStage,
     writer: &mut Writer,
-    losses: impl IntoIterator<Item = (retrace_common::FdKey, retrace_common::PendingLoss)>,
+    (fd_losses, tls_losses): (
+        impl IntoIterator<Item = (retrace_common::FdKey, retrace_common::PendingLoss)>,
+        impl IntoIterator<Item = (retrace_common::TlsKey, retrace_common::PendingLoss)>,
+    ),
     counters: impl FnOnce(&Tracker) -> proto::Counters,
 ) -> Result<(), StoreError> {
     let mut tail = Vec::new();
     let now = monotonic_ns();
-    for (key, loss) in losses {
+    for (key, loss) in fd_losses {
         tracker.pending_loss(key.tgid, key.fd, loss.bytes_in, loss.bytes_out, loss.reopened > 0, now, &mut tail);
+    }
+    for (key, loss) in tls_losses {
+        tracker.tls_pending_loss(key.tgid, key.session, loss.bytes_in, loss.bytes_out, now, &mut tail);
     }
     tracker.finish(now, &mut tail);
     // What redaction still holds comes out before the counters, the last record.

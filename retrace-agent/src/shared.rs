@@ -46,7 +46,9 @@ struct Routes {
 }
 
 pub struct SharedProbes {
-    probes: Mutex<Probes>,
+    probes: Arc<Mutex<Probes>>,
+    /// Programs and libraries of every capture's processes, for the TLS probes.
+    tls_watch: crate::capture::tls::Watch,
     routes: Arc<Mutex<Routes>>,
     next: AtomicU32,
     /// Runs the consumer and the router.
@@ -86,7 +88,17 @@ impl SharedProbes {
                 }
             }
         });
-        Ok(SharedProbes { probes: Mutex::new(probes), routes, next: AtomicU32::new(1), _runtime: runtime, stop })
+        let probes = Arc::new(Mutex::new(probes));
+        let tls_watch = crate::capture::tls::Watch::default();
+        let (watch, attach_to) = (tls_watch.clone(), probes.clone());
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                watch.drain_into(&mut attach_to.lock().expect("probes"));
+            }
+        });
+        Ok(SharedProbes { probes, tls_watch, routes, next: AtomicU32::new(1), _runtime: runtime, stop })
     }
 
     /// Starts a recording of `target` (a cgroup, or a process and its children).
@@ -127,8 +139,10 @@ impl SharedProbes {
         let manifest = recorder::new_manifest(config, mode, &command, root);
         let writer = Writer::create(&config.output, manifest, config.recipients.clone(), config.segments)?;
         let (mut tracker, mut first) = recorder::new_tracker(config, root, command);
+        tracker.tls_watch = Some(self.tls_watch.clone());
         for &tgid in &pids {
             tracker.adopt_open_fds(tgid, "attach", monotonic_ns(), &mut first);
+            self.tls_watch.push(crate::capture::tls::Candidate::Process(tgid));
         }
         let (events_tx, events_rx) = mpsc::channel::<Vec<Event>>(2);
         let (records_tx, records_rx) = std::sync::mpsc::sync_channel::<Vec<proto::Record>>(2);
@@ -174,6 +188,7 @@ impl SharedProbes {
         let mut probes = self.probes.lock().expect("probes");
         probes.trace_cgroup(cg, capture.id)?;
         for &tgid in &pids {
+            self.tls_watch.push(crate::capture::tls::Candidate::Process(tgid));
             probes.charge_to(tgid, capture.id)?;
             probes.trace(tgid)?;
         }
@@ -224,8 +239,14 @@ impl SharedProbes {
         }
         let (mut tracker, mut stage) = capture.streams.join().map_err(|_| RecordError::WriterDied)?;
         let mut writer = capture.writer.join().map_err(|_| RecordError::WriterDied)??;
-        let losses = self.probes.lock().expect("probes").pending_loss()?;
-        let ours = losses.into_iter().filter(|(k, _)| members.contains(&k.tgid));
+        let (losses, tls_losses) = {
+            let probes = self.probes.lock().expect("probes");
+            (probes.pending_loss()?, probes.tls_pending_loss()?)
+        };
+        let ours = (
+            losses.into_iter().filter(|(k, _)| members.contains(&k.tgid)),
+            tls_losses.into_iter().filter(|(k, _)| members.contains(&k.tgid)),
+        );
         // Kernel counters are the node's, shared by every capture: each recording's loss is in
         // its gaps.
         recorder::seal_tail(&mut tracker, &mut stage, &mut writer, ours, |tracker| proto::Counters {

@@ -32,6 +32,21 @@ pub struct StreamRow {
     pub lost_bytes_in: u64,
     pub lost_bytes_out: u64,
     pub closed: bool,
+    /// TLS streams: the socket stream carrying the records, and the handshake's details.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub carrier: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tls_library: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sni: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub alpn: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tls_version: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub fn stream_table(rec: &Recording) -> Result<(Vec<StreamRow>, ReadReport), StoreError> {
@@ -48,6 +63,11 @@ pub fn stream_table(rec: &Recording) -> Result<(Vec<StreamRow>, ReadReport), Sto
             row.peer = info.peer;
             row.origin = info.origin;
             row.joined_mid_stream = info.joined_mid_stream;
+            row.carrier = info.carrier;
+            row.tls_library = info.tls_library;
+            row.sni = info.sni;
+            row.alpn = info.alpn;
+            row.tls_version = info.tls_version;
         }
         Some(R::Data(d)) => {
             if let Some(row) = rows.get_mut(&d.stream_id) {

@@ -167,6 +167,16 @@ pub struct FdKey {
     pub fd: i32,
 }
 
+/// A TLS session of a process: key of `TLS_FD` and `TLS_PENDING` (the library's session
+/// pointer, `SSL *` or `gnutls_session_t`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub session: u64,
+}
+
 /// Value of `PENDING_LOSS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -183,6 +193,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for FdKey {}
     unsafe impl aya::Pod for PendingLoss {}
+    unsafe impl aya::Pod for TlsKey {}
     unsafe impl aya::Pod for RateBucket {}
 }
 

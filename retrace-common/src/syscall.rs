@@ -8,6 +8,20 @@ macro_rules! syscalls {
         pub enum Sys { $($name = $n,)* }
 
         impl Sys {
+    /// A TLS library's call: plaintext, tied to a socket by its fd and to a session by `args[3]`.
+    pub fn is_tls(self) -> bool {
+        self.tls_library().is_some()
+    }
+
+    /// The TLS library a call belongs to.
+    pub fn tls_library(self) -> Option<&'static str> {
+        match self {
+            Sys::SslRead | Sys::SslWrite => Some("openssl"),
+            Sys::GnutlsRecv | Sys::GnutlsSend => Some("gnutls"),
+            _ => None,
+        }
+    }
+
             pub fn from_u32(n: u32) -> Option<Sys> {
                 match n { $($n => Some(Sys::$name),)* _ => None }
             }
@@ -100,6 +114,12 @@ syscalls! {
     Getrandom = 81 => "getrandom", None;
     // Not a syscall: OpenSSL's RAND_bytes, RAND_priv_bytes and their _ex forms (uprobes).
     OpensslRand = 82 => "RAND_bytes", None;
+    // Not syscalls: the plaintext of TLS libraries' calls (uprobes). Their records name the
+    // socket fd the library used (or -1 while unknown) and the session (`args[3]`).
+    SslRead = 90 => "SSL_read", In;
+    SslWrite = 91 => "SSL_write", Out;
+    GnutlsRecv = 92 => "gnutls_record_recv", In;
+    GnutlsSend = 93 => "gnutls_record_send", Out;
 }
 
 impl Sys {

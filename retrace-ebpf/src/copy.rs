@@ -273,7 +273,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
 }
 
 #[inline(always)]
-fn emit_chunk(s: &mut Copy, n: u64) {
+pub fn emit_chunk(s: &mut Copy, n: u64) {
     let level = RingLevel::now();
     if !level.has_room(DATA_CHUNK_SIZE as u64 + n, PAYLOAD_HEADROOM_DIVISOR) {
         drop_chunk(s, n);

@@ -218,7 +218,24 @@ pub enum Pieces {
 /// plain record counts the bytes as lost.
 #[inline(always)]
 pub fn data_call(call: &Call, sys: Sys, fd: i32, pieces: Pieces, moved: u64, n: u64, rate_limited: bool) {
-    let (lost_before_in, lost_before_out, reopened) = take_pending_loss(call.tgid, fd);
+    let pending = take_pending_loss(call.tgid, fd);
+    if let Some(acct) = data_call_carrying(call, sys, pieces, moved, n, rate_limited, pending) {
+        syscall(call, sys, Aux::None, [0, 0], Some(&acct), Some(fd));
+    }
+}
+
+/// `data_call` with the earlier loss it carries already taken (`take_pending_loss`). When the
+/// record with its payload did not get in, returns the call's accounting for a plain record.
+#[inline(always)]
+pub fn data_call_carrying(
+    call: &Call,
+    sys: Sys,
+    pieces: Pieces,
+    moved: u64,
+    n: u64,
+    rate_limited: bool,
+    (lost_before_in, lost_before_out, reopened): (u64, u64, u64),
+) -> Option<DataAccount> {
     let reopened = reopened | if rate_limited { SYSCALL_RATE_LIMITED as u64 } else { 0 };
     let mut acct = DataAccount {
         call_bytes: moved,
@@ -258,7 +275,7 @@ pub fn data_call(call: &Call, sys: Sys, fd: i32, pieces: Pieces, moved: u64, n: 
             unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(SYSCALL_RECORD_SIZE as u64 + len)) };
             count(stat::CAPTURED_BYTES, n);
             level.pause_if_half_full(call.tgid, SYSCALL_RECORD_SIZE as u64 + len);
-            return;
+            return None;
         }
         Err(Missed::NoRoom) => {
             acct.lost_ring = n;
@@ -272,7 +289,26 @@ pub fn data_call(call: &Call, sys: Sys, fd: i32, pieces: Pieces, moved: u64, n: 
         }
     }
     acct.captured = 0;
-    syscall(call, sys, Aux::None, [0, 0], Some(&acct), Some(fd));
+    Some(acct)
+}
+
+/// A data call's plain record (no payload), written straight into the ring rather than
+/// through the per-CPU scratch buffer: uprobe programs can be preempted, and another program
+/// on the CPU would then write the same scratch. False when the ring had no room.
+#[inline(always)]
+pub fn data_record_direct(call: &Call, sys: Sys, acct: &DataAccount) -> bool {
+    let level = RingLevel::now();
+    let len = SYSCALL_RECORD_SIZE as u64;
+    if !level.has_room(len, LIFECYCLE_RESERVE_DIVISOR) {
+        return false;
+    }
+    let slot = unsafe { bpf_ringbuf_reserve(&EVENTS as *const _ as *mut c_void, len, 0) };
+    if slot.is_null() {
+        return false;
+    }
+    fill(slot as *mut SyscallRecord, call, sys, kind::SYSCALL, 0, [0, 0], Some(acct), (0, 0, 0));
+    unsafe { bpf_ringbuf_submit(slot, level.wakeup_flags(len)) };
+    true
 }
 
 enum Missed {
@@ -397,7 +433,8 @@ fn fill(
         put(at!((*rec).lost_before_in), lost_in);
         put(at!((*rec).lost_before_out), lost_out);
         let sock = at!((*rec).sock);
-        if sys.direction().is_some() || matches!(sys, Sys::Connect | Sys::Listen) {
+        // A TLS call's socket is its carrier's: the nested syscall reported it.
+        if (sys.direction().is_some() && !sys.is_tls()) || matches!(sys, Sys::Connect | Sys::Listen) {
             socket_addresses(call.tid, sys, sock);
         } else {
             clear_tuple(sock);

@@ -181,3 +181,46 @@ pub fn payload_kept(tgid: u32, ts_ns: u64, moved: u64) -> (u64, bool) {
     b.tokens -= grant;
     (grant, grant < kept)
 }
+
+/// A TLS library call in progress per thread (pid_tgid): see `probes/tls.rs`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The session (`SSL *`, `gnutls_session_t`).
+    pub session: u64,
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the library writes the byte count (the call
+    /// returns 1 for success); 0 when the return value is the count.
+    pub count_ptr: u64,
+    pub sys: u32,
+    /// The socket the library's nested syscall used, -1 until one did.
+    pub fd: i32,
+    /// Nested library calls on the thread (`SSL_read` → `SSL_read_ex`): only the outermost is
+    /// recorded.
+    pub depth: u32,
+    /// The return value is a C `int` (OpenSSL) rather than an `ssize_t` (GnuTLS).
+    pub ret_is_int: u32,
+}
+
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket each TLS session last used: a read served from the library's buffer makes no
+/// syscall to learn it from.
+#[map]
+pub static TLS_FD: LruHashMap<retrace_common::TlsKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Plaintext lost with its TLS record (the ring was full), per session: carried by the
+/// session's next record, or read by the agent at the end (like `PENDING_LOSS` for fds).
+#[map]
+pub static TLS_PENDING: LruHashMap<retrace_common::TlsKey, PendingLoss> = LruHashMap::with_max_entries(4096, 0);
+
+/// Nonzero once any TLS call started: the data syscalls then ask `TLS_CALLS` whether they
+/// run inside one.
+#[map]
+pub static TLS_ANY: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The payload copier's state for a large TLS call, per thread (uprobe programs may be
+/// preempted: a per-CPU slot could be taken over meanwhile).
+#[map]
+pub static TLS_COPY: LruHashMap<u64, Copy> = LruHashMap::with_max_entries(1024, 0);

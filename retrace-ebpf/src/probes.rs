@@ -14,5 +14,6 @@ mod send;
 mod socket;
 mod stat;
 mod task;
+pub mod tls;
 mod transfer;
 mod write;

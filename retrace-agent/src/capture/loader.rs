@@ -42,6 +42,8 @@ pub struct Probes {
     _exits: ProgramArray<MapData>,
     links: Vec<Link>,
     traced: TracedBits,
+    /// Files looked at for TLS functions.
+    tls_seen: super::tls::Seen,
 }
 
 /// The kernel's `TRACED` bitmap (one bit per process id), mapped into the agent so it sets
@@ -177,12 +179,62 @@ impl Probes {
             links.push(Link::TracePoint(name, program.attach(category, name).map_err(attach_err(name))?));
         }
         links.extend(attach_openssl_rand(&mut ebpf)?);
+        for name in super::tls::TLS_FUNCTIONS.iter().map(|(_, p)| *p).chain([super::tls::TLS_EXIT]) {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| CaptureError::MissingProgram { name: name.to_owned() })?
+                .try_into()
+                .map_err(attach_err(name))?;
+            program.load().map_err(attach_err(name))?;
+        }
         drop(btf);
         // Parsing the kernel's BTF took tens of MB that are not needed again.
         // SAFETY: malloc_trim only returns free heap memory to the kernel.
         unsafe { libc::malloc_trim(0) };
         let traced = TracedBits::map(&ebpf)?;
-        Ok(Probes { ebpf, _exits: exits, links, traced })
+        let mut probes = Probes { ebpf, _exits: exits, links, traced, tls_seen: Default::default() };
+        for library in super::tls::system_libraries(&LIBRARY_DIRS) {
+            probes.attach_tls(&library);
+        }
+        Ok(probes)
+    }
+
+    /// Sets the TLS probes on an ELF file (a library or a program) that defines TLS functions,
+    /// once per file; returns how many functions were probed there. Best effort: a file that
+    /// cannot be read or probed is skipped (logged).
+    pub fn attach_tls(&mut self, path: &std::path::Path) -> usize {
+        if !self.tls_seen.first_look(path) {
+            return 0;
+        }
+        let functions = super::tls::defined_functions(path);
+        let mut probed = 0;
+        for function in &functions {
+            let Some((_, entry)) = super::tls::TLS_FUNCTIONS.iter().find(|(f, _)| f == function) else { continue };
+            let mut ok = true;
+            for name in [*entry, super::tls::TLS_EXIT] {
+                let Some(Ok(program)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) else { continue };
+                match program.attach(*function, path, UProbeScope::AllProcesses) {
+                    Ok(id) => self.links.push(Link::UProbe(name, id)),
+                    Err(e) => {
+                        log::debug!("TLS probe {name} on {function} in {}: {e}", path.display());
+                        ok = false;
+                    }
+                }
+            }
+            probed += ok as usize;
+        }
+        if probed > 0 {
+            log::debug!("TLS probes on {} ({})", path.display(), functions.join(", "));
+        }
+        probed
+    }
+
+    /// Plaintext lost with TLS records the ring had no room for, per session.
+    pub fn tls_pending_loss(&self) -> Result<Vec<(retrace_common::TlsKey, PendingLoss)>, CaptureError> {
+        let Some(map) = self.ebpf.map("TLS_PENDING") else { return Ok(Vec::new()) };
+        let map: aya::maps::HashMap<_, retrace_common::TlsKey, PendingLoss> =
+            aya::maps::HashMap::try_from(map).map_err(CaptureError::map)?;
+        Ok(map.iter().flatten().collect())
     }
 
     /// Detaches every program. A perf-event tracepoint detach waits for an RCU grace period,

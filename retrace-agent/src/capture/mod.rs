@@ -4,6 +4,7 @@ pub mod consumer;
 pub mod decode;
 pub mod loader;
 pub mod pauses;
+pub mod tls;
 
 pub use loader::{KernelStats, ProbeConfig, Probes};
 pub use pauses::Pauses;

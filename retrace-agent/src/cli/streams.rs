@@ -23,6 +23,23 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 "tcp" | "udp" | "unix" if !row.peer.is_empty() || !row.local.is_empty() => {
                     format!("{} -> {}", or_dash(&row.local), or_dash(&row.peer))
                 }
+                "tls" => {
+                    let mut name = format!("{} -> {}", or_dash(&row.local), or_dash(&row.peer));
+                    for (key, value) in [
+                        ("sni", &row.sni),
+                        ("alpn", &row.alpn),
+                        ("version", &row.tls_version),
+                        ("library", &row.tls_library),
+                    ] {
+                        if !value.is_empty() {
+                            name.push_str(&format!(" {key}={value}"));
+                        }
+                    }
+                    if row.carrier != 0 {
+                        name.push_str(&format!(" over stream {}", row.carrier));
+                    }
+                    name
+                }
                 _ => row.path.clone(),
             };
             let lost = if row.lost_bytes_in + row.lost_bytes_out > 0 {

@@ -37,7 +37,8 @@ impl CapturePolicy {
     pub fn allows(&self, info: &StreamInfo) -> bool {
         match info.kind() {
             StreamKind::File => self.paths.is_match(&info.path),
-            StreamKind::Tcp | StreamKind::Udp => {
+            // A TLS stream's addresses are its socket's.
+            StreamKind::Tcp | StreamKind::Udp | StreamKind::Tls => {
                 [&info.peer, &info.local].iter().any(|a| a.parse::<SocketAddr>().is_ok_and(|a| self.address(a)))
             }
             StreamKind::Unix => {

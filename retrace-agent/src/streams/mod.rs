@@ -5,6 +5,7 @@ pub mod fdtable;
 pub mod paths;
 pub mod procfs;
 pub mod sockaddr;
+pub mod tls_hello;
 pub mod tracker;
 
 pub use tracker::Tracker;
@@ -19,6 +20,7 @@ pub enum Kind {
     Udp,
     Unix,
     Pipe,
+    Tls,
     #[default]
     Other,
 }
@@ -42,6 +44,7 @@ impl Kind {
             Kind::Udp => StreamKind::Udp,
             Kind::Unix => StreamKind::Unix,
             Kind::Pipe => StreamKind::Pipe,
+            Kind::Tls => StreamKind::Tls,
             Kind::Other => StreamKind::Other,
         }
     }
@@ -55,6 +58,7 @@ pub fn kind_name(kind: StreamKind) -> &'static str {
         StreamKind::Udp => "udp",
         StreamKind::Unix => "unix",
         StreamKind::Pipe => "pipe",
+        StreamKind::Tls => "tls",
         StreamKind::Other | StreamKind::Unspecified => "other",
     }
 }

@@ -32,6 +32,7 @@ pub fn on_data(
 ) -> u32 {
     let call = Call::exit(ctx);
     let fd = call.args[0] as i32;
+    super::tls::note_socket(fd);
     let data = if call.ret > 0 {
         match addr {
             Addr::None => {}

@@ -95,7 +95,12 @@ impl Tracker {
                 let (sid, dir, base) = match call.placed {
                     Some(p) => p,
                     None => {
-                        let sid = self.call_stream(chunk.hdr.tgid, chunk.fd, chunk.flags, ts, out);
+                        let sid = match Sys::from_u32(chunk.sys) {
+                            Some(sys) if sys.is_tls() => {
+                                self.tls_stream(chunk.hdr.tgid, chunk.fd, chunk.position_arg, sys, ts, out)
+                            }
+                            _ => self.call_stream(chunk.hdr.tgid, chunk.fd, chunk.flags, ts, out),
+                        };
                         let name = Sys::from_u32(chunk.sys).map(Sys::name).unwrap_or("?");
                         let lost_before = (chunk.lost_before_in, chunk.lost_before_out);
                         let base = self.reserve(sid, dir, chunk.call_bytes, &call.addrs, lost_before, name, ts, out);
@@ -108,6 +113,7 @@ impl Tracker {
                 };
                 call.spans.push((chunk.offset, payload.len() as u64));
                 self.totals.recorded_bytes += payload.len() as u64;
+                self.first_bytes(sid, dir, base + chunk.offset, &payload, out);
                 let addr = addr_of(&call.addrs, chunk.msg_index);
                 let file_offset = call.file_offset.map(|f| f + chunk.offset);
                 out.push(data_record(sid, dir, ts, &chunk, base + chunk.offset, file_offset, payload, addr));
@@ -115,6 +121,19 @@ impl Tracker {
             _ => call.chunks.push((chunk, payload)),
         }
         self.pending.insert(tid, call);
+    }
+
+    /// A stream's first bytes: a socket's may be a TLS handshake, a TLS stream's name its
+    /// protocol.
+    fn first_bytes(&mut self, sid: u64, dir: Direction, offset: u64, payload: &[u8], out: &mut Vec<proto::Record>) {
+        let Some(s) = self.streams.get(&sid) else { return };
+        if s.info.kind == proto::StreamKind::Tls as i32 {
+            if s.hello.is_some() {
+                self.tls_first_bytes(sid, payload, out);
+            }
+        } else if offset < (1 << 15) && (offset == 0 || s.hello.is_some()) {
+            self.observe_handshake(sid, dir, offset, payload);
+        }
     }
 
     /// The stream a data call's fd names: a new one of unknown identity when its record or
@@ -159,7 +178,11 @@ impl Tracker {
         // Datagram addresses come before the call's record.
         let call = self.take_pending(rec.hdr.tid, rec.hdr.ts_ns, out);
         let ts = self.wall_ns(rec.hdr.ts_ns);
-        let sid = self.call_stream(rec.hdr.tgid, rec.args[0] as i32, rec.flags, ts, out);
+        let sid = if sys.is_tls() {
+            self.tls_stream(rec.hdr.tgid, rec.args[0] as i32, rec.args[3], sys, ts, out)
+        } else {
+            self.call_stream(rec.hdr.tgid, rec.args[0] as i32, rec.flags, ts, out)
+        };
         if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
             self.fill_addresses(sid, local, peer, out);
         }
@@ -168,6 +191,7 @@ impl Tracker {
         let file_offset = self.file_offset(sid, sys, rec.args[3], rec.bytes);
         let captured = payload.len() as u64;
         self.totals.recorded_bytes += captured;
+        self.first_bytes(sid, dir, base, &payload, out);
         let chunk = DataChunk {
             hdr: rec.hdr,
             fd: rec.args[0] as i32,
@@ -208,6 +232,7 @@ impl Tracker {
                 let mut spans = Vec::with_capacity(call.chunks.len());
                 for (chunk, payload) in call.chunks {
                     spans.push((chunk.offset, payload.len() as u64));
+                    self.first_bytes(sid, dir, base + chunk.offset, &payload, out);
                     self.totals.recorded_bytes += payload.len() as u64;
                     let addr = addr_of(&call.addrs, chunk.msg_index);
                     let at = file_offset.map(|f| f + chunk.offset);

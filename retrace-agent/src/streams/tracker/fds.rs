@@ -70,8 +70,13 @@ impl Tracker {
         let Some(s) = self.streams.get_mut(&sid) else { return };
         s.refs = s.refs.saturating_sub(1);
         if s.refs == 0 {
+            let carried_tls = s.has_tls;
             self.streams.remove(&sid);
+            self.handshakes.retain(|(_, c)| *c != sid);
             out.push(record(R::Close(proto::StreamClose { stream_id: sid, ts_ns: ts })));
+            if carried_tls {
+                self.close_carried(sid, ts, out);
+            }
         }
     }
 
@@ -102,12 +107,16 @@ impl Tracker {
             position: id.position,
             ts_ns: ts,
             listening: id.listening,
+            ..Default::default()
         };
         out.push(record(R::Stream(info.clone())));
         // Joined streams count from the file position, so offsets stay true file offsets.
         let pos = if joined && id.kind == Kind::File { id.position } else { 0 };
         let file_pos = (id.kind == Kind::File).then_some(pos);
-        self.streams.insert(sid, Stream { info, refs: 0, pos_in: pos, pos_out: pos, file_pos, append: false });
+        self.streams.insert(
+            sid,
+            Stream { info, refs: 0, pos_in: pos, pos_out: pos, file_pos, append: false, hello: None, has_tls: false },
+        );
         sid
     }
 

@@ -9,6 +9,7 @@ mod data;
 mod fds;
 mod process;
 mod syscalls;
+mod tls;
 
 use crate::FastMap as HashMap;
 
@@ -52,6 +53,10 @@ struct Stream {
     file_pos: Option<u64>,
     /// Opened with O_APPEND: every write goes to the end, wherever that is.
     append: bool,
+    /// TLS handshake details (see `tls.rs`).
+    hello: tls::HelloState,
+    /// A socket that carried a TLS stream: closing it closes that too.
+    has_tls: bool,
 }
 
 /// What arrived of a data call whose record has not arrived yet.
@@ -79,6 +84,13 @@ pub struct Tracker {
     pub record_random: bool,
     streams: HashMap<u64, Stream>,
     next_stream: u64,
+    /// Programs and shared objects for the TLS probes to look at.
+    pub tls_watch: Option<crate::capture::tls::Watch>,
+    /// The TLS stream of each (process, library session).
+    tls_sessions: HashMap<(u32, u64), u64>,
+    /// Socket streams whose first bytes were a TLS handshake, not yet tied to a TLS stream:
+    /// (process, stream), oldest first.
+    handshakes: Vec<(u32, u64)>,
     tables: FdTables,
     cwd: HashMap<u32, String>,
     pending: HashMap<u32, PendingCall>,
@@ -112,6 +124,9 @@ impl Tracker {
             clock_offset: clock_offset(),
             streams: HashMap::default(),
             next_stream: 0,
+            tls_sessions: HashMap::default(),
+            handshakes: Vec::new(),
+            tls_watch: None,
             tables: FdTables::default(),
             cwd: HashMap::default(),
             pending: HashMap::default(),
@@ -254,6 +269,7 @@ fn from_proto(kind: proto::StreamKind) -> Kind {
         proto::StreamKind::Udp => Kind::Udp,
         proto::StreamKind::Unix => Kind::Unix,
         proto::StreamKind::Pipe => Kind::Pipe,
+        proto::StreamKind::Tls => Kind::Tls,
         _ => Kind::Other,
     }
 }

@@ -40,6 +40,13 @@ impl Tracker {
 
     pub(super) fn task_exec(&mut self, rec: &TaskRecord, path: String, out: &mut Vec<proto::Record>) {
         let tgid = rec.hdr.tgid;
+        if let Some(watch) = &self.tls_watch {
+            // A program with a TLS library linked in (node, a static binary).
+            watch.push(match path.starts_with('/') {
+                true => crate::capture::tls::Candidate::File(path.clone().into()),
+                false => crate::capture::tls::Candidate::Process(tgid),
+            });
+        }
         let ts = self.wall_ns(rec.hdr.ts_ns);
         if rec.flags & TASK_JOINED != 0 && !self.tables.has_process(tgid) {
             // It joins here (it execs in a recorded cgroup): its cwd and standard fds as the

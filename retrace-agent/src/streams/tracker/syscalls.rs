@@ -49,7 +49,9 @@ impl Tracker {
             // The fd was closed or reopened in records the kernel had to drop.
             self.reopen_fd(tgid, loss_fd, ts, out);
         }
-        if sys.direction().is_some() {
+        if sys.is_tls() {
+            stream_id = self.tls_stream(tgid, fd0, args[3], sys, ts, out);
+        } else if sys.direction().is_some() {
             stream_id = self.stream_for_fd(tgid, fd0, ts, out);
             if let Some((local, peer)) = sockaddr::tuple(&rec.sock) {
                 self.fill_addresses(stream_id, local, peer, out);
@@ -344,6 +346,12 @@ impl Tracker {
         out: &mut Vec<proto::Record>,
     ) -> u64 {
         let path = self.resolve(tgid, dirfd, &text(aux), ts, out);
+        if let Some(watch) = &self.tls_watch {
+            if crate::capture::tls::is_shared_object(&path) {
+                // A library being loaded (dlopen too): it may be a TLS library of its own.
+                watch.push(crate::capture::tls::Candidate::File(path.clone().into()));
+            }
+        }
         let kind = self.path_kind(&path, ts);
         let id = procfs::FdIdentity { kind, path, ..Default::default() };
         let sid = self.new_stream(tgid, fd, &id, "open", false, ts, out);
