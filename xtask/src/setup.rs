@@ -138,6 +138,11 @@ fn test_peers() -> Result<()> {
         ("dig", "dnsutils"),
         ("wrk", "wrk"),            // concurrent keep-alive clients of a replayed server
         ("unshare", "util-linux"), // a recorded program sees the test's resolv.conf
+        // TLS clients on OpenSSL (curl, python, node with its own copy linked in) and GnuTLS
+        // (wget); openssl makes the test certificates.
+        ("openssl", "openssl"),
+        ("wget", "wget"),
+        ("node", "nodejs"),
     ];
     install_missing(&wanted)?;
     // pip, for the replay of `pip install` from a local index.

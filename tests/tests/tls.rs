@@ -1,0 +1,225 @@
+//! TLS plaintext capture: real clients on OpenSSL (curl, python, node, whose OpenSSL is linked
+//! into its program) and GnuTLS (wget) talk to a real TLS server that logs exactly what it
+//! received and sent; the recording's TLS streams must hold those bytes, tied to the socket
+//! that carried them, with the ciphertext left on the socket's own stream.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use retrace_agent::store::proto::Direction;
+use retrace_tests::{assert_bytes_eq, pattern, python, record_in, scratch, Rec};
+
+/// A TLS server on 127.0.0.1 (python's ssl on OpenSSL): HTTP/1.1, one request per connection;
+/// the answer to `GET /big` is `big.bin`, to anything else a short text. Connection N's
+/// plaintext is logged to `conn-N.in` (received) and `conn-N.out` (sent).
+struct TlsServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+const SERVER: &str = r#"
+import socket, ssl, sys, threading, itertools
+port_file, cert, key, big = sys.argv[1:5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ctx.set_alpn_protocols(["http/1.1"])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0)); srv.listen(16)
+counter = itertools.count()
+def serve(conn, n):
+    got = b""
+    with ctx.wrap_socket(conn, server_side=True) as tls:
+        while b"\r\n\r\n" not in got:
+            chunk = tls.recv(65536)
+            if not chunk: return
+            got += chunk
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length": length = int(value)
+        while len(body) < length:
+            chunk = tls.recv(65536)
+            if not chunk: break
+            got += chunk; body += chunk
+        path = head.split(b" ")[1]
+        payload = open(big, "rb").read() if path == b"/big" else b"hello " + path
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload
+        tls.sendall(answer)
+        open(f"conn-{n}.in", "wb").write(got)
+        open(f"conn-{n}.out", "wb").write(answer)
+        try: tls.unwrap()
+        except Exception: pass
+open(port_file + ".tmp", "w").write(str(srv.getsockname()[1]))
+import os; os.rename(port_file + ".tmp", port_file)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn, next(counter)), daemon=True).start()
+"#;
+
+impl TlsServer {
+    fn start(dir: &Path, big: &[u8]) -> TlsServer {
+        let dir = dir.join("server");
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args(["-keyout", "key.pem", "-out", "cert.pem"])
+            .current_dir(&dir)
+            .output()
+            .expect("openssl runs (cargo xtask setup installs it)");
+        assert!(made.status.success(), "openssl req: {}", String::from_utf8_lossy(&made.stderr));
+        std::fs::write(dir.join("big.bin"), big).unwrap();
+        std::fs::write(dir.join("server.py"), SERVER).unwrap();
+        let child = Command::new(python())
+            .args(["server.py", "port", "cert.pem", "key.pem", "big.bin"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(dir.join("port")) {
+                break text.trim().parse().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "the TLS server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        TlsServer { child, port, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    /// What connection `n` received and sent, waiting for the server to log it.
+    fn connection(&self, n: usize) -> (Vec<u8>, Vec<u8>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (inp, out) = (self.dir.join(format!("conn-{n}.in")), self.dir.join(format!("conn-{n}.out")));
+        while !(inp.exists() && out.exists()) {
+            assert!(std::time::Instant::now() < deadline, "the server logged no connection {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (std::fs::read(inp).unwrap(), std::fs::read(out).unwrap())
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The recording's one TLS stream, checked against what the server saw: exact plaintext both
+/// ways, no gaps, tied to a TCP stream to the server whose bytes are not the plaintext.
+fn check_tls_stream(rec: &Rec, server: &TlsServer, conn: usize, library: &str, sni: bool) {
+    let (received, sent) = server.connection(conn);
+    let tls = rec.find("a TLS stream", |s| s.kind == "tls");
+    assert_eq!(tls.tls_library, library, "{tls:#?}");
+    if sni {
+        assert_eq!(tls.sni, "localhost", "{tls:#?}");
+    }
+    assert!(tls.tls_version.starts_with("TLSv1."), "{tls:#?}");
+    assert_eq!(tls.peer, format!("127.0.0.1:{}", server.port), "{tls:#?}");
+    assert_bytes_eq(&rec.bytes(tls.id, Direction::Out), &received, "TLS plaintext the client sent");
+    assert_bytes_eq(&rec.bytes(tls.id, Direction::In), &sent, "TLS plaintext the client received");
+    assert!(rec.gaps(tls.id).is_empty(), "gaps in the TLS stream: {:?}", rec.gaps(tls.id));
+    let carrier = rec.find("the TLS stream's socket", |s| s.id == tls.carrier);
+    assert_eq!(carrier.kind, "tcp");
+    assert_eq!(carrier.peer, tls.peer);
+    let ciphertext = rec.bytes(carrier.id, Direction::Out);
+    assert!(ciphertext.len() > received.len(), "the socket carries the records, handshake included");
+    assert!(
+        !ciphertext.windows(received.len().min(64)).any(|w| w == &received[..received.len().min(64)]),
+        "the socket's own stream holds ciphertext, not the plaintext"
+    );
+}
+
+fn body_file(dir: &Path, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let body = pattern(len, seed);
+    let path = dir.join("body.bin");
+    std::fs::write(&path, &body).unwrap();
+    (path, body)
+}
+
+#[test]
+fn curl_on_openssl_large_bodies_both_ways() {
+    let dir = scratch("tls-curl");
+    let server = TlsServer::start(&dir, &pattern(300_000, 7));
+    let (body, _) = body_file(&dir, 200_000, 8);
+    let upload = format!("@{}", body.display());
+    record_in(&dir, &dir, &["curl", "-sk", "--data-binary", &upload, "-o", "/dev/null", &server.url("/upload")]);
+    check_tls_stream(&Rec::open(&dir.join("rec")), &server, 0, "openssl", true);
+
+    let dir2 = dir.join("download");
+    std::fs::create_dir_all(&dir2).unwrap();
+    record_in(&dir2, &dir2, &["curl", "-sk", "-o", "/dev/null", &server.url("/big")]);
+    let rec = Rec::open(&dir2.join("rec"));
+    check_tls_stream(&rec, &server, 1, "openssl", true);
+    assert_eq!(rec.find("a TLS stream", |s| s.kind == "tls").alpn, "http/1.1");
+}
+
+#[test]
+fn python_urllib_on_openssl() {
+    let dir = scratch("tls-python");
+    let server = TlsServer::start(&dir, b"");
+    let script = format!(
+        "import ssl, urllib.request\n\
+         ctx = ssl.create_default_context(cafile='{}')\n\
+         data = bytes(range(256)) * 600\n\
+         print(urllib.request.urlopen(urllib.request.Request('{}', data=data), context=ctx).read())\n",
+        server.dir.join("cert.pem").display(),
+        server.url("/py")
+    );
+    record_in(&dir, &dir, &[python(), "-c", &script]);
+    check_tls_stream(&Rec::open(&dir.join("rec")), &server, 0, "openssl", true);
+}
+
+#[test]
+fn node_https_with_its_own_openssl() {
+    let dir = scratch("tls-node");
+    let server = TlsServer::start(&dir, &pattern(100_000, 3));
+    let script = format!(
+        "const https = require('https');\n\
+         const req = https.request('{}', {{ method: 'POST', ca: require('fs').readFileSync('{}') }}, res => {{\n\
+           let n = 0; res.on('data', c => n += c.length); res.on('end', () => console.log(n));\n\
+         }});\n\
+         req.end(Buffer.alloc(70000, 'n'));\n",
+        server.url("/big"),
+        server.dir.join("cert.pem").display()
+    );
+    record_in(&dir, &dir, &["node", "-e", &script]);
+    check_tls_stream(&Rec::open(&dir.join("rec")), &server, 0, "openssl", true);
+}
+
+#[test]
+fn wget_on_gnutls() {
+    let dir = scratch("tls-wget");
+    let server = TlsServer::start(&dir, b"");
+    let (body, _) = body_file(&dir, 50_000, 9);
+    let post = format!("--post-file={}", body.display());
+    record_in(&dir, &dir, &["wget", "-q", "--no-check-certificate", &post, "-O", "/dev/null", &server.url("/w")]);
+    check_tls_stream(&Rec::open(&dir.join("rec")), &server, 0, "gnutls", true);
+}
+
+#[test]
+fn a_secret_in_tls_plaintext_is_redacted_at_record_time() {
+    let dir = scratch("tls-redact");
+    let server = TlsServer::start(&dir, b"");
+    let token = "Authorization: Bearer s3cr3t-t0ken-4f9a8b7c6d5e";
+    record_in(&dir, &dir, &["curl", "-sk", "-H", token, "-o", "/dev/null", &server.url("/secret")]);
+    let rec = Rec::open(&dir.join("rec"));
+    let tls = rec.find("a TLS stream", |s| s.kind == "tls");
+    let sent = rec.bytes(tls.id, Direction::Out);
+    let (received, _) = server.connection(0);
+    assert!(received.windows(12).any(|w| w == b"s3cr3t-t0ken"), "the server got the token");
+    assert_eq!(sent.len(), received.len(), "redaction keeps the length");
+    assert!(!sent.windows(12).any(|w| w == b"s3cr3t-t0ken"), "the token was recorded in the clear");
+    assert!(sent.starts_with(b"GET /secret HTTP/1.1\r\n"), "the rest is kept");
+    assert!(rec.data(tls.id).iter().any(|d| !d.redactions.is_empty()), "the redaction is marked");
+}
