@@ -10,7 +10,7 @@ use std::{
 };
 
 use retrace_agent::store::proto::Direction;
-use retrace_tests::{assert_bytes_eq, pattern, python, record_in, scratch, Rec};
+use retrace_tests::{assert_bytes_eq, pattern, python, record_in, replay_in, scratch, Rec};
 
 /// A TLS server on 127.0.0.1 (python's ssl on OpenSSL): HTTP/1.1, one request per connection;
 /// the answer to `GET /big` is `big.bin`, to anything else a short text. Connection N's
@@ -222,4 +222,91 @@ fn a_secret_in_tls_plaintext_is_redacted_at_record_time() {
     assert!(!sent.windows(12).any(|w| w == b"s3cr3t-t0ken"), "the token was recorded in the clear");
     assert!(sent.starts_with(b"GET /secret HTTP/1.1\r\n"), "the rest is kept");
     assert!(rec.data(tls.id).iter().any(|d| !d.redactions.is_empty()), "the redaction is marked");
+}
+
+/// Records `command` (built from the running server: its URL and CA file) against a TLS
+/// server, stops the server, and replays it: the same output, exit 0, every exchange matched
+/// on plaintext through the replayer's own TLS server.
+fn record_then_replay(name: &str, command: impl Fn(&TlsServer) -> Vec<String>) {
+    let dir = scratch(name);
+    let server = TlsServer::start(&dir, &pattern(40_000, 11));
+    let argv = command(&server);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let recorded = record_in(&dir, &dir, &argv);
+    drop(server);
+    let (out, report) = replay_in(&dir, &dir.join("rec"), &[], &argv);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{name} replay: {stderr}\n{report:#}");
+    assert_bytes_eq(&out.stdout, &recorded.stdout, &format!("{name}'s output in replay"));
+    assert_eq!(report["result"], "passed", "{report:#}");
+    assert_eq!(report["tls_terminated"], 1, "{report:#}");
+    let exchanges = report["exchanges"].as_array().unwrap();
+    assert!(exchanges.iter().all(|e| e["status"] == "matched") && !exchanges.is_empty(), "{report:#}");
+}
+
+fn ca(server: &TlsServer) -> String {
+    server.dir.join("cert.pem").display().to_string()
+}
+
+#[test]
+fn tls_clients_on_openssl_replay_with_the_server_gone() {
+    record_then_replay("tls-replay-curl", |s| {
+        vec!["curl".into(), "-s".into(), "--cacert".into(), ca(s), "--data-binary".into(), "x=1".into(), s.url("/big")]
+    });
+    record_then_replay("tls-replay-python", |s| {
+        let script = format!(
+            "import ssl, urllib.request\n\
+             ctx = ssl.create_default_context(cafile='{}')\n\
+             body = urllib.request.urlopen('{}', context=ctx).read()\n\
+             print(len(body), body[:16].hex())\n",
+            ca(s),
+            s.url("/big")
+        );
+        vec![python().into(), "-c".into(), script]
+    });
+}
+
+#[test]
+fn tls_clients_on_node_and_gnutls_replay_with_the_server_gone() {
+    record_then_replay("tls-replay-node", |s| {
+        let script = format!(
+            "require('https').get('{}', {{ ca: require('fs').readFileSync('{}') }}, res => {{\n\
+               let n = 0; res.on('data', c => n += c.length); res.on('end', () => console.log(res.statusCode, n));\n\
+             }});\n",
+            s.url("/big"),
+            ca(s)
+        );
+        vec!["node".into(), "-e".into(), script]
+    });
+    record_then_replay("tls-replay-wget", |s| {
+        vec!["wget".into(), "-q".into(), format!("--ca-certificate={}", ca(s)), "-O".into(), "-".into(), s.url("/w")]
+    });
+}
+
+#[test]
+fn a_program_that_pins_its_server_certificate_is_reported_as_such() {
+    let dir = scratch("tls-pinned");
+    let server = TlsServer::start(&dir, b"");
+    // The server's certificate compiled into the program: only that certificate is trusted.
+    let pinned = std::fs::read_to_string(server.dir.join("cert.pem")).unwrap();
+    let script = format!(
+        "require('https').get('{}', {{ ca: {pinned:?} }}, res => res.on('data', d => process.stdout.write(d)))\n\
+           .on('error', e => {{ console.log(e.code); process.exit(3); }});\n",
+        server.url("/pinned"),
+    );
+    let argv = ["node", "-e", script.as_str()];
+    let recorded = record_in(&dir, &dir, &argv);
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "hello /pinned");
+    drop(server);
+    let (out, report) = replay_in(&dir, &dir.join("rec"), &[], &argv);
+    assert_ne!(out.status.code(), Some(0), "a replay that cannot give the program its server fails");
+    let refused = report["tls_refused"].as_array().expect("a tls_refused entry");
+    assert_eq!(refused.len(), 1, "{report:#}");
+    assert_eq!(refused[0]["untrusted"], true, "{report:#}");
+    assert_eq!(refused[0]["names"][0], "localhost", "{report:#}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not trust the replay CA"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -45,27 +45,52 @@ impl Pool {
         self.by_peer.lock().expect("pool").get(peer).is_some_and(|c| !c.is_empty())
     }
 
+    /// The server names and protocols of the unclaimed connections to `peer` that began with
+    /// a TLS handshake, if any.
+    pub fn tls_first(&self, peer: &SocketAddr) -> Option<(Vec<String>, Vec<String>)> {
+        let pool = self.by_peer.lock().expect("pool");
+        let sessions: Vec<&super::script::TlsSession> =
+            pool.get(peer)?.iter().filter_map(|c| c.tls.as_ref()).filter(|t| t.prefix.is_empty()).collect();
+        if sessions.is_empty() {
+            return None;
+        }
+        let mut names: Vec<String> = sessions.iter().map(|t| t.sni.clone()).filter(|n| !n.is_empty()).collect();
+        names.dedup();
+        let mut alpn: Vec<String> = sessions.iter().map(|t| t.alpn.clone()).filter(|a| !a.is_empty()).collect();
+        alpn.dedup();
+        Some((names, alpn))
+    }
+
     /// Chooses among the unclaimed connections to `peer` by the program's first bytes `got`.
     /// `done`: the program sends nothing more for now, so choose with what is there (a
     /// connection whose whole first request was seen first, else the earliest that fits).
-    pub fn choose(&self, peer: &SocketAddr, got: &[u8], done: bool) -> Choice {
+    /// `tls_first`: the program began with a TLS handshake (which the replayer terminated), so
+    /// only connections recorded that way are candidates, and `got` is plaintext.
+    pub fn choose(&self, peer: &SocketAddr, got: &[u8], done: bool, tls_first: bool) -> Choice {
         let mut pool = self.by_peer.lock().expect("pool");
-        let Some(candidates) = pool.get_mut(peer) else { return Choice::None(None) };
-        if candidates.first().is_some_and(|c| first_send(c).is_none()) {
-            return Choice::Take(candidates.remove(0));
+        let Some(all) = pool.get_mut(peer) else { return Choice::None(None) };
+        let began_with_tls = |c: &Connection| c.tls.as_ref().is_some_and(|t| t.prefix.is_empty());
+        // The candidates, in the order the connections were made: indices into `all`.
+        let candidates: Vec<usize> = (0..all.len()).filter(|&i| began_with_tls(&all[i]) == tls_first).collect();
+        let Some(&first) = candidates.first() else { return Choice::None(None) };
+        if first_send(&all[first]).is_none() {
+            return Choice::Take(all.remove(first));
         }
         // Even one candidate left must be asked for: the program may want something else.
         if got.is_empty() {
-            return if done && !candidates.is_empty() { Choice::Take(candidates.remove(0)) } else { Choice::NeedMore };
+            return if done { Choice::Take(all.remove(first)) } else { Choice::NeedMore };
         }
-        let fitting: Vec<usize> = (0..candidates.len())
-            .filter(|&i| first_send(&candidates[i]).is_some_and(|(bytes, wild)| fits(got, bytes, wild)))
-            .collect();
-        let Some(&earliest) = fitting.first() else { return Choice::None(closest(candidates, got)) };
-        let complete = |i: &usize| first_send(&candidates[*i]).is_some_and(|(bytes, _)| bytes.len() <= got.len());
-        let same_request = fitting
+        let fitting: Vec<usize> = candidates
             .iter()
-            .all(|&i| first_send(&candidates[i]).map(|s| s.0) == first_send(&candidates[earliest]).map(|s| s.0));
+            .copied()
+            .filter(|&i| first_send(&all[i]).is_some_and(|(bytes, wild)| fits(got, bytes, wild)))
+            .collect();
+        let Some(&earliest) = fitting.first() else {
+            return Choice::None(closest(candidates.iter().map(|&i| &all[i]), got));
+        };
+        let complete = |i: &usize| first_send(&all[*i]).is_some_and(|(bytes, _)| bytes.len() <= got.len());
+        let same_request =
+            fitting.iter().all(|&i| first_send(&all[i]).map(|s| s.0) == first_send(&all[earliest]).map(|s| s.0));
         let chosen = if fitting.len() == 1 || same_request || fitting.iter().all(complete) {
             Some(earliest)
         } else if done {
@@ -74,11 +99,13 @@ impl Pool {
             None
         };
         match chosen {
-            Some(i) => Choice::Take(candidates.remove(i)),
+            Some(i) => Choice::Take(all.remove(i)),
             None => Choice::NeedMore,
         }
     }
+}
 
+impl Pool {
     /// The connections never claimed.
     pub fn left(&self) -> Vec<Connection> {
         let mut left: Vec<Connection> = self.by_peer.lock().expect("pool").drain().flat_map(|(_, c)| c).collect();
@@ -90,17 +117,21 @@ impl Pool {
 /// A redacted span: offset and length.
 type Span = (usize, usize);
 
-/// The first bytes the program sent on a recorded connection, with their redacted spans.
+/// The first bytes the program sent on a recorded connection (before a STARTTLS-style upgrade,
+/// those in the clear), with their redacted spans.
 fn first_send(c: &Connection) -> Option<(&[u8], &[Span])> {
-    match c.steps.first() {
+    let steps = match &c.tls {
+        Some(t) if !t.prefix.is_empty() => &t.prefix,
+        _ => &c.steps,
+    };
+    match steps.first() {
         Some(Step::Send { bytes, wildcards }) => Some((bytes, wildcards)),
         _ => None,
     }
 }
 
-fn closest(candidates: &[Connection], got: &[u8]) -> Option<Closest> {
+fn closest<'a>(candidates: impl Iterator<Item = &'a Connection>, got: &[u8]) -> Option<Closest> {
     candidates
-        .iter()
         .filter_map(|c| {
             let (bytes, wild) = first_send(c)?;
             let offset = first_difference(bytes, got, wild, 0).unwrap_or(got.len().min(bytes.len()));
@@ -127,6 +158,13 @@ mod tests {
                 Step::Receive { bytes: b"ok".to_vec(), ts_ns: 0, gate: 0 },
             ],
             opens_at: 0,
+            tls: None,
+        }
+    }
+
+    impl Pool {
+        fn choose_plain(&self, peer: &SocketAddr, got: &[u8], done: bool) -> Choice {
+            self.choose(peer, got, done, false)
         }
     }
 
@@ -146,21 +184,21 @@ mod tests {
             conn(3, "GET /ab HTTP/1.1\r\n"),
         ]);
         // Not enough to tell /a, /b and /ab apart yet.
-        assert!(matches!(pool.choose(&peer, b"GET /", false), Choice::NeedMore));
-        assert_eq!(taken(pool.choose(&peer, b"GET /b HTTP", false)), Some(2));
-        assert_eq!(taken(pool.choose(&peer, b"GET /ab", false)), Some(3));
+        assert!(matches!(pool.choose_plain(&peer, b"GET /", false), Choice::NeedMore));
+        assert_eq!(taken(pool.choose_plain(&peer, b"GET /b HTTP", false)), Some(2));
+        assert_eq!(taken(pool.choose_plain(&peer, b"GET /ab", false)), Some(3));
         assert!(
-            matches!(pool.choose(&peer, b"GET /c", false), Choice::None(Some(Closest { offset: 5, .. }))),
+            matches!(pool.choose_plain(&peer, b"GET /c", false), Choice::None(Some(Closest { offset: 5, .. }))),
             "no recorded /c"
         );
         // The last one left is still only taken for what it was.
-        assert!(matches!(pool.choose(&peer, b"", false), Choice::NeedMore));
-        assert!(matches!(pool.choose(&peer, b"GET /z", false), Choice::None(_)));
-        assert_eq!(taken(pool.choose(&peer, b"GET /a", false)), Some(1));
+        assert!(matches!(pool.choose_plain(&peer, b"", false), Choice::NeedMore));
+        assert!(matches!(pool.choose_plain(&peer, b"GET /z", false), Choice::None(_)));
+        assert_eq!(taken(pool.choose_plain(&peer, b"GET /a", false)), Some(1));
         assert!(!pool.has(&peer));
         // Identical requests go in connect order.
         let pool = Pool::new(vec![conn(4, "PING\r\n"), conn(5, "PING\r\n")]);
-        assert_eq!(taken(pool.choose(&peer, b"PI", false)), Some(4));
+        assert_eq!(taken(pool.choose_plain(&peer, b"PI", false)), Some(4));
         assert_eq!(pool.left().iter().map(|c| c.stream_id).collect::<Vec<_>>(), vec![5]);
     }
 }

@@ -19,6 +19,7 @@ mod rootfs;
 mod sandbox;
 pub mod script;
 mod seccomp;
+mod tls;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -85,6 +86,8 @@ pub struct Shared {
     /// When the recorder stopped the program, if it did: the clock reads it when the replayer
     /// stops the program.
     stopped_ns: Option<u64>,
+    /// The replay's CA, where TLS connections were recorded with their plaintext.
+    tls: Option<tls::Authority>,
 }
 
 impl Shared {
@@ -103,6 +106,12 @@ impl Shared {
             r.absent_sockets.push(path.to_owned());
         }
     }
+    fn tls_refused(&self, refusal: report::TlsRefusal) {
+        self.report.lock().expect("report").tls_refused.push(refusal);
+    }
+    fn tls_terminated(&self) {
+        self.report.lock().expect("report").tls_terminated += 1;
+    }
     fn exchange(&self, exchange: Exchange) {
         self.report.lock().expect("report").exchanges.push(exchange);
     }
@@ -118,6 +127,15 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     }
     let live = live.build().map_err(|e| ReplayError::Glob(e.to_string()))?;
 
+    // TLS connections recorded with their plaintext are answered by the replayer's own TLS
+    // server, under a CA made for this replay and trusted inside the sandbox only.
+    let authority = match script.connections.iter().any(|c| c.tls.is_some()) {
+        true => Some(
+            tls::Authority::new((recording.manifest.started_ns / 1_000_000_000) as i64)
+                .map_err(|e| ReplayError::Sandbox(format!("cannot make the replay CA: {e}")))?,
+        ),
+        false => None,
+    };
     let connections = Arc::new(matching::Pool::new(script.connections));
     let mut failed_connects: HashMap<String, VecDeque<i32>> = HashMap::new();
     for (address, errno) in script.failed_connects {
@@ -142,6 +160,10 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
             }
         }
     }
+    let mut env = Vec::new();
+    if let Some(authority) = &authority {
+        env.extend(trust_replay_ca(&mut rootfs, authority, &script.files)?);
+    }
     let tees: Vec<output::Tee> =
         script.outputs.into_iter().filter_map(|o| output::Tee::start(o, &config.noise)).collect();
     let stdio: Vec<(i32, std::os::fd::RawFd)> =
@@ -149,7 +171,6 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     // The program's clock starts at the recorded command's start, now.
     let clock = clock::VirtualClock::new(script.started_ns.unwrap_or(recording.manifest.started_ns));
     // What OpenSSL's random functions returned comes from the replayer through a preloaded shim.
-    let mut env = Vec::new();
     if !script.library_random.is_empty() {
         rootfs.layer_file(OPENSSL_RAND_SHIM_PATH, OPENSSL_RAND_SHIM, None)?;
         let preload = match std::env::var("LD_PRELOAD") {
@@ -164,6 +185,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         noise: config.noise.clone(),
         clock,
         stopped_ns: recording.manifest.stopped_ns,
+        tls: authority,
         ..Default::default()
     });
     {
@@ -237,4 +259,64 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     }
     report.result = if report.passed() { "passed" } else { "failed" }.into();
     Ok(report)
+}
+
+/// Where the replay CA is, inside the sandbox.
+const REPLAY_CA_PATH: &str = "/.retrace/replay-ca.pem";
+const REPLAY_BUNDLE_PATH: &str = "/.retrace/ca-bundle.pem";
+const REPLAY_CERT_DIR: &str = "/.retrace/certs";
+
+/// Makes the program trust the replay CA, inside the sandbox only: the system's bundles and
+/// hashed folders, every CA file the program read when recorded (`curl --cacert`, a client's
+/// own bundle), and the variables TLS stacks read (OpenSSL, Go, python requests, node, curl).
+/// Returns the variables to set.
+fn trust_replay_ca(
+    rootfs: &mut rootfs::RootFs,
+    authority: &tls::Authority,
+    files: &HashMap<String, script::FileStart>,
+) -> Result<Vec<(String, String)>, ReplayError> {
+    let ca = authority.pem();
+    let with_ca = |content: &[u8]| {
+        let mut out = content.to_vec();
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(&ca);
+        out
+    };
+    for (path, start) in files {
+        if let script::FileStart::Content(content, mtime_ns) = start {
+            if tls::holds_certificates(content) {
+                rootfs.layer_file(path, &with_ca(content), *mtime_ns)?;
+            }
+        }
+    }
+    let mut system_bundle = Vec::new();
+    for path in tls::SYSTEM_BUNDLES {
+        if files.contains_key(*path) {
+            continue;
+        }
+        if let Ok(content) = std::fs::read(path) {
+            if system_bundle.is_empty() {
+                system_bundle = content.clone();
+            }
+            rootfs.layer_file(path, &with_ca(&content), None)?;
+        }
+    }
+    let name = format!("{:08x}.0", authority.subject_hash());
+    for dir in tls::SYSTEM_CERT_DIRS {
+        if std::path::Path::new(dir).is_dir() {
+            rootfs.layer_file(&format!("{dir}/{name}"), &ca, None)?;
+        }
+    }
+    rootfs.layer_file(REPLAY_CA_PATH, &ca, None)?;
+    rootfs.layer_file(REPLAY_BUNDLE_PATH, &with_ca(&system_bundle), None)?;
+    rootfs.layer_file(&format!("{REPLAY_CERT_DIR}/{name}"), &ca, None)?;
+    let mut env: Vec<(String, String)> = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"]
+        .iter()
+        .map(|v| (v.to_string(), REPLAY_BUNDLE_PATH.to_owned()))
+        .collect();
+    env.push(("SSL_CERT_DIR".into(), REPLAY_CERT_DIR.to_owned()));
+    env.push(("NODE_EXTRA_CA_CERTS".into(), REPLAY_CA_PATH.to_owned()));
+    Ok(env)
 }

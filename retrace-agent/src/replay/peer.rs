@@ -14,9 +14,10 @@ use super::{
     http,
     matching::{Choice, Pool},
     order::Order,
+    report,
     report::{Difference, Exchange, Unmatched},
     script::{self, Connection, OrderEvent, Step},
-    Shared,
+    tls, Shared,
 };
 
 /// How long the program may take to send what the recording says comes next.
@@ -47,10 +48,24 @@ const CHOOSE_PAUSE: Duration = Duration::from_millis(50);
 /// first) is played; if none fits, the program gets a reset and the report an `unmatched`
 /// entry, never another connection's bytes.
 pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpStream, shared: Arc<Shared>) {
+    // A program that begins with a TLS handshake where TLS connections with their plaintext
+    // were recorded: the replayer is its TLS server, and it is matched and played on plaintext.
+    let mut tls_first = false;
+    if let Some((names, alpn)) = pool.tls_first(&peer) {
+        if tls::client_hello_first(&sock, STEP_TIMEOUT) {
+            match terminate_tls(&shared, sock, &peer, names, &alpn) {
+                Some(plain) => {
+                    sock = plain;
+                    tls_first = true;
+                }
+                None => return,
+            }
+        }
+    }
     let mut got = Vec::new();
     let mut done = false;
     let chosen = loop {
-        match pool.choose(&peer, &got, done) {
+        match pool.choose(&peer, &got, done, tls_first) {
             Choice::Take(c) => break Ok(c),
             Choice::None(closest) => break Err(closest),
             Choice::NeedMore => {}
@@ -66,7 +81,28 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
         }
     };
     match chosen {
-        Ok(connection) => play(connection, sock, Role::Server, got, shared, None),
+        Ok(connection) => {
+            // A STARTTLS-style upgrade: what went in the clear first, then TLS.
+            if let Some(session) = connection.tls.as_ref().filter(|t| !t.prefix.is_empty() && !tls_first) {
+                if let Err(difference) = play_prefix(&mut sock, &session.prefix, std::mem::take(&mut got)) {
+                    shared.exchange(Exchange {
+                        stream_id: connection.stream_id,
+                        peer: connection.peer.to_string(),
+                        status: "diverged".into(),
+                        difference: Some(difference),
+                        ..Default::default()
+                    });
+                    return;
+                }
+                let names = vec![session.sni.clone()].into_iter().filter(|n| !n.is_empty()).collect();
+                let alpn: Vec<String> = vec![session.alpn.clone()].into_iter().filter(|a| !a.is_empty()).collect();
+                match terminate_tls(&shared, sock, &peer, names, &alpn) {
+                    Some(plain) => sock = plain,
+                    None => return,
+                }
+            }
+            play(connection, sock, Role::Server, got, shared, None)
+        }
         Err(closest) => {
             // SO_LINGER 0: the close is a reset, as a refused request would be.
             let linger = libc::linger { l_onoff: 1, l_linger: 0 };
@@ -101,6 +137,91 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
             });
         }
     }
+}
+
+/// Terminates the program's TLS with a certificate for `names` from the replay's CA; a refusal
+/// goes to the report (its own entry: a program that pins keys cannot be given a stand-in).
+fn terminate_tls(
+    shared: &Shared,
+    sock: TcpStream,
+    peer: &std::net::SocketAddr,
+    names: Vec<String>,
+    alpn: &[String],
+) -> Option<TcpStream> {
+    let refused = |untrusted: bool, detail: String| report::TlsRefusal {
+        address: peer.to_string(),
+        names: names.clone(),
+        untrusted,
+        detail,
+    };
+    let Some(authority) = &shared.tls else {
+        shared.tls_refused(refused(false, "no replay CA".into()));
+        return None;
+    };
+    let acceptor = match authority.acceptor(&names, peer.ip(), alpn) {
+        Ok(a) => a,
+        Err(e) => {
+            shared.tls_refused(refused(false, format!("cannot make the server certificate: {e}")));
+            return None;
+        }
+    };
+    match tls::terminate(&acceptor, sock) {
+        Ok(plain) => {
+            shared.tls_terminated();
+            Some(plain)
+        }
+        Err(r) => {
+            shared.tls_refused(refused(r.untrusted, r.detail));
+            None
+        }
+    }
+}
+
+/// Plays the cleartext steps before a STARTTLS-style upgrade; `got` is what the program sent
+/// already.
+fn play_prefix(sock: &mut TcpStream, steps: &[Step], mut got: Vec<u8>) -> Result<(), Difference> {
+    let _ = sock.set_read_timeout(Some(STEP_TIMEOUT));
+    for step in steps {
+        match step {
+            Step::Send { bytes, wildcards } => {
+                let mut buf = [0u8; 4096];
+                while got.len() < bytes.len() {
+                    match sock.read(&mut buf) {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let n = got.len().min(bytes.len());
+                if let Some(at) = script::first_difference(bytes, &got[..n], wildcards, 0) {
+                    return Err(Difference {
+                        offset: at as u64,
+                        what: "different bytes before the TLS handshake".into(),
+                        expected: context(&bytes[at..]),
+                        actual: context(&got[at..n]),
+                        learn: None,
+                    });
+                }
+                if n < bytes.len() {
+                    return Err(Difference {
+                        offset: n as u64,
+                        what: "the program sent less before the TLS handshake".into(),
+                        expected: context(&bytes[n..]),
+                        ..Default::default()
+                    });
+                }
+                got.drain(..n);
+            }
+            Step::Receive { bytes, .. } => {
+                if sock.write_all(bytes).is_err() {
+                    return Err(Difference {
+                        what: "the program closed the connection early".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A connection's place in the recorded order of a server's connections: the order, and the

@@ -67,6 +67,19 @@ pub struct Unmatched {
     pub difference: Option<Difference>,
 }
 
+/// A TLS handshake with the replayer's server that did not complete: the program refused the
+/// replay's certificate (it pins a key or trusts only roots compiled into it), or the
+/// handshake failed otherwise.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TlsRefusal {
+    pub address: String,
+    /// The server names the replayer's certificate was made for.
+    pub names: Vec<String>,
+    /// The program did not trust the replay CA.
+    pub untrusted: bool,
+    pub detail: String,
+}
+
 /// A DNS question the program asked a recorded DNS server.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct DnsQuery {
@@ -120,6 +133,11 @@ pub struct ReplayReport {
     /// Connections to a recorded address that matched none of its recorded connections, and
     /// datagrams (`udp ADDRESS`) that matched none of those recorded to their peer.
     pub unmatched: Vec<Unmatched>,
+    /// TLS connections whose handshake with the replayer failed (see `TlsRefusal`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_refused: Vec<TlsRefusal>,
+    /// TLS connections the replayer terminated with the replay CA.
+    pub tls_terminated: u64,
     /// Unix socket paths the program tried that do not exist on the host: refused with ENOENT,
     /// as the host would, and not a failure (nothing could be reached there).
     pub absent_sockets: Vec<String>,
@@ -141,6 +159,7 @@ impl ReplayReport {
         self.errors.is_empty()
             && self.blocked.is_empty()
             && self.unmatched.is_empty()
+            && self.tls_refused.is_empty()
             && self.dns.iter().all(|q| q.answer != DnsQuery::NXDOMAIN)
             && self.exchanges.iter().all(|e| e.status == "matched")
             && self.outputs.iter().all(|o| o.status == "matched")
@@ -180,6 +199,14 @@ impl ReplayReport {
                 )),
                 None => s.push_str(&format!("retrace:   stream {} to {}: {}\n", e.stream_id, e.peer, e.status)),
             }
+        }
+        for t in &self.tls_refused {
+            let why = if t.untrusted {
+                "the program does not trust the replay CA (a pinned key, or roots compiled into it: it cannot be replayed against a stand-in server)"
+            } else {
+                "the TLS handshake with the replayer failed"
+            };
+            s.push_str(&format!("retrace:   TLS to {} ({}): {why}: {}\n", t.address, t.names.join(", "), t.detail));
         }
         for o in self.outputs.iter().filter(|o| o.status != "matched") {
             let name = if o.fd == 1 { "stdout" } else { "stderr" };

@@ -57,6 +57,21 @@ pub struct Connection {
     /// Server replay opens it once the events before this one in `Script::inbound_order` have
     /// happened (0 for the program's own connections).
     pub opens_at: usize,
+    /// A TLS connection whose plaintext was recorded: `steps` are the plaintext, played over a
+    /// TLS session the replayer terminates.
+    pub tls: Option<TlsSession>,
+}
+
+/// What the replayer's TLS server presents for a recorded TLS connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSession {
+    /// Server name the program asked for (empty: none, an address).
+    pub sni: String,
+    /// The application protocol agreed on (empty: none).
+    pub alpn: String,
+    /// What went over the socket in the clear before the handshake (a STARTTLS-style
+    /// upgrade: PostgreSQL's SSLRequest and its answer); empty when TLS came first.
+    pub prefix: Vec<Step>,
 }
 
 /// One event of the recorded inbound connections, in the order the program saw them: across
@@ -206,6 +221,13 @@ impl Script {
         // (a readiness probe a server counts, a client that gave up).
         let mut ids: Vec<u64> = infos.keys().copied().collect();
         ids.sort_unstable();
+        // The TLS stream (with plaintext) of each socket stream that carried one.
+        let mut tls_of: HashMap<u64, u64> = HashMap::new();
+        for info in infos.values() {
+            if info.kind() == StreamKind::Tls && info.carrier != 0 && data.contains_key(&info.id) {
+                tls_of.entry(info.carrier).or_insert(info.id);
+            }
+        }
         let mut accepted = Vec::new();
         let mut datagrams: HashMap<SocketAddr, DatagramPeer> = HashMap::new();
         for id in ids {
@@ -221,8 +243,19 @@ impl Script {
             match info.kind() {
                 StreamKind::Tcp if info.origin == "socket" && !info.listening => {
                     let Ok(peer) = info.peer.parse::<SocketAddr>() else { continue };
-                    let steps = steps(chunks.iter().map(|c| (&c.2, 0)));
-                    script.connections.push(Connection { stream_id: id, peer, steps, opens_at: 0 });
+                    let (steps, tls) = match tls_of.get(&id).and_then(|t| Some((infos.get(t)?, data.remove(t)?))) {
+                        Some((tls_info, mut plain)) => {
+                            plain.sort_by_key(|c| (c.0, c.1));
+                            let session = TlsSession {
+                                sni: tls_info.sni.clone(),
+                                alpn: tls_info.alpn.clone(),
+                                prefix: steps(cleartext_prefix(&chunks).map(|d| (d, 0))),
+                            };
+                            (steps(plain.iter().map(|c| (&c.2, 0))), Some(session))
+                        }
+                        None => (steps(chunks.iter().map(|c| (&c.2, 0))), None),
+                    };
+                    script.connections.push(Connection { stream_id: id, peer, steps, opens_at: 0, tls });
                 }
                 StreamKind::Tcp if info.origin == "accept" => {
                     let Ok(local) = info.local.parse::<SocketAddr>() else { continue };
@@ -328,6 +361,12 @@ impl Script {
     }
 }
 
+/// A TLS socket's records before its handshake (the ClientHello: the first bytes out that are
+/// a TLS handshake record).
+fn cleartext_prefix(chunks: &[(u64, usize, proto::Data)]) -> impl Iterator<Item = &proto::Data> {
+    chunks.iter().map(|c| &c.2).take_while(|d| !(d.direction() == Direction::Out && d.payload.first() == Some(&0x16)))
+}
+
 /// Appends a record's payload to `bytes`, and its redacted spans, moved to where they land.
 fn append(bytes: &mut Vec<u8>, wildcards: &mut Vec<(usize, usize)>, d: &proto::Data) {
     let base = bytes.len();
@@ -385,6 +424,7 @@ fn inbound(mut accepted: Vec<Accepted>) -> (Vec<Connection>, Vec<OrderEvent>) {
         .into_iter()
         .zip(index)
         .map(|((stream_id, peer, opened, chunks), index)| Connection {
+            tls: None,
             stream_id,
             peer,
             opens_at: 1 + all.partition_point(|e| (e.0, e.1) < opened),
