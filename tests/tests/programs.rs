@@ -305,6 +305,24 @@ impl Postgres {
     /// Trust on every connection, or SCRAM on TCP (the superuser's password `scram`, set
     /// over the unix socket).
     fn start(dir: &Path, port: u16, scram: bool) -> Postgres {
+        Postgres::start_with(dir, port, scram, "")
+    }
+
+    /// With TLS on, under a self-signed certificate for localhost.
+    fn start_tls(dir: &Path, port: u16) -> Postgres {
+        std::fs::create_dir_all(dir).unwrap();
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-keyout", "server.key", "-out", "server.crt"])
+            .current_dir(dir));
+        run(Command::new("chown").args(["postgres:postgres", "server.key", "server.crt"]).current_dir(dir));
+        run(Command::new("chmod").args(["600", "server.key"]).current_dir(dir));
+        let options =
+            format!("-c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key", dir.display());
+        Postgres::start_with(dir, port, false, &options)
+    }
+
+    fn start_with(dir: &Path, port: u16, scram: bool, extra: &str) -> Postgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL's server (cargo xtask setup installs it)")
             .flatten()
@@ -324,7 +342,7 @@ impl Postgres {
         run(as_postgres("initdb")
             .args(["--auth-local=trust", "--auth-host", host_auth, "-U", "postgres", "-D"])
             .arg(&data));
-        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
+        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 {extra}", dir.display());
         run(as_postgres("pg_ctl")
             .arg("-D")
             .arg(&data)
@@ -376,6 +394,31 @@ fn psql_replays_its_queries_with_postgres_stopped() {
     let (out, report) = replay_in(&dir, &dir.join("q/rec"), &[], &changed);
     assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
     assert_eq!(report["exchanges"][0]["status"], "diverged", "{report}");
+}
+
+/// psql with `sslmode=require`: a cleartext SSLRequest, then TLS. Recorded with its plaintext
+/// (uprobes on libssl), replayed through the replayer's own TLS server with postgres stopped.
+#[test]
+fn psql_over_tls_replays_its_plaintext_with_postgres_stopped() {
+    let dir = scratch("programs-psql-tls");
+    let port = free_port();
+    let postgres = Postgres::start_tls(&dir, port);
+    let conninfo = format!("host=localhost port={port} user=postgres sslmode=require");
+    let sql = "select 6 * 7 as answer, ssl from pg_stat_ssl where pid = pg_backend_pid()";
+    let command = ["psql", "-X", conninfo.as_str(), "-c", sql];
+    let recorded = record_in(&dir, &dir.join("q"), &command);
+    let text = String::from_utf8_lossy(&recorded.stdout).into_owned();
+    assert!(text.contains("42 | t"), "the query ran over TLS: {text}");
+    let rec = retrace_tests::Rec::open(&dir.join("q/rec"));
+    let tls = rec.find("a TLS stream", |s| s.kind == "tls");
+    assert_eq!((tls.sni.as_str(), tls.tls_library.as_str()), ("localhost", "openssl"), "{tls:#?}");
+    let query = rec.bytes(tls.id, retrace_agent::store::proto::Direction::Out);
+    assert!(query.windows(sql.len()).any(|w| w == sql.as_bytes()), "the query is in the TLS plaintext");
+    drop(postgres);
+    let (out, report) = replay_in(&dir, &dir.join("q/rec"), &[], &command);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, recorded.stdout);
+    assert_eq!(report["tls_terminated"], 1, "{report}");
 }
 
 #[test]

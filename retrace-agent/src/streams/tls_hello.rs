@@ -18,15 +18,16 @@ const EXT_SERVER_NAME: u16 = 0;
 const EXT_ALPN: u16 = 16;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
 
-/// Whether `bytes` start like a TLS handshake record.
+/// Whether `bytes` start like a TLS handshake record (a library may read its 5-byte header
+/// alone).
 pub fn looks_like_handshake(bytes: &[u8]) -> bool {
-    bytes.len() >= 6 && bytes[0] == HANDSHAKE && bytes[1] == 3 && bytes[2] <= 4
+    bytes.len() >= 3 && bytes[0] == HANDSHAKE && bytes[1] == 3 && bytes[2] <= 4
 }
 
 /// Learns from the first bytes one way of a connection (a ClientHello or a ServerHello); false
 /// if they are not a TLS handshake.
 pub fn learn(hello: &mut Hello, bytes: &[u8]) -> bool {
-    if !looks_like_handshake(bytes) {
+    if bytes.len() < 6 || !looks_like_handshake(bytes) {
         return false;
     }
     let record_len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;

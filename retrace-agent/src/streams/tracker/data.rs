@@ -131,7 +131,7 @@ impl Tracker {
             if s.hello.is_some() {
                 self.tls_first_bytes(sid, payload, out);
             }
-        } else if offset < (1 << 15) && (offset == 0 || s.hello.is_some()) {
+        } else if offset < 1024 || s.hello.is_some() {
             self.observe_handshake(sid, dir, offset, payload);
         }
     }

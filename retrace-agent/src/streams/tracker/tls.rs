@@ -80,7 +80,7 @@ impl Tracker {
             s.info.alpn = hello.alpn.clone();
             s.info.tls_version = hello.version.clone();
             if s.info.alpn.is_empty() && !hello.alpn_offered.is_empty() {
-                s.hello = Some(Box::new(Handshake { hello: hello.clone(), partial: Default::default() }));
+                s.hello = Some(Box::new(Handshake { hello: hello.clone(), ..Default::default() }));
             }
         }
         out.push(record(R::Stream(s.info.clone())));
@@ -95,9 +95,14 @@ impl Tracker {
             return;
         }
         let side = (dir == Direction::Out) as usize;
-        let fresh = offset == 0 && payload.first() == Some(&0x16);
-        let continues =
-            s.hello.as_ref().is_some_and(|h| !h.partial[side].is_empty() && h.partial[side].len() as u64 == offset);
+        let continues = s.hello.as_ref().is_some_and(|h| {
+            let (start, bytes) = &h.partial[side];
+            !bytes.is_empty() && start + bytes.len() as u64 == offset
+        });
+        // A handshake comes first, or after a short cleartext upgrade (PostgreSQL's SSLRequest,
+        // STARTTLS), once each way.
+        let seen = s.hello.as_ref().is_some_and(|h| h.seen[side]);
+        let fresh = !continues && !seen && offset < UPGRADE_MAX && tls_hello::looks_like_handshake(payload);
         if !fresh && !continues {
             return;
         }
@@ -108,7 +113,11 @@ impl Tracker {
             self.handshakes.push((s.info.pid, sid));
         }
         let state = s.hello.get_or_insert_with(Default::default);
-        let partial = &mut state.partial[side];
+        state.seen[side] = true;
+        let (start, partial) = &mut state.partial[side];
+        if fresh {
+            *start = offset;
+        }
         let room = FIRST_RECORD_MAX.saturating_sub(partial.len());
         partial.extend_from_slice(&payload[..payload.len().min(room)]);
         if partial.len() < 5 {
@@ -180,8 +189,14 @@ pub(super) type HelloState = Option<Box<Handshake>>;
 #[derive(Clone, Debug, Default)]
 pub(super) struct Handshake {
     hello: Hello,
-    partial: [Vec<u8>; 2],
+    /// Where each first record started in its direction, and its bytes so far.
+    partial: [(u64, Vec<u8>); 2],
+    /// A first record was met that way.
+    seen: [bool; 2],
 }
+
+/// A handshake is looked for this far into a connection (after a cleartext upgrade request).
+const UPGRADE_MAX: u64 = 1024;
 
 /// Handshakes waiting for their TLS stream, at most (oldest forgotten first).
 const HANDSHAKES_MAX: usize = 256;
