@@ -89,7 +89,7 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
                         stream_id: connection.stream_id,
                         peer: connection.peer.to_string(),
                         status: "diverged".into(),
-                        difference: Some(difference),
+                        difference: Some(*difference),
                         ..Default::default()
                     });
                     return;
@@ -179,7 +179,7 @@ fn terminate_tls(
 
 /// Plays the cleartext steps before a STARTTLS-style upgrade; `got` is what the program sent
 /// already.
-fn play_prefix(sock: &mut TcpStream, steps: &[Step], mut got: Vec<u8>) -> Result<(), Difference> {
+fn play_prefix(sock: &mut TcpStream, steps: &[Step], mut got: Vec<u8>) -> Result<(), Box<Difference>> {
     let _ = sock.set_read_timeout(Some(STEP_TIMEOUT));
     for step in steps {
         match step {
@@ -193,30 +193,30 @@ fn play_prefix(sock: &mut TcpStream, steps: &[Step], mut got: Vec<u8>) -> Result
                 }
                 let n = got.len().min(bytes.len());
                 if let Some(at) = script::first_difference(bytes, &got[..n], wildcards, 0) {
-                    return Err(Difference {
+                    return Err(Box::new(Difference {
                         offset: at as u64,
                         what: "different bytes before the TLS handshake".into(),
                         expected: context(&bytes[at..]),
                         actual: context(&got[at..n]),
                         learn: None,
-                    });
+                    }));
                 }
                 if n < bytes.len() {
-                    return Err(Difference {
+                    return Err(Box::new(Difference {
                         offset: n as u64,
                         what: "the program sent less before the TLS handshake".into(),
                         expected: context(&bytes[n..]),
                         ..Default::default()
-                    });
+                    }));
                 }
                 got.drain(..n);
             }
             Step::Receive { bytes, .. } => {
                 if sock.write_all(bytes).is_err() {
-                    return Err(Difference {
+                    return Err(Box::new(Difference {
                         what: "the program closed the connection early".into(),
                         ..Default::default()
-                    });
+                    }));
                 }
             }
         }

@@ -102,8 +102,14 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     }
     {
         let nginx = Nginx::start(&work, Placement::Shared)?;
-        for file in ["1k.bin", "1m.bin"] {
-            let tracers = if file == "1m.bin" { &Tracer::WITH_BACKPRESSURE[..] } else { &Tracer::ALL[..] };
+        // `tls/`: the same nginx over TLS, where Retrace records the plaintext through its
+        // uprobes on libssl as well as the ciphertext.
+        for file in ["1k.bin", "1m.bin", "tls/1k.bin", "tls/64k.bin"] {
+            let tracers = match file {
+                "1m.bin" => &Tracer::WITH_BACKPRESSURE[..],
+                f if f.starts_with("tls/") => &[Tracer::None, Tracer::Retrace][..],
+                _ => &Tracer::ALL[..],
+            };
             for round in 0..rounds {
                 for &tracer in tracers {
                     eprintln!("bench: nginx {file} round {round} {}", tracer.name());
@@ -244,6 +250,7 @@ fn install_peers() -> Result<()> {
         ("redis-server", "redis-server"),
         ("redis-benchmark", "redis-tools"),
         ("nginx", "nginx"),
+        ("openssl", "openssl"),
         ("wrk", "wrk"),
         ("bpftrace", "bpftrace"),
         ("strace", "strace"),

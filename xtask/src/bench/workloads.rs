@@ -164,6 +164,9 @@ pub struct Nginx {
     placement: Placement,
 }
 
+/// nginx's TLS port (the `tls/` workloads).
+const TLS_PORT: u16 = 18443;
+
 impl Nginx {
     /// nginx with one worker serving 1 KiB and 1 MiB files. `sendfile off`: with sendfile the
     /// body never passes through user memory and no tool could record it (Retrace records such
@@ -174,13 +177,27 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/1k.bin"), pattern(1024))?;
         std::fs::write(dir.join("www/1m.bin"), pattern(1 << 20))?;
+        std::fs::write(dir.join("www/64k.bin"), pattern(64 << 10))?;
+        // The same files over TLS (the `tls/` workloads), under a self-signed certificate.
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "2", "-subj", "/CN=localhost", "-keyout", "tls.key", "-out", "tls.crt"])
+            .current_dir(&dir)
+            .output()
+            .context("run openssl (cargo xtask setup installs it)")?;
+        if !made.status.success() {
+            bail!("openssl req failed: {}", String::from_utf8_lossy(&made.stderr));
+        }
         let d = dir.display();
         let conf = format!(
             "worker_processes 1;\ndaemon off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  sendfile off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  \
              fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  \
-             server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n"
+             server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n  \
+             server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/tls.crt; ssl_certificate_key {d}/tls.key; \
+             root {d}/www; location /tls/ {{ alias {d}/www/; }} }}\n}}\n",
+            tls_port = TLS_PORT
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -220,7 +237,10 @@ impl Nginx {
         secs: u32,
     ) -> Result<Sample> {
         let attached = attach(tracer, retrace, work, &self.pids(), Some("nginx"), self.placement.tracer_cpu())?;
-        let url = format!("http://127.0.0.1:{}/{file}", self.port);
+        let url = match file.strip_prefix("tls/") {
+            Some(_) => format!("https://127.0.0.1:{TLS_PORT}/{file}"),
+            None => format!("http://127.0.0.1:{}/{file}", self.port),
+        };
         let out = on_cpu(&mut Command::new("wrk"), self.placement.workload_cpu())
             .args(["-t2", "-c20", &format!("-d{secs}s"), "--latency", &url])
             .output()
@@ -233,7 +253,11 @@ impl Nginx {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .with_context(|| format!("unexpected wrk output: {text}"))?;
         let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(|v| parse_duration_ms(v.trim()));
-        Ok(Sample { workload: format!("nginx GET {file}"), tracer, round, throughput: rps, p99_ms: p99, cost })
+        let workload = match file.strip_prefix("tls/") {
+            Some(file) => format!("nginx HTTPS GET {file}"),
+            None => format!("nginx GET {file}"),
+        };
+        Ok(Sample { workload, tracer, round, throughput: rps, p99_ms: p99, cost })
     }
 }
 
