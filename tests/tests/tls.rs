@@ -310,3 +310,29 @@ fn a_program_that_pins_its_server_certificate_is_reported_as_such() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_rules_file_can_keep_tls_sockets_as_metadata_only() {
+    let dir = scratch("tls-metadata");
+    let server = TlsServer::start(&dir, &pattern(20_000, 5));
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, "[tls]\nciphertext = false\n").unwrap();
+    let (rec, _) = retrace_tests::record(
+        &dir,
+        &["--rules", rules.to_str().unwrap()],
+        &["curl", "-sk", "-o", "/dev/null", &server.url("/big")],
+    );
+    let (_, sent) = server.connection(0);
+    let tls = rec.find("a TLS stream", |s| s.kind == "tls");
+    assert_bytes_eq(&rec.bytes(tls.id, Direction::In), &sent, "TLS plaintext the client received");
+    let carrier = rec.find("the TLS stream's socket", |s| s.id == tls.carrier);
+    // The handshake came before the plaintext; from there on the socket is metadata only.
+    let withheld: u64 = rec
+        .gaps(carrier.id)
+        .iter()
+        .filter(|g| g.reason == retrace_agent::store::proto::GapReason::NotCaptured as i32)
+        .map(|g| g.length)
+        .sum();
+    assert!(withheld as usize >= sent.len(), "the ciphertext of the response is a not_captured gap: {withheld}");
+    assert!(carrier.bytes_in < 8192, "only the handshake is kept: {} bytes in", carrier.bytes_in);
+}

@@ -49,6 +49,22 @@ pub struct RulesFile {
     /// What replay may find different in HTTP messages (read by `retrace replay --rules`).
     #[serde(default)]
     pub noise: Option<NoiseSection>,
+    /// TLS connections: whether their sockets keep the ciphertext.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// `[tls]`: a TLS connection's plaintext is its own stream; `ciphertext = false` keeps its
+/// socket's stream as metadata (`not_captured` gaps) from the first plaintext on.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    #[serde(default = "yes")]
+    pub ciphertext: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Replay's noise rules, compiled: what may differ besides the built-in noisy headers.
@@ -173,6 +189,8 @@ pub struct Rules {
     pub detectors: Vec<Detector>,
     pub allow: Vec<Vec<u8>>,
     pub capture: Option<CapturePolicy>,
+    /// Sockets that carry TLS keep their ciphertext (`[tls] ciphertext`).
+    pub tls_ciphertext: bool,
     /// Which detectors a window needs, from one search for all their literals.
     pub gate: Gate,
 }
@@ -334,6 +352,7 @@ impl RulesFile {
             detectors,
             allow: self.allow.iter().map(|a| a.as_bytes().to_vec()).collect(),
             capture,
+            tls_ciphertext: self.tls.as_ref().is_none_or(|t| t.ciphertext),
             gate: Gate::new(&triggers),
         })
     }

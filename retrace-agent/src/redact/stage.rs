@@ -23,6 +23,8 @@ struct StreamState {
     last_push: Option<Instant>,
     /// Some of its payload was left out by the allowlist.
     withheld: bool,
+    /// A socket carrying TLS whose ciphertext is left out (`[tls] ciphertext = false`).
+    ciphertext_only: bool,
 }
 
 /// What redaction did, for the recording's summary and export notes.
@@ -67,8 +69,13 @@ impl RedactStage {
         match record.kind {
             Some(R::Stream(ref info)) => {
                 let allowed = self.redactor.rules.capture.as_ref().is_none_or(|p| p.allows(info));
+                if info.kind() == StreamKind::Tls && info.carrier != 0 && !self.redactor.rules.tls_ciphertext {
+                    let carrier = self.streams.entry(info.carrier).or_default();
+                    carrier.ciphertext_only = true;
+                    carrier.allowed = false;
+                }
                 let state = self.streams.entry(info.id).or_default();
-                state.allowed = allowed;
+                state.allowed = allowed && !state.ciphertext_only;
                 state.datagram = info.kind() == StreamKind::Udp;
                 out.push(record);
             }
