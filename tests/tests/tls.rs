@@ -336,3 +336,54 @@ fn a_rules_file_can_keep_tls_sockets_as_metadata_only() {
     assert!(withheld as usize >= sent.len(), "the ciphertext of the response is a not_captured gap: {withheld}");
     assert!(carrier.bytes_in < 8192, "only the handshake is kept: {} bytes in", carrier.bytes_in);
 }
+
+/// A TLS server replayed: nginx over HTTPS recorded with curl clients, then replayed with the
+/// replayer as its TLS client sending the recorded requests' plaintext; every answer matches.
+#[test]
+fn nginx_over_tls_replays_against_its_recorded_clients() {
+    let dir = scratch("tls-nginx");
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>over TLS</h1>\n").unwrap();
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-keyout", "tls.key", "-out", "tls.crt"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; worker_processes 1; error_log stderr; pid {d}/nginx.pid;\n\
+             events {{}}\nhttp {{ access_log off; server {{ listen 127.0.0.1:{port} ssl; \
+             ssl_certificate {d}/tls.crt; ssl_certificate_key {d}/tls.key; root {}; }} }}\n",
+            site.display()
+        ),
+    )
+    .unwrap();
+    let nginx = ["nginx", "-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()];
+    let rec = dir.join("rec");
+    let url = format!("https://localhost:{port}/index.html");
+    retrace_tests::record_server(&rec, &nginx, port, || {
+        for _ in 0..3 {
+            let out = Command::new("curl").args(["-sk", &url]).output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "<h1>over TLS</h1>\n");
+        }
+    });
+    let recorded = Rec::open(&rec);
+    let tls: Vec<_> = recorded.streams.iter().filter(|s| s.kind == "tls").collect();
+    assert!(tls.len() >= 3, "nginx's side of each connection: {:#?}", recorded.streams);
+    assert!(tls.iter().all(|s| s.sni == "localhost" && s.tls_library == "openssl"), "{tls:#?}");
+
+    // The server's private key was redacted at record time: replay reads it from the disk.
+    let key = dir.join("tls.key");
+    let (out, report) = replay_in(&dir, &rec, &["--live", key.to_str().unwrap()], &nginx);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", String::from_utf8_lossy(&out.stderr));
+    let exchanges = report["exchanges"].as_array().unwrap();
+    assert!(exchanges.len() >= 3 && exchanges.iter().all(|e| e["status"] == "matched"), "{report:#}");
+    assert!(report["tls_terminated"].as_u64().unwrap() >= 3, "{report:#}");
+}

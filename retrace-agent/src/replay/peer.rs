@@ -435,11 +435,38 @@ pub fn play_clients(inbound: Vec<Connection>, order: Vec<OrderEvent>, child: lib
                 Err(_) => break None,
             }
         };
+        // A TLS server: the replayer is its client and plays the recorded plaintext.
+        let sock = match (sock, &connection.tls) {
+            (Some(sock), Some(session)) => {
+                let addresses = (sock.peer_addr(), sock.local_addr());
+                match tls::connect(sock, &session.sni, &session.alpn) {
+                    Ok(plain) => {
+                        shared.tls_terminated();
+                        if let (Ok(program), Ok(ours)) = addresses {
+                            order.opened(i, program, ours);
+                        }
+                        Some((plain, true))
+                    }
+                    Err(detail) => {
+                        shared.tls_refused(report::TlsRefusal {
+                            address: connection.peer.to_string(),
+                            names: vec![session.sni.clone()],
+                            untrusted: false,
+                            detail,
+                        });
+                        None
+                    }
+                }
+            }
+            (sock, _) => sock.map(|s| (s, false)),
+        };
         match sock {
-            Some(sock) => {
+            Some((sock, opened)) => {
                 // As the kernel has them (a recorded 0.0.0.0 is reached at 127.0.0.1).
-                if let (Ok(program), Ok(ours)) = (sock.peer_addr(), sock.local_addr()) {
-                    order.opened(i, program, ours);
+                if !opened {
+                    if let (Ok(program), Ok(ours)) = (sock.peer_addr(), sock.local_addr()) {
+                        order.opened(i, program, ours);
+                    }
                 }
                 let (shared, place) = (shared.clone(), Some((order.clone(), i)));
                 playing

@@ -229,6 +229,7 @@ impl Script {
             }
         }
         let mut accepted = Vec::new();
+        let mut tls_inbound: HashMap<u64, TlsSession> = HashMap::new();
         let mut datagrams: HashMap<SocketAddr, DatagramPeer> = HashMap::new();
         for id in ids {
             let Some(info) = infos.get(&id) else { continue };
@@ -260,7 +261,24 @@ impl Script {
                 StreamKind::Tcp if info.origin == "accept" => {
                     let Ok(local) = info.local.parse::<SocketAddr>() else { continue };
                     let at = (info.ts_ns, opened.get(&id).copied().unwrap_or(0));
-                    accepted.push((id, local, at, chunks));
+                    // A TLS server's connection: the replayer is the TLS client, and plays the
+                    // recorded plaintext (TLS first; a cleartext upgrade is not replayed).
+                    let tls = tls_of.get(&id).filter(|_| cleartext_prefix(&chunks).next().is_none());
+                    match tls.and_then(|t| Some((infos.get(t)?, data.remove(t)?))) {
+                        Some((tls_info, mut plain)) => {
+                            plain.sort_by_key(|c| (c.0, c.1));
+                            tls_inbound.insert(
+                                id,
+                                TlsSession {
+                                    sni: tls_info.sni.clone(),
+                                    alpn: tls_info.alpn.clone(),
+                                    prefix: Vec::new(),
+                                },
+                            );
+                            accepted.push((id, local, at, plain));
+                        }
+                        None => accepted.push((id, local, at, chunks)),
+                    }
                 }
                 StreamKind::Udp => {
                     if !info.peer.is_empty() {
@@ -355,16 +373,19 @@ impl Script {
         // Connections in the order the program opened them.
         script.connections.sort_by_key(|c| c.stream_id);
         (script.inbound, script.inbound_order) = inbound(accepted);
+        for c in &mut script.inbound {
+            c.tls = tls_inbound.remove(&c.stream_id);
+        }
         script.datagrams = datagrams.into_values().collect();
         script.datagrams.sort_by_key(|p| p.address);
         Ok(script)
     }
 }
 
-/// A TLS socket's records before its handshake (the ClientHello: the first bytes out that are
-/// a TLS handshake record).
+/// A TLS socket's records before its handshake: up to the first bytes either way that start
+/// like a TLS handshake record (a server may peek at the first byte alone).
 fn cleartext_prefix(chunks: &[(u64, usize, proto::Data)]) -> impl Iterator<Item = &proto::Data> {
-    chunks.iter().map(|c| &c.2).take_while(|d| !(d.direction() == Direction::Out && d.payload.first() == Some(&0x16)))
+    chunks.iter().map(|c| &c.2).take_while(|d| d.payload.first() != Some(&0x16))
 }
 
 /// Appends a record's payload to `bytes`, and its redacted spans, moved to where they land.

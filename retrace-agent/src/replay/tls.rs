@@ -19,7 +19,7 @@ use openssl::{
     hash::MessageDigest,
     nid::Nid,
     pkey::{PKey, Private},
-    ssl::{AlpnError, ErrorCode, SslAcceptor, SslMethod, SslStream},
+    ssl::{AlpnError, ErrorCode, SslAcceptor, SslConnector, SslMethod, SslStream, SslVerifyMode},
     x509::{
         extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName},
         X509Name, X509,
@@ -190,6 +190,27 @@ pub fn terminate(acceptor: &SslAcceptor, sock: TcpStream) -> Result<TcpStream, R
         Refused { untrusted, detail }
     })?;
     let (ours, theirs) = local_pair().map_err(|e| Refused { untrusted: false, detail: e.to_string() })?;
+    std::thread::spawn(move || relay(tls, ours));
+    Ok(theirs)
+}
+
+/// The replayer as a TLS client of the program (a recorded server's inbound connection): any
+/// certificate is taken (the program's own, as recorded), with the recorded server name and
+/// protocol. Returns a local socket carrying the plaintext, like `terminate`.
+pub fn connect(sock: TcpStream, sni: &str, alpn: &str) -> Result<TcpStream, String> {
+    let _ = sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let mut connector = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    connector.set_verify(SslVerifyMode::NONE);
+    if !alpn.is_empty() {
+        let wire = [&[alpn.len() as u8][..], alpn.as_bytes()].concat();
+        connector.set_alpn_protos(&wire).map_err(|e| e.to_string())?;
+    }
+    let mut config = connector.build().configure().map_err(|e| e.to_string())?;
+    config.set_verify_hostname(false);
+    config.set_use_server_name_indication(!sni.is_empty());
+    let name = if sni.is_empty() { "localhost" } else { sni };
+    let tls = config.connect(name, sock).map_err(|e| e.to_string())?;
+    let (ours, theirs) = local_pair().map_err(|e| e.to_string())?;
     std::thread::spawn(move || relay(tls, ours));
     Ok(theirs)
 }
