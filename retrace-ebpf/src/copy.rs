@@ -71,6 +71,63 @@ pub struct Copy {
 }
 
 impl Copy {
+    /// Sets every field for a new call: `call_bytes` as its chunks report it, at most
+    /// `cap_left` bytes kept, the earlier loss it carries and its flags (`reopened`); no source
+    /// walked yet. Field by field: a struct literal becomes a byte-loop `memset` plus stores in
+    /// BPF.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn reset(
+        &mut self,
+        call: &Call,
+        sys: u32,
+        fd: i32,
+        source: Source,
+        call_bytes: u64,
+        cap_left: u64,
+        (lost_before_in, lost_before_out, reopened): (u64, u64, u64),
+    ) {
+        use core::ptr::addr_of_mut as at;
+        let s = self;
+        put(at!(s.tgid), call.tgid);
+        put(at!(s.tid), call.tid);
+        put(at!(s.ts_ns), call.ts_ns);
+        put(at!(s.fd), fd);
+        put(at!(s.source), source as u32);
+        put(at!(s._pad), 0);
+        put(at!(s.sys), sys);
+        put(at!(s.acct.call_bytes), call_bytes);
+        put(at!(s.acct.lost_before_in), lost_before_in);
+        put(at!(s.acct.lost_before_out), lost_before_out);
+        put(at!(s.acct.reopened), reopened);
+        put(at!(s.acct.bytes), 0);
+        put(at!(s.acct.captured), 0);
+        put(at!(s.acct.lost_ring), 0);
+        put(at!(s.acct.lost_fault), 0);
+        put(at!(s.acct.truncated), 0);
+        put(at!(s.msgs), 0);
+        put(at!(s.msg_count), 1);
+        put(at!(s.msg_index), 0);
+        put(at!(s.iov), 0);
+        put(at!(s.iov_count), 0);
+        put(at!(s.iov_index), 0);
+        put(at!(s.cur_base), 0);
+        put(at!(s.cur_left), 0);
+        put(at!(s.msg_left), 0);
+        put(at!(s.offset), 0);
+        put(at!(s.cap_left), cap_left);
+        put(at!(s.position_arg), call.args[3]);
+    }
+
+    /// The source is one buffer of `moved` bytes at `buf`.
+    #[inline(always)]
+    pub fn buffer(&mut self, buf: u64, moved: u64) {
+        self.cur_base = buf;
+        self.cur_left = moved;
+        self.msg_left = moved;
+        self.acct.bytes = moved;
+    }
+
     /// Copies the payload of a successful data call. `buf_or_vec` and `len_or_count` are the
     /// call's buffer arguments; `moved` its positive return value.
     #[inline(always)]
@@ -96,44 +153,10 @@ impl Copy {
         let s = unsafe { &mut *slot };
         let (lost_before_in, lost_before_out, reopened) = crate::emit::take_pending_loss(call.tgid, fd);
         let reopened = reopened | if rate_limited { retrace_common::SYSCALL_RATE_LIMITED as u64 } else { 0 };
-        // Field by field: a struct literal becomes a byte-loop `memset` plus stores in BPF.
-        {
-            use core::ptr::addr_of_mut as at;
-            put(at!(s.tgid), call.tgid);
-            put(at!(s.tid), call.tid);
-            put(at!(s.ts_ns), call.ts_ns);
-            put(at!(s.fd), fd);
-            put(at!(s.source), source as u32);
-            put(at!(s.sys), sys);
-            put(at!(s.acct.call_bytes), if source == Source::Mmsghdr { 0 } else { moved });
-            put(at!(s.acct.lost_before_in), lost_before_in);
-            put(at!(s.acct.lost_before_out), lost_before_out);
-            put(at!(s.acct.reopened), reopened);
-            put(at!(s.acct.bytes), 0);
-            put(at!(s.acct.captured), 0);
-            put(at!(s.acct.lost_ring), 0);
-            put(at!(s.acct.lost_fault), 0);
-            put(at!(s.acct.truncated), 0);
-            put(at!(s.msgs), 0);
-            put(at!(s.msg_count), 1);
-            put(at!(s.msg_index), 0);
-            put(at!(s.iov), 0);
-            put(at!(s.iov_count), 0);
-            put(at!(s.iov_index), 0);
-            put(at!(s.cur_base), 0);
-            put(at!(s.cur_left), 0);
-            put(at!(s.msg_left), 0);
-            put(at!(s.offset), 0);
-            put(at!(s.cap_left), cap_left);
-            put(at!(s.position_arg), call.args[3]);
-        }
+        let call_bytes = if source == Source::Mmsghdr { 0 } else { moved };
+        s.reset(call, sys, fd, source, call_bytes, cap_left, (lost_before_in, lost_before_out, reopened));
         match source {
-            Source::Buffer => {
-                s.cur_base = buf_or_vec;
-                s.cur_left = moved;
-                s.msg_left = moved;
-                s.acct.bytes = moved;
-            }
+            Source::Buffer => s.buffer(buf_or_vec, moved),
             Source::Iovec => {
                 s.iov = buf_or_vec;
                 s.iov_count = len_or_count;

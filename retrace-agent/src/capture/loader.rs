@@ -180,12 +180,7 @@ impl Probes {
         }
         links.extend(attach_openssl_rand(&mut ebpf)?);
         for name in super::tls::TLS_FUNCTIONS.iter().map(|(_, p)| *p).chain([super::tls::TLS_EXIT]) {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| CaptureError::MissingProgram { name: name.to_owned() })?
-                .try_into()
-                .map_err(attach_err(name))?;
-            program.load().map_err(attach_err(name))?;
+            uprobe_program(&mut ebpf, name)?.load().map_err(attach_err(name))?;
         }
         drop(btf);
         // Parsing the kernel's BTF took tens of MB that are not needed again.
@@ -193,7 +188,7 @@ impl Probes {
         unsafe { libc::malloc_trim(0) };
         let traced = TracedBits::map(&ebpf)?;
         let mut probes = Probes { ebpf, _exits: exits, links, traced, tls_seen: Default::default() };
-        for library in super::tls::system_libraries(&LIBRARY_DIRS) {
+        for library in system_libraries(&["libssl.so", "libgnutls.so"]) {
             probes.attach_tls(&library);
         }
         Ok(probes)
@@ -212,7 +207,7 @@ impl Probes {
             let Some((_, entry)) = super::tls::TLS_FUNCTIONS.iter().find(|(f, _)| f == function) else { continue };
             let mut ok = true;
             for name in [*entry, super::tls::TLS_EXIT] {
-                let Some(Ok(program)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) else { continue };
+                let Ok(program) = uprobe_program(&mut self.ebpf, name) else { continue };
                 match program.attach(*function, path, UProbeScope::AllProcesses) {
                     Ok(id) => self.links.push(Link::UProbe(name, id)),
                     Err(e) => {
@@ -401,8 +396,8 @@ const OPENSSL_RAND: [(&str, &str); 2] = [("RAND_bytes", "rand_bytes_enter"), ("R
 const LIBRARY_DIRS: [&str; 6] =
     ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
 
-/// Every libcrypto of the system, once each (by inode).
-fn libcrypto_files() -> Vec<std::path::PathBuf> {
+/// The system's libraries whose file names start with one of `prefixes`, once each (by inode).
+fn system_libraries(prefixes: &[&str]) -> Vec<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt as _;
     let mut seen = std::collections::HashSet::new();
     let mut files = Vec::new();
@@ -410,7 +405,7 @@ fn libcrypto_files() -> Vec<std::path::PathBuf> {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if !name.to_string_lossy().starts_with("libcrypto.so") {
+            if !prefixes.iter().any(|p| name.to_string_lossy().starts_with(p)) {
                 continue;
             }
             let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
@@ -428,13 +423,9 @@ fn libcrypto_files() -> Vec<std::path::PathBuf> {
 /// is not there is skipped: this capture is best effort.
 fn attach_openssl_rand(ebpf: &mut Ebpf) -> Result<Vec<Link>, CaptureError> {
     let mut links = Vec::new();
-    let libraries = libcrypto_files();
+    let libraries = system_libraries(&["libcrypto.so"]);
     for name in ["rand_bytes_enter", "rand_bytes_ex_enter", "rand_bytes_exit"] {
-        let program: &mut UProbe = ebpf
-            .program_mut(name)
-            .ok_or_else(|| CaptureError::MissingProgram { name: name.to_owned() })?
-            .try_into()
-            .map_err(attach_err(name))?;
+        let program = uprobe_program(ebpf, name)?;
         program.load().map_err(attach_err(name))?;
         for library in &libraries {
             for (function, entry) in OPENSSL_RAND {
@@ -451,6 +442,13 @@ fn attach_openssl_rand(ebpf: &mut Ebpf) -> Result<Vec<Link>, CaptureError> {
 
 fn attach_err(program: &str) -> impl Fn(aya::programs::ProgramError) -> CaptureError + '_ {
     move |source| CaptureError::Attach { program: program.to_owned(), source: Box::new(source) }
+}
+
+fn uprobe_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, CaptureError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| CaptureError::MissingProgram { name: name.to_owned() })?
+        .try_into()
+        .map_err(attach_err(name))
 }
 
 fn raw_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut RawTracePoint, CaptureError> {

@@ -25,7 +25,7 @@ pub const TLS_FUNCTIONS: [(&str, &str); 6] = [
 
 pub const TLS_EXIT: &str = "tls_exit";
 
-/// The TLS functions an ELF file defines (not those it imports), and their file offsets.
+/// The TLS functions an ELF file defines (not those it imports).
 pub fn defined_functions(path: &Path) -> Vec<&'static str> {
     let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
     // SAFETY: a read-only private mapping; a file changed under it gives wrong symbols, not
@@ -100,23 +100,6 @@ impl Seen {
             _ => false,
         }
     }
-}
-
-/// The system's TLS libraries: libssl and libgnutls in the usual library folders.
-pub fn system_libraries(dirs: &[&str]) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with("libssl.so") || name.starts_with("libgnutls.so") {
-                files.push(entry.path());
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 /// The program and the shared objects a running process maps (dlopen'ed ones included).

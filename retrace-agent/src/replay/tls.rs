@@ -22,7 +22,7 @@ use openssl::{
     ssl::{AlpnError, ErrorCode, SslAcceptor, SslConnector, SslMethod, SslStream, SslVerifyMode},
     x509::{
         extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName},
-        X509Name, X509,
+        X509Builder, X509Name, X509NameRef, X509,
     },
 };
 
@@ -48,19 +48,7 @@ impl Authority {
         let not_before = recorded_s.min(now) - 86_400;
         let not_after = recorded_s.max(now) + 365 * 86_400;
         let key = new_key()?;
-        let mut name = X509Name::builder()?;
-        name.append_entry_by_nid(Nid::COMMONNAME, "Retrace replay CA (this replay only)")?;
-        let name = name.build();
-        let mut cert = X509::builder()?;
-        cert.set_version(2)?;
-        let serial = serial()?;
-        cert.set_serial_number(&serial)?;
-        cert.set_subject_name(&name)?;
-        cert.set_issuer_name(&name)?;
-        cert.set_pubkey(&key)?;
-        let (from, until) = (Asn1Time::from_unix(not_before as _)?, Asn1Time::from_unix(not_after as _)?);
-        cert.set_not_before(&from)?;
-        cert.set_not_after(&until)?;
+        let mut cert = certificate("Retrace replay CA (this replay only)", None, &key, (not_before, not_after))?;
         cert.append_extension(BasicConstraints::new().critical().ca().build()?)?;
         cert.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build()?)?;
         cert.sign(&key, MessageDigest::sha256())?;
@@ -80,20 +68,9 @@ impl Authority {
     /// A server for `names` (DNS names; the peer's `ip` is always in) offering `alpn`.
     pub fn acceptor(&self, names: &[String], ip: IpAddr, alpn: &[String]) -> Result<SslAcceptor, ErrorStack> {
         let key = new_key()?;
-        let mut subject = X509Name::builder()?;
         let common = names.first().cloned().unwrap_or_else(|| ip.to_string());
-        subject.append_entry_by_nid(Nid::COMMONNAME, &common)?;
-        let subject = subject.build();
-        let mut cert = X509::builder()?;
-        cert.set_version(2)?;
-        let serial = serial()?;
-        cert.set_serial_number(&serial)?;
-        cert.set_subject_name(&subject)?;
-        cert.set_issuer_name(self.cert.subject_name())?;
-        cert.set_pubkey(&key)?;
-        let (from, until) = (Asn1Time::from_unix(self.not_before as _)?, Asn1Time::from_unix(self.not_after as _)?);
-        cert.set_not_before(&from)?;
-        cert.set_not_after(&until)?;
+        let issuer = Some(self.cert.subject_name());
+        let mut cert = certificate(&common, issuer, &key, (self.not_before, self.not_after))?;
         let mut san = SubjectAlternativeName::new();
         for name in names.iter().filter(|n| !n.is_empty()) {
             san.dns(name);
@@ -134,6 +111,30 @@ fn select_protocol<'a>(ours: &[String], client: &'a [u8]) -> Option<&'a [u8]> {
         }
     }
     None
+}
+
+/// An X.509 v3 certificate for `common_name` and `key`, valid over `(not_before, not_after)`
+/// (Unix seconds), issued by `issuer` (None: by itself); extensions and signature to add.
+fn certificate(
+    common_name: &str,
+    issuer: Option<&X509NameRef>,
+    key: &PKey<Private>,
+    (not_before, not_after): (i64, i64),
+) -> Result<X509Builder, ErrorStack> {
+    let mut name = X509Name::builder()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
+    let name = name.build();
+    let mut cert = X509::builder()?;
+    cert.set_version(2)?;
+    let serial = serial()?;
+    cert.set_serial_number(&serial)?;
+    cert.set_subject_name(&name)?;
+    cert.set_issuer_name(issuer.unwrap_or(&name))?;
+    cert.set_pubkey(key)?;
+    let (from, until) = (Asn1Time::from_unix(not_before as _)?, Asn1Time::from_unix(not_after as _)?);
+    cert.set_not_before(&from)?;
+    cert.set_not_after(&until)?;
+    Ok(cert)
 }
 
 fn new_key() -> Result<PKey<Private>, ErrorStack> {

@@ -25,8 +25,8 @@ use retrace_common::{
 
 use crate::{
     call::{traced, Call},
-    copy::emit_chunk,
-    emit::{self, put, DataAccount, Pieces},
+    copy::{emit_chunk, Source},
+    emit::{self, DataAccount, Pieces},
     maps::{count, payload_kept, TlsCall, COPY_STATE, SK_OF_CALL, TLS_ANY, TLS_CALLS, TLS_COPY, TLS_FD, TLS_PENDING},
 };
 
@@ -227,37 +227,17 @@ fn copy_large(
     let any = COPY_STATE.get_ptr(0)?;
     TLS_COPY.insert(&id, unsafe { &*any }, 0).ok()?;
     let s = unsafe { &mut *TLS_COPY.get_ptr_mut(&id)? };
-    {
-        use core::ptr::addr_of_mut as at;
-        put(at!(s.source), 0);
-        put(at!(s._pad), 0);
-        put(at!(s.acct.captured), 0);
-        put(at!(s.acct.lost_ring), 0);
-        put(at!(s.acct.lost_fault), 0);
-        put(at!(s.acct.truncated), 0);
-        put(at!(s.msgs), 0);
-        put(at!(s.msg_count), 1);
-        put(at!(s.msg_index), 0);
-        put(at!(s.iov), 0);
-        put(at!(s.iov_count), 0);
-        put(at!(s.iov_index), 0);
-        put(at!(s.offset), 0);
-        put(at!(s.tgid), call.tgid);
-        put(at!(s.tid), call.tid);
-        put(at!(s.ts_ns), call.ts_ns);
-        put(at!(s.fd), call.args[0] as i32);
-        put(at!(s.sys), sys as u32);
-        put(at!(s.acct.call_bytes), moved);
-        put(at!(s.acct.lost_before_in), lost_before_in);
-        put(at!(s.acct.lost_before_out), lost_before_out);
-        put(at!(s.acct.reopened), if rate_limited { retrace_common::SYSCALL_RATE_LIMITED as u64 } else { 0 });
-        put(at!(s.acct.bytes), moved);
-        put(at!(s.cur_base), buf);
-        put(at!(s.cur_left), moved);
-        put(at!(s.msg_left), moved);
-        put(at!(s.cap_left), kept);
-        put(at!(s.position_arg), call.args[3]);
-    }
+    let flags = if rate_limited { retrace_common::SYSCALL_RATE_LIMITED as u64 } else { 0 };
+    s.reset(
+        call,
+        sys as u32,
+        call.args[0] as i32,
+        Source::Buffer,
+        moved,
+        kept,
+        (lost_before_in, lost_before_out, flags),
+    );
+    s.buffer(buf, moved);
     let steps = (moved / CHUNK_MAX as u64 + 2) as u32;
     let step_fn = step as extern "C" fn(u64, *mut c_void) -> i64;
     let callback = unsafe { core::mem::transmute::<extern "C" fn(u64, *mut c_void) -> i64, *mut c_void>(step_fn) };
