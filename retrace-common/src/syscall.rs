@@ -18,6 +18,7 @@ macro_rules! syscalls {
         match self {
             Sys::SslRead | Sys::SslWrite => Some("openssl"),
             Sys::GnutlsRecv | Sys::GnutlsSend => Some("gnutls"),
+            Sys::GoTlsRead | Sys::GoTlsWrite => Some("go"),
             _ => None,
         }
     }
@@ -120,6 +121,9 @@ syscalls! {
     SslWrite = 91 => "SSL_write", Out;
     GnutlsRecv = 92 => "gnutls_record_recv", In;
     GnutlsSend = 93 => "gnutls_record_send", Out;
+    // Go's crypto/tls: `(*Conn).Read` and `(*Conn).Write` (uprobes at entry and at each RET).
+    GoTlsRead = 94 => "crypto/tls.(*Conn).Read", In;
+    GoTlsWrite = 95 => "crypto/tls.(*Conn).Write", Out;
 }
 
 impl Sys {

@@ -205,6 +205,11 @@ pub struct TlsCall {
 #[map]
 pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
+/// Go's crypto/tls calls in progress, per goroutine (`TlsKey` with the `g` pointer as its
+/// session): a goroutine may move to another thread between entry and return.
+#[map]
+pub static GO_TLS_CALLS: LruHashMap<retrace_common::TlsKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
 /// The socket each TLS session last used: a read served from the library's buffer makes no
 /// syscall to learn it from.
 #[map]

@@ -27,6 +27,25 @@ pub fn retrace_bin() -> PathBuf {
     bin
 }
 
+/// Builds a Go program (one `main.go`) as a static binary `dir/name`, without cgo; `flags`
+/// go to `go build` (e.g. `-ldflags=-s -w` to strip it). Go's caches stay inside `dir`.
+pub fn go_build(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("main.go"), source).unwrap();
+    let built = Command::new("go")
+        .arg("build")
+        .args(flags)
+        .args(["-o", name, "main.go"])
+        .current_dir(dir)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .output()
+        .expect("go (cargo xtask setup installs it)");
+    assert!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
+    dir.join(name)
+}
+
 /// A fresh, empty directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use retrace_tests::{assert_bytes_eq, python, record_in, replay_in, retrace, scratch};
+use retrace_tests::{assert_bytes_eq, go_build, python, record_in, replay_in, retrace, scratch};
 
 const DIVERGED: i32 = 86;
 
@@ -541,17 +541,7 @@ fn curl_and_python_resolve_names_through_a_recorded_dns_server() {
     let fetch = format!("import urllib.request; print(urllib.request.urlopen('{url}').read().decode(), end='')");
     let py = [python(), "-c", fetch.as_str()];
     // A static Go client: Go's own resolver, its own vDSO lookup for the clock it prints.
-    std::fs::write(
-        dir.join("main.go"),
-        "package main\n\nimport (\n\t\"fmt\"\n\t\"io\"\n\t\"net/http\"\n\t\"os\"\n\t\"time\"\n)\n\nfunc main() {\n\tresp, err := http.Get(os.Args[1])\n\tif err != nil {\n\t\tfmt.Println(err)\n\t\tos.Exit(1)\n\t}\n\tbody, _ := io.ReadAll(resp.Body)\n\tfmt.Fprintln(os.Stderr, time.Now().UTC().Format(time.RFC3339Nano))\n\tfmt.Print(string(body))\n}\n",
-    )
-    .unwrap();
-    run(Command::new("go")
-        .args(["build", "-o", "goget", "main.go"])
-        .current_dir(&dir)
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath")));
+    go_build(&dir, "goget", "package main\n\nimport (\n\t\"fmt\"\n\t\"io\"\n\t\"net/http\"\n\t\"os\"\n\t\"time\"\n)\n\nfunc main() {\n\tresp, err := http.Get(os.Args[1])\n\tif err != nil {\n\t\tfmt.Println(err)\n\t\tos.Exit(1)\n\t}\n\tbody, _ := io.ReadAll(resp.Body)\n\tfmt.Fprintln(os.Stderr, time.Now().UTC().Format(time.RFC3339Nano))\n\tfmt.Print(string(body))\n}\n", &[]);
     let go = ["./goget", url.as_str()];
     for (name, command) in [("curl", &curl[..]), ("python", &py[..]), ("go", &go[..])] {
         let rec_dir = dir.join(name);

@@ -9,7 +9,7 @@ use std::{
     process::Output,
 };
 
-use retrace_tests::{record, retrace_command, scratch};
+use retrace_tests::{go_build, record, retrace_command, scratch};
 
 const DIVERGED: i32 = 86;
 
@@ -281,21 +281,13 @@ fn the_program_reads_the_recorded_wall_clock() {
 #[test]
 fn a_static_go_binary_reads_the_recorded_wall_clock() {
     let dir = scratch("sandbox-go-clock");
-    std::fs::write(
-        dir.join("main.go"),
-        "package main\n\nimport (\n\t\"fmt\"\n\t\"time\"\n)\n\nfunc main() { fmt.Println(time.Now().Unix()) }\n",
-    )
-    .unwrap();
     // No libc: Go finds the vDSO itself, and the patch must reach it there too.
-    let built = std::process::Command::new("go")
-        .args(["build", "-o", "clock", "main.go"])
-        .current_dir(&dir)
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .output()
-        .expect("go (cargo xtask setup installs it)");
-    assert!(built.status.success(), "{}", stderr(&built));
+    go_build(
+        &dir,
+        "clock",
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"time\"\n)\n\nfunc main() { fmt.Println(time.Now().Unix()) }\n",
+        &[],
+    );
     let recorded = retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "./clock"]).output().unwrap();
     assert!(recorded.status.success(), "{}", stderr(&recorded));
     let then: i64 = String::from_utf8_lossy(&recorded.stdout).trim().parse().unwrap();

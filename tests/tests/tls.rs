@@ -1,6 +1,6 @@
 //! TLS plaintext capture: real clients on OpenSSL (curl, python, node, whose OpenSSL is linked
-//! into its program) and GnuTLS (wget) talk to a real TLS server that logs exactly what it
-//! received and sent; the recording's TLS streams must hold those bytes, tied to the socket
+//! into its program), GnuTLS (wget) and Go's crypto/tls (a static Go binary) talk to a real
+//! TLS server that logs exactly what it received and sent; the recording's TLS streams must hold those bytes, tied to the socket
 //! that carried them, with the ciphertext left on the socket's own stream.
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
 };
 
 use retrace_agent::store::proto::Direction;
-use retrace_tests::{assert_bytes_eq, pattern, python, record_in, replay_in, scratch, Rec};
+use retrace_tests::{assert_bytes_eq, go_build, pattern, python, record_in, replay_in, scratch, Rec};
 
 /// A TLS server on 127.0.0.1 (python's ssl on OpenSSL): HTTP/1.1, one request per connection;
 /// the answer to `GET /big` is `big.bin`, to anything else a short text. Connection N's
@@ -205,6 +205,169 @@ fn wget_on_gnutls() {
     let post = format!("--post-file={}", body.display());
     record_in(&dir, &dir, &["wget", "-q", "--no-check-certificate", &post, "-O", "/dev/null", &server.url("/w")]);
     check_tls_stream(&Rec::open(&dir.join("rec")), &server, 0, "gnutls", true);
+}
+
+/// A static Go HTTPS client (crypto/tls, no libc): POSTs `size` bytes to `url` trusting the CA
+/// file it is given, and prints the status and the body's length and first bytes.
+const GO_CLIENT: &str = r#"package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+)
+
+func main() {
+	pem, err := os.ReadFile(os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	size, _ := strconv.Atoi(os.Args[3])
+	body := make([]byte, size)
+	for i := range body {
+		body[i] = byte(i*7 + i/251)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	res, err := client.Post(os.Args[2], "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	got, _ := io.ReadAll(res.Body)
+	fmt.Printf("%d %d %x\n", res.StatusCode, len(got), got[:min(16, len(got))])
+}
+
+func min(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
+}
+"#;
+
+/// Builds the Go client as a static, stripped binary in `dir` (no symbol table: the probes find
+/// crypto/tls through Go's own function table).
+fn go_client(dir: &Path) -> PathBuf {
+    go_build(&dir.join("goclient"), "client", GO_CLIENT, &["-ldflags=-s -w"])
+}
+
+#[test]
+fn a_static_stripped_go_client_on_crypto_tls() {
+    let dir = scratch("tls-go");
+    let client = go_client(&dir);
+    let server = TlsServer::start(&dir, &pattern(100_000, 5));
+    let argv = [client.to_str().unwrap(), &ca(&server), &server.url("/big"), "70000"];
+    let recorded = record_in(&dir, &dir, &argv);
+    let rec = Rec::open(&dir.join("rec"));
+    check_tls_stream(&rec, &server, 0, "go", true);
+    // A Transport with its own TLS config offers no ALPN; Go negotiates TLS 1.3.
+    assert_eq!(rec.find("a TLS stream", |s| s.kind == "tls").tls_version, "TLSv1.3");
+
+    // Replayed with the server gone: the same output through the replayer's own TLS server.
+    drop(server);
+    let (out, report) = replay_in(&dir, &dir.join("rec"), &[], &argv);
+    assert_eq!(out.status.code(), Some(0), "go replay: {}\n{report:#}", String::from_utf8_lossy(&out.stderr));
+    assert_bytes_eq(&out.stdout, &recorded.stdout, "the Go client's output in replay");
+    assert_eq!(report["result"], "passed", "{report:#}");
+    assert_eq!(report["tls_terminated"], 1, "{report:#}");
+}
+
+/// A Go HTTPS server: echoes each request's body, and exits after answering `/quit`.
+const GO_SERVER: &str = r#"package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+)
+
+func main() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body)
+		if r.URL.Path == "/quit" {
+			go func() { time.Sleep(300 * time.Millisecond); os.Exit(0) }()
+		}
+	})
+	fmt.Println(http.ListenAndServeTLS(os.Args[1], os.Args[2], os.Args[3], nil))
+}
+"#;
+
+#[test]
+fn a_go_server_on_crypto_tls_over_http1_and_h2() {
+    let dir = scratch("tls-go-server");
+    let server = go_build(&dir.join("gosrv"), "server", GO_SERVER, &[]);
+    // Certificates from the python server's helper; the python server itself is not used.
+    let certs = TlsServer::start(&dir, b"");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (cert, key) = (certs.dir.join("cert.pem"), certs.dir.join("key.pem"));
+    let recorder = retrace_tests::retrace_command()
+        .current_dir(&dir)
+        .args(["record", "-o", "rec", "--"])
+        .arg(&server)
+        .arg(format!("127.0.0.1:{port}"))
+        .args([&cert, &key])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    let mut bodies = Vec::new();
+    for (n, (version, path)) in
+        [("--http1.1", "/one"), ("--http2", "/two"), ("--http1.1", "/quit")].into_iter().enumerate()
+    {
+        let body = pattern(30_000 + n * 10_000, 40 + n as u64);
+        std::fs::write(dir.join("body"), &body).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new("curl")
+                .args(["-s", "--fail", version, "--cacert"])
+                .arg(&cert)
+                .args(["--data-binary", "@body", &url(path)])
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                assert_bytes_eq(&out.stdout, &body, "the server's echo");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the Go server did not answer {path}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bodies.push(body);
+    }
+    let recorded = recorder.wait_with_output().unwrap();
+    assert!(recorded.status.success(), "record: {}", String::from_utf8_lossy(&recorded.stderr));
+    let rec = Rec::open(&dir.join("rec"));
+    let tls: Vec<_> = rec.streams.iter().filter(|s| s.kind == "tls").collect();
+    assert_eq!(tls.len(), 3, "one TLS stream per connection: {tls:#?}");
+    for (stream, body) in tls.iter().zip(&bodies) {
+        assert_eq!(stream.tls_library, "go", "{stream:#?}");
+        assert_eq!(stream.tls_version, "TLSv1.3", "{stream:#?}");
+        assert!(rec.gaps(stream.id).is_empty(), "{:?}", rec.gaps(stream.id));
+        let (got, sent) = (rec.bytes(stream.id, Direction::In), rec.bytes(stream.id, Direction::Out));
+        // Each request's body arrives whole (in HTTP/2 frames: in pieces), and goes back.
+        let expect_http2 = stream.alpn == "h2";
+        if expect_http2 {
+            assert!(got.starts_with(b"PRI * HTTP/2.0"), "{stream:#?}");
+        } else {
+            assert!(got.ends_with(body), "the request body, exactly, at the end of what the server read");
+            assert!(sent.ends_with(body), "the echo, exactly, at the end of what the server wrote");
+        }
+    }
+    assert_eq!(tls.iter().filter(|s| s.alpn == "h2").count(), 1, "{tls:#?}");
+    assert_eq!(tls.iter().filter(|s| s.alpn == "http/1.1").count(), 2, "{tls:#?}");
 }
 
 #[test]

@@ -179,7 +179,7 @@ impl Probes {
             links.push(Link::TracePoint(name, program.attach(category, name).map_err(attach_err(name))?));
         }
         links.extend(attach_openssl_rand(&mut ebpf)?);
-        for name in super::tls::TLS_FUNCTIONS.iter().map(|(_, p)| *p).chain([super::tls::TLS_EXIT]) {
+        for name in super::tls::programs() {
             uprobe_program(&mut ebpf, name)?.load().map_err(attach_err(name))?;
         }
         drop(btf);
@@ -201,27 +201,29 @@ impl Probes {
         if !self.tls_seen.first_look(path) {
             return 0;
         }
-        let functions = super::tls::defined_functions(path);
-        let mut probed = 0;
-        for function in &functions {
-            let Some((_, entry)) = super::tls::TLS_FUNCTIONS.iter().find(|(f, _)| f == function) else { continue };
-            let mut ok = true;
-            for name in [*entry, super::tls::TLS_EXIT] {
-                let Ok(program) = uprobe_program(&mut self.ebpf, name) else { continue };
-                match program.attach(*function, path, UProbeScope::AllProcesses) {
-                    Ok(id) => self.links.push(Link::UProbe(name, id)),
-                    Err(e) => {
-                        log::debug!("TLS probe {name} on {function} in {}: {e}", path.display());
-                        ok = false;
-                    }
+        let probes = super::tls::probe_points(path);
+        let mut failed: Vec<&str> = Vec::new();
+        for probe in &probes {
+            let Ok(program) = uprobe_program(&mut self.ebpf, probe.program) else { continue };
+            let attached = match probe.location {
+                super::tls::Location::Symbol(symbol) => program.attach(symbol, path, UProbeScope::AllProcesses),
+                super::tls::Location::Offset(offset) => program.attach(offset, path, UProbeScope::AllProcesses),
+            };
+            match attached {
+                Ok(id) => self.links.push(Link::UProbe(probe.program, id)),
+                Err(e) => {
+                    log::debug!("TLS probe {} on {} in {}: {e}", probe.program, probe.function, path.display());
+                    failed.push(probe.function);
                 }
             }
-            probed += ok as usize;
         }
-        if probed > 0 {
+        let mut functions: Vec<&str> = probes.iter().map(|p| p.function).collect();
+        functions.dedup();
+        functions.retain(|f| !failed.contains(f));
+        if !functions.is_empty() {
             log::debug!("TLS probes on {} ({})", path.display(), functions.join(", "));
         }
-        probed
+        functions.len()
     }
 
     /// Plaintext lost with TLS records the ring had no room for, per session.

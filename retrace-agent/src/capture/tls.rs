@@ -1,7 +1,8 @@
 //! Where the TLS probes go: every ELF file (shared library or program) that defines a TLS
 //! library's read and write functions, found by its symbols rather than its name, so that
 //! OpenSSL, BoringSSL and GnuTLS are covered whether loaded as the system's library, a copy
-//! of their own, or linked into the program (node, a static binary). Uprobes are set on the
+//! of their own, or linked into the program (node, a static binary), and so is Go's
+//! crypto/tls in Go programs (their symbol table; a stripped one has none). Uprobes are set on the
 //! file (its inode): every process that maps it, now or later, runs them, and the programs keep
 //! the traced ones.
 
@@ -13,7 +14,7 @@ use std::{
 
 use object::{Object as _, ObjectSymbol as _};
 
-/// (symbol, entry program) of each probed function; all share the return program `tls_exit`.
+/// (symbol, entry program) of each probed C function; all share the return program `tls_exit`.
 pub const TLS_FUNCTIONS: [(&str, &str); 6] = [
     ("SSL_read", "ssl_read_enter"),
     ("SSL_write", "ssl_write_enter"),
@@ -25,14 +26,45 @@ pub const TLS_FUNCTIONS: [(&str, &str); 6] = [
 
 pub const TLS_EXIT: &str = "tls_exit";
 
-/// The TLS functions an ELF file defines (not those it imports).
-pub fn defined_functions(path: &Path) -> Vec<&'static str> {
+/// (symbol, entry program) of Go's crypto/tls functions; their RET instructions share
+/// `go_tls_return` (no uretprobes: they rewrite a return address on a stack Go may move).
+pub const GO_FUNCTIONS: [(&str, &str); 2] =
+    [("crypto/tls.(*Conn).Read", "go_tls_read_enter"), ("crypto/tls.(*Conn).Write", "go_tls_write_enter")];
+
+pub const GO_RETURN: &str = "go_tls_return";
+
+/// Every TLS program, to load once.
+pub fn programs() -> impl Iterator<Item = &'static str> {
+    TLS_FUNCTIONS.iter().chain(&GO_FUNCTIONS).map(|(_, program)| *program).chain([TLS_EXIT, GO_RETURN])
+}
+
+/// Where in a file a probe goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A symbol, resolved by the loader (dynamic and versioned ones included).
+    Symbol(&'static str),
+    /// A file offset.
+    Offset(u64),
+}
+
+/// One uprobe to set: `program` at `location`, for `function`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsProbe {
+    pub function: &'static str,
+    pub program: &'static str,
+    pub location: Location,
+}
+
+/// The TLS probes an ELF file needs: entry and return of each TLS function it defines (not
+/// those it imports).
+pub fn probe_points(path: &Path) -> Vec<TlsProbe> {
     let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
     // SAFETY: a read-only private mapping; a file changed under it gives wrong symbols, not
     // memory unsafety in this process beyond what reading it would.
     let Ok(map) = (unsafe { memmap(&file) }) else { return Vec::new() };
     let Ok(elf) = object::File::parse(&*map) else { return Vec::new() };
-    let mut found = Vec::new();
+    let mut probes = Vec::new();
+    let mut go_functions: Vec<GoFunction> = Vec::new();
     for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
         if !symbol.is_definition() || symbol.kind() != object::SymbolKind::Text {
             continue;
@@ -40,13 +72,133 @@ pub fn defined_functions(path: &Path) -> Vec<&'static str> {
         let Ok(name) = symbol.name() else { continue };
         // Versioned names (`SSL_read@@OPENSSL_3.0.0`) in some tables.
         let name = name.split('@').next().unwrap_or(name);
-        if let Some((function, _)) = TLS_FUNCTIONS.iter().find(|(f, _)| *f == name) {
-            if !found.contains(function) {
-                found.push(*function);
+        if let Some((function, entry)) = TLS_FUNCTIONS.iter().find(|(f, _)| *f == name) {
+            if !probes.iter().any(|p: &TlsProbe| p.function == *function) {
+                let at = Location::Symbol(function);
+                probes.push(TlsProbe { function, program: entry, location: at });
+                probes.push(TlsProbe { function, program: TLS_EXIT, location: at });
             }
+        } else if let Some(function) = GO_FUNCTIONS.iter().find(|(f, _)| *f == name) {
+            go_functions.push((function, symbol.address(), symbol.size()));
         }
     }
-    found
+    // A stripped Go program has no symbol table; its function table (pclntab) names them.
+    if go_functions.is_empty() {
+        go_functions = go_pclntab_functions(&elf, &map);
+    }
+    for ((function, entry), address, size) in go_functions {
+        if probes.iter().any(|p: &TlsProbe| p.function == *function) {
+            continue;
+        }
+        match go_function(&elf, &map, address, size) {
+            Ok((start, returns)) => {
+                probes.push(TlsProbe { function, program: entry, location: Location::Offset(start) });
+                probes.extend(returns.into_iter().map(|at| TlsProbe {
+                    function,
+                    program: GO_RETURN,
+                    location: Location::Offset(at),
+                }));
+            }
+            Err(why) => log::info!("no TLS plaintext from {function} in {}: {why}", path.display()),
+        }
+    }
+    probes
+}
+
+/// The file offsets of a Go function's first instruction and of its RET instructions, found by
+/// disassembling it. Only the register ABI (Go 1.17+ on amd64) is probed: its stack-bound
+/// check reads the goroutine from R14, which the probes key calls by.
+fn go_function(elf: &object::File, data: &[u8], address: u64, size: u64) -> Result<(u64, Vec<u64>), &'static str> {
+    use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, Register};
+    if elf.architecture() != object::Architecture::X86_64 {
+        return Err("Go's crypto/tls is probed on x86-64 only");
+    }
+    let start = file_offset(elf, address).ok_or("its address is in no section of the file")?;
+    let code = usize::try_from(start)
+        .ok()
+        .and_then(|at| data.get(at..at.checked_add(usize::try_from(size).ok()?)?))
+        .filter(|code| !code.is_empty())
+        .ok_or("no code in the file for its size")?;
+    let symbol_address = address;
+    let mut decoder = Decoder::with_ip(64, code, symbol_address, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let (mut register_abi, mut returns) = (false, Vec::new());
+    for index in 0.. {
+        if !decoder.can_decode() {
+            break;
+        }
+        decoder.decode_out(&mut instruction);
+        if instruction.is_invalid() {
+            return Err("undecodable code");
+        }
+        // `CMPQ 0x10(R14), SP` (or through R12 for a large frame) opens the function.
+        if index < 3 && instruction.memory_base() == Register::R14 {
+            register_abi = true;
+        }
+        if instruction.mnemonic() == Mnemonic::Ret {
+            returns.push(instruction.ip() - symbol_address + start);
+        }
+    }
+    if !register_abi {
+        return Err("not Go's register ABI (built by Go before 1.17?)");
+    }
+    if returns.is_empty() {
+        return Err("no RET instruction found");
+    }
+    Ok((start, returns))
+}
+
+/// A Go TLS function found in a program: its (symbol, entry program), address and size.
+type GoFunction = (&'static (&'static str, &'static str), u64, u64);
+
+/// Where an address of the program's image lies in its file.
+fn file_offset(elf: &object::File, address: u64) -> Option<u64> {
+    use object::ObjectSection as _;
+    elf.sections().find_map(|section| {
+        let (offset, len) = section.file_range()?;
+        let within = address.checked_sub(section.address())?;
+        (within < len).then_some(offset + within)
+    })
+}
+
+/// Go's crypto/tls functions named by the program's function table (`.gopclntab`, Go 1.18+
+/// layout), with their addresses and sizes: how a stripped Go program (`-ldflags=-s`) is
+/// still probed.
+fn go_pclntab_functions(elf: &object::File, data: &[u8]) -> Vec<GoFunction> {
+    use object::ObjectSection as _;
+    let Some(table) = elf.section_by_name(".gopclntab").and_then(|s| s.file_range()) else { return Vec::new() };
+    let Some(table) = usize::try_from(table.0)
+        .ok()
+        .zip(usize::try_from(table.1).ok())
+        .and_then(|(at, len)| data.get(at..at.checked_add(len)?))
+    else {
+        return Vec::new();
+    };
+    go_pclntab_lookup(table, elf.section_by_name(".text").map(|s| s.address()).unwrap_or(0)).unwrap_or_default()
+}
+
+fn go_pclntab_lookup(table: &[u8], text_section: u64) -> Option<Vec<GoFunction>> {
+    let u32_at = |at: usize| Some(u32::from_le_bytes(table.get(at..at + 4)?.try_into().ok()?));
+    // Go 1.18–1.19 and 1.20+ headers; 8-byte pointers.
+    if !matches!(u32_at(0)?, 0xffff_fff0 | 0xffff_fff1) || *table.get(7)? != 8 {
+        return None;
+    }
+    let word = |n: usize| Some(u64::from_le_bytes(table.get(8 + 8 * n..16 + 8 * n)?.try_into().ok()?) as usize);
+    let (functions, text_start, names, pcln) = (word(0)?, word(2)? as u64, word(3)?, word(7)?);
+    let text_start = if text_start == 0 { text_section } else { text_start };
+    let mut found = Vec::new();
+    for n in 0..functions {
+        let entry = pcln + 8 * n;
+        let (start, info) = (u32_at(entry)?, u32_at(entry + 4)? as usize);
+        let end = u32_at(entry + 8)?;
+        let name_at = names + u32_at(pcln + info + 4)? as usize;
+        let name = table.get(name_at..)?;
+        let name = &name[..name.iter().position(|b| *b == 0)?];
+        if let Some(function) = GO_FUNCTIONS.iter().find(|(f, _)| f.as_bytes() == name) {
+            found.push((function, text_start + start as u64, end.saturating_sub(start) as u64));
+        }
+    }
+    Some(found)
 }
 
 /// A file mapped read-only, unmapped on drop.

@@ -116,10 +116,10 @@ fn version_name(v: u16) -> String {
 }
 
 /// The protocol the first plaintext bytes show, among those offered (TLS 1.3 hides the
-/// server's choice).
+/// server's choice). The first bytes either way: the client's, or a server's that speaks first.
 pub fn infer_alpn(offered: &[String], first: &[u8]) -> Option<String> {
     let has = |p: &str| offered.iter().any(|o| o == p);
-    if first.starts_with(b"PRI * HTTP/2.0") && has("h2") {
+    if (first.starts_with(b"PRI * HTTP/2.0") || is_h2_settings(first)) && has("h2") {
         return Some("h2".into());
     }
     let http1 = first.windows(6).take(64).any(|w| w == b"HTTP/1");
@@ -127,6 +127,13 @@ pub fn infer_alpn(offered: &[String], first: &[u8]) -> Option<String> {
         return Some("http/1.1".into());
     }
     (offered.len() == 1).then(|| offered[0].clone())
+}
+
+/// An HTTP/2 server's first frame: SETTINGS (type 4) on stream 0, no flags, whole settings.
+fn is_h2_settings(first: &[u8]) -> bool {
+    let Some(header) = first.get(..9) else { return false };
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+    header[3] == 4 && header[4] == 0 && header[5..9] == [0; 4] && len.is_multiple_of(6)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -203,5 +210,17 @@ mod tests {
             let _ = learn(&mut hello, &full[..n]);
         }
         assert!(!learn(&mut Hello::default(), b"GET / HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn the_protocol_shows_in_the_first_plaintext_either_way() {
+        let offered = vec!["h2".to_string(), "http/1.1".to_string()];
+        assert_eq!(infer_alpn(&offered, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").as_deref(), Some("h2"));
+        // A server's SETTINGS frame: two settings (12 bytes).
+        let settings = [0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100, 0, 4, 0, 1, 0, 0];
+        assert_eq!(infer_alpn(&offered, &settings).as_deref(), Some("h2"));
+        assert_eq!(infer_alpn(&offered[1..], &settings), Some("http/1.1".into()), "the only one offered");
+        assert_eq!(infer_alpn(&offered, b"HTTP/1.1 200 OK\r\n").as_deref(), Some("http/1.1"));
+        assert_eq!(infer_alpn(&offered, b"\0\0\x05\x04\0\0\0\0\0hello"), None, "not whole settings");
     }
 }

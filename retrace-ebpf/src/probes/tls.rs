@@ -1,7 +1,10 @@
 //! The plaintext of TLS connections: uprobes on the libraries' read and write calls, entry and
 //! return. OpenSSL 1.1/3.x and BoringSSL (`SSL_read`, `SSL_write` and their `_ex` forms) and
 //! GnuTLS (`gnutls_record_recv`, `gnutls_record_send`), in shared libraries or linked into a
-//! program (the agent finds the symbols in each ELF file and attaches there).
+//! program (the agent finds the symbols in each ELF file and attaches there); Go's crypto/tls
+//! (`(*Conn).Read`, `(*Conn).Write`), whose returns are probed at their RET instructions (a
+//! uretprobe rewrites the return address on a stack Go may move) and whose calls are keyed by
+//! goroutine.
 //!
 //! Entry notes the call per thread (`TLS_CALLS`); the data syscalls the library makes inside it
 //! name its socket (`note_socket`), remembered per session (`TLS_FD`) for reads the library
@@ -27,7 +30,10 @@ use crate::{
     call::{traced, Call},
     copy::{emit_chunk, Source},
     emit::{self, DataAccount, Pieces},
-    maps::{count, payload_kept, TlsCall, COPY_STATE, SK_OF_CALL, TLS_ANY, TLS_CALLS, TLS_COPY, TLS_FD, TLS_PENDING},
+    maps::{
+        count, payload_kept, TlsCall, COPY_STATE, GO_TLS_CALLS, SK_OF_CALL, TLS_ANY, TLS_CALLS, TLS_COPY, TLS_FD,
+        TLS_PENDING,
+    },
 };
 
 #[inline(always)]
@@ -108,7 +114,7 @@ pub fn note_socket(fd: i32) {
     }
 }
 
-/// Any of the calls returning.
+/// Any of the C libraries' calls returning.
 #[uretprobe]
 pub fn tls_exit(ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
@@ -120,12 +126,76 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let _ = TLS_CALLS.remove(&id);
-    let Some(sys) = Sys::from_u32(call.sys) else { return 0 };
     let ret: i64 = ctx.ret();
+    finish(id, &call, ret);
+    0
+}
+
+/// `func (c *Conn) Read(b []byte) (int, error)` in Go's crypto/tls, register ABI (Go 1.17+,
+/// amd64: the receiver in RAX, the slice's pointer and length in RBX and RCX, the goroutine
+/// in R14). The agent checks the function's prologue reads `g` from R14 before probing it.
+#[uprobe]
+pub fn go_tls_read_enter(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, Sys::GoTlsRead)
+}
+
+/// `func (c *Conn) Write(b []byte) (int, error)`.
+#[uprobe]
+pub fn go_tls_write_enter(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, Sys::GoTlsWrite)
+}
+
+#[inline(always)]
+fn go_enter(ctx: &ProbeContext, sys: Sys) -> u32 {
+    if traced().is_none() {
+        return 0;
+    }
+    // SAFETY: a uprobe's context is the user registers.
+    let (conn, buf, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
+    let key = TlsKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, _pad: 0, session: g };
+    // Entered again after the stack grew (the prologue calls morestack, which restarts the
+    // function): the same call, the same values.
+    let call =
+        TlsCall { session: conn, buf, count_ptr: 0, sys: sys as u32, fd: go_socket(conn), depth: 1, ret_is_int: 0 };
+    let _ = GO_TLS_CALLS.insert(&key, &call, 0);
+    0
+}
+
+/// The socket under a `*tls.Conn` whose `conn` (its first field, an interface) is one of the
+/// net package's connections: `iface.data → *net.TCPConn{conn{fd *netFD}}`, and
+/// `netFD{pfd poll.FD{fdmu fdMutex (16 bytes), Sysfd int}}`. -1 where that does not hold.
+#[inline(always)]
+fn go_socket(conn: u64) -> i32 {
+    let read = |at: u64| unsafe { bpf_probe_read_user(at as *const u64) }.ok();
+    let Some(data) = read(conn + 8) else { return -1 };
+    let Some(net_fd) = read(data) else { return -1 };
+    match read(net_fd + 16) {
+        Some(fd) if fd < (1 << 24) => fd as i32,
+        _ => -1,
+    }
+}
+
+/// Any RET instruction of those functions: the results are in registers (RAX the count).
+#[uprobe]
+pub fn go_tls_return(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: a uprobe's context is the user registers.
+    let (n, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).r14) };
+    let key = TlsKey { tgid: (id >> 32) as u32, _pad: 0, session: g };
+    let Some(call) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else { return 0 };
+    let _ = GO_TLS_CALLS.remove(&key);
+    finish(id, &call, n as i64);
+    0
+}
+
+/// A call returned `ret`: its bytes, if it moved any, are recorded on its socket.
+#[inline(always)]
+fn finish(id: u64, call: &TlsCall, ret: i64) {
+    let Some(sys) = Sys::from_u32(call.sys) else { return };
     let ret = if call.ret_is_int != 0 { ret as i32 as i64 } else { ret };
     let moved = if call.count_ptr != 0 {
         if ret != 1 {
-            return 0;
+            return;
         }
         unsafe { bpf_probe_read_user(call.count_ptr as *const u64) }.unwrap_or(0)
     } else if ret > 0 {
@@ -142,7 +212,7 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         unsafe { TLS_FD.get(&key) }.copied().unwrap_or(-1)
     };
     if moved == 0 || traced().is_none() {
-        return 0;
+        return;
     }
     let call = Call {
         tgid,
@@ -152,7 +222,6 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         ret: moved as i64,
     };
     record(&call, sys, &key, moved);
-    0
 }
 
 /// Writes a TLS call's record and payload.
