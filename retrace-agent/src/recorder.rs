@@ -181,11 +181,13 @@ pub async fn record(
     let (consumer_stop_tx, consumer_stop_rx) = watch::channel(false);
     let root_exited = Arc::new(AtomicBool::new(false));
     let writer_failed = Arc::new(AtomicBool::new(false));
+    // The agent has cores to spare (as for sealing): redaction on a thread of its own.
+    let split = config.segments.seal_threads > 0;
     let threads = spawn_writer(writer, records_rx, writer_failed.clone()).and_then(|writer| {
         let root_exited = root_exited.clone();
         let streams = std::thread::Builder::new()
             .name("retrace-streams".into())
-            .spawn(move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited))?;
+            .spawn(move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited, split))?;
         Ok((writer, streams))
     });
     let (writer_thread, streams_thread) = match threads {
@@ -385,37 +387,87 @@ pub(crate) fn spawn_writer(
     })
 }
 
-/// Events to redacted records. Ends when the consumer is done or the writer has failed.
+/// Events to redacted records. Ends when the consumer is done or the writer has failed. With
+/// `split`, two threads: this one rebuilds streams (events → records), a redaction thread scans
+/// their payloads and hands them to the writer, so the two costs are paid on two cores (on a
+/// machine with few, one thread does both: the extra hand-off cost more than it gave).
 pub(crate) fn rebuild_streams(
     mut tracker: Tracker,
-    mut stage: RedactStage,
+    stage: RedactStage,
     first: Vec<proto::Record>,
     mut events: mpsc::Receiver<Vec<Event>>,
     records: std::sync::mpsc::SyncSender<Vec<proto::Record>>,
     root_exited: Arc<AtomicBool>,
+    split: bool,
 ) -> (Tracker, RedactStage) {
+    let (rebuilt_tx, rebuilt_rx) = std::sync::mpsc::sync_channel::<Vec<proto::Record>>(2);
+    // Held by the redaction thread for its life; by this one if that thread cannot start.
+    let stage = std::sync::Mutex::new(stage);
+    let lock = || stage.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    std::thread::scope(|scope| {
+        let redaction = match split {
+            true => std::thread::Builder::new().name("retrace-redact".into()).spawn_scoped(scope, {
+                let (first, records) = (first.clone(), records.clone());
+                move || redact_batches(&mut lock(), first, &mut rebuilt_rx.into_iter(), &records)
+            }),
+            false => Err(std::io::Error::other("not asked for")),
+        };
+        let mut inline = match redaction {
+            Ok(_) => None,
+            Err(_) if !split => Some(first),
+            Err(e) => {
+                log::warn!("no redaction thread ({e}): streams and redaction share one");
+                Some(first)
+            }
+        };
+        while let Some(batch) = events.blocking_recv() {
+            let mut rebuilt = Vec::with_capacity(batch.len() + 16);
+            for event in batch {
+                tracker.handle(event, &mut rebuilt);
+            }
+            // Sent even when empty: the writer seals segments by age on these.
+            let sent = match inline.as_mut() {
+                None => rebuilt_tx.send(rebuilt).is_ok(),
+                Some(first) => {
+                    redact_batches(&mut lock(), std::mem::take(first), &mut std::iter::once(rebuilt), &records)
+                }
+            };
+            if !sent {
+                break;
+            }
+            if tracker.root_exited() {
+                root_exited.store(true, Ordering::Relaxed);
+            }
+        }
+        drop(rebuilt_tx);
+    });
+    (tracker, stage.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// The redaction side: each batch of rebuilt records (after the `first` records) through the
+/// redaction stage to the writer. False once the writer is gone.
+fn redact_batches(
+    stage: &mut RedactStage,
+    first: Vec<proto::Record>,
+    batches: &mut dyn Iterator<Item = Vec<proto::Record>>,
+    records: &std::sync::mpsc::SyncSender<Vec<proto::Record>>,
+) -> bool {
     let mut out = Vec::with_capacity(1024);
     for record in first {
         stage.push(record, &mut out);
     }
-    let mut rebuilt = Vec::with_capacity(1024);
-    while let Some(batch) = events.blocking_recv() {
-        for event in batch {
-            tracker.handle(event, &mut rebuilt);
-        }
-        for record in rebuilt.drain(..) {
+    for batch in batches {
+        for record in batch {
             stage.push(record, &mut out);
         }
         stage.tick(&mut out);
-        // Sent even when empty: the writer seals segments by age on these.
-        if records.send(std::mem::replace(&mut out, Vec::with_capacity(1024))).is_err() {
-            break;
-        }
-        if tracker.root_exited() {
-            root_exited.store(true, Ordering::Relaxed);
+        // The next batch is likely as large: room for it up front, not grown as records come.
+        let room = out.len().max(1024);
+        if records.send(std::mem::replace(&mut out, Vec::with_capacity(room))).is_err() {
+            return false;
         }
     }
-    (tracker, stage)
+    true
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -150,7 +150,7 @@ impl SharedProbes {
         let root_exited = Arc::new(AtomicBool::new(false));
         let streams = std::thread::Builder::new()
             .name("retrace-streams".into())
-            .spawn(move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited))
+            .spawn(move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited, false))
             .map_err(RecordError::Thread)?;
         {
             let mut routes = self.routes.lock().expect("routes");

@@ -115,3 +115,49 @@ fn compressed_recordings_hold_the_same_bytes_in_less_disk() {
     let verify = retrace(&["verify", dir.join("rec").to_str().unwrap()]);
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
+
+#[test]
+fn sealing_on_parallel_threads_keeps_every_byte_and_redacts() {
+    let dir = scratch("file-copy-parallel");
+    let src = dir.join("data.bin");
+    let dst = dir.join("copy.bin");
+    // Megabytes across several segments and file buffers, a secret on either side of
+    // chunk and buffer boundaries.
+    let secret = "AKIACANARY7AWSKEY234";
+    let mut content = pattern(6 << 20, 5);
+    let mut spans = Vec::new();
+    for at in [1_000, 65_530, (1 << 20) - 7, 3 << 20, (5 << 20) + 12_345] {
+        let line = format!("\naws_access_key_id = {secret}\n");
+        content[at..at + line.len()].copy_from_slice(line.as_bytes());
+        let start = at + line.find(secret).unwrap();
+        spans.push(start..start + secret.len());
+    }
+    std::fs::write(&src, &content).unwrap();
+
+    // The redaction thread and the sealing pool are used as on a machine with cores to spare.
+    let (rec, out) = record(
+        &dir,
+        &["--seal-threads", "3", "--segment-size", "2M"],
+        &[python(), "-c", COPY_SCRIPT, src.to_str().unwrap(), dst.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (stream, dir_) in [(rec.by_path(&src), Direction::In), (rec.by_path(&dst), Direction::Out)] {
+        assert_eq!((stream.lost_bytes_in, stream.lost_bytes_out), (0, 0), "nothing lost on {stream:?}");
+        let got = rec.bytes(stream.id, dir_);
+        assert_eq!(got.len(), content.len());
+        let mut unredacted = got.clone();
+        for span in &spans {
+            assert_ne!(&got[span.clone()], secret.as_bytes(), "the secret at {span:?} is redacted");
+            unredacted[span.clone()].copy_from_slice(&content[span.clone()]);
+        }
+        assert_bytes_eq(&unredacted, &content, "every other byte as written");
+    }
+    let segments = std::fs::read_dir(dir.join("rec"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .count();
+    assert!(segments >= 4, "{segments} segments");
+    let verify = retrace(&["verify", dir.join("rec").to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}

@@ -35,6 +35,10 @@ enum Task {
         /// written in place of the previous ones in BENCHMARKS.md and BENCHMARKS.json.
         #[arg(long)]
         replay_only: bool,
+        /// Only the scaling table (one recording given 1, 2, 4... of the machine's CPUs),
+        /// written in place of the previous one.
+        #[arg(long)]
+        scaling_only: bool,
     },
     /// Run the fuzz targets (recording reader, redactor) for a while each.
     Fuzz {
@@ -66,11 +70,13 @@ fn run_task(task: Task) -> Result<()> {
             setup::run()?;
             demo()
         }
-        Task::Bench { quick, replay_only } => {
+        Task::Bench { quick, replay_only, scaling_only } => {
             setup::run()?;
-            match replay_only {
-                true => bench::run_replays(&std::env::current_dir()?, quick),
-                false => bench::run(&std::env::current_dir()?, quick),
+            let root = std::env::current_dir()?;
+            match (replay_only, scaling_only) {
+                (true, _) => bench::run_replays(&root, quick),
+                (_, true) => bench::run_scaling(&root, quick),
+                _ => bench::run(&root, quick),
             }
         }
         Task::Test { args } => {

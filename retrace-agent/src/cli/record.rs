@@ -57,6 +57,10 @@ pub struct Args {
     /// recorded service uses; the service keeps its own. Default: any CPU.
     #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
     cpus: Option<CpuList>,
+    /// Threads that seal (encrypt) and hash segments in parallel, beside the writer thread.
+    /// Default: the agent's CPUs (`--cpus`, or all it may run on) beyond four, at most 8.
+    #[arg(long, value_name = "N")]
+    seal_threads: Option<usize>,
     /// The command to launch and record.
     #[arg(last = true)]
     command: Vec<String>,
@@ -124,6 +128,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         segments: SegmentPolicy {
             max_bytes: args.segment_size,
             compression: if args.compress { Compression::Lz4 } else { Compression::None },
+            seal_threads: args.seal_threads.unwrap_or_else(|| {
+                let cpus = match &args.cpus {
+                    Some(list) => list.0.len(),
+                    None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                };
+                retrace_agent::cpus::seal_threads(cpus)
+            }),
             ..SegmentPolicy::default()
         },
         recipients,

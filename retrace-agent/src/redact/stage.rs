@@ -198,6 +198,7 @@ impl RedactStage {
     }
 
     fn emit(&mut self, out: &mut Vec<proto::Record>) {
+        out.reserve(self.released.len());
         for data in self.released.drain(..) {
             for r in &data.redactions {
                 let e = self.stats.by_rule.entry(r.rule.clone()).or_default();

@@ -9,7 +9,10 @@ use std::{
 
 use openssl::{cipher::Cipher, cipher_ctx::CipherCtx};
 
-use super::{segment_file::SegmentFile, StoreError};
+use super::{
+    segment_file::{SealPool, SegmentFile},
+    StoreError,
+};
 use crate::keys::{Identity, Recipient};
 
 /// age's payload chunk size (plaintext bytes per chunk, each followed by a 16-byte tag).
@@ -37,16 +40,101 @@ pub struct EncryptingWriter {
     filled: usize,
     /// Of those, how many are encrypted (a prefix); the rest were copied in and wait.
     encrypted: usize,
+    /// With a pool: full chunks are left in the file's buffer in plaintext and sealed together,
+    /// in parallel, before the buffer goes to the disk (or at the end).
+    parallel: Option<Parallel>,
+}
+
+/// Chunks waiting in the file's buffer to be sealed by the pool's threads.
+struct Parallel {
+    pool: SealPool,
+    key: [u8; 32],
+    /// Where the first waiting chunk starts in the file's buffer; the others follow it.
+    first: usize,
+    /// Their counters, in order.
+    waiting: Vec<u64>,
+}
+
+impl Drop for Parallel {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// age's STREAM nonce: an 11-byte big-endian counter and the last-chunk flag.
+fn nonce(counter: u64, last: bool) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[3..11].copy_from_slice(&counter.to_be_bytes());
+    nonce[11] = u8::from(last);
+    nonce
+}
+
+/// Seals one full chunk in place (`CHUNK_SIZE` bytes, then room for its tag), on a pool thread
+/// with that thread's own cipher context.
+fn seal_full_chunk(key: &[u8; 32], counter: u64, chunk: &mut [u8]) -> Result<(), openssl::error::ErrorStack> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<CipherCtx>> = const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let cipher = match &mut *slot {
+            Some(cipher) => cipher,
+            None => slot.insert(CipherCtx::new()?),
+        };
+        cipher.encrypt_init(Some(Cipher::chacha20_poly1305()), Some(key), Some(&nonce(counter, false)))?;
+        let (data, tag) = chunk.split_at_mut(CHUNK_SIZE);
+        cipher.cipher_update_inplace(data, CHUNK_SIZE)?;
+        cipher.cipher_final(tag)?; // a stream cipher: no bytes
+        cipher.tag(tag)
+    })
 }
 
 impl EncryptingWriter {
     /// Starts chunk `counter` (the cipher's nonce). A chunk's bytes are encrypted as they come,
     /// as if it will not be the last one; `finish` redoes the last chunk with the flag set.
     fn start_chunk(&mut self, last: bool) -> io::Result<()> {
-        let mut nonce = [0u8; 12];
-        nonce[3..11].copy_from_slice(&self.counter.to_be_bytes());
-        nonce[11] = u8::from(last);
-        self.cipher.encrypt_init(None, None, Some(&nonce)).map_err(cipher_err)
+        self.cipher.encrypt_init(None, None, Some(&nonce(self.counter, last))).map_err(cipher_err)
+    }
+
+    /// With a pool, the chunks waiting in the buffer are sealed before reserving a chunk's
+    /// room would send the buffer to the disk.
+    fn before_reserve(&mut self) -> io::Result<()> {
+        if self.parallel.is_some() && !self.inner.has_room(CHUNK_SIZE + TAG_SIZE) {
+            self.seal_waiting()?;
+        }
+        Ok(())
+    }
+
+    /// A full chunk (more data follows) left in the buffer for the pool.
+    fn queue_chunk(&mut self) {
+        let Some(parallel) = self.parallel.as_mut() else { return };
+        if parallel.waiting.is_empty() {
+            parallel.first = self.inner.buffered();
+        }
+        parallel.waiting.push(self.counter);
+        self.inner.commit(CHUNK_SIZE + TAG_SIZE);
+        self.filled = 0;
+        self.counter += 1;
+    }
+
+    /// Seals the waiting chunks, spread over the pool's threads.
+    fn seal_waiting(&mut self) -> io::Result<()> {
+        use rayon::prelude::*;
+        let EncryptingWriter { inner, parallel: Some(parallel), .. } = self else { return Ok(()) };
+        if parallel.waiting.is_empty() {
+            return Ok(());
+        }
+        let chunks = inner.buffered_from(parallel.first);
+        debug_assert_eq!(chunks.len(), parallel.waiting.len() * (CHUNK_SIZE + TAG_SIZE));
+        let (key, counters) = (&parallel.key, &parallel.waiting);
+        let sealed = parallel.pool.install(|| {
+            chunks
+                .par_chunks_mut(CHUNK_SIZE + TAG_SIZE)
+                .zip(counters.par_iter())
+                .try_for_each(|(chunk, &counter)| seal_full_chunk(key, counter, chunk))
+        });
+        parallel.waiting.clear();
+        sealed.map_err(cipher_err)
     }
 
     /// Encrypts, in place, the bytes copied into the chunk and not encrypted yet.
@@ -76,6 +164,7 @@ impl EncryptingWriter {
 
     /// Seals the last chunk and hands back the file.
     pub fn finish(mut self) -> io::Result<SegmentFile> {
+        self.seal_waiting()?;
         // The last chunk was encrypted without the last-chunk flag and nothing of it is in the
         // file yet: undo that (ChaCha20 is an XOR with the nonce's key stream, so encrypting
         // again with the same nonce gives the plaintext back) and encrypt it with the flag.
@@ -103,18 +192,24 @@ impl Write for EncryptingWriter {
             // A full chunk is sealed only once more data follows: the last chunk carries the
             // last-chunk flag, and only an empty file has an empty one.
             if self.filled == CHUNK_SIZE {
-                self.seal_chunk()?;
+                match self.parallel {
+                    Some(_) => self.queue_chunk(),
+                    None => self.seal_chunk()?,
+                }
             }
             let take = (CHUNK_SIZE - self.filled).min(buf.len());
-            if take >= DIRECT_MIN {
+            // With a pool, bytes are copied in and sealed later, off this thread.
+            let direct = take >= DIRECT_MIN && self.parallel.is_none();
+            if direct {
                 self.encrypt_waiting()?;
             }
             // Reserving again at the same place moves nothing: the room is already there
             // (`reserve` only writes out and moves committed bytes when the room is short, and
             // a chunk's room is taken whole when it starts, at `filled == 0`).
+            self.before_reserve()?;
             let room = self.inner.reserve(CHUNK_SIZE + TAG_SIZE)?;
             let dst = &mut room[self.filled..self.filled + take];
-            if take >= DIRECT_MIN {
+            if direct {
                 self.cipher.cipher_update(&buf[..take], Some(dst)).map_err(cipher_err)?;
                 self.encrypted += take;
             } else {
@@ -131,6 +226,8 @@ impl Write for EncryptingWriter {
     }
 }
 
+/// Starts an age file in `out` for `recipients`; with the file's pool, its chunks are sealed in
+/// parallel.
 pub fn encrypt_to(recipients: &[Recipient], mut out: SegmentFile) -> io::Result<EncryptingWriter> {
     use age::secrecy::ExposeSecret as _;
     use age_core::format::FileKey;
@@ -179,7 +276,9 @@ pub fn encrypt_to(recipients: &[Recipient], mut out: SegmentFile) -> io::Result<
     out.write_all(&header)?;
     let mut cipher = CipherCtx::new().map_err(cipher_err)?;
     cipher.encrypt_init(Some(Cipher::chacha20_poly1305()), Some(&payload_key[..]), None).map_err(cipher_err)?;
-    let mut writer = EncryptingWriter { inner: out, cipher, counter: 0, filled: 0, encrypted: 0 };
+    let parallel =
+        out.pool().map(|pool| Parallel { pool: pool.clone(), key: payload_key, first: 0, waiting: Vec::new() });
+    let mut writer = EncryptingWriter { inner: out, cipher, counter: 0, filled: 0, encrypted: 0, parallel };
     writer.start_chunk(false)?;
     Ok(writer)
 }
@@ -223,7 +322,8 @@ pub fn decrypt(
 mod tests {
     use super::*;
 
-    /// Every chunk-boundary case of the hand-written STREAM writer, opened by the `age` crate.
+    /// Every chunk-boundary case of the hand-written STREAM writer, sealing chunks on its own
+    /// thread or in parallel on a pool, opened by the `age` crate.
     #[test]
     fn the_age_crate_opens_what_the_writer_writes() {
         let identity = Identity::generate();
@@ -239,8 +339,11 @@ mod tests {
             let path = dir.join(format!("seg-{len}"));
             // Odd-sized writes, so chunks fill across calls; sizes on both sides of DIRECT_MIN,
             // so copied-in and directly encrypted bytes alternate within chunks, the last too.
-            for sizes in [&[10_007][..], &[1, 300, DIRECT_MIN - 1, DIRECT_MIN, 65_536, 5, 40_000]] {
-                let mut writer = encrypt_to(&recipients, SegmentFile::create(&path).unwrap()).unwrap();
+            let pools =
+                [None, Some(std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap()))];
+            let sizes = [&[10_007][..], &[1, 300, DIRECT_MIN - 1, DIRECT_MIN, 65_536, 5, 40_000]];
+            for (pool, sizes) in pools.iter().flat_map(|p| sizes.map(|s| (p, s))) {
+                let mut writer = encrypt_to(&recipients, SegmentFile::create(&path, pool.clone()).unwrap()).unwrap();
                 let mut rest = &plain[..];
                 for &size in sizes.iter().cycle() {
                     if rest.is_empty() {
@@ -255,8 +358,9 @@ mod tests {
                 assert_eq!(sealed.bytes as usize, ciphertext.len());
                 assert_eq!(sealed.digest, *blake3::hash(&ciphertext).as_bytes());
                 let opened = decrypt(&path, &ciphertext, &identity, &[]).unwrap();
-                assert!(!opened.truncated, "length {len}, writes of {sizes:?}");
-                assert!(opened.bytes == plain, "length {len}, writes of {sizes:?}: plaintext differs");
+                let how = format!("length {len}, writes of {sizes:?}, parallel {}", pool.is_some());
+                assert!(!opened.truncated, "{how}");
+                assert!(opened.bytes == plain, "{how}: plaintext differs");
             }
             let _ = std::fs::remove_dir_all(&dir);
         }

@@ -16,9 +16,16 @@ use std::{
     os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::Path,
     ptr::NonNull,
-    sync::mpsc::{channel, Receiver, Sender},
+    sync::{
+        mpsc::{channel, Receiver, Sender},
+        Arc,
+    },
     thread::JoinHandle,
 };
+
+/// The threads that seal chunks and hash buffers in parallel, when the agent has cores to
+/// spare (see `SegmentPolicy::seal_threads`).
+pub type SealPool = Arc<rayon::ThreadPool>;
 
 const BLOCK: usize = 4096;
 const BUFFER: usize = 1 << 20;
@@ -45,6 +52,7 @@ pub struct SegmentFile {
     /// Returns the hash of what the disk thread wrote (its part of the seal is done when the
     /// disk thread's is).
     hash: JoinHandle<Option<[u8; 32]>>,
+    pool: Option<SealPool>,
 }
 
 /// A buffer on its way: to the disk thread, then (with the write's error) to the hash thread.
@@ -55,7 +63,9 @@ enum Job {
 }
 
 impl SegmentFile {
-    pub fn create(path: &Path) -> io::Result<SegmentFile> {
+    /// Creates the file; with a pool, each buffer is hashed by its threads (BLAKE3's tree
+    /// hashes a buffer's parts in parallel).
+    pub fn create(path: &Path, pool: Option<SealPool>) -> io::Result<SegmentFile> {
         let open = |flags| OpenOptions::new().write(true).create(true).truncate(true).custom_flags(flags).open(path);
         let (file, direct) = match open(libc::O_DIRECT) {
             Ok(f) => (f, true),
@@ -69,11 +79,34 @@ impl SegmentFile {
         for _ in 1..BUFFERS {
             free_tx.send((Buffer::new()?, None)).expect("receiver held here");
         }
-        let hash = std::thread::Builder::new().name("retrace-hash".into()).spawn(move || hash(written_rx, free_tx))?;
+        let hash_pool = pool.clone();
+        let hash = std::thread::Builder::new()
+            .name("retrace-hash".into())
+            .spawn(move || hash(written_rx, free_tx, hash_pool))?;
         let disk = std::thread::Builder::new()
             .name("retrace-disk".into())
             .spawn(move || Disk { file, direct, bytes: 0 }.run(jobs_rx, written))?;
-        Ok(SegmentFile { buf, len: 0, direct, jobs, free, disk, hash })
+        Ok(SegmentFile { buf, len: 0, direct, jobs, free, disk, hash, pool })
+    }
+
+    pub fn pool(&self) -> Option<&SealPool> {
+        self.pool.as_ref()
+    }
+
+    /// Bytes buffered: where the next `reserve` begins.
+    pub fn buffered(&self) -> usize {
+        self.len
+    }
+
+    /// Whether `n` bytes can be reserved without handing the buffer to the disk first.
+    pub fn has_room(&self, n: usize) -> bool {
+        BUFFER - self.len >= n
+    }
+
+    /// The buffered bytes from `from` on, for sealing in place before they are handed over.
+    pub fn buffered_from(&mut self, from: usize) -> &mut [u8] {
+        let len = self.len;
+        self.buf.slice_mut(from, len - from)
     }
 
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
@@ -214,20 +247,28 @@ impl Disk {
 
 /// The hash thread's side: hashes what was written, in order, and hands the buffers back.
 /// Returns the hash once the sealing write is in (None if the disk thread stopped first).
-fn hash(written: Receiver<Job>, free: Sender<(Buffer, Option<io::Error>)>) -> Option<[u8; 32]> {
+fn hash(written: Receiver<Job>, free: Sender<(Buffer, Option<io::Error>)>, pool: Option<SealPool>) -> Option<[u8; 32]> {
     let mut hasher = blake3::Hasher::new();
+    let update = |hasher: &mut blake3::Hasher, bytes: &[u8]| match &pool {
+        Some(pool) => {
+            pool.install(|| hasher.update_rayon(bytes));
+        }
+        None => {
+            hasher.update(bytes);
+        }
+    };
     while let Ok(job) = written.recv() {
         match job {
             Job::Write(buf, n, error) => {
                 if error.is_none() {
-                    hasher.update(buf.slice(0, n));
+                    update(&mut hasher, buf.slice(0, n));
                 }
                 if free.send((buf, error)).is_err() {
                     return None;
                 }
             }
             Job::Seal(buf, n) => {
-                hasher.update(buf.slice(0, n));
+                update(&mut hasher, buf.slice(0, n));
                 return Some(*hasher.finalize().as_bytes());
             }
         }
@@ -283,7 +324,7 @@ mod tests {
         for dir in [std::env::temp_dir(), "/dev/shm".into()] {
             let path = dir.join(format!("retrace-segment-test-{}", std::process::id()));
             let mut want = Vec::new();
-            let mut file = SegmentFile::create(&path).unwrap();
+            let mut file = SegmentFile::create(&path, None).unwrap();
             for (i, len) in
                 [0usize, 1, 4095, 4096, 4097, BUFFER - 3, BUFFER, 3 * BUFFER + 17, 12345].into_iter().enumerate()
             {
@@ -311,7 +352,7 @@ mod tests {
         // /dev/full: every write fails with ENOSPC, in the disk thread. The error must reach the
         // writer unchanged (ENOSPC is told apart as "disk full"), from a later write or the seal.
         for len in [10, BUFFER + 1, 5 * BUFFER] {
-            let mut file = SegmentFile::create(Path::new("/dev/full")).unwrap();
+            let mut file = SegmentFile::create(Path::new("/dev/full"), None).unwrap();
             let error = match file.write_all(&vec![7u8; len]) {
                 Err(e) => e,
                 Ok(()) => file.seal().unwrap_err(),

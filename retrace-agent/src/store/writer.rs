@@ -18,7 +18,7 @@ use super::{
     io_err,
     manifest::{Manifest, SegmentEntry},
     proto::{self, record::Kind as R},
-    segment_file::SegmentFile,
+    segment_file::{SealPool, SegmentFile},
     StoreError,
 };
 use crate::keys::Recipient;
@@ -30,12 +30,20 @@ pub struct SegmentPolicy {
     pub max_bytes: u64,
     pub max_age: Duration,
     pub compression: Compression,
+    /// Threads that seal a segment's chunks and hash its buffers in parallel; 0: the writer
+    /// thread seals and one thread hashes (what 2 cores afford).
+    pub seal_threads: usize,
 }
 
 impl Default for SegmentPolicy {
     /// Sealed at least every second: a crash loses at most about a second of data.
     fn default() -> Self {
-        SegmentPolicy { max_bytes: 64 << 20, max_age: Duration::from_secs(1), compression: Compression::None }
+        SegmentPolicy {
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(1),
+            compression: Compression::None,
+            seal_threads: 0,
+        }
     }
 }
 
@@ -81,6 +89,7 @@ pub struct Writer {
     current: Option<Segment>,
     prev_hash: Vec<u8>,
     frame: Vec<u8>,
+    pool: Option<SealPool>,
 }
 
 struct Segment {
@@ -110,6 +119,16 @@ impl Writer {
         // Recordings are readable by their owner only (the ciphertext too: metadata).
         let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         manifest.write(dir)?;
+        let pool = match policy.seal_threads {
+            0 => None,
+            n => Some(std::sync::Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("retrace-seal-{i}"))
+                    .build()
+                    .map_err(|e| io_err(dir)(std::io::Error::other(e.to_string())))?,
+            )),
+        };
         Ok(Writer {
             dir: dir.to_path_buf(),
             manifest,
@@ -118,6 +137,7 @@ impl Writer {
             current: None,
             prev_hash: Vec::new(),
             frame: Vec::with_capacity(64 << 10),
+            pool,
         })
     }
 
@@ -164,7 +184,7 @@ impl Writer {
     fn open_segment(&mut self) -> Result<(), StoreError> {
         let index = self.manifest.segments.len();
         let path = self.dir.join(partial_name(index));
-        let file = SegmentFile::create(&path).map_err(io_err(&path))?;
+        let file = SegmentFile::create(&path, self.pool.clone()).map_err(io_err(&path))?;
         let encrypted = crypt::encrypt_to(&self.recipients, file).map_err(io_err(&path))?;
         let out = match self.policy.compression {
             Compression::None => SegmentOut::Plain(encrypted),

@@ -40,6 +40,77 @@ pub struct Throughput {
     pub backpressure_lost_bytes: u64,
 }
 
+/// One run of the scaling table: a writer at full speed, 1 MiB writes into a file, recorded
+/// with `--backpressure` (zero loss) by an agent given `cores` CPUs.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentScaling {
+    pub cores: usize,
+    pub round: usize,
+    pub mbps: f64,
+    pub lost_bytes: u64,
+    pub recorded_bytes: u64,
+    pub cpu_seconds: f64,
+}
+
+/// The CPUs this process may run on.
+fn usable_cpus() -> Vec<usize> {
+    // SAFETY: fills a plain struct.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        set
+    };
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+}
+
+/// One recording given 1, 2, 4... cores (the last ones; the writer on the first when there
+/// are others): its zero-loss rate and the agent's CPU per GB.
+fn agent_scaling(root: &Path, retrace: &Path, work: &Path, quick: bool) -> Result<Vec<AgentScaling>> {
+    let pump_bin = compile_helper(root, work, "pump")?;
+    let cpus = usable_cpus();
+    let total_mb = if quick { 1024 } else { 4096 };
+    let mut counts: Vec<usize> = (0..).map(|p| 1usize << p).take_while(|&n| n < cpus.len()).collect();
+    counts.push(cpus.len());
+    let mut rows = Vec::new();
+    for round in 0..if quick { 1 } else { 3 } {
+        for &cores in &counts {
+            let agent = &cpus[cpus.len() - cores..];
+            let list = agent.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+            let pump_cpu = (cores < cpus.len()).then_some(cpus[0]);
+            eprintln!("bench: one recording on {cores} cores (CPUs {list}), round {round}");
+            let s = pump(
+                &pump_bin,
+                retrace,
+                work,
+                Tracer::RetraceBackpressure,
+                "file",
+                1 << 20,
+                total_mb,
+                0,
+                Content::Pattern,
+                Some((&list, pump_cpu)),
+            )?;
+            rows.push(AgentScaling {
+                cores,
+                round,
+                mbps: s.throughput,
+                lost_bytes: s.cost.lost_bytes,
+                recorded_bytes: s.cost.recorded_bytes,
+                cpu_seconds: s.cost.cpu_seconds,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The scaling table alone (`--scaling-only`), written in place of the previous one.
+pub fn run_scaling(root: &Path, quick: bool) -> Result<()> {
+    let (retrace, work) = prepare(root)?;
+    let rows = agent_scaling(root, &retrace, &work, quick)?;
+    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
+    report::update_scaling(root, &rows, String::from_utf8_lossy(&commit.stdout).trim())
+}
+
 /// The replay measurements alone (`--replay-only`): a client (redis-cli) and a server fed 100
 /// recorded connections, written in place of the previous ones.
 pub fn run_replays(root: &Path, quick: bool) -> Result<()> {
@@ -145,8 +216,10 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     for sink in ["file", "socket"] {
         for chunk in [4096, 64 * 1024, 1 << 20] {
             eprintln!("bench: pump {sink} {chunk}");
-            let base = pump(&pump_bin, &retrace, &work, Tracer::None, sink, chunk, total_mb, 0, Content::Pattern)?;
-            let full = pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, 0, Content::Pattern)?;
+            let base =
+                pump(&pump_bin, &retrace, &work, Tracer::None, sink, chunk, total_mb, 0, Content::Pattern, None)?;
+            let full =
+                pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, 0, Content::Pattern, None)?;
             let pressed = pump(
                 &pump_bin,
                 &retrace,
@@ -157,6 +230,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
                 total_mb,
                 0,
                 Content::Pattern,
+                None,
             )?;
             let moved = (full.cost.recorded_bytes + full.cost.lost_bytes).max(1) as f64;
             // Bisect the writer's rate for the highest one recorded without losing a byte.
@@ -177,6 +251,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
                         total_mb,
                         mid as u64,
                         Content::Pattern,
+                        None,
                     )?;
                     if s.cost.lost_bytes == 0 {
                         lo = s.throughput;
@@ -215,6 +290,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
                     total_mb / 2,
                     COMPRESSION_MBPS,
                     content,
+                    None,
                 )?;
                 s.round = round;
                 compression.push(s);
@@ -233,6 +309,9 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         }
     }
     report::write(root, &samples, &split, &throughput, &compression, &untraced, &replay_speeds, &clock_cost, rounds)?;
+    let scaling = agent_scaling(root, &retrace, &work, quick)?;
+    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
+    report::update_scaling(root, &scaling, String::from_utf8_lossy(&commit.stdout).trim())?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
 }

@@ -412,3 +412,75 @@ pub fn update_replays(root: &Path, replays: &[ReplaySpeed], clock: &ClockCost, c
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }
+
+const SCALING_SECTION: &str = "\n## One recording across cores";
+
+/// Writes the scaling table in place of the previous one (or at the end), and its rows into
+/// BENCHMARKS.json.
+pub fn update_scaling(root: &Path, rows: &[super::AgentScaling], commit: &str) -> Result<()> {
+    let path = root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path)?;
+    let (before, after) = match old.find(SCALING_SECTION) {
+        Some(at) => {
+            // The section runs to the next `## ` heading.
+            let rest = &old[at + SCALING_SECTION.len()..];
+            let end = rest.find("\n## ").map_or(old.len(), |i| at + SCALING_SECTION.len() + i);
+            (old[..at].to_owned(), old[end..].to_owned())
+        }
+        None => (old.trim_end().to_owned() + "\n", String::new()),
+    };
+    let mut md = String::new();
+    md.push_str(&before);
+    md.push_str(&format!(
+        "{SCALING_SECTION}\n\nOne writer at full speed (1 MiB writes into a file, `xtask/bench/pump.c`), recorded with\n\
+         `--backpressure` (zero loss: the writer is paused while the agent catches up) by an agent given\n\
+         the last N CPUs (`--cpus`; the writer on CPU 0 when there are others). With more than four\n\
+         CPUs the agent seals and hashes segments on `--seal-threads` threads (CPUs beyond four, at\n\
+         most 8). Medians with [min–max] over the rounds, measured at {commit} by\n\
+         `cargo xtask bench --scaling-only` on this machine ({} CPUs).\n\n\
+         | agent cores | seal threads | zero-loss MB/s | agent CPU s/GB | lost bytes |\n|---|---|---|---|---|\n",
+        rows.iter().map(|r| r.cores).max().unwrap_or(0)
+    ));
+    let mut cores: Vec<usize> = rows.iter().map(|r| r.cores).collect();
+    cores.dedup();
+    cores.sort_unstable();
+    cores.dedup();
+    for n in cores {
+        let of: Vec<&super::AgentScaling> = rows.iter().filter(|r| r.cores == n).collect();
+        let mbps: Vec<f64> = of.iter().map(|r| r.mbps).collect();
+        let per_gb: Vec<f64> = of.iter().map(|r| r.cpu_seconds / (r.recorded_bytes.max(1) as f64 / 1e9)).collect();
+        let lost: u64 = of.iter().map(|r| r.lost_bytes).sum();
+        md.push_str(&format!(
+            "| {n} | {} | {} | {} | {lost} |\n",
+            retrace_seal_threads(n),
+            spread(&mbps, 0),
+            spread(&per_gb, 2)
+        ));
+    }
+    md.push_str(&after);
+    std::fs::write(&path, md)?;
+    let json_path = root.join("BENCHMARKS.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
+    if let Some(object) = json.as_object_mut() {
+        object.insert("agent_scaling".into(), serde_json::json!(rows));
+        object.insert("agent_scaling_commit".into(), serde_json::json!(commit));
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
+
+/// The seal threads `retrace record` starts by default with `cores` CPUs (its `cpus::seal_threads`).
+fn retrace_seal_threads(cores: usize) -> usize {
+    cores.saturating_sub(4).min(8)
+}
+
+/// "median [min–max]" with `digits` decimals.
+fn spread(values: &[f64], digits: usize) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => "-".into(),
+        1 => format!("{:.digits$}", v[0]),
+        n => format!("{:.digits$} [{:.digits$}–{:.digits$}]", v[n / 2], v[0], v[n - 1]),
+    }
+}
