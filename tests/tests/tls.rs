@@ -350,7 +350,9 @@ fn a_go_server_on_crypto_tls_over_http1_and_h2() {
     let recorded = recorder.wait_with_output().unwrap();
     assert!(recorded.status.success(), "record: {}", String::from_utf8_lossy(&recorded.stderr));
     let rec = Rec::open(&dir.join("rec"));
-    let tls: Vec<_> = rec.streams.iter().filter(|s| s.kind == "tls").collect();
+    // A write that returns after its socket closed (Go's HTTP/2 writer goroutine racing the
+    // reader's close) has no socket to be tied to: its plaintext is a TLS stream of its own.
+    let tls: Vec<_> = rec.streams.iter().filter(|s| s.kind == "tls" && !s.peer.is_empty()).collect();
     assert_eq!(tls.len(), 3, "one TLS stream per connection: {tls:#?}");
     for (stream, body) in tls.iter().zip(&bodies) {
         assert_eq!(stream.tls_library, "go", "{stream:#?}");

@@ -52,53 +52,34 @@ pub struct AgentScaling {
     pub cpu_seconds: f64,
 }
 
-/// The CPUs this process may run on.
-fn usable_cpus() -> Vec<usize> {
-    // SAFETY: fills a plain struct.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        set
-    };
-    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
-}
-
-/// One recording given 1, 2, 4... cores (the last ones; the writer on the first when there
-/// are others): its zero-loss rate and the agent's CPU per GB.
+/// One recording given 1, 2, 4... cores (`xtask/bench/scaling.sh`, which also runs where
+/// nothing is installed): its zero-loss rate and the agent's CPU per GB.
 fn agent_scaling(root: &Path, retrace: &Path, work: &Path, quick: bool) -> Result<Vec<AgentScaling>> {
     let pump_bin = compile_helper(root, work, "pump")?;
-    let cpus = usable_cpus();
-    let total_mb = if quick { 1024 } else { 4096 };
-    let mut counts: Vec<usize> = (0..).map(|p| 1usize << p).take_while(|&n| n < cpus.len()).collect();
-    counts.push(cpus.len());
+    let (total_mb, rounds) = if quick { ("1024", "1") } else { ("4096", "3") };
+    eprintln!("bench: one recording on 1, 2, 4... cores");
+    let out = Command::new("bash")
+        .arg(root.join("xtask/bench/scaling.sh"))
+        .args([retrace, &pump_bin, &work.join("scaling")])
+        .args([total_mb, rounds])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("run xtask/bench/scaling.sh")?;
+    if !out.status.success() {
+        bail!("xtask/bench/scaling.sh failed ({})", out.status);
+    }
     let mut rows = Vec::new();
-    for round in 0..if quick { 1 } else { 3 } {
-        for &cores in &counts {
-            let agent = &cpus[cpus.len() - cores..];
-            let list = agent.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-            let pump_cpu = (cores < cpus.len()).then_some(cpus[0]);
-            eprintln!("bench: one recording on {cores} cores (CPUs {list}), round {round}");
-            let s = pump(
-                &pump_bin,
-                retrace,
-                work,
-                Tracer::RetraceBackpressure,
-                "file",
-                1 << 20,
-                total_mb,
-                0,
-                Content::Pattern,
-                Some((&list, pump_cpu)),
-            )?;
-            rows.push(AgentScaling {
-                cores,
-                round,
-                mbps: s.throughput,
-                lost_bytes: s.cost.lost_bytes,
-                recorded_bytes: s.cost.recorded_bytes,
-                cpu_seconds: s.cost.cpu_seconds,
-            });
-        }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [cores, round, mbps, cpu, recorded, lost] = f[..] else { bail!("scaling.sh printed {line:?}") };
+        rows.push(AgentScaling {
+            cores: cores.parse()?,
+            round: round.parse()?,
+            mbps: mbps.parse()?,
+            cpu_seconds: cpu.parse()?,
+            recorded_bytes: recorded.parse()?,
+            lost_bytes: lost.parse()?,
+        });
     }
     Ok(rows)
 }
@@ -216,10 +197,8 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     for sink in ["file", "socket"] {
         for chunk in [4096, 64 * 1024, 1 << 20] {
             eprintln!("bench: pump {sink} {chunk}");
-            let base =
-                pump(&pump_bin, &retrace, &work, Tracer::None, sink, chunk, total_mb, 0, Content::Pattern, None)?;
-            let full =
-                pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, 0, Content::Pattern, None)?;
+            let base = pump(&pump_bin, &retrace, &work, Tracer::None, sink, chunk, total_mb, 0, Content::Pattern)?;
+            let full = pump(&pump_bin, &retrace, &work, Tracer::Retrace, sink, chunk, total_mb, 0, Content::Pattern)?;
             let pressed = pump(
                 &pump_bin,
                 &retrace,
@@ -230,7 +209,6 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
                 total_mb,
                 0,
                 Content::Pattern,
-                None,
             )?;
             let moved = (full.cost.recorded_bytes + full.cost.lost_bytes).max(1) as f64;
             // Bisect the writer's rate for the highest one recorded without losing a byte.
@@ -251,7 +229,6 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
                         total_mb,
                         mid as u64,
                         Content::Pattern,
-                        None,
                     )?;
                     if s.cost.lost_bytes == 0 {
                         lo = s.throughput;
@@ -290,7 +267,6 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
                     total_mb / 2,
                     COMPRESSION_MBPS,
                     content,
-                    None,
                 )?;
                 s.round = round;
                 compression.push(s);

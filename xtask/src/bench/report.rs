@@ -437,7 +437,7 @@ pub fn update_scaling(root: &Path, rows: &[super::AgentScaling], commit: &str) -
          the last N CPUs (`--cpus`; the writer on CPU 0 when there are others). With more than four\n\
          CPUs the agent seals and hashes segments on `--seal-threads` threads (CPUs beyond four, at\n\
          most 8). Medians with [min–max] over the rounds, measured at {commit} by\n\
-         `cargo xtask bench --scaling-only` on this machine ({} CPUs).\n\n\
+         `cargo xtask bench --scaling-only` (`xtask/bench/scaling.sh`) on this machine ({} CPUs).\n\n\
          | agent cores | seal threads | zero-loss MB/s | agent CPU s/GB | lost bytes |\n|---|---|---|---|---|\n",
         rows.iter().map(|r| r.cores).max().unwrap_or(0)
     ));

@@ -67,9 +67,7 @@ pub struct Attached {
 }
 
 /// Starts `tracer` on `pids` (bpftrace filters on `comm` when given, for multi-process servers),
-/// on CPU `cpu` only if given; Retrace's threads on the CPUs of `agent_cpus` (a `--cpus` list)
-/// instead, if given.
-#[allow(clippy::too_many_arguments)]
+/// on CPU `cpu` only if given.
 pub fn attach(
     tracer: Tracer,
     retrace: &Path,
@@ -77,7 +75,6 @@ pub fn attach(
     pids: &[u32],
     comm: Option<&str>,
     cpu: Option<usize>,
-    agent_cpus: Option<&str>,
 ) -> Result<Attached> {
     let mut rec_dir = None;
     let child = match tracer {
@@ -88,9 +85,7 @@ pub fn attach(
             let mut cmd = Command::new(retrace);
             cmd.args(["record", "-o"]).arg(&dir);
             // Retrace confines itself (`--cpus`); the other tracers are started on the CPU.
-            if let Some(list) = agent_cpus {
-                cmd.args(["--cpus", list]);
-            } else if let Some(cpu) = cpu {
+            if let Some(cpu) = cpu {
                 cmd.args(["--cpus", &cpu.to_string()]);
             }
             let child = cmd

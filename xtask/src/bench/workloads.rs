@@ -120,7 +120,7 @@ impl Redis {
             (_, s) if s > 4096 => 40_000,
             _ => 150_000,
         };
-        let attached = attach(tracer, retrace, work, &[self.child.id()], None, self.placement.tracer_cpu(), None)?;
+        let attached = attach(tracer, retrace, work, &[self.child.id()], None, self.placement.tracer_cpu())?;
         let out = on_cpu(&mut Command::new("redis-benchmark"), self.placement.workload_cpu())
             .args(["-p", &self.port.to_string(), "-t", "set,get", "-c", "20", "--csv", "-r", "1000"])
             .args(["-d", &size.to_string(), "-n", &requests.to_string()])
@@ -236,7 +236,7 @@ impl Nginx {
         round: usize,
         secs: u32,
     ) -> Result<Sample> {
-        let attached = attach(tracer, retrace, work, &self.pids(), Some("nginx"), self.placement.tracer_cpu(), None)?;
+        let attached = attach(tracer, retrace, work, &self.pids(), Some("nginx"), self.placement.tracer_cpu())?;
         let url = match file.strip_prefix("tls/") {
             Some(_) => format!("https://127.0.0.1:{TLS_PORT}/{file}"),
             None => format!("http://127.0.0.1:{}/{file}", self.port),
@@ -283,9 +283,7 @@ fn parse_duration_ms(v: &str) -> Option<f64> {
 }
 
 /// One pump run: a writer moving `total_mb` MiB in `size`-byte chunks into a file or a socket,
-/// at `rate_mbps` (0 = as fast as it can), recorded by `tracer`. Returns MB/s achieved. With
-/// `agent` (a `--cpus` list and a CPU for the pump), the agent runs on those CPUs and the pump
-/// on that one.
+/// at `rate_mbps` (0 = as fast as it can), recorded by `tracer`. Returns MB/s achieved.
 #[allow(clippy::too_many_arguments)]
 pub fn pump(
     bin: &Path,
@@ -297,11 +295,8 @@ pub fn pump(
     total_mb: u64,
     rate_mbps: u64,
     content: Content,
-    agent: Option<(&str, Option<usize>)>,
 ) -> Result<Sample> {
-    let mut command = Command::new(bin);
-    on_cpu(&mut command, agent.and_then(|(_, pump_cpu)| pump_cpu));
-    let mut child = command
+    let mut child = Command::new(bin)
         .args([sink, &size.to_string(), &total_mb.to_string(), &rate_mbps.to_string(), content.name()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -311,7 +306,7 @@ pub fn pump(
     let mut line = String::new();
     stdout.read_line(&mut line)?;
     let writer: u32 = line.trim().parse().context("pump pid")?;
-    let attached = attach(tracer, retrace, work, &[writer], None, None, agent.map(|(cpus, _)| cpus))?;
+    let attached = attach(tracer, retrace, work, &[writer], None, None)?;
     child.stdin.take().unwrap().write_all(b"g")?;
     line.clear();
     stdout.read_line(&mut line)?;
@@ -336,7 +331,7 @@ pub fn pump(
 /// one: what recording one process costs every other process on the machine.
 pub fn untraced_read_ns(bin: &Path, retrace: &Path, work: &Path, tracer: Tracer) -> Result<f64> {
     let mut idle = Command::new("sleep").arg("600").spawn().context("start sleep")?;
-    let attached = attach(tracer, retrace, work, &[idle.id()], None, None, None);
+    let attached = attach(tracer, retrace, work, &[idle.id()], None, None);
     let out = Command::new(bin).arg("3000000").output().context("run the syscall loop");
     let _ = idle.kill();
     let _ = idle.wait();

@@ -18,7 +18,14 @@ impl Tracker {
         ts: u64,
         out: &mut Vec<proto::Record>,
     ) -> u64 {
-        let carrier = (fd >= 0).then(|| self.stream_for_fd(tgid, fd, ts, out));
+        // Only a stream socket (the kinds a handshake is looked for on) carries TLS: an fd read
+        // out of a library's structures (Go's) that names a file, a pipe or nothing known is no
+        // carrier.
+        let carrier = self.tables.get(tgid, fd).map(|entry| entry.stream).filter(|sid| {
+            self.streams.get(sid).is_some_and(|s| {
+                matches!(s.info.kind(), proto::StreamKind::Tcp | proto::StreamKind::Unix | proto::StreamKind::Other)
+            })
+        });
         if let Some(&sid) = self.tls_sessions.get(&(tgid, session)) {
             match self.streams.get(&sid) {
                 Some(s) if carrier.is_none() || carrier == Some(s.info.carrier) || s.info.carrier == 0 => {
@@ -36,8 +43,11 @@ impl Tracker {
         }
         // A library working on memory buffers (node) makes no socket call of its own: the
         // process's latest handshake that no TLS stream took is the best guess.
-        let carrier =
-            carrier.or_else(|| self.handshakes.iter().rev().find(|(pid, _)| *pid == tgid).map(|(_, sid)| *sid));
+        // A call that named a socket no longer open (a write that returned after its socket
+        // was closed) guesses nothing.
+        let carrier = carrier.or_else(|| {
+            (fd < 0).then(|| self.handshakes.iter().rev().find(|(pid, _)| *pid == tgid).map(|(_, sid)| *sid)).flatten()
+        });
         self.next_stream += 1;
         self.totals.streams += 1;
         let sid = self.next_stream;
