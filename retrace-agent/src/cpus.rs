@@ -51,7 +51,6 @@ fn allowed_cpus() -> Vec<usize> {
     (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
 }
 
-/// `0-3,6`.
 /// How many threads seal and hash segments in parallel when the agent may use `cpus` CPUs:
 /// those beyond the pipeline's own four busy threads (ring, streams, writer, disk/hash), at
 /// most 8; none on small machines, where the writer thread seals as before.
@@ -59,6 +58,7 @@ pub fn seal_threads(cpus: usize) -> usize {
     cpus.saturating_sub(4).min(8)
 }
 
+/// `0-3,6`.
 pub fn format_list(cpus: &[usize]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;

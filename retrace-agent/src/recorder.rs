@@ -405,20 +405,20 @@ pub(crate) fn rebuild_streams(
     let stage = std::sync::Mutex::new(stage);
     let lock = || stage.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     std::thread::scope(|scope| {
-        let redaction = match split {
-            true => std::thread::Builder::new().name("retrace-redact".into()).spawn_scoped(scope, {
+        let redaction = split.then(|| {
+            std::thread::Builder::new().name("retrace-redact".into()).spawn_scoped(scope, {
                 let (first, records) = (first.clone(), records.clone());
                 move || redact_batches(&mut lock(), first, &mut rebuilt_rx.into_iter(), &records)
-            }),
-            false => Err(std::io::Error::other("not asked for")),
-        };
+            })
+        });
+        // Without that thread, this one redacts each batch itself (from the `first` records on).
         let mut inline = match redaction {
-            Ok(_) => None,
-            Err(_) if !split => Some(first),
-            Err(e) => {
+            Some(Ok(_)) => None,
+            Some(Err(e)) => {
                 log::warn!("no redaction thread ({e}): streams and redaction share one");
                 Some(first)
             }
+            None => Some(first),
         };
         while let Some(batch) = events.blocking_recv() {
             let mut rebuilt = Vec::with_capacity(batch.len() + 16);

@@ -2,7 +2,8 @@
 //! library's read and write functions, found by its symbols rather than its name, so that
 //! OpenSSL, BoringSSL and GnuTLS are covered whether loaded as the system's library, a copy
 //! of their own, or linked into the program (node, a static binary), and so is Go's
-//! crypto/tls in Go programs (their symbol table; a stripped one has none). Uprobes are set on the
+//! crypto/tls in Go programs (their symbol table, or Go's function table when stripped). Uprobes
+//! are set on the
 //! file (its inode): every process that maps it, now or later, runs them, and the programs keep
 //! the traced ones.
 
@@ -119,8 +120,7 @@ fn go_function(elf: &object::File, data: &[u8], address: u64, size: u64) -> Resu
         .and_then(|at| data.get(at..at.checked_add(usize::try_from(size).ok()?)?))
         .filter(|code| !code.is_empty())
         .ok_or("no code in the file for its size")?;
-    let symbol_address = address;
-    let mut decoder = Decoder::with_ip(64, code, symbol_address, DecoderOptions::NONE);
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut instruction = Instruction::default();
     let (mut register_abi, mut returns) = (false, Vec::new());
     for index in 0.. {
@@ -136,7 +136,7 @@ fn go_function(elf: &object::File, data: &[u8], address: u64, size: u64) -> Resu
             register_abi = true;
         }
         if instruction.mnemonic() == Mnemonic::Ret {
-            returns.push(instruction.ip() - symbol_address + start);
+            returns.push(instruction.ip() - address + start);
         }
     }
     if !register_abi {

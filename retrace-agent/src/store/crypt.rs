@@ -49,9 +49,7 @@ pub struct EncryptingWriter {
 struct Parallel {
     pool: SealPool,
     key: [u8; 32],
-    /// Where the first waiting chunk starts in the file's buffer; the others follow it.
-    first: usize,
-    /// Their counters, in order.
+    /// The counters of the full chunks last committed to the file's buffer, in order.
     waiting: Vec<u64>,
 }
 
@@ -108,9 +106,6 @@ impl EncryptingWriter {
     /// A full chunk (more data follows) left in the buffer for the pool.
     fn queue_chunk(&mut self) {
         let Some(parallel) = self.parallel.as_mut() else { return };
-        if parallel.waiting.is_empty() {
-            parallel.first = self.inner.buffered();
-        }
         parallel.waiting.push(self.counter);
         self.inner.commit(CHUNK_SIZE + TAG_SIZE);
         self.filled = 0;
@@ -124,8 +119,8 @@ impl EncryptingWriter {
         if parallel.waiting.is_empty() {
             return Ok(());
         }
-        let chunks = inner.buffered_from(parallel.first);
-        debug_assert_eq!(chunks.len(), parallel.waiting.len() * (CHUNK_SIZE + TAG_SIZE));
+        // They are the buffer's last committed bytes: the chunk being filled is only reserved.
+        let chunks = inner.buffered_from(inner.buffered() - parallel.waiting.len() * (CHUNK_SIZE + TAG_SIZE));
         let (key, counters) = (&parallel.key, &parallel.waiting);
         let sealed = parallel.pool.install(|| {
             chunks
@@ -276,8 +271,7 @@ pub fn encrypt_to(recipients: &[Recipient], mut out: SegmentFile) -> io::Result<
     out.write_all(&header)?;
     let mut cipher = CipherCtx::new().map_err(cipher_err)?;
     cipher.encrypt_init(Some(Cipher::chacha20_poly1305()), Some(&payload_key[..]), None).map_err(cipher_err)?;
-    let parallel =
-        out.pool().map(|pool| Parallel { pool: pool.clone(), key: payload_key, first: 0, waiting: Vec::new() });
+    let parallel = out.pool().map(|pool| Parallel { pool: pool.clone(), key: payload_key, waiting: Vec::new() });
     let mut writer = EncryptingWriter { inner: out, cipher, counter: 0, filled: 0, encrypted: 0, parallel };
     writer.start_chunk(false)?;
     Ok(writer)

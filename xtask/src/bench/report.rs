@@ -438,24 +438,19 @@ pub fn update_scaling(root: &Path, rows: &[super::AgentScaling], commit: &str) -
          CPUs the agent seals and hashes segments on `--seal-threads` threads (CPUs beyond four, at\n\
          most 8). Medians with [min–max] over the rounds, measured at {commit} by\n\
          `cargo xtask bench --scaling-only` (`xtask/bench/scaling.sh`) on this machine ({} CPUs).\n\n\
-         | agent cores | seal threads | zero-loss MB/s | agent CPU s/GB | lost bytes |\n|---|---|---|---|---|\n",
+         | agent cores | zero-loss MB/s | agent CPU s/GB | lost bytes |\n|---|---|---|---|\n",
         rows.iter().map(|r| r.cores).max().unwrap_or(0)
     ));
     let mut cores: Vec<usize> = rows.iter().map(|r| r.cores).collect();
-    cores.dedup();
     cores.sort_unstable();
     cores.dedup();
     for n in cores {
         let of: Vec<&super::AgentScaling> = rows.iter().filter(|r| r.cores == n).collect();
-        let mbps: Vec<f64> = of.iter().map(|r| r.mbps).collect();
-        let per_gb: Vec<f64> = of.iter().map(|r| r.cpu_seconds / (r.recorded_bytes.max(1) as f64 / 1e9)).collect();
+        let (m, lo, hi) = stats(&of.iter().map(|r| r.mbps).collect::<Vec<_>>());
+        let (cpu, cpu_lo, cpu_hi) =
+            stats(&of.iter().map(|r| r.cpu_seconds / (r.recorded_bytes.max(1) as f64 / 1e9)).collect::<Vec<_>>());
         let lost: u64 = of.iter().map(|r| r.lost_bytes).sum();
-        md.push_str(&format!(
-            "| {n} | {} | {} | {} | {lost} |\n",
-            retrace_seal_threads(n),
-            spread(&mbps, 0),
-            spread(&per_gb, 2)
-        ));
+        md.push_str(&format!("| {n} | {m:.0} [{lo:.0}–{hi:.0}] | {cpu:.2} [{cpu_lo:.2}–{cpu_hi:.2}] | {lost} |\n"));
     }
     md.push_str(&after);
     std::fs::write(&path, md)?;
@@ -467,20 +462,4 @@ pub fn update_scaling(root: &Path, rows: &[super::AgentScaling], commit: &str) -
     }
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     Ok(())
-}
-
-/// The seal threads `retrace record` starts by default with `cores` CPUs (its `cpus::seal_threads`).
-fn retrace_seal_threads(cores: usize) -> usize {
-    cores.saturating_sub(4).min(8)
-}
-
-/// "median [min–max]" with `digits` decimals.
-fn spread(values: &[f64], digits: usize) -> String {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => "-".into(),
-        1 => format!("{:.digits$}", v[0]),
-        n => format!("{:.digits$} [{:.digits$}–{:.digits$}]", v[n / 2], v[0], v[n - 1]),
-    }
 }
