@@ -390,3 +390,53 @@ fn a_batch_of_small_records_is_redacted_like_the_whole_text() {
         }
     }
 }
+
+/// Large records are scanned in place past their first bytes: secrets anywhere in them (at
+/// their start, at the seam where the in-place scan begins, split between two large records,
+/// a long key block held open across records) come out as when the whole text is redacted.
+#[test]
+fn large_records_scanned_in_place_are_redacted_like_the_whole_text() {
+    use super::stream::{IN_PLACE_MIN, SEAM};
+    let r = redactor();
+    let key_body: String = (0..60).map(|i| format!("MIIE{i:02}canaryLONGkeyBODY{}\n", "A".repeat(40))).collect();
+    let long_key = format!("-----BEGIN RSA PRIVATE KEY-----\n{key_body}-----END RSA PRIVATE KEY-----\n");
+    let secrets: Vec<String> =
+        CANARIES.iter().map(|c| c.1.to_string()).chain([long_key.clone(), "card 4111111111111111 ok".into()]).collect();
+    // Filler with and without newlines, secrets placed around the seam and record edges.
+    let mut text = Vec::new();
+    let mut marks = vec![0, SEAM - 40, SEAM - 1, SEAM + 7, IN_PLACE_MIN - 30, IN_PLACE_MIN + 3, 3 * IN_PLACE_MIN / 2];
+    marks.extend((1..12).map(|i| i * IN_PLACE_MIN / 3 + i * 977));
+    for (i, &mark) in marks.iter().enumerate() {
+        while text.len() < mark {
+            let filler: &[u8] = if i % 2 == 0 { b"filler line of log text 0123\n" } else { b"no-newline-filler-" };
+            text.extend_from_slice(filler);
+        }
+        text.extend_from_slice(secrets[i % secrets.len()].as_bytes());
+    }
+    text.extend_from_slice(&b"tail\n".repeat(100));
+    let (want, spans) = redact_all(&r, &text);
+    assert!(spans.len() >= marks.len(), "the text holds its secrets");
+    let n = text.len();
+    let cuts: Vec<Vec<usize>> = vec![
+        vec![n],
+        (1..).map(|i| i * IN_PLACE_MIN).take_while(|&c| c < n).chain([n]).collect(),
+        vec![10, 100, IN_PLACE_MIN + 10, 2 * IN_PLACE_MIN + SEAM, n - 5, n],
+        (1..).map(|i| i * (IN_PLACE_MIN + 4099)).take_while(|&c| c < n).chain([n]).collect(),
+    ];
+    for (k, m) in marks.iter().enumerate().take(8) {
+        // Each secret cut in two between two large records.
+        let cut = m + secrets[k % secrets.len()].len() / 2;
+        let got = stream(&r, &[&text[..cut], &text[cut..]]);
+        assert!(got == want, "cut inside secret {k} at {cut}");
+    }
+    for c in cuts {
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for &end in &c {
+            pieces.push(&text[at..end]);
+            at = end;
+        }
+        let got = stream(&r, &pieces);
+        assert!(got == want, "records cut at {c:?}");
+    }
+}
