@@ -39,6 +39,10 @@ enum Task {
         /// written in place of the previous one.
         #[arg(long)]
         scaling_only: bool,
+        /// Only the call-cost table (what a recorded open+close, pread and getppid cost the
+        /// process and the agent), written in place of the previous one.
+        #[arg(long)]
+        calls_only: bool,
     },
     /// Run the fuzz targets (recording reader, redactor) for a while each.
     Fuzz {
@@ -70,12 +74,13 @@ fn run_task(task: Task) -> Result<()> {
             setup::run()?;
             demo()
         }
-        Task::Bench { quick, replay_only, scaling_only } => {
+        Task::Bench { quick, replay_only, scaling_only, calls_only } => {
             setup::run()?;
             let root = std::env::current_dir()?;
-            match (replay_only, scaling_only) {
-                (true, _) => bench::run_replays(&root, quick),
-                (_, true) => bench::run_scaling(&root, quick),
+            match (replay_only, scaling_only, calls_only) {
+                (true, _, _) => bench::run_replays(&root, quick),
+                (_, true, _) => bench::run_scaling(&root, quick),
+                (_, _, true) => bench::run_calls(&root, quick),
                 _ => bench::run(&root, quick),
             }
         }

@@ -12,7 +12,7 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use tracers::Tracer;
-use workloads::{pump, untraced_read_ns, Content, Nginx, Placement, Redis, Sample};
+use workloads::{call_cost, pump, untraced_read_ns, Content, Nginx, Placement, Redis, Sample};
 
 /// One run of the syscall loop in a process the tracer does not trace.
 #[derive(Clone, Debug, Serialize)]
@@ -20,6 +20,56 @@ pub struct UntracedCost {
     pub tracer: Tracer,
     pub round: usize,
     pub read_ns: f64,
+}
+
+/// One run of a system call loop on CPU 0, recorded by an agent on CPU 1 or not.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallCost {
+    pub name: String,
+    pub recorded: bool,
+    pub round: usize,
+    pub ns_per_iteration: f64,
+    /// The agent's CPU per iteration (0 unrecorded).
+    pub agent_ns_per_iteration: f64,
+}
+
+/// The loops of the call-cost table: name, what one iteration records, iterations.
+const CALL_LOOPS: [(&str, &str, u64); 3] = [
+    ("openclose", "`open` + `close` of a 4 KiB file: two metadata records, one with the path", 300_000),
+    ("pread", "`pread` of 1 KiB: one data record with its payload", 1_000_000),
+    ("getppid", "`getppid`: nothing recorded, the `sys_exit` dispatcher only", 2_000_000),
+];
+
+/// What a traced call costs the process and the agent: each loop unrecorded and recorded, in
+/// alternating rounds.
+fn call_costs(root: &Path, retrace: &Path, work: &Path, quick: bool) -> Result<Vec<CallCost>> {
+    let bin = compile_helper(root, work, "syscalls")?;
+    let mut rows = Vec::new();
+    for round in 0..if quick { 1 } else { 3 } {
+        for (name, _, iterations) in CALL_LOOPS {
+            for recorded in [false, true] {
+                eprintln!("bench: call cost {name} round {round} recorded={recorded}");
+                let iterations = if quick { iterations / 4 } else { iterations };
+                let (ns, agent_ns) = call_cost(&bin, retrace, work, name, iterations, recorded)?;
+                rows.push(CallCost {
+                    name: name.into(),
+                    recorded,
+                    round,
+                    ns_per_iteration: ns,
+                    agent_ns_per_iteration: agent_ns,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The call-cost table alone (`--calls-only`), written in place of the previous one.
+pub fn run_calls(root: &Path, quick: bool) -> Result<()> {
+    let (retrace, work) = prepare(root)?;
+    let rows = call_costs(root, &retrace, &work, quick)?;
+    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
+    report::update_calls(root, &rows, String::from_utf8_lossy(&commit.stdout).trim())
 }
 
 /// The pump's rate for the compression table, MB/s.
@@ -288,6 +338,8 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     let scaling = agent_scaling(root, &retrace, &work, quick)?;
     let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
     report::update_scaling(root, &scaling, String::from_utf8_lossy(&commit.stdout).trim())?;
+    let calls = call_costs(root, &retrace, &work, quick)?;
+    report::update_calls(root, &calls, String::from_utf8_lossy(&commit.stdout).trim())?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
 }

@@ -418,21 +418,9 @@ const SCALING_SECTION: &str = "\n## One recording across cores";
 /// Writes the scaling table in place of the previous one (or at the end), and its rows into
 /// BENCHMARKS.json.
 pub fn update_scaling(root: &Path, rows: &[super::AgentScaling], commit: &str) -> Result<()> {
-    let path = root.join("BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path)?;
-    let (before, after) = match old.find(SCALING_SECTION) {
-        Some(at) => {
-            // The section runs to the next `## ` heading.
-            let rest = &old[at + SCALING_SECTION.len()..];
-            let end = rest.find("\n## ").map_or(old.len(), |i| at + SCALING_SECTION.len() + i);
-            (old[..at].to_owned(), old[end..].to_owned())
-        }
-        None => (old.trim_end().to_owned() + "\n", String::new()),
-    };
     let mut md = String::new();
-    md.push_str(&before);
     md.push_str(&format!(
-        "{SCALING_SECTION}\n\nOne writer at full speed (1 MiB writes into a file, `xtask/bench/pump.c`), recorded with\n\
+        "\n\nOne writer at full speed (1 MiB writes into a file, `xtask/bench/pump.c`), recorded with\n\
          `--backpressure` (zero loss: the writer is paused while the agent catches up) by an agent given\n\
          the last N CPUs (`--cpus`; the writer on CPU 0 when there are others). With more than four\n\
          CPUs the agent seals and hashes segments on `--seal-threads` threads (CPUs beyond four, at\n\
@@ -452,13 +440,64 @@ pub fn update_scaling(root: &Path, rows: &[super::AgentScaling], commit: &str) -
         let lost: u64 = of.iter().map(|r| r.lost_bytes).sum();
         md.push_str(&format!("| {n} | {m:.0} [{lo:.0}–{hi:.0}] | {cpu:.2} [{cpu_lo:.2}–{cpu_hi:.2}] | {lost} |\n"));
     }
-    md.push_str(&after);
-    std::fs::write(&path, md)?;
+    replace_section(root, SCALING_SECTION, &md)?;
     let json_path = root.join("BENCHMARKS.json");
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
     if let Some(object) = json.as_object_mut() {
         object.insert("agent_scaling".into(), serde_json::json!(rows));
         object.insert("agent_scaling_commit".into(), serde_json::json!(commit));
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
+
+/// Puts `body` under `heading` in BENCHMARKS.md, in place of what was there (up to the next
+/// `## ` heading), or at the end.
+fn replace_section(root: &Path, heading: &str, body: &str) -> Result<()> {
+    let path = root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path)?;
+    let (before, after) = match old.find(heading) {
+        Some(at) => {
+            let rest = &old[at + heading.len()..];
+            let end = rest.find("\n## ").map_or(old.len(), |i| at + heading.len() + i);
+            (old[..at].to_owned(), old[end..].to_owned())
+        }
+        None => (old.trim_end().to_owned() + "\n", String::new()),
+    };
+    std::fs::write(&path, format!("{before}{heading}{body}{after}"))?;
+    Ok(())
+}
+
+const CALLS_SECTION: &str = "\n## What a traced call pays";
+
+/// The call-cost table (`--calls-only` and the full run), in place of the previous one.
+pub fn update_calls(root: &Path, rows: &[super::CallCost], commit: &str) -> Result<()> {
+    let mut md = format!(
+        "\n\nA C loop (`xtask/bench/syscalls.c`) on CPU 0, recorded by `retrace record --cpus 1` (the\n\
+         agent on CPU 1) or not: nanoseconds per iteration, and the agent's CPU per iteration (from\n\
+         the loop's start until it has drained what the loop wrote). Medians with [min–max] over\n\
+         alternating rounds, measured at {commit} by `cargo xtask bench --calls-only`.\n\n\
+         | loop | unrecorded ns | recorded ns | added ns | agent CPU ns per iteration |\n|---|---|---|---|---|\n"
+    );
+    for (name, what, _) in super::CALL_LOOPS {
+        let of = |recorded: bool, f: fn(&super::CallCost) -> f64| {
+            stats(&rows.iter().filter(|r| r.name == name && r.recorded == recorded).map(f).collect::<Vec<_>>())
+        };
+        let (plain, plain_lo, plain_hi) = of(false, |r| r.ns_per_iteration);
+        let (traced, traced_lo, traced_hi) = of(true, |r| r.ns_per_iteration);
+        let (agent, agent_lo, agent_hi) = of(true, |r| r.agent_ns_per_iteration);
+        md.push_str(&format!(
+            "| {what} | {plain:.0} [{plain_lo:.0}–{plain_hi:.0}] | {traced:.0} [{traced_lo:.0}–{traced_hi:.0}] | \
+             +{:.0} | {agent:.0} [{agent_lo:.0}–{agent_hi:.0}] |\n",
+            traced - plain
+        ));
+    }
+    replace_section(root, CALLS_SECTION, &md)?;
+    let json_path = root.join("BENCHMARKS.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
+    if let Some(object) = json.as_object_mut() {
+        object.insert("call_costs".into(), serde_json::json!(rows));
+        object.insert("call_costs_commit".into(), serde_json::json!(commit));
     }
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     Ok(())

@@ -165,6 +165,11 @@ pub fn attach(
 }
 
 impl Attached {
+    /// The tracer's process, if one was started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the tracer (SIGINT) and reports what it cost.
     pub fn detach(mut self) -> Result<TracerCost> {
         let mut cost = TracerCost::default();

@@ -341,6 +341,71 @@ pub fn untraced_read_ns(bin: &Path, retrace: &Path, work: &Path, tracer: Tracer)
     String::from_utf8_lossy(&out.stdout).trim().parse().context("syscall loop output")
 }
 
+/// A loop of `xtask/bench/syscalls.c` (`pread`, `openclose`, `getppid`) run `iterations` times
+/// on CPU 0, recorded by Retrace on CPU 1 (`--cpus 1`) or not: nanoseconds per iteration, and
+/// the recorder's CPU per iteration (its CPU time from the loop's start until 200 ms after its
+/// end, when it has drained what the loop wrote).
+pub fn call_cost(
+    bin: &Path,
+    retrace: &Path,
+    work: &Path,
+    name: &str,
+    iterations: u64,
+    recorded: bool,
+) -> Result<(f64, f64)> {
+    let file = work.join("calls.bin");
+    if !file.exists() {
+        std::fs::write(&file, pattern(4096))?;
+    }
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(bin)
+        .arg(iterations.to_string())
+        .arg(name)
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start the syscall loop")?;
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let pid: u32 = line.trim().parse().with_context(|| format!("syscall loop printed {line:?}"))?;
+    let tracer = if recorded { Tracer::Retrace } else { Tracer::None };
+    let attached = attach(tracer, retrace, work, &[pid], None, Some(1));
+    let measured = attached.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|a| {
+        let agent_ticks = || a.pid().map_or(Ok(0), process_ticks);
+        let before = agent_ticks()?;
+        child.stdin.take().expect("piped").write_all(b"g")?;
+        line.clear();
+        stdout.read_line(&mut line)?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let agent_ns = (agent_ticks()? - before) as f64 * 1e9 / clock_ticks() as f64;
+        let ns: f64 = line.trim().parse().with_context(|| format!("syscall loop printed {line:?}"))?;
+        Ok((ns, agent_ns / iterations as f64))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let cost = attached?.detach();
+    let measured = measured?;
+    cost?;
+    Ok(measured)
+}
+
+/// A process's user and system CPU so far, in clock ticks.
+fn process_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).context("parse /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: a plain libc query.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
+}
+
 /// What the pump writes: a short repeating pattern (compresses ~100x, so it is not used for
 /// the compression table), JSON log lines, or random bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
