@@ -68,8 +68,7 @@ fn call_costs(root: &Path, retrace: &Path, work: &Path, quick: bool) -> Result<V
 pub fn run_calls(root: &Path, quick: bool) -> Result<()> {
     let (retrace, work) = prepare(root)?;
     let rows = call_costs(root, &retrace, &work, quick)?;
-    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
-    report::update_calls(root, &rows, String::from_utf8_lossy(&commit.stdout).trim())
+    report::update_calls(root, &rows, &head_commit(root)?)
 }
 
 /// The pump's rate for the compression table, MB/s.
@@ -138,8 +137,7 @@ fn agent_scaling(root: &Path, retrace: &Path, work: &Path, quick: bool) -> Resul
 pub fn run_scaling(root: &Path, quick: bool) -> Result<()> {
     let (retrace, work) = prepare(root)?;
     let rows = agent_scaling(root, &retrace, &work, quick)?;
-    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
-    report::update_scaling(root, &rows, String::from_utf8_lossy(&commit.stdout).trim())
+    report::update_scaling(root, &rows, &head_commit(root)?)
 }
 
 /// The replay measurements alone (`--replay-only`): a client (redis-cli) and a server fed 100
@@ -149,8 +147,7 @@ pub fn run_replays(root: &Path, quick: bool) -> Result<()> {
     let replays = replays(&retrace, &work, quick)?;
     eprintln!("bench: what a replayed wall-clock read costs");
     let clock = replay::clock_cost(&retrace, &work, if quick { 3 } else { 5 })?;
-    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
-    report::update_replays(root, &replays, &clock, String::from_utf8_lossy(&commit.stdout).trim())
+    report::update_replays(root, &replays, &clock, &head_commit(root)?)
 }
 
 /// Peers installed, the release binary built, an empty work folder: (binary, folder).
@@ -336,12 +333,18 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     }
     report::write(root, &samples, &split, &throughput, &compression, &untraced, &replay_speeds, &clock_cost, rounds)?;
     let scaling = agent_scaling(root, &retrace, &work, quick)?;
-    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
-    report::update_scaling(root, &scaling, String::from_utf8_lossy(&commit.stdout).trim())?;
+    let commit = head_commit(root)?;
+    report::update_scaling(root, &scaling, &commit)?;
     let calls = call_costs(root, &retrace, &work, quick)?;
-    report::update_calls(root, &calls, String::from_utf8_lossy(&commit.stdout).trim())?;
+    report::update_calls(root, &calls, &commit)?;
     eprintln!("bench: wrote BENCHMARKS.md and BENCHMARKS.json");
     Ok(())
+}
+
+/// The checked-out commit, short, for the tables that say where they were measured.
+fn head_commit(root: &Path) -> Result<String> {
+    let out = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Builds `xtask/bench/NAME.c` into `work/NAME`.

@@ -395,12 +395,15 @@ pub fn update_replays(root: &Path, replays: &[ReplaySpeed], clock: &ClockCost, c
         md.push_str(line);
         md.push('\n');
     }
-    if let Some(at) = md.find(REPLAY_SECTION) {
-        md.truncate(at);
-    }
-    md.push_str(&replay_section(replays, clock));
-    md.push_str(&format!("\n(The replay numbers were measured at {commit} by `cargo xtask bench --replay-only`.)\n"));
     std::fs::write(&path, md)?;
+    // The section's text after its heading, up to the next section (scaling, calls).
+    let section = replay_section(replays, clock);
+    let body = section.strip_prefix(REPLAY_SECTION).unwrap_or(&section);
+    replace_section(
+        root,
+        REPLAY_SECTION,
+        &format!("{body}\n(The replay numbers were measured at {commit} by `cargo xtask bench --replay-only`.)\n"),
+    )?;
     let json_path = root.join("BENCHMARKS.json");
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
     if let Some(object) = json.as_object_mut() {
@@ -441,11 +444,16 @@ pub fn update_scaling(root: &Path, rows: &[super::AgentScaling], commit: &str) -
         md.push_str(&format!("| {n} | {m:.0} [{lo:.0}–{hi:.0}] | {cpu:.2} [{cpu_lo:.2}–{cpu_hi:.2}] | {lost} |\n"));
     }
     replace_section(root, SCALING_SECTION, &md)?;
+    put_json(root, "agent_scaling", serde_json::json!(rows), commit)
+}
+
+/// Sets `key` (and `key_commit`) in BENCHMARKS.json, keeping the rest.
+fn put_json(root: &Path, key: &str, value: serde_json::Value, commit: &str) -> Result<()> {
     let json_path = root.join("BENCHMARKS.json");
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
     if let Some(object) = json.as_object_mut() {
-        object.insert("agent_scaling".into(), serde_json::json!(rows));
-        object.insert("agent_scaling_commit".into(), serde_json::json!(commit));
+        object.insert(key.into(), value);
+        object.insert(format!("{key}_commit"), serde_json::json!(commit));
     }
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     Ok(())
@@ -493,12 +501,24 @@ pub fn update_calls(root: &Path, rows: &[super::CallCost], commit: &str) -> Resu
         ));
     }
     replace_section(root, CALLS_SECTION, &md)?;
-    let json_path = root.join("BENCHMARKS.json");
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
-    if let Some(object) = json.as_object_mut() {
-        object.insert("call_costs".into(), serde_json::json!(rows));
-        object.insert("call_costs_commit".into(), serde_json::json!(commit));
+    put_json(root, "call_costs", serde_json::json!(rows), commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_section;
+
+    #[test]
+    fn a_section_is_replaced_in_place_and_the_others_kept() {
+        let root = std::env::temp_dir().join(format!("retrace-xtask-report-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let path = root.join("BENCHMARKS.md");
+        std::fs::write(&path, "# B\n\n## One\n\nold one\n\n## Two\n\nold two\n").unwrap();
+        replace_section(&root, "\n## One", "\n\nnew one\n").unwrap();
+        replace_section(&root, "\n## Two", "\n\nnew two\n").unwrap();
+        replace_section(&root, "\n## Three", "\n\nthree\n").unwrap();
+        let md = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(md, "# B\n\n## One\n\nnew one\n\n## Two\n\nnew two\n\n## Three\n\nthree\n");
     }
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
-    Ok(())
 }
