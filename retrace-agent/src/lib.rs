@@ -18,6 +18,7 @@ pub mod redact;
 pub mod replay;
 pub mod retention;
 pub mod shared;
+pub mod stages;
 pub mod store;
 pub mod streams;
 pub mod target;

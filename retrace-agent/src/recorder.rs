@@ -4,6 +4,7 @@
 
 use crate::clock::monotonic_ns;
 use crate::clock::now_wall_ns;
+use crate::stages;
 use std::{
     path::PathBuf,
     sync::{
@@ -368,6 +369,7 @@ pub(crate) fn spawn_writer(
     failed: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<Result<Writer, StoreError>>> {
     std::thread::Builder::new().name("retrace-writer".into()).spawn(move || {
+        let _cpu = stages::ThreadCpu::new(&stages::WRITER);
         let result = (|| {
             for batch in records {
                 for record in batch {
@@ -400,6 +402,7 @@ pub(crate) fn rebuild_streams(
     root_exited: Arc<AtomicBool>,
     split: bool,
 ) -> (Tracker, RedactStage) {
+    let _cpu = stages::ThreadCpu::new(&stages::STREAMS);
     let (rebuilt_tx, rebuilt_rx) = std::sync::mpsc::sync_channel::<Vec<proto::Record>>(2);
     // Held by the redaction thread for its life; by this one if that thread cannot start.
     let stage = std::sync::Mutex::new(stage);
@@ -408,7 +411,10 @@ pub(crate) fn rebuild_streams(
         let redaction = split.then(|| {
             std::thread::Builder::new().name("retrace-redact".into()).spawn_scoped(scope, {
                 let (first, records) = (first.clone(), records.clone());
-                move || redact_batches(&mut lock(), first, &mut rebuilt_rx.into_iter(), &records)
+                move || {
+                    let _cpu = stages::ThreadCpu::new(&stages::REDACTION);
+                    redact_batches(&mut lock(), first, &mut rebuilt_rx.into_iter(), &records, &stages::REDACTION)
+                }
             })
         });
         // Without that thread, this one redacts each batch itself (from the `first` records on).
@@ -427,10 +433,14 @@ pub(crate) fn rebuild_streams(
             }
             // Sent even when empty: the writer seals segments by age on these.
             let sent = match inline.as_mut() {
-                None => rebuilt_tx.send(rebuilt).is_ok(),
-                Some(first) => {
-                    redact_batches(&mut lock(), std::mem::take(first), &mut std::iter::once(rebuilt), &records)
-                }
+                None => stages::STREAMS.waiting(|| rebuilt_tx.send(rebuilt)).is_ok(),
+                Some(first) => redact_batches(
+                    &mut lock(),
+                    std::mem::take(first),
+                    &mut std::iter::once(rebuilt),
+                    &records,
+                    &stages::STREAMS,
+                ),
             };
             if !sent {
                 break;
@@ -445,12 +455,14 @@ pub(crate) fn rebuild_streams(
 }
 
 /// The redaction side: each batch of rebuilt records (after the `first` records) through the
-/// redaction stage to the writer. False once the writer is gone.
+/// redaction stage to the writer, the hand-off's waiting counted to `waits`. False once the
+/// writer is gone.
 fn redact_batches(
     stage: &mut RedactStage,
     first: Vec<proto::Record>,
     batches: &mut dyn Iterator<Item = Vec<proto::Record>>,
     records: &std::sync::mpsc::SyncSender<Vec<proto::Record>>,
+    waits: &stages::Stage,
 ) -> bool {
     let mut out = Vec::with_capacity(1024);
     for record in first {
@@ -463,7 +475,7 @@ fn redact_batches(
         stage.tick(&mut out);
         // The next batch is likely as large: room for it up front, not grown as records come.
         let room = out.len().max(1024);
-        if records.send(std::mem::replace(&mut out, Vec::with_capacity(room))).is_err() {
+        if waits.waiting(|| records.send(std::mem::replace(&mut out, Vec::with_capacity(room)))).is_err() {
             return false;
         }
     }

@@ -134,13 +134,24 @@ fn sealing_on_parallel_threads_keeps_every_byte_and_redacts() {
     }
     std::fs::write(&src, &content).unwrap();
 
-    // The redaction thread and the sealing pool are used as on a machine with cores to spare.
+    // The redaction thread and the sealing pool are used as on a machine with cores to spare;
+    // the stage accounting says so (the other tests of this file print it too, harmlessly).
+    std::env::set_var("RETRACE_PIPELINE_STATS", "1");
     let (rec, out) = record(
         &dir,
         &["--seal-threads", "3", "--segment-size", "2M"],
         &[python(), "-c", COPY_SCRIPT, src.to_str().unwrap(), dst.to_str().unwrap()],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stages = stderr.lines().find(|l| l.contains("pipeline stages")).expect("the stage line is printed");
+    let cpu_of = |stage: &str| -> f64 {
+        let at = stages.find(&format!(" {stage} ")).unwrap_or_else(|| panic!("{stage} in {stages}"));
+        stages[at + stage.len() + 2..].split('/').next().unwrap().parse().unwrap()
+    };
+    for stage in ["consumer", "redaction", "writer", "seal pool"] {
+        assert!(cpu_of(stage) > 0.0, "{stage} did work: {stages}");
+    }
     for (stream, dir_) in [(rec.by_path(&src), Direction::In), (rec.by_path(&dst), Direction::Out)] {
         assert_eq!((stream.lost_bytes_in, stream.lost_bytes_out), (0, 0), "nothing lost on {stream:?}");
         let got = rec.bytes(stream.id, dir_);

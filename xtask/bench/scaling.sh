@@ -6,7 +6,8 @@
 # A writer (PUMP) moves TOTAL_MB MiB in 1 MiB writes into a file under DIR at full speed,
 # recorded with `--backpressure` (zero loss) into DIR by an agent given the last N CPUs
 # (`--cpus`), the writer on the first CPU when there are others. N: CORES, or 1, 2, 4... and
-# all. Prints one line per run: "cores round mbps agent_cpu_seconds recorded_bytes lost_bytes".
+# all. Prints one line per run: "cores round mbps agent_cpu_seconds recorded_bytes lost_bytes";
+# on stderr, each run's stage line (CPU and waiting per pipeline stage: which one is the limit).
 set -euo pipefail
 retrace=$1 pump=$2 dir=$3 total=${4:-4096} rounds=${5:-3}
 shift $(( $# < 5 ? $# : 5 ))
@@ -28,11 +29,13 @@ for ((round = 0; round < rounds; round++)); do
         rm -rf "$dir/rec" "$dir/pump.out"
         coproc PUMP { exec "${pin[@]}" "$pump" file 1048576 "$total" 0 pattern; }
         read -r writer <&"${PUMP[0]}"
-        "$retrace" record -o "$dir/rec" --cpus "$agent" --ring-buffer 64M --backpressure --pid "$writer" \
+        RETRACE_PIPELINE_STATS=1 "$retrace" record -o "$dir/rec" --cpus "$agent" --ring-buffer 64M --backpressure --pid "$writer" \
             >/dev/null 2>"$dir/record.log" &
         rec=$!
         until [ -e "$dir/rec/manifest.json" ]; do sleep 0.05; done
         sleep 0.3
+        # The agent's CPU from the writer's start on (loading the probes is not per GB).
+        read -r -a before <"/proc/$rec/stat"
         echo g >&"${PUMP[1]}"
         read -r bytes secs <&"${PUMP[0]}"
         wait "$PUMP_PID" 2>/dev/null || true
@@ -40,9 +43,10 @@ for ((round = 0; round < rounds; round++)); do
         read -r -a stat <"/proc/$rec/stat"
         kill -INT "$rec"
         wait "$rec" || true
+        grep 'pipeline stages' "$dir/record.log" | sed "s/^retrace: /scaling: $cores cores: /" >&2 || true
         recorded=$(grep -o '[0-9]* bytes recorded' "$dir/record.log" | grep -o '^[0-9]*' || echo 0)
         lost=$(grep -o '[0-9]* bytes lost' "$dir/record.log" | grep -o '^[0-9]*' || echo 0)
-        awk -v c="$cores" -v r="$round" -v b="$bytes" -v s="$secs" -v t="$(( stat[13] + stat[14] ))" -v hz="$ticks" \
+        awk -v c="$cores" -v r="$round" -v b="$bytes" -v s="$secs" -v t="$(( stat[13] + stat[14] - before[13] - before[14] ))" -v hz="$ticks" \
             -v rec="$recorded" -v lost="$lost" 'BEGIN { printf "%d %d %.1f %.2f %d %d\n", c, r, b / s / 1e6, t / hz, rec, lost }'
     done
 done

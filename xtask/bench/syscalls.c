@@ -5,11 +5,15 @@
  *        syscalls N LOOP FILE            prints its pid, waits for a byte on stdin (the
  *                                        recorder attaches meanwhile), runs LOOP N times and
  *                                        prints ns per iteration. LOOP: pread (1 KiB of FILE),
- *                                        openclose (FILE), getppid (a call nobody records) */
+ *                                        openclose (FILE), socket (512 bytes written into one
+ *                                        end of a socket pair and read from the other: a
+ *                                        request as redis gets it), getppid (a call nobody
+ *                                        records) */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +36,9 @@ int main(int argc, char **argv) {
         if (read(0, &go, 1) != 1) return 1;
     }
     char buf[1024];
+    int pair[2] = {-1, -1};
+    if (!strcmp(loop, "socket") && socketpair(AF_UNIX, SOCK_STREAM, 0, pair) < 0) { perror("socketpair"); return 1; }
+    memset(buf, 'r', sizeof buf);
     double start = now_ns();
     for (long i = 0; i < n; i++) {
         if (!strcmp(loop, "read64")) {
@@ -42,6 +49,8 @@ int main(int argc, char **argv) {
             int f = open(path, O_RDONLY);
             if (f < 0) { perror("open"); return 1; }
             close(f);
+        } else if (!strcmp(loop, "socket")) {
+            if (write(pair[0], buf, 512) != 512 || read(pair[1], buf, 512) != 512) { perror("socket"); return 1; }
         } else if (!strcmp(loop, "getppid")) {
             getppid();
         } else {

@@ -3,6 +3,8 @@
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
+use crate::stages;
+
 use super::{
     decode::{decode, Event},
     CaptureError, Pauses,
@@ -73,6 +75,8 @@ async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stat
     loop {
         let mut batch = Vec::with_capacity(256);
         let mut bytes = 0;
+        // No await in the loop: the task stays on this thread while its CPU is read.
+        let cpu = stages::thread_cpu_ns();
         while batch.len() < BATCH && bytes < BATCH_BYTES {
             let Some(item) = ring.next() else { break };
             stats.records += 1;
@@ -85,12 +89,16 @@ async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stat
                 }
             }
         }
+        stages::CONSUMER.add_cpu_since(cpu);
         if batch.is_empty() {
             return any;
         }
         any = true;
         let full = batch.len() == BATCH || bytes >= BATCH_BYTES;
-        if out.send(batch).await.is_err() || !full {
+        let waiting = std::time::Instant::now();
+        let sent = out.send(batch).await;
+        stages::CONSUMER.add_waited(waiting.elapsed().as_nanos() as u64);
+        if sent.is_err() || !full {
             return any;
         }
     }

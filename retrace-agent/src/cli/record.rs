@@ -182,6 +182,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         ));
     }
     eprintln!("retrace: {line} -> {}", args.output.display());
+    if std::env::var_os("RETRACE_PIPELINE_STATS").is_some() {
+        eprintln!("retrace: {}", retrace_agent::stages::report());
+    }
     let k = summary.kernel;
     if k.chunk_bytes_dropped + k.records_dropped + k.task_records_dropped > 0 {
         eprintln!(

@@ -73,7 +73,8 @@ fn seal_full_chunk(key: &[u8; 32], counter: u64, chunk: &mut [u8]) -> Result<(),
     thread_local! {
         static CONTEXT: std::cell::RefCell<Option<CipherCtx>> = const { std::cell::RefCell::new(None) };
     }
-    CONTEXT.with(|slot| {
+    let cpu = crate::stages::thread_cpu_ns();
+    let sealed = CONTEXT.with(|slot| {
         let mut slot = slot.borrow_mut();
         let cipher = match &mut *slot {
             Some(cipher) => cipher,
@@ -84,7 +85,9 @@ fn seal_full_chunk(key: &[u8; 32], counter: u64, chunk: &mut [u8]) -> Result<(),
         cipher.cipher_update_inplace(data, CHUNK_SIZE)?;
         cipher.cipher_final(tag)?; // a stream cipher: no bytes
         cipher.tag(tag)
-    })
+    });
+    crate::stages::SEAL_POOL.add_cpu_since(cpu);
+    sealed
 }
 
 impl EncryptingWriter {
@@ -122,11 +125,13 @@ impl EncryptingWriter {
         // They are the buffer's last committed bytes: the chunk being filled is only reserved.
         let chunks = inner.buffered_from(inner.buffered() - parallel.waiting.len() * (CHUNK_SIZE + TAG_SIZE));
         let (key, counters) = (&parallel.key, &parallel.waiting);
-        let sealed = parallel.pool.install(|| {
-            chunks
-                .par_chunks_mut(CHUNK_SIZE + TAG_SIZE)
-                .zip(counters.par_iter())
-                .try_for_each(|(chunk, &counter)| seal_full_chunk(key, counter, chunk))
+        let sealed = crate::stages::WRITER.waiting(|| {
+            parallel.pool.install(|| {
+                chunks
+                    .par_chunks_mut(CHUNK_SIZE + TAG_SIZE)
+                    .zip(counters.par_iter())
+                    .try_for_each(|(chunk, &counter)| seal_full_chunk(key, counter, chunk))
+            })
         });
         parallel.waiting.clear();
         sealed.map_err(cipher_err)

@@ -9,6 +9,8 @@
 //! when the segment is sealed, after O_DIRECT is switched off, so the file ends exactly where
 //! its last frame does. Filesystems without O_DIRECT get the same file through ordinary writes.
 
+use crate::stages;
+
 use std::{
     alloc::{alloc_zeroed, dealloc, Layout},
     fs::{File, OpenOptions},
@@ -80,12 +82,14 @@ impl SegmentFile {
             free_tx.send((Buffer::new()?, None)).expect("receiver held here");
         }
         let hash_pool = pool.clone();
-        let hash = std::thread::Builder::new()
-            .name("retrace-hash".into())
-            .spawn(move || hash(written_rx, free_tx, hash_pool))?;
-        let disk = std::thread::Builder::new()
-            .name("retrace-disk".into())
-            .spawn(move || Disk { file, direct, bytes: 0 }.run(jobs_rx, written))?;
+        let hash = std::thread::Builder::new().name("retrace-hash".into()).spawn(move || {
+            let _cpu = stages::ThreadCpu::new(&stages::HASH);
+            hash(written_rx, free_tx, hash_pool)
+        })?;
+        let disk = std::thread::Builder::new().name("retrace-disk".into()).spawn(move || {
+            let _cpu = stages::ThreadCpu::new(&stages::DISK);
+            Disk { file, direct, bytes: 0 }.run(jobs_rx, written)
+        })?;
         Ok(SegmentFile { buf, len: 0, direct, jobs, free, disk, hash, pool })
     }
 
@@ -143,7 +147,7 @@ impl SegmentFile {
     /// Queues the first `n` buffered bytes for the disk and goes on in a free buffer, the rest
     /// moved to its front. Fails with the error of an earlier write, if one failed.
     fn hand_over(&mut self, n: usize) -> io::Result<()> {
-        let (mut next, failed) = self.free.recv().map_err(|_| disk_gone())?;
+        let (mut next, failed) = stages::WRITER.waiting(|| self.free.recv()).map_err(|_| disk_gone())?;
         if let Some(e) = failed {
             return Err(e);
         }
@@ -159,8 +163,9 @@ impl SegmentFile {
     pub fn seal(self) -> io::Result<Sealed> {
         let SegmentFile { buf, len, jobs, disk, hash, .. } = self;
         jobs.send(Job::Seal(buf, len)).map_err(|_| disk_gone())?;
-        let bytes = disk.join().map_err(|_| disk_gone())??;
-        let digest = hash.join().ok().flatten().ok_or_else(disk_gone)?;
+        let (bytes, digest) = stages::WRITER.waiting(|| (disk.join(), hash.join()));
+        let bytes = bytes.map_err(|_| disk_gone())??;
+        let digest = digest.ok().flatten().ok_or_else(disk_gone)?;
         Ok(Sealed { bytes, digest })
     }
 }

@@ -31,12 +31,15 @@ pub struct CallCost {
     pub ns_per_iteration: f64,
     /// The agent's CPU per iteration (0 unrecorded).
     pub agent_ns_per_iteration: f64,
+    pub lost_bytes: u64,
 }
 
-/// The loops of the call-cost table: name, what one iteration records, iterations.
-const CALL_LOOPS: [(&str, &str, u64); 3] = [
+/// The loops of the call-cost table: name, what one iteration records, iterations (what they
+/// write fits the runs' ring buffer).
+const CALL_LOOPS: [(&str, &str, u64); 4] = [
     ("openclose", "`open` + `close` of a 4 KiB file: two metadata records, one with the path", 300_000),
-    ("pread", "`pread` of 1 KiB: one data record with its payload", 1_000_000),
+    ("pread", "`pread` of 1 KiB: one data record with its payload", 300_000),
+    ("socket", "512 B through a unix socket pair, `write` + `read`: two data records", 200_000),
     ("getppid", "`getppid`: nothing recorded, the `sys_exit` dispatcher only", 2_000_000),
 ];
 
@@ -50,13 +53,14 @@ fn call_costs(root: &Path, retrace: &Path, work: &Path, quick: bool) -> Result<V
             for recorded in [false, true] {
                 eprintln!("bench: call cost {name} round {round} recorded={recorded}");
                 let iterations = if quick { iterations / 4 } else { iterations };
-                let (ns, agent_ns) = call_cost(&bin, retrace, work, name, iterations, recorded)?;
+                let (ns, agent_ns, lost_bytes) = call_cost(&bin, retrace, work, name, iterations, recorded)?;
                 rows.push(CallCost {
                     name: name.into(),
                     recorded,
                     round,
                     ns_per_iteration: ns,
                     agent_ns_per_iteration: agent_ns,
+                    lost_bytes,
                 });
             }
         }

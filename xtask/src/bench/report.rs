@@ -483,9 +483,11 @@ pub fn update_calls(root: &Path, rows: &[super::CallCost], commit: &str) -> Resu
     let mut md = format!(
         "\n\nA C loop (`xtask/bench/syscalls.c`) on CPU 0, recorded by `retrace record --cpus 1` (the\n\
          agent on CPU 1) or not: nanoseconds per iteration, and the agent's CPU per iteration (from\n\
-         the loop's start until it has drained what the loop wrote). Medians with [min–max] over\n\
+         the loop's start until it has drained what the loop wrote; its ring buffer holds all of\n\
+         it, so nothing is lost however far it falls behind). Medians with [min–max] over\n\
          alternating rounds, measured at {commit} by `cargo xtask bench --calls-only`.\n\n\
-         | loop | unrecorded ns | recorded ns | added ns | agent CPU ns per iteration |\n|---|---|---|---|---|\n"
+         | loop | unrecorded ns | recorded ns | added ns | agent CPU ns per iteration | lost bytes |\n\
+         |---|---|---|---|---|---|\n"
     );
     for (name, what, _) in super::CALL_LOOPS {
         let of = |recorded: bool, f: fn(&super::CallCost) -> f64| {
@@ -494,9 +496,10 @@ pub fn update_calls(root: &Path, rows: &[super::CallCost], commit: &str) -> Resu
         let (plain, plain_lo, plain_hi) = of(false, |r| r.ns_per_iteration);
         let (traced, traced_lo, traced_hi) = of(true, |r| r.ns_per_iteration);
         let (agent, agent_lo, agent_hi) = of(true, |r| r.agent_ns_per_iteration);
+        let lost: u64 = rows.iter().filter(|r| r.name == name).map(|r| r.lost_bytes).sum();
         md.push_str(&format!(
             "| {what} | {plain:.0} [{plain_lo:.0}–{plain_hi:.0}] | {traced:.0} [{traced_lo:.0}–{traced_hi:.0}] | \
-             +{:.0} | {agent:.0} [{agent_lo:.0}–{agent_hi:.0}] |\n",
+             +{:.0} | {agent:.0} [{agent_lo:.0}–{agent_hi:.0}] | {lost} |\n",
             traced - plain
         ));
     }

@@ -76,6 +76,19 @@ pub fn attach(
     comm: Option<&str>,
     cpu: Option<usize>,
 ) -> Result<Attached> {
+    attach_with_ring(tracer, retrace, work, pids, comm, cpu, RING_BUFFER_MIB)
+}
+
+/// `attach`, Retrace with a ring buffer of `ring_mib` MiB.
+pub fn attach_with_ring(
+    tracer: Tracer,
+    retrace: &Path,
+    work: &Path,
+    pids: &[u32],
+    comm: Option<&str>,
+    cpu: Option<usize>,
+    ring_mib: u64,
+) -> Result<Attached> {
     let mut rec_dir = None;
     let child = match tracer {
         Tracer::None => None,
@@ -89,7 +102,7 @@ pub fn attach(
                 cmd.args(["--cpus", &cpu.to_string()]);
             }
             let child = cmd
-                .args(["--ring-buffer", &format!("{RING_BUFFER_MIB}M"), "--pid", &pids[0].to_string()])
+                .args(["--ring-buffer", &format!("{ring_mib}M"), "--pid", &pids[0].to_string()])
                 .args(match tracer {
                     Tracer::RetraceLz4 => &["--compress"][..],
                     Tracer::RetraceBackpressure => &["--backpressure"][..],

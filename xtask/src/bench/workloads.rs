@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use super::tracers::{attach, wait_for, Tracer, TracerCost};
+use super::tracers::{attach, attach_with_ring, wait_for, Tracer, TracerCost};
 
 /// One measured run.
 #[derive(Clone, Debug, Serialize)]
@@ -341,10 +341,14 @@ pub fn untraced_read_ns(bin: &Path, retrace: &Path, work: &Path, tracer: Tracer)
     String::from_utf8_lossy(&out.stdout).trim().parse().context("syscall loop output")
 }
 
-/// A loop of `xtask/bench/syscalls.c` (`pread`, `openclose`, `getppid`) run `iterations` times
-/// on CPU 0, recorded by Retrace on CPU 1 (`--cpus 1`) or not: nanoseconds per iteration, and
-/// the recorder's CPU per iteration (its CPU time from the loop's start until 200 ms after its
-/// end, when it has drained what the loop wrote).
+/// The ring buffer of the call-cost runs: larger than all a loop writes, so that nothing is
+/// lost however far the agent falls behind the loop (it drains the rest afterwards).
+const CALLS_RING_MIB: u64 = 512;
+
+/// A loop of `xtask/bench/syscalls.c` (`pread`, `openclose`, `socket`, `getppid`) run
+/// `iterations` times on CPU 0, recorded by Retrace on CPU 1 (`--cpus 1`) or not: nanoseconds
+/// per iteration, the recorder's CPU per iteration (from the loop's start until it has drained
+/// what the loop wrote: its CPU stops growing), and the payload bytes it lost.
 pub fn call_cost(
     bin: &Path,
     retrace: &Path,
@@ -352,7 +356,7 @@ pub fn call_cost(
     name: &str,
     iterations: u64,
     recorded: bool,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, u64)> {
     let file = work.join("calls.bin");
     if !file.exists() {
         std::fs::write(&file, pattern(4096))?;
@@ -372,24 +376,31 @@ pub fn call_cost(
     stdout.read_line(&mut line)?;
     let pid: u32 = line.trim().parse().with_context(|| format!("syscall loop printed {line:?}"))?;
     let tracer = if recorded { Tracer::Retrace } else { Tracer::None };
-    let attached = attach(tracer, retrace, work, &[pid], None, Some(1));
+    let attached = attach_with_ring(tracer, retrace, work, &[pid], None, Some(1), CALLS_RING_MIB);
     let measured = attached.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|a| {
         let agent_ticks = || a.pid().map_or(Ok(0), process_ticks);
         let before = agent_ticks()?;
         child.stdin.take().expect("piped").write_all(b"g")?;
         line.clear();
         stdout.read_line(&mut line)?;
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let agent_ns = (agent_ticks()? - before) as f64 * 1e9 / clock_ticks() as f64;
+        let mut after = agent_ticks()?;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let now = agent_ticks()?;
+            if now <= after + 1 {
+                break;
+            }
+            after = now;
+        }
+        let agent_ns = (after - before) as f64 * 1e9 / clock_ticks() as f64;
         let ns: f64 = line.trim().parse().with_context(|| format!("syscall loop printed {line:?}"))?;
         Ok((ns, agent_ns / iterations as f64))
     });
     let _ = child.kill();
     let _ = child.wait();
     let cost = attached?.detach();
-    let measured = measured?;
-    cost?;
-    Ok(measured)
+    let (ns, agent_ns) = measured?;
+    Ok((ns, agent_ns, cost?.lost_bytes))
 }
 
 /// A process's user and system CPU so far, in clock ticks.
