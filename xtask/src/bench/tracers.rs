@@ -67,20 +67,8 @@ pub struct Attached {
 }
 
 /// Starts `tracer` on `pids` (bpftrace filters on `comm` when given, for multi-process servers),
-/// on CPU `cpu` only if given.
+/// on CPU `cpu` only if given; Retrace with a ring buffer of `ring_mib` MiB.
 pub fn attach(
-    tracer: Tracer,
-    retrace: &Path,
-    work: &Path,
-    pids: &[u32],
-    comm: Option<&str>,
-    cpu: Option<usize>,
-) -> Result<Attached> {
-    attach_with_ring(tracer, retrace, work, pids, comm, cpu, RING_BUFFER_MIB)
-}
-
-/// `attach`, Retrace with a ring buffer of `ring_mib` MiB.
-pub fn attach_with_ring(
     tracer: Tracer,
     retrace: &Path,
     work: &Path,

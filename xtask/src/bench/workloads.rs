@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use super::tracers::{attach, attach_with_ring, wait_for, Tracer, TracerCost};
+use super::tracers::{attach, wait_for, Tracer, TracerCost, RING_BUFFER_MIB};
 
 /// One measured run.
 #[derive(Clone, Debug, Serialize)]
@@ -120,7 +120,8 @@ impl Redis {
             (_, s) if s > 4096 => 40_000,
             _ => 150_000,
         };
-        let attached = attach(tracer, retrace, work, &[self.child.id()], None, self.placement.tracer_cpu())?;
+        let attached =
+            attach(tracer, retrace, work, &[self.child.id()], None, self.placement.tracer_cpu(), RING_BUFFER_MIB)?;
         let out = on_cpu(&mut Command::new("redis-benchmark"), self.placement.workload_cpu())
             .args(["-p", &self.port.to_string(), "-t", "set,get", "-c", "20", "--csv", "-r", "1000"])
             .args(["-d", &size.to_string(), "-n", &requests.to_string()])
@@ -236,7 +237,8 @@ impl Nginx {
         round: usize,
         secs: u32,
     ) -> Result<Sample> {
-        let attached = attach(tracer, retrace, work, &self.pids(), Some("nginx"), self.placement.tracer_cpu())?;
+        let attached =
+            attach(tracer, retrace, work, &self.pids(), Some("nginx"), self.placement.tracer_cpu(), RING_BUFFER_MIB)?;
         let url = match file.strip_prefix("tls/") {
             Some(_) => format!("https://127.0.0.1:{TLS_PORT}/{file}"),
             None => format!("http://127.0.0.1:{}/{file}", self.port),
@@ -306,7 +308,7 @@ pub fn pump(
     let mut line = String::new();
     stdout.read_line(&mut line)?;
     let writer: u32 = line.trim().parse().context("pump pid")?;
-    let attached = attach(tracer, retrace, work, &[writer], None, None)?;
+    let attached = attach(tracer, retrace, work, &[writer], None, None, RING_BUFFER_MIB)?;
     child.stdin.take().unwrap().write_all(b"g")?;
     line.clear();
     stdout.read_line(&mut line)?;
@@ -331,7 +333,7 @@ pub fn pump(
 /// one: what recording one process costs every other process on the machine.
 pub fn untraced_read_ns(bin: &Path, retrace: &Path, work: &Path, tracer: Tracer) -> Result<f64> {
     let mut idle = Command::new("sleep").arg("600").spawn().context("start sleep")?;
-    let attached = attach(tracer, retrace, work, &[idle.id()], None, None);
+    let attached = attach(tracer, retrace, work, &[idle.id()], None, None, RING_BUFFER_MIB);
     let out = Command::new(bin).arg("3000000").output().context("run the syscall loop");
     let _ = idle.kill();
     let _ = idle.wait();
@@ -376,7 +378,7 @@ pub fn call_cost(
     stdout.read_line(&mut line)?;
     let pid: u32 = line.trim().parse().with_context(|| format!("syscall loop printed {line:?}"))?;
     let tracer = if recorded { Tracer::Retrace } else { Tracer::None };
-    let attached = attach_with_ring(tracer, retrace, work, &[pid], None, Some(1), CALLS_RING_MIB);
+    let attached = attach(tracer, retrace, work, &[pid], None, Some(1), CALLS_RING_MIB);
     let measured = attached.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|a| {
         let agent_ticks = || a.pid().map_or(Ok(0), process_ticks);
         let before = agent_ticks()?;
