@@ -47,7 +47,7 @@ for ((round = 0; round < rounds; round++)); do
         recorded=$(grep -o '[0-9]* bytes recorded' "$dir/record.log" | grep -o '^[0-9]*' || echo 0)
         lost=$(grep -o '[0-9]* bytes lost' "$dir/record.log" | grep -o '^[0-9]*' || echo 0)
         awk -v c="$cores" -v r="$round" -v b="$bytes" -v s="$secs" -v t="$(( stat[13] + stat[14] - before[13] - before[14] ))" -v hz="$ticks" \
-            -v rec="$recorded" -v lost="$lost" 'BEGIN { printf "%d %d %.1f %.2f %d %d\n", c, r, b / s / 1e6, t / hz, rec, lost }'
+            -v rec="$recorded" -v lost="$lost" 'BEGIN { printf "%d %d %.1f %.2f %.0f %.0f\n", c, r, b / s / 1e6, t / hz, rec, lost }'
     done
 done
 rm -rf "$dir/rec"
