@@ -54,7 +54,7 @@ pub static REDACTION: Stage = Stage::new();
 pub static WRITER: Stage = Stage::new();
 /// Writing full buffers to the file, and fsync at each segment's seal.
 pub static DISK: Stage = Stage::new();
-/// BLAKE3 of what was written.
+/// BLAKE3 of what was written (with a seal pool, the pool threads' share of it is not counted).
 pub static HASH: Stage = Stage::new();
 /// Sealing age chunks on the pool's threads.
 pub static SEAL_POOL: Stage = Stage::new();
