@@ -96,7 +96,7 @@ pub fn report() -> String {
         .iter()
         .map(|(name, stage)| {
             let (cpu, waited) = stage.seconds();
-            format!("{name} {cpu:.2}/{waited:.2}")
+            format!("{name} {cpu:.3}/{waited:.3}")
         })
         .collect();
     format!("pipeline stages, CPU s/waited on the next s: {}", parts.join(", "))
