@@ -10,7 +10,6 @@ use std::{
 };
 
 /// One stage: CPU nanoseconds spent in it, nanoseconds it waited on the next one.
-#[derive(Default)]
 pub struct Stage {
     cpu_ns: AtomicU64,
     waited_ns: AtomicU64,

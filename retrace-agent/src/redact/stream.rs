@@ -89,17 +89,16 @@ impl StreamRedactor {
         if data.payload.len() >= IN_PLACE_MIN {
             let payload = data.payload.clone();
             self.pending.push_back(data);
-            self.scan_large(redactor, &payload);
-            if self.unscanned && self.window.len() >= SCAN_AT {
-                self.scan(redactor, false);
+            if self.scan_large(redactor, &payload) {
+                self.release(redactor, out, self.window_start);
+                return false;
             }
-            self.release(redactor, out, self.window_start);
-            return self.unscanned;
+        } else {
+            self.window.extend_from_slice(&data.payload);
+            self.end += data.payload.len() as u64;
+            self.pending.push_back(data);
+            self.unscanned = true;
         }
-        self.window.extend_from_slice(&data.payload);
-        self.end += data.payload.len() as u64;
-        self.pending.push_back(data);
-        self.unscanned = true;
         if self.window.len() >= SCAN_AT {
             self.scan_appended(redactor, out);
         }
@@ -108,7 +107,8 @@ impl StreamRedactor {
 
     /// Scans a large record that starts at `self.end`: its first `SEAM` bytes together with
     /// what the window holds, then the rest in place, and keeps what is held back after it.
-    fn scan_large(&mut self, redactor: &Redactor, payload: &[u8]) {
+    /// False when a match open at the seam kept the rest in the window, unscanned.
+    fn scan_large(&mut self, redactor: &Redactor, payload: &[u8]) -> bool {
         let record_start = self.end;
         self.window.extend_from_slice(&payload[..SEAM]);
         self.end += payload.len() as u64;
@@ -120,7 +120,7 @@ impl StreamRedactor {
             // A match is open from before the record's seam: the rest joins the window.
             self.window.extend_from_slice(&payload[SEAM..]);
             self.unscanned = true;
-            return;
+            return false;
         };
         let rest = &payload[at..];
         let next = self.scan_slice(redactor, rest, 1, false);
@@ -128,6 +128,7 @@ impl StreamRedactor {
         self.window.extend_from_slice(&rest[next..]);
         self.has_lookbehind = true;
         self.window_start += next as u64;
+        true
     }
 
     /// Scans what was appended since the last scan; appends the records final now to `out`.
