@@ -143,6 +143,7 @@ fn test_peers() -> Result<()> {
         ("openssl", "openssl"),
         ("wget", "wget"),
         ("node", "nodejs"),
+        ("promtool", "prometheus"), // checks the node agent's /metrics text
     ];
     install_missing(&wanted)?;
     // pip, for the replay of `pip install` from a local index.
