@@ -1,6 +1,6 @@
 #!/bin/bash
 # One recording across cores, for `cargo xtask bench` and for a machine with nothing installed
-# (the `device` tool: carry the release binary and a pump built by `cc -O2 -static`).
+# (the `device` tool: `xtask/bench/device.sh` runs it from `cargo xtask bench --device-bundle`).
 #
 # usage: scaling.sh RETRACE PUMP DIR [TOTAL_MB [ROUNDS [CORES...]]]
 # A writer (PUMP) moves TOTAL_MB MiB in 1 MiB writes into a file under DIR at full speed,

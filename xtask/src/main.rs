@@ -43,6 +43,13 @@ enum Task {
         /// process and the agent), written in place of the previous one.
         #[arg(long)]
         calls_only: bool,
+        /// Build `target/device`: what `xtask/bench/device.sh` needs on a lent many-core
+        /// machine where nothing is installed (binaries and every library they load).
+        #[arg(long)]
+        device_bundle: bool,
+        /// Put a device run's `device.md` in BENCHMARKS.md, in place of the previous one.
+        #[arg(long, value_name = "FILE")]
+        device_report: Option<std::path::PathBuf>,
     },
     /// Run the fuzz targets (recording reader, redactor) for a while each.
     Fuzz {
@@ -74,9 +81,15 @@ fn run_task(task: Task) -> Result<()> {
             setup::run()?;
             demo()
         }
-        Task::Bench { quick, replay_only, scaling_only, calls_only } => {
-            setup::run()?;
+        Task::Bench { quick, replay_only, scaling_only, calls_only, device_bundle, device_report } => {
             let root = std::env::current_dir()?;
+            if let Some(report) = device_report {
+                return bench::put_device_report(&root, &report);
+            }
+            setup::run()?;
+            if device_bundle {
+                return bench::device_bundle(&root);
+            }
             match (replay_only, scaling_only, calls_only) {
                 (true, _, _) => bench::run_replays(&root, quick),
                 (_, true, _) => bench::run_scaling(&root, quick),

@@ -35,7 +35,8 @@ impl Pauses {
     /// same program), waiting until it holds the map.
     pub(super) fn new(map: BpfHashMap<MapData, u32, u32>, map_id: u32) -> Result<Pauses, CaptureError> {
         let io = |source| CaptureError::Guard { source };
-        let mut guard = Command::new(std::env::current_exe().map_err(io)?)
+        let mut guard = this_program()
+            .map_err(io)?
             .args(["resume-guard", "--map-id", &map_id.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -68,6 +69,20 @@ impl Pauses {
         }
         waiting
     }
+}
+
+/// A command that runs this program again. Started through the dynamic loader
+/// (`ld-linux-x86-64.so.2 retrace ...`, as a bundle for a machine with an older glibc is run),
+/// the executable is the loader, and the program is its first argument; the loader finds
+/// the libraries again through LD_LIBRARY_PATH, which the child inherits.
+fn this_program() -> std::io::Result<Command> {
+    let exe = std::env::current_exe()?;
+    let by_loader = exe.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ld-linux"));
+    let mut command = Command::new(&exe);
+    if by_loader {
+        command.arg(std::env::args_os().next().ok_or_else(|| std::io::Error::other("no argv[0]"))?);
+    }
+    Ok(command)
 }
 
 impl Drop for Pauses {

@@ -144,6 +144,89 @@ pub fn run_scaling(root: &Path, quick: bool) -> Result<()> {
     report::update_scaling(root, &rows, &head_commit(root)?)
 }
 
+/// `target/device`: the release binary (stripped), a static pump, redis-server,
+/// redis-benchmark and taskset, with every library they load and the loader, for
+/// `xtask/bench/device.sh` on a lent machine where nothing is installed.
+pub fn device_bundle(root: &Path) -> Result<()> {
+    let (retrace, _work) = prepare(root)?;
+    let bundle = root.join("target/device");
+    let _ = std::fs::remove_dir_all(&bundle);
+    let (bin, lib) = (bundle.join("bin"), bundle.join("lib"));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&lib)?;
+    crate::run(Command::new("strip").arg("-o").arg(bin.join("retrace")).arg(&retrace))?;
+    crate::run(
+        Command::new("cc").args(["-O2", "-static", "-o"]).arg(bin.join("pump")).arg(root.join("xtask/bench/pump.c")),
+    )?;
+    for program in ["redis-server", "redis-benchmark", "taskset"] {
+        let path = which(program)?;
+        std::fs::copy(std::fs::canonicalize(&path)?, bin.join(program))?;
+    }
+    for program in ["retrace", "redis-server", "redis-benchmark", "taskset"] {
+        for (name, path) in shared_libraries(&bin.join(program))? {
+            std::fs::copy(std::fs::canonicalize(&path)?, lib.join(name))?;
+        }
+    }
+    // The commit the bundle was built at, for the report (the binary's --version has none).
+    std::fs::write(bundle.join("commit"), head_commit(root)? + "\n")?;
+    let size: u64 = walk_size(&bundle)?;
+    eprintln!(
+        "bench: {} ({:.1} MiB); on the device: run(command=\"bash xtask/bench/device.sh target/device $OUT\", \
+         carry=[\"target/device\"]), then `cargo xtask bench --device-report <files_at>/device.md`",
+        bundle.display(),
+        size as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// A device run's section (`device.md`) in BENCHMARKS.md.
+pub fn put_device_report(root: &Path, report: &Path) -> Result<()> {
+    let body = std::fs::read_to_string(report).with_context(|| format!("read {}", report.display()))?;
+    if !body.trim_start().starts_with("Measured on the lent many-core machine") || !body.contains("| agent cores |") {
+        bail!("{} is not a device.md written by xtask/bench/device.sh", report.display());
+    }
+    report::update_device(root, &body)
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{program} is not installed (cargo xtask setup installs the bench's peers)"))
+}
+
+/// What `ldd` says `binary` loads: (name it is loaded by, where it is), the loader as
+/// `ld-linux-x86-64.so.2`.
+fn shared_libraries(binary: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let out = Command::new("ldd").arg(binary).output().context("run ldd")?;
+    let mut libraries = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.trim();
+        if let Some((name, rest)) = line.split_once(" => ") {
+            if let Some(path) = rest.split_whitespace().next().filter(|p| p.starts_with('/')) {
+                libraries.push((name.to_owned(), path.into()));
+            }
+        } else if let Some(path) = line.split_whitespace().next().filter(|p| p.contains("/ld-linux")) {
+            libraries.push(("ld-linux-x86-64.so.2".to_owned(), path.into()));
+        }
+    }
+    if !libraries.iter().any(|(name, _)| name == "ld-linux-x86-64.so.2") {
+        bail!("ldd named no loader for {}", binary.display());
+    }
+    Ok(libraries)
+}
+
+fn walk_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        total += if entry.file_type()?.is_dir() { walk_size(&entry.path())? } else { entry.metadata()?.len() };
+    }
+    Ok(total)
+}
+
 /// The replay measurements alone (`--replay-only`): a client (redis-cli) and a server fed 100
 /// recorded connections, written in place of the previous ones.
 pub fn run_replays(root: &Path, quick: bool) -> Result<()> {

@@ -476,6 +476,13 @@ fn replace_section(root: &Path, heading: &str, body: &str) -> Result<()> {
     Ok(())
 }
 
+const DEVICE_SECTION: &str = "\n## One recording on a many-core machine";
+
+/// The many-core section (`xtask/bench/device.sh`'s `device.md`), in place of the previous one.
+pub fn update_device(root: &Path, body: &str) -> Result<()> {
+    replace_section(root, DEVICE_SECTION, &format!("\n\n{}\n", body.trim()))
+}
+
 const CALLS_SECTION: &str = "\n## What a traced call pays";
 
 /// The call-cost table (`--calls-only` and the full run), in place of the previous one.
