@@ -148,9 +148,11 @@ impl SharedProbes {
         let (records_tx, records_rx) = std::sync::mpsc::sync_channel::<Vec<proto::Record>>(2);
         let writer = spawn_writer(writer, records_rx, Arc::new(AtomicBool::new(false))).map_err(RecordError::Thread)?;
         let root_exited = Arc::new(AtomicBool::new(false));
+        // With seal threads the agent has cores to spare: redaction on a thread of its own.
+        let split = config.segments.seal_threads > 0;
         let streams = std::thread::Builder::new()
             .name("retrace-streams".into())
-            .spawn(move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited, false))
+            .spawn(move || rebuild_streams(tracker, stage, first, events_rx, records_tx, root_exited, split))
             .map_err(RecordError::Thread)?;
         {
             let mut routes = self.routes.lock().expect("routes");

@@ -89,7 +89,7 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "node_name = \"node-a\"\ncaptures_dir = \"{}\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{recipient}\"]\n[upload]\nurl = \"s3://retrace-cluster/recordings\"\n",
+            "node_name = \"node-a\"\ncaptures_dir = \"{}\"\nspool_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nrecipients = [\"{recipient}\"]\nseal_threads = 2\n[upload]\nurl = \"s3://retrace-cluster/recordings\"\n",
             captures.display(),
             spool.display()
         ),
@@ -129,6 +129,14 @@ fn the_agent_records_requested_cgroups_uploads_them_and_drains_on_sigterm() {
     wait_for("the capture to start", Duration::from_secs(20), || {
         status(&spool, "shop", "checkout")["phase"] == "Recording"
     });
+    // `seal_threads = 2`: the capture's segments are sealed by a pool of two threads (the
+    // bytes read back below are then the pool's work).
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", agent.0.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert_eq!(threads.iter().filter(|c| c.starts_with("retrace-seal-")).count(), 2, "{threads:?}");
     std::thread::sleep(Duration::from_millis(500));
     let data = dir.join("data.bin");
     std::fs::write(&data, retrace_tests::pattern(200_000, 9)).unwrap();

@@ -35,6 +35,11 @@ pub struct AgentConfig {
     /// Kernel ring buffer per capture (bytes, power of two).
     #[serde(default = "default_ring")]
     pub ring_buffer_bytes: u32,
+    /// Threads per capture that seal and hash its segments in parallel (a capture's writer
+    /// thread alone seals ~1 GB/s). Default: the CPUs the agent may use (its cgroup's CPU
+    /// limit counted) beyond four, at most 8; 0 on small machines and under tight limits.
+    #[serde(default)]
+    pub seal_threads: Option<usize>,
     /// Recipients used when a capture names none (public keys only: a node never holds an
     /// identity).
     #[serde(default)]
@@ -151,5 +156,12 @@ impl AgentConfig {
             .or_else(|| std::env::var("NODE_NAME").ok())
             .or_else(|| nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "node".into())
+    }
+
+    /// Each capture's seal threads: as configured, else from the CPUs the agent may use
+    /// (`available_parallelism` counts its affinity and its cgroup's CPU quota).
+    pub fn seal_threads(&self) -> usize {
+        self.seal_threads
+            .unwrap_or_else(|| crate::cpus::seal_threads(std::thread::available_parallelism().map_or(1, |n| n.get())))
     }
 }

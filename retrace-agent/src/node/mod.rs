@@ -370,7 +370,7 @@ impl Pipeline {
             output: output.clone(),
             probes: ProbeConfig { ring_buffer_bytes: config.ring_buffer_bytes, max_payload: None, backpressure: false },
             duration: Some(duration),
-            segments: SegmentPolicy::default(),
+            segments: SegmentPolicy { seal_threads: config.seal_threads(), ..SegmentPolicy::default() },
             recipients,
             expires,
             rules,
