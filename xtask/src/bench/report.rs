@@ -43,13 +43,25 @@ fn median_throughput(samples: &[Sample], w: &str, t: Tracer) -> f64 {
     stats(&runs(samples, w, t).iter().map(|s| s.throughput).collect::<Vec<_>>()).0
 }
 
-fn machine() -> Vec<(String, String)> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo")
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// "Intel(R) Xeon(R) Processor, 2 CPUs": a section measured alone names its machine, which
+/// may not be the one the rest of the file was measured on.
+fn this_machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{}, {cpus} CPUs", cpu_model())
+}
+
+fn machine() -> Vec<(String, String)> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = cpu_model();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem = read("/proc/meminfo")
         .lines()
@@ -428,9 +440,9 @@ pub fn update_scaling(root: &Path, rows: &[super::AgentScaling], commit: &str) -
          the last N CPUs (`--cpus`; the writer on CPU 0 when there are others). With more than four\n\
          CPUs the agent seals and hashes segments on `--seal-threads` threads (CPUs beyond four, at\n\
          most 8). Medians with [min–max] over the rounds, measured at {commit} by\n\
-         `cargo xtask bench --scaling-only` (`xtask/bench/scaling.sh`) on this machine ({} CPUs).\n\n\
+         `cargo xtask bench --scaling-only` (`xtask/bench/scaling.sh`) on {}.\n\n\
          | agent cores | zero-loss MB/s | agent CPU s/GB | lost bytes |\n|---|---|---|---|\n",
-        rows.iter().map(|r| r.cores).max().unwrap_or(0)
+        this_machine()
     ));
     let mut cores: Vec<usize> = rows.iter().map(|r| r.cores).collect();
     cores.sort_unstable();
@@ -492,9 +504,10 @@ pub fn update_calls(root: &Path, rows: &[super::CallCost], commit: &str) -> Resu
          agent on CPU 1) or not: nanoseconds per iteration, and the agent's CPU per iteration (from\n\
          the loop's start until it has drained what the loop wrote; its ring buffer holds all of\n\
          it, so nothing is lost however far it falls behind). Medians with [min–max] over\n\
-         alternating rounds, measured at {commit} by `cargo xtask bench --calls-only`.\n\n\
+         alternating rounds, measured at {commit} on {} by `cargo xtask bench --calls-only`.\n\n\
          | loop | unrecorded ns | recorded ns | added ns | agent CPU ns per iteration | lost bytes |\n\
-         |---|---|---|---|---|---|\n"
+         |---|---|---|---|---|---|\n",
+        this_machine()
     );
     for (name, what, _) in super::CALL_LOOPS {
         let of = |recorded: bool, f: fn(&super::CallCost) -> f64| {
