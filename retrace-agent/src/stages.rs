@@ -33,6 +33,11 @@ impl Stage {
         out
     }
 
+    /// Counts `ns` of CPU measured by the caller.
+    pub fn add_cpu_ns(&self, ns: u64) {
+        self.cpu_ns.fetch_add(ns, Relaxed);
+    }
+
     /// Counts `ns` of waiting measured by the caller.
     pub fn add_waited(&self, ns: u64) {
         self.waited_ns.fetch_add(ns, Relaxed);
@@ -53,9 +58,10 @@ pub static REDACTION: Stage = Stage::new();
 pub static WRITER: Stage = Stage::new();
 /// Writing full buffers to the file, and fsync at each segment's seal.
 pub static DISK: Stage = Stage::new();
-/// BLAKE3 of what was written (with a seal pool, the pool threads' share of it is not counted).
+/// BLAKE3 of what was written (with a seal pool, the pool threads' share is theirs).
 pub static HASH: Stage = Stage::new();
-/// Sealing age chunks on the pool's threads.
+/// All the seal pool's threads did: sealing age chunks, their share of hashing (BLAKE3's
+/// tree) and of writing buffers. Counted when the recording finishes.
 pub static SEAL_POOL: Stage = Stage::new();
 
 /// The calling thread's CPU time so far, in nanoseconds.

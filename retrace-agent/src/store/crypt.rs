@@ -73,8 +73,7 @@ fn seal_full_chunk(key: &[u8; 32], counter: u64, chunk: &mut [u8]) -> Result<(),
     thread_local! {
         static CONTEXT: std::cell::RefCell<Option<CipherCtx>> = const { std::cell::RefCell::new(None) };
     }
-    let cpu = crate::stages::thread_cpu_ns();
-    let sealed = CONTEXT.with(|slot| {
+    CONTEXT.with(|slot| {
         let mut slot = slot.borrow_mut();
         let cipher = match &mut *slot {
             Some(cipher) => cipher,
@@ -85,9 +84,7 @@ fn seal_full_chunk(key: &[u8; 32], counter: u64, chunk: &mut [u8]) -> Result<(),
         cipher.cipher_update_inplace(data, CHUNK_SIZE)?;
         cipher.cipher_final(tag)?; // a stream cipher: no bytes
         cipher.tag(tag)
-    });
-    crate::stages::SEAL_POOL.add_cpu_since(cpu);
-    sealed
+    })
 }
 
 impl EncryptingWriter {

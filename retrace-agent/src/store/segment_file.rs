@@ -259,11 +259,7 @@ impl Disk {
         let mut second_written = Ok(());
         // The first half on this thread, the second on a pool thread meanwhile.
         let first_written = pool.in_place_scope(|scope| {
-            scope.spawn(|_| {
-                let cpu = stages::thread_cpu_ns();
-                second_written = self.file.write_all_at(second, offset + first.len() as u64);
-                stages::DISK.add_cpu_since(cpu);
-            });
+            scope.spawn(|_| second_written = self.file.write_all_at(second, offset + first.len() as u64));
             self.file.write_all_at(first, offset)
         });
         first_written.and(second_written)

@@ -239,6 +239,10 @@ impl Writer {
             self.open_segment()?;
         }
         self.seal(true)?;
+        if let Some(pool) = &self.pool {
+            // The pool's threads, each asked for its CPU so far (they live as long as the pool).
+            crate::stages::SEAL_POOL.add_cpu_ns(pool.broadcast(|_| crate::stages::thread_cpu_ns()).into_iter().sum());
+        }
         self.manifest.ended_ns = Some(ended_ns);
         self.manifest.exit_status = exit_status;
         self.manifest.stopped_by_recorder = stopped_by_recorder;
