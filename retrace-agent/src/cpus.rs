@@ -51,6 +51,12 @@ fn allowed_cpus() -> Vec<usize> {
     (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
 }
 
+/// How many CPUs this process may use: its affinity and its cgroup's CPU quota counted (what
+/// the seal-thread default is sized by when no `--cpus` list says).
+pub fn usable() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// How many threads seal and hash segments in parallel when the agent may use `cpus` CPUs:
 /// those beyond the pipeline's own four busy threads (ring, streams, writer, disk/hash), at
 /// most 8; none on small machines, where the writer thread seals as before.

@@ -131,7 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             seal_threads: args.seal_threads.unwrap_or_else(|| {
                 let cpus = match &args.cpus {
                     Some(list) => list.0.len(),
-                    None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    None => retrace_agent::cpus::usable(),
                 };
                 retrace_agent::cpus::seal_threads(cpus)
             }),

@@ -158,10 +158,8 @@ impl AgentConfig {
             .unwrap_or_else(|| "node".into())
     }
 
-    /// Each capture's seal threads: as configured, else from the CPUs the agent may use
-    /// (`available_parallelism` counts its affinity and its cgroup's CPU quota).
+    /// Each capture's seal threads: as configured, else from the CPUs the agent may use.
     pub fn seal_threads(&self) -> usize {
-        self.seal_threads
-            .unwrap_or_else(|| crate::cpus::seal_threads(std::thread::available_parallelism().map_or(1, |n| n.get())))
+        self.seal_threads.unwrap_or_else(|| crate::cpus::seal_threads(crate::cpus::usable()))
     }
 }

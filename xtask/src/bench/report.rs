@@ -52,8 +52,8 @@ fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
-/// "Intel(R) Xeon(R) Processor, 2 CPUs": a section measured alone names its machine, which
-/// may not be the one the rest of the file was measured on.
+/// "Intel(R) Xeon(R) Processor, 2 CPUs": the Machine section's CPU, and what a section
+/// measured alone names (the rest of the file may have been measured on another machine).
 fn this_machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{}, {cpus} CPUs", cpu_model())
@@ -61,8 +61,6 @@ fn this_machine() -> String {
 
 fn machine() -> Vec<(String, String)> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = cpu_model();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem = read("/proc/meminfo")
         .lines()
         .next()
@@ -84,7 +82,7 @@ fn machine() -> Vec<(String, String)> {
             .unwrap_or_default()
     };
     vec![
-        ("CPU".into(), format!("{cpu}, {cores} cores")),
+        ("CPU".into(), this_machine()),
         ("memory".into(), format!("{} GiB", mem / (1 << 20))),
         ("kernel".into(), kernel),
         ("redis".into(), version("redis-server", "--version")),
