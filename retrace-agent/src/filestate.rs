@@ -131,6 +131,8 @@ pub struct FileHistory {
     events: Vec<(u64, usize, Event)>,
     /// Some data on it was redacted at record time.
     pub redacted: bool,
+    /// The file ranges `[from, to)` redacted in what the program read.
+    pub redacted_reads: Vec<(u64, u64)>,
     /// Whether any data call on it had its file offset recorded (recordings made before file
     /// offsets were recorded have none).
     pub placed: bool,
@@ -306,6 +308,13 @@ impl FileHistories {
                 };
                 if let Some(history) = self.paths.get(&d.stream_id).and_then(|p| self.by_path.get_mut(p)) {
                     history.redacted |= !d.redactions.is_empty();
+                    if let (Direction::In, Some(at)) = (d.direction(), d.file_offset) {
+                        let spans = d
+                            .redactions
+                            .iter()
+                            .map(|r| (at + u64::from(r.offset), at + u64::from(r.offset + r.length)));
+                        history.redacted_reads.extend(spans);
+                    }
                     history.placed |= d.file_offset.is_some();
                 }
                 (d.stream_id, d.ts_ns, event)

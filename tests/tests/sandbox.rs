@@ -195,6 +195,43 @@ fn a_relative_config_is_the_recorded_one_after_it_changed_on_disk() {
     assert!(report["files_served"].as_array().unwrap().iter().any(|f| f == served.to_str().unwrap()), "{report}");
 }
 
+/// A file read with a secret in it is recorded with a placeholder. Replayed where the host's
+/// file is the recorded one but for that span, the program reads the host's bytes (a source
+/// line that only looks like a secret still runs); where the file changed, the placeholder.
+#[test]
+fn a_redacted_file_gets_the_hosts_bytes_back_only_while_it_is_the_recorded_one() {
+    let dir = scratch("sandbox-redacted-file");
+    let secret = "CANARY-hunter2";
+    std::fs::write(dir.join("app.toml"), format!("host = \"db\"\npassword = \"{secret}\"\n")).unwrap();
+    std::fs::write(dir.join("helper.py"), "token = 'x' * 7\nTOKEN_LEN = len(token)\n").unwrap();
+    let main = format!("import helper\nprint(helper.TOKEN_LEN, open('app.toml').read().count('{secret}'))\n");
+    std::fs::write(dir.join("main.py"), main).unwrap();
+    let command = [retrace_tests::python(), "-B", "main.py"];
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "7 1\n");
+    let rec = retrace_tests::Rec::open(&dir.join("rec"));
+    for file in ["app.toml", "helper.py"] {
+        let read = rec.bytes(rec.by_path(&dir.join(file)).id, retrace_agent::model::proto::Direction::In);
+        let text = String::from_utf8_lossy(&read).into_owned();
+        assert!(!text.contains(secret) && !text.contains("'x' * 7"), "{file} is recorded redacted: {text}");
+    }
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "7 1\n");
+    let filled: Vec<&str> =
+        report["files_filled_from_host"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    for file in ["app.toml", "helper.py"] {
+        assert!(filled.contains(&dir.join(file).to_str().unwrap()), "{file} filled: {report}");
+    }
+    // The config changed on the host: the recorded one is served, its password a placeholder.
+    std::fs::write(dir.join("app.toml"), format!("host = \"db-2\"\npassword = \"{secret}\"\n")).unwrap();
+    let (out, _) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "7 0\n", "{}", stderr(&out));
+}
+
 #[test]
 fn the_exit_status_is_compared_with_the_recorded_one() {
     let dir = scratch("sandbox-exit");

@@ -22,6 +22,8 @@ const CANARIES: &[(&str, &str)] = &[
     ("-----BEGIN RSA PRIVATE KEY-----\n", "MIIEcanaryKEYbodyAAAAxyz"),
     ("card: ", "4111 1111 1111 1111"),
     ("contact ", "canary.user@example.com"),
+    ("DB_PASSWORD=", "CANARYenvPass55"),
+    ("  api_key: \"", "CANARY yaml key"),
 ];
 
 fn canary_body() -> String {
@@ -33,6 +35,7 @@ fn canary_body() -> String {
             b if b.starts_with("{") => body.push_str("\"}\n"),
             b if b.starts_with("postgres") => body.push_str("@db.internal:5432/app\n"),
             b if b.starts_with("-----BEGIN") => body.push_str("\n-----END RSA PRIVATE KEY-----\n"),
+            b if b.ends_with('"') => body.push_str("\"\n"),
             _ => body.push('\n'),
         }
     }
@@ -109,7 +112,7 @@ fn canary_secrets_sent_over_http_never_reach_the_disk() {
     std::fs::write(&file, &body).unwrap();
     let received = dir.join("received");
     let server = Server::start(&received);
-    let url = format!("http://127.0.0.1:{}/upload", server.port);
+    let url = format!("http://127.0.0.1:{}/upload?user=7&access_token=CANARYqueryTok77", server.port);
     let header = "Authorization: Bearer sk_live_CANARYcurlHDR42";
     let data = format!("@{}", file.display());
     let (rec, _) = record(
@@ -119,8 +122,11 @@ fn canary_secrets_sent_over_http_never_reach_the_disk() {
     );
     assert_eq!(std::fs::read(&received).unwrap(), body.as_bytes(), "the server got the real body");
 
-    let secrets: Vec<&str> =
-        CANARIES.iter().map(|c| c.1).chain(["sk_live_CANARYcurlHDR42", "CANARY-resp-token-777"]).collect();
+    let secrets: Vec<&str> = CANARIES
+        .iter()
+        .map(|c| c.1)
+        .chain(["sk_live_CANARYcurlHDR42", "CANARY-resp-token-777", "CANARYqueryTok77"])
+        .collect();
     // Not in any byte on disk: recording, keys folder, audit log.
     let mut files = Vec::new();
     all_files(&dir.join("rec"), &mut files);
@@ -173,11 +179,65 @@ fn canary_secrets_sent_over_http_never_reach_the_disk() {
         .collect();
     rules.sort();
     rules.dedup();
-    for rule in
-        ["aws_access_key", "bearer", "card", "email", "header", "json_key", "jwt", "private_key", "url_password"]
-    {
+    for rule in [
+        "aws_access_key",
+        "bearer",
+        "card",
+        "email",
+        "header",
+        "json_key",
+        "jwt",
+        "key_value",
+        "private_key",
+        "url_password",
+    ] {
         assert!(rules.iter().any(|r| r == rule), "{rule} marked: {rules:?}");
     }
+}
+
+/// Redis AUTH (one argument, and user and password through HELLO) is redacted on the wire;
+/// the replayed client, given the same password, matches the placeholder.
+#[test]
+fn redis_passwords_are_redacted_and_the_client_still_replays() {
+    let dir = scratch("redis-auth");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let password = "CANARY-redis-Pass9";
+    let mut server = Command::new("redis-server")
+        .args(["--port", &port, "--requirepass", password, "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (cargo xtask setup installs it)");
+    let cli = format!(
+        "redis-cli -p {port} -a {password} --no-auth-warning SET k v && \
+         redis-cli -p {port} --user default --pass {password} --no-auth-warning -3 GET k"
+    );
+    let command = ["sh", "-c", cli.as_str()];
+    let mut up = false;
+    for _ in 0..100 {
+        let ping = Command::new("redis-cli").args(["-p", &port, "-a", password, "--no-auth-warning", "PING"]).output();
+        if ping.is_ok_and(|o| o.stdout.starts_with(b"PONG")) {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "redis-server answers");
+    let (rec, out) = record(&dir, &[], &command);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\nv\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let mut redacted = 0;
+    for record in &rec.records {
+        if let Some(R::Data(d)) = &record.kind {
+            assert!(!contains(&d.payload, password.as_bytes()), "the password in {:?}", d.payload);
+            redacted +=
+                d.redactions.iter().filter(|r| r.rule == "redis_auth" && r.length as usize == password.len()).count();
+        }
+    }
+    assert_eq!(redacted, 2, "AUTH and HELLO AUTH");
+    let (out, report) = retrace_tests::replay_in(&dir, &dir.join("rec"), &[], &command);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\nv\n");
 }
 
 #[test]

@@ -128,12 +128,7 @@ impl Redactor {
             }
             let d = &self.rules.detectors[index];
             let secret = &window[s..e];
-            let valid = match d.check {
-                rules::Check::None => true,
-                rules::Check::Luhn => rules::luhn(secret),
-                rules::Check::MinLen(n) => secret.len() >= n,
-            };
-            if !valid || self.rules.allow.iter().any(|a| a == secret) {
+            if !d.check.holds(&window[ms..me], secret) || self.rules.allow.iter().any(|a| a == secret) {
                 continue;
             }
             taken_to = me;

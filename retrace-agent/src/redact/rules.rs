@@ -142,9 +142,44 @@ const JSON_KEYS: &[&str] = &[
     "credentials",
 ];
 
+/// Names whose values are secrets in `name=value` and `name: value` text (config files, `.env`
+/// files, form bodies, query strings), also with a prefix (`DB_PASSWORD`, `aws_secret_access_key`,
+/// `spring.datasource.password`). Narrower than the JSON keys: a bare `pwd` or `credentials`
+/// line is more often a working directory or a fetch option than a secret.
+const KEY_VALUE_NAMES: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "secret_key",
+    "secret_access_key",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth_token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "private_key",
+];
+
 /// Built-in detector names, in match priority order.
-pub const BUILT_IN: &[&str] =
-    &["private_key", "header", "json_key", "url_password", "jwt", "bearer", "aws_access_key", "card", "email"];
+pub const BUILT_IN: &[&str] = &[
+    "private_key",
+    "header",
+    "json_key",
+    "url_password",
+    "key_value",
+    "redis_auth",
+    "pg_password",
+    "scram_proof",
+    "jwt",
+    "bearer",
+    "aws_access_key",
+    "card",
+    "email",
+];
 
 /// What must hold for a match beyond the regex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +190,24 @@ pub enum Check {
     /// At least this many bytes (kept out of the regex: counted repetitions multiply the
     /// states of the combined automaton).
     MinLen(usize),
+    /// A PostgreSQL message: the match is its type byte, then its length (4 bytes, big-endian,
+    /// counting itself and the body), which must be the rest of the match exactly.
+    PgMessage,
+}
+
+impl Check {
+    /// Whether the match `whole` (with `secret` inside it) is one.
+    pub fn holds(self, whole: &[u8], secret: &[u8]) -> bool {
+        match self {
+            Check::None => true,
+            Check::Luhn => luhn(secret),
+            Check::MinLen(n) => secret.len() >= n,
+            Check::PgMessage => {
+                whole.len() >= 5
+                    && u32::from_be_bytes([whole[1], whole[2], whole[3], whole[4]]) as usize == whole.len() - 1
+            }
+        }
+    }
 }
 
 /// How a detector finds candidates.
@@ -221,6 +274,33 @@ pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'stati
             (format!(r#""(?i:{keys})"[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\\r\n]|\\.)+)""#), b"", Check::None)
         }
         "url_password" => (r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]+:([^@/\s]+)@".into(), b"", Check::None),
+        // `password=x` and `DB_PASSWORD: "x"` at a line's start (config, .env, YAML, a form
+        // body after its blank line), `?token=x` and `&client_secret=x` anywhere (query
+        // strings, forms). A quoted value is redacted inside its quotes (kept, so the file
+        // still parses); a `$...` value is a reference, not a secret.
+        "key_value" => {
+            let names = escape_names(key_value_names(file));
+            (
+                format!(
+                    r#"(?:(?m:^)[ \t]*(?:(?:export|-)[ \t]+)?|[?&])(?:[A-Za-z0-9]+[_.\-])*(?i:{names})[ \t]*[=:][ \t]*("[^"\r\n]+"|'[^'\r\n]+'|[^\s"'&$][^\s&]*)"#
+                ),
+                b"\"'",
+                Check::None,
+            )
+        }
+        // Redis AUTH (`AUTH password`, `AUTH user password`) and HELLO's AUTH, as RESP arrays:
+        // the last argument.
+        "redis_auth" => (
+            r"(?i:\*2\r\n\$4\r\nauth|\$4\r\nauth\r\n\$[0-9]+\r\n[^\r\n]*)\r\n\$[0-9]+\r\n([^\r\n]+)".into(),
+            b"",
+            Check::None,
+        ),
+        // PostgreSQL's PasswordMessage for password and md5 authentication: `p`, its length,
+        // the password (or md5 hash, which is as good as one against that server) and a NUL.
+        "pg_password" => (r"p\x00\x00\x00[\x06-\xff]([^\x00]+)\x00".into(), b"", Check::PgMessage),
+        // SCRAM's client proof (RFC 5802: PostgreSQL, MongoDB, Kafka, IMAP): with the salt and
+        // nonces on the wire, it lets a password be guessed offline.
+        "scram_proof" => (r"c=[A-Za-z0-9+/=]+,r=[\x21-\x2b\x2d-\x7e]+,p=([A-Za-z0-9+/]+=*)".into(), b"", Check::None),
         "jwt" => (r"\b(eyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)".into(), b".", Check::None),
         "bearer" => (r"(?i:\bbearer[ \t]+)([A-Za-z0-9._~+/\-]+=*)".into(), b"", Check::MinLen(8)),
         "aws_access_key" => (r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b".into(), b"", Check::None),
@@ -363,6 +443,12 @@ fn json_keys(file: &RulesFile) -> impl Iterator<Item = String> + '_ {
     JSON_KEYS.iter().map(|s| s.to_string()).chain(file.json_keys.iter().cloned())
 }
 
+/// The `name=value` names whose values are redacted: built in, then the rules file's JSON keys
+/// (a key named secret in JSON is one in a config file or a form too).
+fn key_value_names(file: &RulesFile) -> impl Iterator<Item = String> + '_ {
+    KEY_VALUE_NAMES.iter().map(|s| s.to_string()).chain(file.json_keys.iter().cloned())
+}
+
 fn regex_error(name: &str, e: impl std::fmt::Display) -> RulesError {
     RulesError::Regex { name: name.to_owned(), message: one_line(&e.to_string()) }
 }
@@ -384,6 +470,10 @@ fn trigger_literals(name: &str, file: &RulesFile) -> Option<Vec<Vec<u8>>> {
         ),
         "json_key" => Some(json_keys(file).map(String::into_bytes).collect()),
         "url_password" => Some(bytes(&["://"])),
+        "key_value" => Some(key_value_names(file).map(String::into_bytes).collect()),
+        "redis_auth" => Some(bytes(&["\nauth\r\n"])),
+        "pg_password" => Some(bytes(&["p\0\0\0"])),
+        "scram_proof" => Some(bytes(&[",p="])),
         "jwt" => Some(bytes(&["eyJ"])),
         "bearer" => Some(bytes(&["bearer"])),
         "aws_access_key" => Some(bytes(&["AKIA", "ASIA", "ABIA", "ACCA"])),

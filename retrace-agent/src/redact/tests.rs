@@ -14,6 +14,14 @@ pub const CANARIES: &[(&str, &str, &str)] = &[
     ("aws_access_key", "aws_access_key_id = AKIACANARY7AWSKEY234\n", "AKIACANARY7AWSKEY234"),
     ("jwt", "id=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJDQU5BUlkifQ.c2lnbmF0dXJlQ0FOQVJZand0 end", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJDQU5BUlkifQ.c2lnbmF0dXJlQ0FOQVJZand0"),
     ("bearer", "use bearer CANARYbearerTok3n99 here", "CANARYbearerTok3n99"),
+    ("key_value", "HOST=db\nDB_PASSWORD=CANARYkvPass99 # prod\n", "CANARYkvPass99"),
+    ("key_value", "database:\n  password: \"CANARY kv quoted\"\n", "CANARY kv quoted"),
+    ("key_value", "grant_type=refresh_token&client_secret=CANARYformSecret&x=1", "CANARYformSecret"),
+    ("key_value", "GET /api?user=1&access_token=CANARYqueryTok HTTP/1.1\r\n", "CANARYqueryTok"),
+    ("redis_auth", "*2\r\n$4\r\nAUTH\r\n$16\r\nCANARYredisPass1\r\n*1\r\n$4\r\nPING\r\n", "CANARYredisPass1"),
+    ("redis_auth", "*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nauth\r\n$3\r\nbob\r\n$15\r\nCANARYhelloPass\r\n", "CANARYhelloPass"),
+    ("pg_password", "p\0\0\0\x15CANARYpgPass1234\0", "CANARYpgPass1234"),
+    ("scram_proof", "p\0\0\0\x6cc=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=CANARYv8JJyurYHWz3AAA7H/Lk0RH0zPnXA=", "CANARYv8JJyurYHWz3AAA7H/Lk0RH0zPnXA="),
     ("private_key", "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEcanaryKEYbodyAAAA\nBBBBcanaryKEYbody2\n-----END RSA PRIVATE KEY-----\n", "MIIEcanaryKEYbodyAAAA"),
     ("card", "card: 4111 1111 1111 1111, exp 12/30", "4111 1111 1111 1111"),
     ("email", "contact canary.user@example.com today", "canary.user@example.com"),
@@ -64,8 +72,17 @@ fn every_detector_redacts_its_canary_keeping_length() {
 #[test]
 fn lookalikes_are_left_alone() {
     let r = redactor();
-    for text in ["card 4111 1111 1111 1112 fails Luhn", "plain words, numbers 12345 and a@b", "Content-Length: 42\r\n"]
-    {
+    for text in [
+        "card 4111 1111 1111 1112 fails Luhn",
+        "plain words, numbers 12345 and a@b",
+        "Content-Length: 42\r\n",
+        "PWD=/root\ntoken_type=bearer\npassword_file=/run/pw\n",
+        "export PASSWORD=$DB_PASS\nsecret: ${VAULT_SECRET}\nsecret:\n  name: x\n",
+        "grant_type=refresh_token&scope=read",
+        "    tokens = tokenize(line)\n",
+        "*2\r\n$3\r\nGET\r\n$4\r\nauth\r\n",
+        "p\0\0\0\x10not a pg message\0",
+    ] {
         let (out, _) = redact_all(&r, text.as_bytes());
         assert_eq!(out, text.as_bytes());
     }
@@ -192,7 +209,7 @@ fn redaction_throughput() {
     let base64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".to_vec();
     // Random printable ASCII (redis-benchmark's values): an `@` every 95 bytes.
     let printable: Vec<u8> = (b'!'..=b'~').collect();
-    for (name, alphabet) in [("base64-like", base64), ("printable", printable)] {
+    let texts = [("base64-like", base64), ("printable", printable)].map(|(name, alphabet)| {
         let text: Vec<u8> = (0..64u64 << 20)
             .map(|i| {
                 let pick = (i.wrapping_mul(0x9E3779B97F4A7C15) >> 32) as usize % alphabet.len();
@@ -203,6 +220,11 @@ fn redaction_throughput() {
                 }
             })
             .collect();
+        (name, text)
+    });
+    // Every byte value, as the bench's pump writes them (`pump ... pattern`).
+    let pattern = ("binary (the pump's pattern)", (0..64u64 << 20).map(|i| (i * 31 + 7) as u8).collect());
+    for (name, text) in texts.into_iter().chain([pattern]) {
         let mut s = StreamRedactor::default();
         let mut out = Vec::new();
         let start = std::time::Instant::now();
@@ -241,6 +263,18 @@ fn each_detector_finds_what_its_regex_finds_searching_the_whole_buffer() {
         "{\"secret\":\"\"}",
         "\"credentials\": 12",
         "\"SessionId\":\"s1\"",
+        "\npassword=x",
+        "&token=abc&",
+        "?api_key=",
+        "  DB_PASSWORD: \"p w\"",
+        "export secret='s'",
+        "- token: $X",
+        "sessionid = 'q'",
+        "*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n",
+        "$4\r\nauth\r\n$1\r\nu\r\n$2\r\npw",
+        "p\0\0\0\x0bsecret\0",
+        "p\0\0\0\x09pw\0",
+        "c=biws,r=abc,p=QUJD=",
         "Authorization: Bearer abcdefgh123",
         "COOKIE:a=b",
         "x-auth-token:\tt0k",
@@ -293,11 +327,9 @@ fn each_detector_finds_what_its_regex_finds_searching_the_whole_buffer() {
             }
             let expected: Vec<(usize, usize)> = whole
                 .captures_iter(&buf)
-                .map(|c| c.get(1).map(|g| (g.start(), g.end())).unwrap())
-                .filter(|(s, e)| match check {
-                    super::rules::Check::MinLen(n) => e - s >= n,
-                    _ => e > s,
-                })
+                .map(|c| (c.get(0).unwrap().range(), c.get(1).unwrap().range()))
+                .filter(|(m, g)| g.end > g.start && check.holds(&buf[m.clone()], &buf[g.clone()]))
+                .map(|(_, g)| (g.start, g.end))
                 .collect();
             let found: Vec<(usize, usize)> =
                 redactor.find(&buf, 0, true).spans.iter().map(|m| (m.start, m.end)).collect();

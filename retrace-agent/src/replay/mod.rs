@@ -120,7 +120,8 @@ impl Shared {
 /// Replays `recording` to `config.argv`; returns when the program has exited and every
 /// connection has been played out.
 pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
-    let script = Script::from_recording(recording)?;
+    let mut script = Script::from_recording(recording)?;
+    let filled_from_host = std::mem::take(&mut script.filled_from_host);
     let mut live = globset::GlobSetBuilder::new();
     for g in &config.live {
         live.add(globset::Glob::new(g).map_err(|e| ReplayError::Glob(format!("{g}: {e}")))?);
@@ -190,6 +191,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     });
     {
         let mut report = shared.report.lock().expect("report");
+        report.files_filled_from_host = filled_from_host;
         report.files_served = files_served;
         report.files_absent = files_absent;
     }

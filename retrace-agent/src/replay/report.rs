@@ -142,6 +142,10 @@ pub struct ReplayReport {
     /// as the host would, and not a failure (nothing could be reached there).
     pub absent_sockets: Vec<String>,
     pub files_served: Vec<String>,
+    /// Of those, files read with secrets in them (redacted at record time) whose placeholders
+    /// hold the host's bytes again: the host's file is the recorded one but for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files_filled_from_host: Vec<String>,
     /// Files the recording created, which exist on the host today: hidden at the start.
     pub files_absent: Vec<String>,
     /// Files the program created or changed (in its private layer, never on the host).

@@ -99,6 +99,8 @@ pub struct Script {
     /// Absolute path → the file as the program found it when recorded: its content (every
     /// byte seen), or absent (the program created it).
     pub files: HashMap<String, FileStart>,
+    /// Files whose redacted spans hold the host's bytes (see `fill_from_host`).
+    pub filled_from_host: Vec<String>,
     pub command: Vec<String>,
     /// Connect attempts that failed when recorded: address and errno, in order.
     pub failed_connects: Vec<(String, i32)>,
@@ -328,10 +330,14 @@ impl Script {
         // the disk), or that the program created: opened new, made by mkdir, or named by a
         // rename or link of something it created (a temporary file renamed into place) that it
         // had not read before.
-        let initial: HashMap<String, (Initial, bool, Option<i64>)> = histories
+        type Start = (Initial, bool, Option<i64>, Vec<(u64, u64)>);
+        let initial: HashMap<String, Start> = histories
             .into_histories()
             .filter(|(_, h)| h.placed)
-            .map(|(path, h)| (path, (h.initial(), h.redacted, h.mtime_ns)))
+            .map(|(path, h)| {
+                let start = h.initial();
+                (path, (start, h.redacted, h.mtime_ns, h.redacted_reads))
+            })
             .collect();
         let mut created: std::collections::HashSet<String> =
             initial.iter().filter(|(_, (i, ..))| *i == Initial::Created).map(|(p, _)| p.clone()).collect();
@@ -357,18 +363,18 @@ impl Script {
                 script.files.insert(path.clone(), FileStart::Absent);
             }
         }
-        for (path, (start, redacted, mtime_ns)) in initial {
+        for (path, (start, redacted, mtime_ns, redacted_reads)) in initial {
             if created.contains(&path) || under_created(&path, &created_dirs) {
                 continue;
             }
-            match start {
-                Initial::Created => {}
+            let Initial::Content(mut content) = start else { continue };
+            if !redacted_reads.is_empty() && fill_from_host(&path, &mut content, &redacted_reads) {
+                script.filled_from_host.push(path.clone());
+            } else if redacted && std::str::from_utf8(&content).is_err() {
                 // Redaction keeps lengths, not binary formats (see `file_content`).
-                Initial::Content(content) if !redacted || std::str::from_utf8(&content).is_ok() => {
-                    script.files.insert(path, FileStart::Content(content, mtime_ns));
-                }
-                _ => {}
+                continue;
             }
+            script.files.insert(path, FileStart::Content(content, mtime_ns));
         }
         // Connections in the order the program opened them.
         script.connections.sort_by_key(|c| c.stream_id);
@@ -380,6 +386,28 @@ impl Script {
         script.datagrams.sort_by_key(|p| p.address);
         Ok(script)
     }
+}
+
+/// Puts the host's bytes into the spans of `content` redacted at record time, where the host's
+/// file is otherwise the same (same length, same bytes outside them): a source file or a
+/// config that is still there then replays as the program read it, a secret in a string or
+/// an expression included, while the recording never held it. False where the host has no
+/// such file (another machine, a changed file): the placeholders stay.
+fn fill_from_host(path: &str, content: &mut [u8], spans: &[(u64, u64)]) -> bool {
+    let Ok(host) = std::fs::read(path) else { return false };
+    if host.len() != content.len() {
+        return false;
+    }
+    let mut redacted = vec![false; content.len()];
+    for &(from, to) in spans {
+        let (from, to) = (from.min(content.len() as u64) as usize, to.min(content.len() as u64) as usize);
+        redacted[from..to].fill(true);
+    }
+    if content.iter().zip(&host).zip(&redacted).any(|((c, h), r)| !r && c != h) {
+        return false;
+    }
+    content.copy_from_slice(&host);
+    true
 }
 
 /// A TLS socket's records before its handshake: up to the first bytes either way that start
