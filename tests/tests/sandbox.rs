@@ -232,6 +232,26 @@ fn a_redacted_file_gets_the_hosts_bytes_back_only_while_it_is_the_recorded_one()
     assert_eq!(String::from_utf8_lossy(&out.stdout), "7 0\n", "{}", stderr(&out));
 }
 
+/// Serving a recorded file puts a folder over the host's in the program's view: it keeps the
+/// host folder's times, so an archive of the folder (tar stores its modification time) and the
+/// root's `stat` come out as recorded.
+#[test]
+fn folders_over_served_files_keep_the_hosts_times() {
+    let dir = scratch("sandbox-folder-times");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/a.txt"), "alpha\n").unwrap();
+    std::fs::write(dir.join("data/b.bin"), retrace_tests::pattern(50_000, 7)).unwrap();
+    let script = "tar czf out.tgz data && sha256sum out.tgz && stat -c '%n %a %Y' / data";
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", script]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout));
+    let served = report["files_served"].as_array().unwrap();
+    assert!(served.iter().any(|f| f.as_str().unwrap().ends_with("data/a.txt")), "{report}");
+}
+
 #[test]
 fn the_exit_status_is_compared_with_the_recorded_one() {
     let dir = scratch("sandbox-exit");

@@ -144,11 +144,11 @@ const JSON_KEYS: &[&str] = &[
 
 /// Names whose values are secrets in `name=value` and `name: value` text (config files, `.env`
 /// files, form bodies, query strings), also with a prefix (`DB_PASSWORD`, `aws_secret_access_key`,
-/// `spring.datasource.password`). Narrower than the JSON keys: a bare `pwd` or `credentials`
-/// line is more often a working directory or a fetch option than a secret.
+/// `spring.datasource.password`). Narrower than the JSON keys: a `pwd`, `passwd` or
+/// `credentials` line is more often a working directory, an nsswitch.conf database or a fetch
+/// option than a secret.
 const KEY_VALUE_NAMES: &[&str] = &[
     "password",
-    "passwd",
     "secret",
     "client_secret",
     "secret_key",

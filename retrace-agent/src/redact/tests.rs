@@ -77,6 +77,7 @@ fn lookalikes_are_left_alone() {
         "plain words, numbers 12345 and a@b",
         "Content-Length: 42\r\n",
         "PWD=/root\ntoken_type=bearer\npassword_file=/run/pw\n",
+        "passwd:         files systemd\nshadow:         files\n",
         "export PASSWORD=$DB_PASS\nsecret: ${VAULT_SECRET}\nsecret:\n  name: x\n",
         "grant_type=refresh_token&scope=read",
         "    tokens = tokenize(line)\n",

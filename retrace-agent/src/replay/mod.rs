@@ -180,6 +180,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         };
         env.push(("LD_PRELOAD".to_owned(), preload));
     }
+    rootfs.settle_folder_times();
     let sandboxed = sandbox::spawn(&config.argv, &env, &rootfs, &stdio, recording.manifest.root_pid)?;
 
     let shared = Arc::new(Shared {

@@ -94,6 +94,9 @@ pub struct RootFs {
     layered: Vec<(PathBuf, u64, i64)>,
     /// Whiteouts made here (files the recording created), likewise.
     hidden: Vec<PathBuf>,
+    /// Upper folders made here, with the host folder each stands for: given its times once
+    /// everything is layered in (adding an entry to a folder moves its modification time).
+    folders: Vec<(PathBuf, PathBuf)>,
 }
 
 /// What the program changed, from the upper layers.
@@ -126,15 +129,19 @@ impl RootFs {
         if layers.first().is_none_or(|l| l.path != "/") {
             return Err(ReplayError::Sandbox("cannot clone the host's root filesystem".into()));
         }
-        let root = RootFs { userns, scratch, layers, layered: Vec::new(), hidden: Vec::new() };
+        let mut root = RootFs { userns, scratch, layers, layered: Vec::new(), hidden: Vec::new(), folders: Vec::new() };
         for dir in ["root", "upper", "work", "lower", "shm"] {
             root.mkdir(&root.scratch_path(dir), 0o755)?;
         }
         root.chmod(&root.scratch_path("shm"), 0o1777)?;
-        for (i, _) in root.layers.iter().enumerate() {
+        for (i, layer) in root.layers.iter().enumerate() {
             for dir in ["upper", "work", "lower"] {
                 root.mkdir(&root.scratch_path(&format!("{dir}/{i}")), 0o755)?;
             }
+            // The merged mount point shows its upper folder's owner, mode and times.
+            let upper = root.scratch_path(&format!("upper/{i}"));
+            copy_attrs(&upper, std::fs::metadata(&layer.path).ok().as_ref(), 0o755);
+            root.folders.push((upper, PathBuf::from(&layer.path)));
         }
         Ok(root)
     }
@@ -225,7 +232,19 @@ impl RootFs {
     /// layered (a tree the sandbox makes itself, a folder that is a file today).
     /// Callers resolve the folders' symlinks first (`resolve_folders`): a folder made in the
     /// upper layer over a host symlink (/lib -> usr/lib) would hide everything behind it.
-    fn upper_entry(&self, path: &str) -> Result<Option<PathBuf>, ReplayError> {
+    /// Gives every upper folder this replay made (the layers' roots too) the host folder's
+    /// times, as the merged tree shows the upper folder's: the program sees `/`, `/tmp` or its
+    /// project folder as the host has them, not the time the replay began.
+    pub fn settle_folder_times(&self) {
+        for (upper, host) in &self.folders {
+            let Ok(meta) = std::fs::metadata(host) else { continue };
+            let (Ok(modified), Ok(accessed)) = (meta.modified(), meta.accessed()) else { continue };
+            let times = std::fs::FileTimes::new().set_modified(modified).set_accessed(accessed);
+            let _ = std::fs::File::open(upper).and_then(|f| f.set_times(times));
+        }
+    }
+
+    fn upper_entry(&mut self, path: &str) -> Result<Option<PathBuf>, ReplayError> {
         let Some((mut upper, host_root, rel)) = self.upper_for(path) else { return Ok(None) };
         let mut host = PathBuf::from(host_root);
         let components: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
@@ -242,6 +261,7 @@ impl RootFs {
             }
             std::fs::create_dir(&upper).map_err(|e| sandbox_err("cannot layer a recorded file", e))?;
             copy_attrs(&upper, meta.as_ref(), 0o755);
+            self.folders.push((upper.clone(), host.clone()));
         }
         upper.push(name);
         if upper.is_dir() {
