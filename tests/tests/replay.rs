@@ -466,7 +466,7 @@ fn noise_rules_name_more_headers_and_patterns() {
     let script = dir.join("server.py");
     std::fs::write(
         &script,
-        "import http.server, sys, time\nclass H(http.server.BaseHTTPRequestHandler):\n    def log_message(self, *a): pass\n    def do_GET(self):\n        body = ('token=%x done\\n' % time.monotonic_ns()).encode()\n        self.send_response(200)\n        self.send_header('X-Build', '%x' % time.monotonic_ns())\n        self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\nhttp.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n",
+        "import http.server, sys, time\nclass H(http.server.BaseHTTPRequestHandler):\n    def log_message(self, *a): pass\n    def do_GET(self):\n        body = ('run=%x done\\n' % time.monotonic_ns()).encode()\n        self.send_response(200)\n        self.send_header('X-Build', '%x' % time.monotonic_ns())\n        self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\nhttp.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n",
     )
     .unwrap();
     let p = port.to_string();
@@ -475,7 +475,7 @@ fn noise_rules_name_more_headers_and_patterns() {
     let (out, _) = replay(&dir.join("rec"), &dir.join("plain.json"), &server, None);
     assert_eq!(out.status.code(), Some(DIVERGED), "X-Build differs: {}", stderr(&out));
     let rules = dir.join("noise.toml");
-    std::fs::write(&rules, "[noise]\nheaders = [\"X-Build\"]\npatterns = [\"token=[0-9a-f]+\"]\n").unwrap();
+    std::fs::write(&rules, "[noise]\nheaders = [\"X-Build\"]\npatterns = [\"run=[0-9a-f]+\"]\n").unwrap();
     let mut cmd = retrace_command();
     cmd.arg("replay").arg(dir.join("rec")).arg("--rules").arg(&rules).arg("--report").arg(dir.join("rules.json"));
     let out = cmd.arg("--").args(server).output().unwrap();

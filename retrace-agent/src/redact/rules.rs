@@ -274,15 +274,18 @@ pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'stati
             (format!(r#""(?i:{keys})"[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\\r\n]|\\.)+)""#), b"", Check::None)
         }
         "url_password" => (r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]+:([^@/\s]+)@".into(), b"", Check::None),
-        // `password=x` and `DB_PASSWORD: "x"` at a line's start (config, .env, YAML, a form
-        // body after its blank line), `?token=x` and `&client_secret=x` anywhere (query
-        // strings, forms). A quoted value is redacted inside its quotes (kept, so the file
-        // still parses); a `$...` value is a reference, not a secret.
+        // `password=x`, `export DB_PASSWORD=x` and `token: x` at a line's start (config, .env,
+        // INI, a form body after its blank line), `api_key: x` indented (YAML), `?token=x` and
+        // `&client_secret=x` anywhere (query strings, forms). An indented `=` is code (`token =
+        // next(it)`, `FOO_TOKEN = 22,`), not config. A quoted value is redacted inside its
+        // quotes (kept, so the file still parses); a `$...` value is a reference and `#...` or
+        // `;...` a comment, not a secret.
         "key_value" => {
-            let names = escape_names(key_value_names(file));
+            let key = format!(r"(?:[A-Za-z0-9]+[_.\-])*(?i:{})", escape_names(key_value_names(file)));
+            let value = r#"("[^"\r\n]+"|'[^'\r\n]+'|[^\s"'&$#;][^\s&]*)"#;
             (
                 format!(
-                    r#"(?:(?m:^)[ \t]*(?:(?:export|-)[ \t]+)?|[?&])(?:[A-Za-z0-9]+[_.\-])*(?i:{names})[ \t]*[=:][ \t]*("[^"\r\n]+"|'[^'\r\n]+'|[^\s"'&$][^\s&]*)"#
+                    r"(?:(?m:^)(?:export[ \t]+)?{key}[ \t]*[=:]|(?m:^)[ \t]*(?:-[ \t]+)?{key}:|[?&]{key}=)[ \t]*{value}"
                 ),
                 b"\"'",
                 Check::None,
