@@ -96,6 +96,11 @@ impl Image {
         self.known.add(at, to as u64);
     }
 
+    /// The known bytes, piece by piece.
+    fn pieces(&self) -> Vec<(u64, Vec<u8>)> {
+        self.known.0.iter().map(|&(a, b)| (a, self.content[a as usize..b as usize].to_vec())).collect()
+    }
+
     fn set_len(&mut self, len: u64) {
         self.content.resize(len as usize, 0);
         self.known.cut(len);
@@ -121,8 +126,8 @@ pub enum Initial {
     Created,
     /// Its whole content was seen (read before the program wrote over it).
     Content(Vec<u8>),
-    /// Not all of it was seen.
-    Unknown,
+    /// Not all of it was seen: the pieces that were (offset, bytes), read before any write.
+    Unknown(Vec<(u64, Vec<u8>)>),
 }
 
 /// Everything the recording did to one path.
@@ -227,7 +232,7 @@ impl FileHistory {
         if creates && nothing_read && (size == Some(0) || first_data_is_write_at_0 == Some(true)) {
             return Initial::Created;
         }
-        let Some(size) = size else { return Initial::Unknown };
+        let Some(size) = size else { return Initial::Unknown(initial.pieces()) };
         if size == 0 && nothing_read && !creates {
             return Initial::Content(Vec::new());
         }
@@ -237,7 +242,7 @@ impl FileHistory {
             seen.add(a, b);
         }
         if !seen.missing(0, size).is_empty() || size == 0 {
-            return Initial::Unknown;
+            return Initial::Unknown(initial.pieces());
         }
         initial.set_len(size);
         Initial::Content(initial.content)
@@ -407,10 +412,10 @@ mod tests {
         assert_eq!(h.final_content().content, b"v=2\n");
         // Not read to its end: unknown.
         let h = history(vec![Event::Open(Some(0)), read(0, "\x7fELF")]);
-        assert_eq!(h.initial(), Initial::Unknown);
+        assert!(matches!(h.initial(), Initial::Unknown(_)));
         // pread at offsets with a hole between: unknown.
         let h = history(vec![Event::Open(Some(0)), read(0, "ab"), read(4, "ef"), Event::End(6)]);
-        assert_eq!(h.initial(), Initial::Unknown);
+        assert_eq!(h.initial(), Initial::Unknown(vec![(0, b"ab".to_vec()), (4, b"ef".to_vec())]));
         // An append to a file known from its start goes to its end.
         let h = history(vec![Event::Open(Some(O_CREAT | O_TRUNC)), write(None, "one\n"), write(None, "two\n")]);
         assert_eq!(h.final_content().content, b"one\ntwo\n");

@@ -252,6 +252,34 @@ fn folders_over_served_files_keep_the_hosts_times() {
     assert!(served.iter().any(|f| f.as_str().unwrap().ends_with("data/a.txt")), "{report}");
 }
 
+/// A file read only in part comes from the host in replay: where the host's copy no longer
+/// holds the bytes that were read, the report says so; a change past them is no warning.
+#[test]
+fn a_file_read_in_part_that_changed_on_the_host_is_reported() {
+    let dir = scratch("sandbox-changed-on-host");
+    let data = dir.join("big.log");
+    let mut bytes = retrace_tests::pattern(20_000, 3);
+    std::fs::write(&data, &bytes).unwrap();
+    let command = ["dd", "if=big.log", "bs=4096", "count=1", "status=none", "of=/dev/null"];
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let changed = |report: &serde_json::Value| report["files_changed_on_host"].as_array().cloned().unwrap_or_default();
+    // Past what was read: nothing to say.
+    bytes[15_000] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert!(changed(&report).is_empty(), "{report}");
+    // Inside it: a warning that names the file.
+    bytes[100] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "the outputs match: {}", stderr(&out));
+    assert_eq!(changed(&report), [serde_json::json!(data.to_str().unwrap())], "{report}");
+    assert!(stderr(&out).contains("1 file(s) read in part when recorded differ on this host"), "{}", stderr(&out));
+}
+
 #[test]
 fn the_exit_status_is_compared_with_the_recorded_one() {
     let dir = scratch("sandbox-exit");

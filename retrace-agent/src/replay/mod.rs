@@ -122,6 +122,7 @@ impl Shared {
 pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
     let mut script = Script::from_recording(recording)?;
     let filled_from_host = std::mem::take(&mut script.filled_from_host);
+    let changed_on_host = std::mem::take(&mut script.changed_on_host);
     let mut live = globset::GlobSetBuilder::new();
     for g in &config.live {
         live.add(globset::Glob::new(g).map_err(|e| ReplayError::Glob(format!("{g}: {e}")))?);
@@ -193,6 +194,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     {
         let mut report = shared.report.lock().expect("report");
         report.files_filled_from_host = filled_from_host;
+        report.files_changed_on_host = changed_on_host.into_iter().filter(|p| !live.is_match(p)).collect();
         report.files_served = files_served;
         report.files_absent = files_absent;
     }

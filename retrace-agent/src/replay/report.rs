@@ -146,6 +146,11 @@ pub struct ReplayReport {
     /// hold the host's bytes again: the host's file is the recorded one but for them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files_filled_from_host: Vec<String>,
+    /// Files the program read only in part (a library's header, a log's tail): they come from
+    /// the host, and these no longer hold what the program read when recorded. A warning: the
+    /// outputs say whether it mattered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files_changed_on_host: Vec<String>,
     /// Files the recording created, which exist on the host today: hidden at the start.
     pub files_absent: Vec<String>,
     /// Files the program created or changed (in its private layer, never on the host).
@@ -189,6 +194,12 @@ impl ReplayReport {
             self.scratch_removed.len(),
             self.exit_status
         ));
+        if let Some(first) = self.files_changed_on_host.first() {
+            s.push_str(&format!(
+                "retrace:   warning: {} file(s) read in part when recorded differ on this host and were read from it (first: {first}; see files_changed_on_host)\n",
+                self.files_changed_on_host.len()
+            ));
+        }
         if let (true, Some(recorded)) = (self.exit_differs(), self.recorded_exit_status) {
             s.push_str(&format!(
                 "retrace:   exit status {} differs: the program exited {recorded} when recorded\n",

@@ -101,6 +101,8 @@ pub struct Script {
     pub files: HashMap<String, FileStart>,
     /// Files whose redacted spans hold the host's bytes (see `fill_from_host`).
     pub filled_from_host: Vec<String>,
+    /// Files read only in part whose host copy no longer holds what was read (see `host_agrees`).
+    pub changed_on_host: Vec<String>,
     pub command: Vec<String>,
     /// Connect attempts that failed when recorded: address and errno, in order.
     pub failed_connects: Vec<(String, i32)>,
@@ -367,7 +369,16 @@ impl Script {
             if created.contains(&path) || under_created(&path, &created_dirs) {
                 continue;
             }
-            let Initial::Content(mut content) = start else { continue };
+            let mut content = match start {
+                Initial::Content(content) => content,
+                Initial::Unknown(pieces) => {
+                    if !pieces.is_empty() && !host_agrees(&path, &pieces, &redacted_reads) {
+                        script.changed_on_host.push(path);
+                    }
+                    continue;
+                }
+                Initial::Created => continue,
+            };
             if !redacted_reads.is_empty() && fill_from_host(&path, &mut content, &redacted_reads) {
                 script.filled_from_host.push(path.clone());
             } else if redacted && std::str::from_utf8(&content).is_err() {
@@ -408,6 +419,26 @@ fn fill_from_host(path: &str, content: &mut [u8], spans: &[(u64, u64)]) -> bool 
     }
     content.copy_from_slice(&host);
     true
+}
+
+/// Whether the host's file holds `pieces` (offset, bytes) where they were read, redacted
+/// spans aside. Files the program read only in part come from the host in replay: one that no
+/// longer holds what was read (a library upgraded since, a log rotated) is a world the program
+/// did not see. The kernel's own files change by themselves and are not asked about.
+fn host_agrees(path: &str, pieces: &[(u64, Vec<u8>)], redacted: &[(u64, u64)]) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    if ["/proc/", "/sys/", "/dev/"].iter().any(|p| path.starts_with(p)) {
+        return true;
+    }
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    pieces.iter().all(|(at, bytes)| {
+        let mut host = vec![0u8; bytes.len()];
+        if file.read_exact_at(&mut host, *at).is_err() {
+            return false;
+        }
+        let hidden = |i: usize| redacted.iter().any(|&(a, b)| (a..b).contains(&(at + i as u64)));
+        host.iter().zip(bytes).enumerate().all(|(i, (h, b))| h == b || hidden(i))
+    })
 }
 
 /// A TLS socket's records before its handshake: up to the first bytes either way that start
