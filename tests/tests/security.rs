@@ -240,6 +240,70 @@ fn redis_passwords_are_redacted_and_the_client_still_replays() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\nv\n");
 }
 
+/// A POP3 server that offers SASL PLAIN and LOGIN and takes any credentials (curl is the
+/// client under test; this only answers it).
+const POP3: &str = r#"
+import socket
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(8)
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept(); f = c.makefile('rb'); c.sendall(b'+OK ready\r\n')
+    for line in f:
+        words = line.strip().split(b' '); cmd = words[0].upper()
+        if cmd == b'CAPA': c.sendall(b'+OK\r\nUSER\r\nSASL PLAIN LOGIN\r\n.\r\n')
+        elif cmd == b'AUTH':
+            if words[1].upper() == b'PLAIN' and len(words) == 2: c.sendall(b'+ \r\n'); f.readline()
+            if words[1].upper() == b'LOGIN':
+                if len(words) == 2: c.sendall(b'+ VXNlcm5hbWU6\r\n'); f.readline()
+                c.sendall(b'+ UGFzc3dvcmQ6\r\n'); f.readline()
+            c.sendall(b'+OK logged in\r\n')
+        elif cmd == b'LIST': c.sendall(b'+OK\r\n1 10\r\n.\r\n')
+        elif cmd == b'QUIT': c.sendall(b'+OK bye\r\n'); break
+        else: c.sendall(b'+OK\r\n')
+    c.close()
+"#;
+
+/// Line protocols' logins: curl logs in to POP3 with SASL PLAIN and LOGIN, with and without an
+/// initial response; neither the password nor its base64 forms are recorded, and curl replays
+/// against the recording with the server gone.
+#[test]
+fn line_protocol_logins_are_redacted_and_curl_still_replays() {
+    use base64::{prelude::BASE64_STANDARD, Engine as _};
+    let dir = scratch("line-logins");
+    let password = "CANARYpopPw9";
+    let mut server = Command::new("python3").args(["-c", POP3]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut port = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let url = format!("pop3://bob:{password}@127.0.0.1:{}/", port.trim());
+    let script = ["AUTH=PLAIN", "AUTH=LOGIN"]
+        .iter()
+        .flat_map(|o| {
+            [format!("curl -sS --login-options {o} {url}"), format!("curl -sS --sasl-ir --login-options {o} {url}")]
+        })
+        .collect::<Vec<_>>()
+        .join(" && ");
+    let command = ["sh", "-c", script.as_str()];
+    let (rec, out) = record(&dir, &[], &command);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1 10\r\n".repeat(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let forms =
+        [password.to_owned(), BASE64_STANDARD.encode(password), BASE64_STANDARD.encode(format!("\0bob\0{password}"))];
+    let mut redacted = 0;
+    for record in &rec.records {
+        if let Some(R::Data(d)) = &record.kind {
+            for form in &forms {
+                assert!(!contains(&d.payload, form.as_bytes()), "{form} in {:?}", String::from_utf8_lossy(&d.payload));
+            }
+            redacted += d.redactions.iter().filter(|r| r.rule == "line_password").count();
+        }
+    }
+    assert_eq!(redacted, 4, "one login each");
+    let (out, report) = retrace_tests::replay_in(&dir, &dir.join("rec"), &[], &command);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report["exchanges"].as_array().map(Vec::len), Some(4), "{report}");
+}
+
 #[test]
 fn a_secret_split_across_writes_is_still_found() {
     let dir = scratch("split");

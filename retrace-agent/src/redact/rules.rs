@@ -174,6 +174,7 @@ pub const BUILT_IN: &[&str] = &[
     "redis_auth",
     "pg_password",
     "scram_proof",
+    "line_password",
     "jwt",
     "bearer",
     "aws_access_key",
@@ -304,6 +305,19 @@ pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'stati
         // SCRAM's client proof (RFC 5802: PostgreSQL, MongoDB, Kafka, IMAP): with the salt and
         // nonces on the wire, it lets a password be guessed offline.
         "scram_proof" => (r"c=[A-Za-z0-9+/=]+,r=[\x21-\x2b\x2d-\x7e]+,p=([A-Za-z0-9+/]+=*)".into(), b"", Check::None),
+        // Line protocols' logins, one command per CRLF line: FTP's and POP3's `PASS secret`;
+        // SMTP's, POP3's and IMAP's `AUTH PLAIN base64` (user and password), on its line or the
+        // next; `AUTH LOGIN`'s password line (after the user's line, or after the command if
+        // that carried the user); IMAP's `tag LOGIN user password`.
+        "line_password" => (
+            concat!(
+                r"(?m:^)(?i:pass[ \t]+|auth[ \t]+plain(?:[ \t]+|\r\n)|auth[ \t]+login[ \t]+[^ \t\r\n]+\r\n",
+                r"|auth[ \t]+login\r\n[^\r\n]*\r\n|[a-z0-9.]+[ \t]+login[ \t]+[^ \t\r\n]+[ \t]+)([^\r\n]+)\r\n"
+            )
+            .into(),
+            b"\"",
+            Check::None,
+        ),
         "jwt" => (r"\b(eyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)".into(), b".", Check::None),
         "bearer" => (r"(?i:\bbearer[ \t]+)([A-Za-z0-9._~+/\-]+=*)".into(), b"", Check::MinLen(8)),
         "aws_access_key" => (r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b".into(), b"", Check::None),
@@ -477,6 +491,7 @@ fn trigger_literals(name: &str, file: &RulesFile) -> Option<Vec<Vec<u8>>> {
         "redis_auth" => Some(bytes(&["\nauth\r\n"])),
         "pg_password" => Some(bytes(&["p\0\0\0"])),
         "scram_proof" => Some(bytes(&[",p="])),
+        "line_password" => Some(bytes(&["pass", "plain", "login"])),
         "jwt" => Some(bytes(&["eyJ"])),
         "bearer" => Some(bytes(&["bearer"])),
         "aws_access_key" => Some(bytes(&["AKIA", "ASIA", "ABIA", "ACCA"])),
