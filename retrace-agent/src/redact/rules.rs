@@ -175,6 +175,7 @@ pub const BUILT_IN: &[&str] = &[
     "pg_password",
     "scram_proof",
     "line_password",
+    "netrc",
     "jwt",
     "bearer",
     "aws_access_key",
@@ -318,6 +319,9 @@ pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'stati
             b"\"",
             Check::None,
         ),
+        // .netrc (curl, git, ftp): `machine host login user password secret`, on one line or
+        // several.
+        "netrc" => (r"\blogin[ \t\r\n]+[^ \t\r\n]+[ \t\r\n]+password[ \t\r\n]+([^ \t\r\n]+)".into(), b"", Check::None),
         "jwt" => (r"\b(eyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)".into(), b".", Check::None),
         "bearer" => (r"(?i:\bbearer[ \t]+)([A-Za-z0-9._~+/\-]+=*)".into(), b"", Check::MinLen(8)),
         "aws_access_key" => (r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b".into(), b"", Check::None),
@@ -492,6 +496,7 @@ fn trigger_literals(name: &str, file: &RulesFile) -> Option<Vec<Vec<u8>>> {
         "pg_password" => Some(bytes(&["p\0\0\0"])),
         "scram_proof" => Some(bytes(&[",p="])),
         "line_password" => Some(bytes(&["pass", "plain", "login"])),
+        "netrc" => Some(bytes(&["password"])),
         "jwt" => Some(bytes(&["eyJ"])),
         "bearer" => Some(bytes(&["bearer"])),
         "aws_access_key" => Some(bytes(&["AKIA", "ASIA", "ABIA", "ACCA"])),

@@ -29,6 +29,8 @@ pub const CANARIES: &[(&str, &str, &str)] = &[
     ("line_password", "AUTH PLAIN\r\nAGJvYgBDQU5BUllwbGFpbjI=\r\nLIST\r\n", "AGJvYgBDQU5BUllwbGFpbjI="),
     ("line_password", "AUTH LOGIN\r\nYm9i\r\nQ0FOQVJZbG9naW4=\r\nLIST\r\n", "Q0FOQVJZbG9naW4="),
     ("line_password", "AUTH LOGIN Ym9i\r\nQ0FOQVJZbG9naW4y\r\nLIST\r\n", "Q0FOQVJZbG9naW4y"),
+    ("netrc", "machine api.example.com login bob password CANARYnetrcPw\n", "CANARYnetrcPw"),
+    ("netrc", "machine h\n  login bob\n  password CANARYnetrc2\n", "CANARYnetrc2"),
     ("scram_proof", "p\0\0\0\x6cc=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=CANARYv8JJyurYHWz3AAA7H/Lk0RH0zPnXA=", "CANARYv8JJyurYHWz3AAA7H/Lk0RH0zPnXA="),
     ("private_key", "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEcanaryKEYbodyAAAA\nBBBBcanaryKEYbody2\n-----END RSA PRIVATE KEY-----\n", "MIIEcanaryKEYbodyAAAA"),
     ("card", "card: 4111 1111 1111 1111, exp 12/30", "4111 1111 1111 1111"),
@@ -236,7 +238,9 @@ fn redaction_throughput() {
     });
     // Every byte value, as the bench's pump writes them (`pump ... pattern`).
     let pattern = ("binary (the pump's pattern)", (0..64u64 << 20).map(|i| (i * 31 + 7) as u8).collect());
-    for (name, text) in texts.into_iter().chain([pattern]) {
+    // Compressed or encrypted payloads (TLS ciphertext is kept beside its plaintext).
+    let random = ("random", (0..64u64 << 20).map(|i| (i.wrapping_mul(0x9E3779B97F4A7C15) >> 56) as u8).collect());
+    for (name, text) in texts.into_iter().chain([pattern, random]) {
         let mut s = StreamRedactor::default();
         let mut out = Vec::new();
         let start = std::time::Instant::now();
@@ -287,6 +291,8 @@ fn each_detector_finds_what_its_regex_finds_searching_the_whole_buffer() {
         "p\0\0\0\x0bsecret\0",
         "p\0\0\0\x09pw\0",
         "c=biws,r=abc,p=QUJD=",
+        "login u password p",
+        "login  u\n password\tq",
         "PASS x\r\n",
         "\npass  y\r\n",
         "AUTH PLAIN\r\n",
