@@ -206,6 +206,24 @@ mod tests {
         assert!(a.runs(GATED_MAX + 3));
     }
 
+    /// Both Teddy builds find every literal: blocks of text and of binary bytes, with literals
+    /// at every place of the block.
+    #[test]
+    fn text_and_binary_blocks_find_the_same_literals() {
+        let literals: Vec<Vec<u8>> = (0..40).map(|i| format!("lit{i:02}x").into_bytes()).collect();
+        let gate = Gate::new(&[Some(literals[..20].to_vec()), Some(literals[20..].to_vec())]);
+        let Some(Finder::Teddy { .. }) = gate.finder else { return }; // no SIMD Teddy here
+        for (kind, filler) in [("text", b'.'), ("binary", 0xe7u8)] {
+            for at in (0..FOLD_BLOCK + 40).step_by(7) {
+                let mut hay = vec![filler; FOLD_BLOCK + 64];
+                hay[at..at + 6].copy_from_slice(b"LIT27X");
+                assert_eq!(looks_binary(&hay), kind == "binary");
+                let a = gate.active(&hay);
+                assert!(!a.runs(0) && a.runs(1), "{kind}: literal at {at}");
+            }
+        }
+    }
+
     #[test]
     fn a_literal_across_a_fold_block_end_is_found() {
         let gate = Gate::new(&[Some(vec![b"Authorization".to_vec()]), Some(vec![b"x".to_vec()])]);
