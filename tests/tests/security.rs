@@ -24,6 +24,8 @@ const CANARIES: &[(&str, &str)] = &[
     ("contact ", "canary.user@example.com"),
     ("DB_PASSWORD=", "CANARYenvPass55"),
     ("  api_key: \"", "CANARY yaml key"),
+    ("<settings><password>", "CANARYmavenPass"),
+    ("GITHUB_TOKEN used ", "ghp_CANARYgithub0123456789abcdefghijklmn"),
 ];
 
 fn canary_body() -> String {
@@ -36,6 +38,7 @@ fn canary_body() -> String {
             b if b.starts_with("postgres") => body.push_str("@db.internal:5432/app\n"),
             b if b.starts_with("-----BEGIN") => body.push_str("\n-----END RSA PRIVATE KEY-----\n"),
             b if b.ends_with('"') => body.push_str("\"\n"),
+            b if b.starts_with("<settings>") => body.push_str("</password></settings>\n"),
             _ => body.push('\n'),
         }
     }
@@ -189,7 +192,9 @@ fn canary_secrets_sent_over_http_never_reach_the_disk() {
         "jwt",
         "key_value",
         "private_key",
+        "service_token",
         "url_password",
+        "xml_element",
     ] {
         assert!(rules.iter().any(|r| r == rule), "{rule} marked: {rules:?}");
     }

@@ -90,6 +90,7 @@ impl Gate {
                 _ => always |= bit,
             }
         }
+        let (literals, needed_by) = drop_containing(literals, needed_by);
         let finder = (!literals.is_empty()).then(|| {
             // `only_teddy_fat` is hidden in aho-corasick's docs (kept for its benchmarks): where
             // a build is refused (fat needs AVX2), the crate's own choice serves both.
@@ -176,6 +177,26 @@ impl Gate {
     }
 }
 
+/// Leaves out each literal that contains a shorter one (`x-auth-token` holds `token`): the
+/// shorter is found wherever the longer is, so it takes over the longer's detectors. Fewer
+/// literals keep Teddy (at most 64) with room for a rules file's names, and check faster.
+fn drop_containing(literals: Vec<Vec<u8>>, mut needed_by: Vec<u64>) -> (Vec<Vec<u8>>, Vec<u64>) {
+    let contains =
+        |hay: &[u8], needle: &[u8]| hay.len() > needle.len() && hay.windows(needle.len()).any(|w| w == needle);
+    let mut keep = vec![true; literals.len()];
+    for long in 0..literals.len() {
+        // The shortest literal inside it, so that a chain (a ⊃ b ⊃ c) ends at c.
+        let inner = (0..literals.len())
+            .filter(|&short| contains(&literals[long], &literals[short]))
+            .min_by_key(|&short| literals[short].len());
+        if let Some(short) = inner {
+            needed_by[short] |= needed_by[long];
+            keep[long] = false;
+        }
+    }
+    literals.into_iter().zip(needed_by).zip(keep).filter(|(_, keep)| *keep).map(|(pair, _)| pair).unzip()
+}
+
 /// Whether a block's first bytes are mostly not ASCII (compressed, encrypted, media).
 fn looks_binary(block: &[u8]) -> bool {
     let sample = &block[..block.len().min(256)];
@@ -254,5 +275,18 @@ mod tests {
         assert!(a.runs(0) && !a.runs(1));
         let a = gate.active(b"..key..");
         assert!(!a.runs(0) && !a.runs(1));
+    }
+}
+
+#[cfg(test)]
+mod default_rules {
+    /// The built-in detectors' literals fit Teddy (at most 64), with room for a rules file's
+    /// names: past 64 the gate falls back to an automaton that walks every byte.
+    #[test]
+    fn the_built_in_literals_fit_teddy_with_room_to_spare() {
+        let rules = crate::redact::RulesFile::default().compile().unwrap();
+        let gate = &rules.gate;
+        assert!(matches!(gate.finder, Some(super::Finder::Teddy { .. })));
+        assert!(gate.literals.len() <= 40, "{} literals", gate.literals.len());
     }
 }

@@ -176,9 +176,11 @@ pub const BUILT_IN: &[&str] = &[
     "scram_proof",
     "line_password",
     "netrc",
+    "xml_element",
     "jwt",
     "bearer",
     "aws_access_key",
+    "service_token",
     "card",
     "email",
 ];
@@ -322,9 +324,26 @@ pub(crate) fn built_in_pattern(name: &str, file: &RulesFile) -> (String, &'stati
         // .netrc (curl, git, ftp): `machine host login user password secret`, on one line or
         // several.
         "netrc" => (r"\blogin[ \t\r\n]+[^ \t\r\n]+[ \t\r\n]+password[ \t\r\n]+([^ \t\r\n]+)".into(), b"", Check::None),
+        // `<password>x</password>` (Maven's settings.xml, SOAP), namespaced or not, for the
+        // secret-named keys.
+        "xml_element" => {
+            (format!(r"<(?:[A-Za-z0-9_\-]+:)?(?i:{})>([^<]+)</", escape_names(key_value_names(file))), b"", Check::None)
+        }
         "jwt" => (r"\b(eyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)".into(), b".", Check::None),
         "bearer" => (r"(?i:\bbearer[ \t]+)([A-Za-z0-9._~+/\-]+=*)".into(), b"", Check::MinLen(8)),
         "aws_access_key" => (r"\b((?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b".into(), b"", Check::None),
+        // Tokens that name their service by a prefix: GitHub (classic and fine-grained),
+        // GitLab, Slack, Stripe (secret and restricted), Google API keys, npm, SendGrid.
+        "service_token" => (
+            concat!(
+                r"\b(gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{60,100}|glpat-[A-Za-z0-9_\-]{20,}",
+                r"|xox[abprs]-[A-Za-z0-9\-]{10,}|[sr]k_live_[A-Za-z0-9]{20,}|AIza[A-Za-z0-9_\-]{35}",
+                r"|npm_[A-Za-z0-9]{36}|SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})\b"
+            )
+            .into(),
+            b"",
+            Check::None,
+        ),
         // Found by `find_cards`; the pattern documents what it finds.
         "card" => (
             r"\b([2-6][0-9]{12,18}|[2-6][0-9]{3}(?: [0-9]{3,6}){2,4}|[2-6][0-9]{3}(?:-[0-9]{3,6}){2,4})\b".into(),
@@ -497,6 +516,21 @@ fn trigger_literals(name: &str, file: &RulesFile) -> Option<Vec<Vec<u8>>> {
         "scram_proof" => Some(bytes(&[",p="])),
         "line_password" => Some(bytes(&["pass", "plain", "login"])),
         "netrc" => Some(bytes(&["password"])),
+        "xml_element" => Some(key_value_names(file).map(String::into_bytes).collect()),
+        "service_token" => Some(bytes(&[
+            "ghp_",
+            "gho_",
+            "ghu_",
+            "ghs_",
+            "ghr_",
+            "github_pat_",
+            "glpat-",
+            "xox",
+            "k_live_",
+            "aiza",
+            "npm_",
+            "sg.",
+        ])),
         "jwt" => Some(bytes(&["eyJ"])),
         "bearer" => Some(bytes(&["bearer"])),
         "aws_access_key" => Some(bytes(&["AKIA", "ASIA", "ABIA", "ACCA"])),
