@@ -39,7 +39,7 @@ pub struct RulesFile {
     /// More HTTP header names whose values are redacted.
     #[serde(default)]
     pub headers: Vec<String>,
-    /// More JSON keys whose string values are redacted.
+    /// More JSON keys whose string values are redacted (also `key_value` names and XML elements).
     #[serde(default)]
     pub json_keys: Vec<String>,
     #[serde(default, rename = "rule")]

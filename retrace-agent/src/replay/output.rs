@@ -139,7 +139,8 @@ fn lines(recorded: &RecordedOutput, actual: &[u8], noise: &Noise) -> OutputCheck
 }
 
 /// The forms a clock reading takes in output: ISO 8601, the common log format, HTTP dates,
-/// ctime (`date`), and times of day.
+/// ctime (`date`), times of day, and Unix times of this era in seconds or milliseconds
+/// (2017–2033: `1[5-9]` and 8 or 11 more digits, such as redis's `signal-handler (1796534523)`).
 fn times() -> &'static [Regex] {
     static TIMES: std::sync::OnceLock<Vec<Regex>> = std::sync::OnceLock::new();
     TIMES.get_or_init(|| {
@@ -150,6 +151,7 @@ fn times() -> &'static [Regex] {
             r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT",
             r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}( [A-Z]{3,5})? \d{4}",
             r"\b\d{2}:\d{2}:\d{2}(\.\d+)?\b",
+            r"\b1[5-9]\d{8}(\d{3}|\.\d+)?\b",
         ]
         .iter()
         .map(|p| Regex::new(p).expect("a valid time pattern"))
@@ -188,6 +190,17 @@ mod tests {
         let check = lines(&r, a, &Noise::default());
         assert_eq!(check.status, "diverged");
         let check = lines(&r, &a[..a.len() - 5], &Noise::default());
+        assert_eq!(check.status, "diverged");
+        // Unix times; a number that is not one still counts.
+        let check = lines(
+            &recorded("x:signal-handler (1796534523) Received\n"),
+            b"x:signal-handler (1796534524) Received\n",
+            &Noise::default(),
+        );
+        assert_eq!(check.status, "matched");
+        let check = lines(&recorded("ts=1796534523123 ok\n"), b"ts=1796534524001 ok\n", &Noise::default());
+        assert_eq!(check.status, "matched");
+        let check = lines(&recorded("count 1234567890\n"), b"count 1234567891\n", &Noise::default());
         assert_eq!(check.status, "diverged");
         let noise = Noise { headers: Vec::new(), patterns: vec![Regex::new("pid=\\d+").unwrap()] };
         let check = lines(&recorded("pid=12 up\n"), b"pid=3456 up\n", &noise);
