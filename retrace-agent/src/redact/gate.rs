@@ -264,6 +264,16 @@ mod tests {
         }
     }
 
+    /// The built-in detectors' literals fit Teddy (at most 64), with room for a rules file's
+    /// names: past 64 the gate falls back to an automaton that walks every byte.
+    #[test]
+    fn the_built_in_literals_fit_teddy_with_room_to_spare() {
+        let rules = crate::redact::RulesFile::default().compile().unwrap();
+        let gate = &rules.gate;
+        assert!(matches!(gate.finder, Some(Finder::Teddy { .. })));
+        assert!(gate.literals.len() <= 40, "{} literals", gate.literals.len());
+    }
+
     #[test]
     fn too_many_literals_for_teddy_fall_back_to_an_automaton() {
         let many: Vec<Vec<u8>> = (0..300).map(|i| format!("Key{i}x").into_bytes()).collect();
@@ -275,18 +285,5 @@ mod tests {
         assert!(a.runs(0) && !a.runs(1));
         let a = gate.active(b"..key..");
         assert!(!a.runs(0) && !a.runs(1));
-    }
-}
-
-#[cfg(test)]
-mod default_rules {
-    /// The built-in detectors' literals fit Teddy (at most 64), with room for a rules file's
-    /// names: past 64 the gate falls back to an automaton that walks every byte.
-    #[test]
-    fn the_built_in_literals_fit_teddy_with_room_to_spare() {
-        let rules = crate::redact::RulesFile::default().compile().unwrap();
-        let gate = &rules.gate;
-        assert!(matches!(gate.finder, Some(super::Finder::Teddy { .. })));
-        assert!(gate.literals.len() <= 40, "{} literals", gate.literals.len());
     }
 }

@@ -227,11 +227,6 @@ impl RootFs {
         Ok(true)
     }
 
-    /// Where `path` (folders resolved) goes in the scratch, its folders made there with their
-    /// host attributes (so the merged view shows the host's); None for a path that cannot be
-    /// layered (a tree the sandbox makes itself, a folder that is a file today).
-    /// Callers resolve the folders' symlinks first (`resolve_folders`): a folder made in the
-    /// upper layer over a host symlink (/lib -> usr/lib) would hide everything behind it.
     /// Gives every upper folder this replay made (the layers' roots too) the host folder's
     /// times, as the merged tree shows the upper folder's: the program sees `/`, `/tmp` or its
     /// project folder as the host has them, not the time the replay began.
@@ -244,6 +239,11 @@ impl RootFs {
         }
     }
 
+    /// Where `path` (folders resolved) goes in the scratch, its folders made there with their
+    /// host attributes (so the merged view shows the host's); None for a path that cannot be
+    /// layered (a tree the sandbox makes itself, a folder that is a file today).
+    /// Callers resolve the folders' symlinks first (`resolve_folders`): a folder made in the
+    /// upper layer over a host symlink (/lib -> usr/lib) would hide everything behind it.
     fn upper_entry(&mut self, path: &str) -> Result<Option<PathBuf>, ReplayError> {
         let Some((mut upper, host_root, rel)) = self.upper_for(path) else { return Ok(None) };
         let mut host = PathBuf::from(host_root);

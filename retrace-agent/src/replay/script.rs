@@ -406,19 +406,18 @@ impl Script {
 /// such file (another machine, a changed file): the placeholders stay.
 fn fill_from_host(path: &str, content: &mut [u8], spans: &[(u64, u64)]) -> bool {
     let Ok(host) = std::fs::read(path) else { return false };
-    if host.len() != content.len() {
-        return false;
-    }
-    let mut redacted = vec![false; content.len()];
-    for &(from, to) in spans {
-        let (from, to) = (from.min(content.len() as u64) as usize, to.min(content.len() as u64) as usize);
-        redacted[from..to].fill(true);
-    }
-    if content.iter().zip(&host).zip(&redacted).any(|((c, h), r)| !r && c != h) {
+    if !same_but_redacted(0, content, &host, spans) {
         return false;
     }
     content.copy_from_slice(&host);
     true
+}
+
+/// Whether `host`, the host file's bytes from offset `at`, are `recorded` but in the file
+/// ranges redacted at record time (what placeholders replaced there can be anything).
+fn same_but_redacted(at: u64, recorded: &[u8], host: &[u8], redacted: &[(u64, u64)]) -> bool {
+    let hidden = |i: usize| redacted.iter().any(|&(a, b)| (a..b).contains(&(at + i as u64)));
+    recorded.len() == host.len() && recorded.iter().zip(host).enumerate().all(|(i, (r, h))| r == h || hidden(i))
 }
 
 /// Whether the host's file holds `pieces` (offset, bytes) where they were read, redacted
@@ -433,11 +432,7 @@ fn host_agrees(path: &str, pieces: &[(u64, Vec<u8>)], redacted: &[(u64, u64)]) -
     let Ok(file) = std::fs::File::open(path) else { return false };
     pieces.iter().all(|(at, bytes)| {
         let mut host = vec![0u8; bytes.len()];
-        if file.read_exact_at(&mut host, *at).is_err() {
-            return false;
-        }
-        let hidden = |i: usize| redacted.iter().any(|&(a, b)| (a..b).contains(&(at + i as u64)));
-        host.iter().zip(bytes).enumerate().all(|(i, (h, b))| h == b || hidden(i))
+        file.read_exact_at(&mut host, *at).is_ok() && same_but_redacted(*at, bytes, &host, redacted)
     })
 }
 
