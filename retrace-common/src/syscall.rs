@@ -64,6 +64,9 @@ syscalls! {
     Sendmsg = 14 => "sendmsg", Out;
     Recvmmsg = 15 => "recvmmsg", In;
     Sendmmsg = 16 => "sendmmsg", Out;
+    // A folder's entries as the kernel returned them (`struct linux_dirent64`s): In data on the
+    // folder's stream, never part of a file's content.
+    Getdents64 = 17 => "getdents64", In;
     Sendfile = 20 => "sendfile", None;
     Splice = 21 => "splice", None;
     CopyFileRange = 22 => "copy_file_range", None;

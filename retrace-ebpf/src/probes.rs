@@ -3,6 +3,7 @@
 
 mod anon;
 mod data;
+mod dir;
 mod fd;
 mod names;
 mod open;

@@ -172,3 +172,43 @@ fn sealing_on_parallel_threads_keeps_every_byte_and_redacts() {
     let verify = retrace(&["verify", dir.join("rec").to_str().unwrap()]);
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
+
+/// A folder listed with getdents64 is recorded as the kernel gave it: every entry's name, inode
+/// number and type, in the kernel's order (what `ls -f` prints), in its folder's stream.
+#[test]
+fn folder_listings_are_recorded_entry_for_entry() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = scratch("file-listing");
+    let folder = dir.join("listed");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    // Enough entries that the listing takes several getdents64 calls.
+    for i in 0..2500 {
+        std::fs::write(folder.join(format!("entry-{i:04}-{}", "x".repeat(i % 40))), "").unwrap();
+    }
+    let (rec, out) = record(&dir, &[], &["ls", "-f", folder.to_str().unwrap()]);
+    let printed: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    let stream = rec.by_path(&folder);
+    assert_eq!((stream.lost_bytes_in, stream.lost_bytes_out), (0, 0), "nothing lost on {stream:?}");
+    let calls = rec.data(stream.id);
+    assert!(
+        calls.iter().map(|d| d.ts_ns).collect::<std::collections::BTreeSet<_>>().len() >= 2
+            && calls.iter().all(|d| d.syscall == b"getdents64".to_vec()),
+        "{} calls",
+        calls.len()
+    );
+    // A call larger than a ring chunk comes in several pieces: joined, they are whole records.
+    let bytes: Vec<u8> = calls.iter().flat_map(|d| d.payload.iter().copied()).collect();
+    let entries = retrace_agent::replay::listing::parse(&bytes).expect("whole linux_dirent64 records");
+    let names: Vec<String> = entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
+    assert_eq!(names, printed, "the recorded order is the one ls -f printed");
+    for entry in &entries {
+        let name = String::from_utf8_lossy(&entry.name).into_owned();
+        if name == ".." {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(folder.join(&name)).unwrap();
+        assert_eq!(entry.ino, meta.ino(), "{name}'s inode");
+        let kind = if meta.is_dir() { libc::DT_DIR } else { libc::DT_REG };
+        assert_eq!(entry.kind, kind, "{name}'s type");
+    }
+}

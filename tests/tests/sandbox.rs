@@ -253,6 +253,61 @@ fn folders_over_served_files_keep_the_hosts_times() {
     assert!(served.iter().any(|f| f.as_str().unwrap().ends_with("data/a.txt")), "{report}");
 }
 
+/// A folder lists as it did when recorded: the entries, in the kernel's order of then (Python's
+/// `os.listdir` and `find` do not sort), though files were since added, renamed and removed on
+/// the host; and a listing that the program's own change made shows that change.
+#[test]
+fn a_folder_lists_as_recorded_after_the_host_changed_it() {
+    let dir = scratch("sandbox-listing");
+    std::fs::create_dir_all(dir.join("data/sub")).unwrap();
+    for (i, name) in ["k1", "a7", "zz", "m.txt", "b-2", "q9.log", "c"].iter().enumerate() {
+        std::fs::write(dir.join("data").join(name), format!("{i}\n")).unwrap();
+    }
+    let script = "import os\nprint(os.listdir('data'))\nopen('data/made-here', 'w').write('x')\n\
+                  print(os.listdir('data'))\nprint([e.name for e in os.scandir('data/sub')])\n\
+                  os.system('find data -name \"*\" | head -c 2000')\n";
+    let command = [retrace_tests::python(), "-c", script];
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let listed = String::from_utf8_lossy(&recorded.stdout).into_owned();
+    assert!(listed.contains("'made-here'") && listed.contains("data/zz"), "{listed}");
+    std::fs::remove_file(dir.join("data/made-here")).unwrap();
+    std::fs::rename(dir.join("data/zz"), dir.join("data/renamed")).unwrap();
+    std::fs::remove_file(dir.join("data/c")).unwrap();
+    std::fs::write(dir.join("data/new-on-host"), "").unwrap();
+    std::fs::write(dir.join("data/sub/also-new"), "").unwrap();
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), listed, "{report}");
+    assert!(report["listings_served"].as_u64().unwrap() >= 5, "{report}");
+}
+
+/// `ls -l` of a folder that holds served files and of `/` shows what it showed when recorded:
+/// a folder's link count, size and owner as a disk has them, not as the sandbox's overlay or
+/// its own /proc would show them.
+#[test]
+fn a_long_listing_of_folders_over_served_files_is_the_recorded_one() {
+    let dir = scratch("sandbox-long-listing");
+    std::fs::create_dir_all(dir.join("data/one/deeper")).unwrap();
+    std::fs::create_dir_all(dir.join("data/two")).unwrap();
+    std::fs::write(dir.join("data/a.txt"), "alpha\n").unwrap();
+    let script = "cat data/a.txt data/one/x 2>/dev/null; ls -la --time-style=+%s data data/one && \
+                  stat -c '%n %h %s %b %U %G' data data/one . && ls -ld --time-style=+%s / /proc /sys /dev";
+    std::fs::write(dir.join("data/one/x"), "x\n").unwrap();
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", script]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", script], &dir);
+    let served = report["files_served"].as_array().cloned().unwrap_or_default();
+    assert!(served.iter().any(|f| f.as_str().unwrap().ends_with("data/one/x")), "{report}");
+    // /proc's link count is its number of processes: it may differ between two runs.
+    let steady = |text: &[u8]| {
+        String::from_utf8_lossy(text).lines().filter(|l| !l.ends_with(" /proc")).collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(steady(&out.stdout), steady(&recorded.stdout), "{}\n{report}", stderr(&out));
+}
+
 /// A file read only in part comes from the host in replay: where the host's copy no longer
 /// holds the bytes that were read, the report says so; a change past them is no warning.
 #[test]

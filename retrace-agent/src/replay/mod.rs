@@ -8,7 +8,9 @@ mod clock;
 mod datagram;
 pub mod denoise;
 mod diag;
+mod dirstat;
 pub mod http;
+pub mod listing;
 mod matching;
 mod notify;
 mod order;
@@ -211,6 +213,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         inbound_order: script.inbound_order,
         random: script.random,
         library_random: script.library_random,
+        folders: listing::Folders::new(script.listings),
         shared: shared.clone(),
         stop: stop.clone(),
     };

@@ -1,8 +1,9 @@
 //! The seccomp notifier: answers the sandboxed program's connect, listen and sendto calls. A connect to
 //! an address the recording holds gets a real TCP socket (made inside the sandbox's network
 //! namespace) whose other end plays the recorded peer; any other address is refused and
-//! reported. Files need no answer: the sandbox's overlay serves recorded contents and keeps
-//! writes off the host.
+//! reported. Clock reads, random bytes and folder listings (getdents64) are answered from the
+//! recording. File contents need no answer: the sandbox's overlay serves recorded contents and
+//! keeps writes off the host.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -18,7 +19,7 @@ use std::{
     },
 };
 
-use super::{clock, matching::Pool, peer, report::Blocked, script::Connection, Shared};
+use super::{clock, dirstat, matching::Pool, peer, report::Blocked, script::Connection, Shared};
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -61,13 +62,16 @@ const IOCTL_RECV: libc::c_ulong = 0xc050_2100;
 const IOCTL_SEND: libc::c_ulong = 0xc018_2101;
 const IOCTL_ID_VALID: libc::c_ulong = 0x4008_2102;
 const IOCTL_ADDFD: libc::c_ulong = 0x4018_2103;
+const IOCTL_SET_FLAGS: libc::c_ulong = 0x4008_2104;
+const FD_SYNC_WAKE_UP: u64 = 1;
 const ADDFD_FLAG_SETFD: u32 = 1;
 const FLAG_CONTINUE: u32 = 1;
 /// getrandom flags no kernel accepts: the preloaded shim (shim/openssl_rand.c) asking for what
 /// OpenSSL's random functions returned when recorded.
 pub const LIBRARY_RANDOM: u32 = 0x5254_0000;
-/// How long the notifier polls without sleeping after answering: long enough for the next read
-/// of a program reading the clock in a loop, short enough not to take a core from the others.
+/// How long the notifier polls without sleeping after answering, where the kernel has no
+/// synchronous wake-ups: long enough for the next read of a program reading the clock in a
+/// loop, short enough not to take a core from the others.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
 
 /// What the notifier needs to know and where it reports.
@@ -89,6 +93,8 @@ pub struct Notifier {
     pub random: std::collections::VecDeque<Vec<u8>>,
     /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim.
     pub library_random: std::collections::VecDeque<Vec<u8>>,
+    /// The folder listings the program read: served again.
+    pub folders: super::listing::Folders,
     pub shared: Arc<Shared>,
     pub stop: Arc<AtomicBool>,
 }
@@ -118,14 +124,20 @@ impl Notifier {
                 return;
             }
         };
+        // Wake this thread on the CPU of the process that made the call, and that process on
+        // ours when answered: a round trip without a migration, two to five times faster
+        // (Linux 6.6). Older kernels refuse, and the notifier spins after each answer instead.
+        // SAFETY: SET_FLAGS takes a u64 of flags by value.
+        let sync_wake_up = unsafe { libc::ioctl(self.listener.as_raw_fd(), IOCTL_SET_FLAGS, FD_SYNC_WAKE_UP) } == 0;
         // Processes that exec'd and whose new vDSO is not patched yet.
         let mut patch_pending: std::collections::HashSet<u32> = std::collections::HashSet::new();
         let mut last_answer = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let mut pfd = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // Notifications come in bursts (a program reading the clock in a loop): for a while
-            // after each, poll without sleeping, so the next costs no wake-up.
-            let timeout = if last_answer.elapsed() < SPIN { 0 } else { 200 };
+            // Notifications come in bursts (a program reading the clock in a loop): without
+            // synchronous wake-ups, poll without sleeping for a while after each, so the next
+            // costs no wake-up.
+            let timeout = if !sync_wake_up && last_answer.elapsed() < SPIN { 0 } else { 200 };
             // SAFETY: poll on one fd we own.
             let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
             if n <= 0 {
@@ -151,6 +163,21 @@ impl Notifier {
                     }
                 }
                 libc::SYS_getrandom => self.getrandom(&req),
+                libc::SYS_fstat | libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
+                    match dirstat::answer(req.pid, nr, &req.data.args) {
+                        Some(Ok(n)) => Answer::Value(n),
+                        Some(Err(errno)) => Answer::Error(errno),
+                        None => Answer::Continue,
+                    }
+                }
+                libc::SYS_getdents64 => match self.folders.answer(req.pid, &req.data.args) {
+                    Some(Ok(n)) => {
+                        self.shared.report.lock().expect("report").listings_served += 1;
+                        Answer::Value(n)
+                    }
+                    Some(Err(errno)) => Answer::Error(errno),
+                    None => Answer::Continue,
+                },
                 // A new image: its vDSO is patched at its first system call (the loader's brk,
                 // the runtime's arch_prctl or set_tid_address), before any of its code reads the
                 // clock. The thread may become its process's leader: both are marked.
@@ -388,12 +415,16 @@ fn socket_type(pid: u32, fd: i32) -> Option<i32> {
 }
 
 /// A copy of the program's `fd` (`pid` may be any of its threads).
-fn their_fd(pid: u32, fd: i32) -> Option<OwnedFd> {
+pub(super) fn their_fd(pid: u32, fd: i32) -> Option<OwnedFd> {
     use std::os::fd::FromRawFd as _;
-    let tgid = crate::target::thread_group_of(pid).ok()?;
     // SAFETY: pidfd_open/pidfd_getfd return fds we then own.
     unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as i32;
+        // A thread's own pidfd (Linux 6.9) spares reading its thread group from /proc.
+        let mut pidfd = libc::syscall(libc::SYS_pidfd_open, pid, PIDFD_THREAD) as i32;
+        if pidfd < 0 {
+            let tgid = crate::target::thread_group_of(pid).ok()?;
+            pidfd = libc::syscall(libc::SYS_pidfd_open, tgid, 0) as i32;
+        }
         if pidfd < 0 {
             return None;
         }
@@ -402,6 +433,9 @@ fn their_fd(pid: u32, fd: i32) -> Option<OwnedFd> {
         (theirs >= 0).then(|| OwnedFd::from_raw_fd(theirs))
     }
 }
+
+/// `pidfd_open`'s flag for a pidfd of one thread (`O_EXCL`).
+const PIDFD_THREAD: libc::c_int = libc::O_EXCL;
 
 pub(super) fn enter_netns(pid: libc::pid_t) -> std::io::Result<()> {
     let ns = File::open(format!("/proc/{pid}/ns/net"))?;
@@ -412,7 +446,7 @@ pub(super) fn enter_netns(pid: libc::pid_t) -> std::io::Result<()> {
     Ok(())
 }
 
-fn read_mem(pid: u32, addr: u64, len: usize) -> Option<Vec<u8>> {
+pub(super) fn read_mem(pid: u32, addr: u64, len: usize) -> Option<Vec<u8>> {
     let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
     let mut buf = vec![0u8; len];
     let n = mem.read_at(&mut buf, addr).ok()?;

@@ -118,6 +118,8 @@ pub struct ReplayReport {
     /// them (answered by OpenSSL).
     pub library_random_reads: u64,
     pub library_random_unreplayed: u64,
+    /// Folder reads (getdents64) answered with the recorded entries.
+    pub listings_served: u64,
     pub exchanges: Vec<Exchange>,
     /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
     pub outputs: Vec<OutputCheck>,

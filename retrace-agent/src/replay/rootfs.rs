@@ -24,7 +24,7 @@ use super::ReplayError;
 /// Host uid/gid that the sandbox's root is; 0..ID_RANGE inside are ID_BASE.. outside. Far
 /// above any real user's id, so nothing on the host belongs to them.
 pub const ID_BASE: u32 = 1 << 30;
-const ID_RANGE: u32 = 65536;
+pub const ID_RANGE: u32 = 65536;
 /// Where the sandbox stages its layers before `pivot_root`, in its own mount namespace only.
 pub const STAGE: &str = "/tmp";
 

@@ -4,6 +4,7 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use super::datagram::{DatagramExchange, DatagramPeer};
+use super::listing::{Listings, Reads};
 use crate::filestate::{FileHistories, Initial};
 use crate::store::{
     proto::{self, record::Kind as R, Direction, StreamKind},
@@ -121,6 +122,8 @@ pub struct Script {
     pub random: std::collections::VecDeque<Vec<u8>>,
     /// What OpenSSL's RAND_bytes (and its kin) returned, in order.
     pub library_random: std::collections::VecDeque<Vec<u8>>,
+    /// The folder listings the program read (getdents64), by path.
+    pub listings: Listings,
 }
 
 /// A standard output of the recorded command, whole.
@@ -149,6 +152,9 @@ impl Script {
         let mut names: Vec<(bool, Vec<String>)> = Vec::new();
         // Where each stream's record came, among syscalls and data.
         let mut opened: HashMap<u64, usize> = HashMap::new();
+        // Folder streams' getdents64 output, by stream.
+        let mut folder_reads: HashMap<u64, Reads> = HashMap::new();
+        let getdents = Sys::Getdents64.name();
         let report = recording.for_each(|record| {
             histories.observe(&record);
             match record.kind {
@@ -180,9 +186,16 @@ impl Script {
                     if call.ret == 0 && !call.paths.is_empty() {
                         names.push((call.name.starts_with(b"mkdir"), call.paths.clone()));
                     }
+                    if call.name == getdents && call.ret == 0 {
+                        folder_reads.entry(call.stream_id).or_default().end(call.ts_ns, order);
+                    }
                     if call.name == "connect" && call.ret < 0 && call.ret != -(libc::EINPROGRESS as i64) {
                         failed_connects.push((call.detail, (-call.ret) as i32));
                     }
+                }
+                Some(R::Data(d)) if d.syscall == getdents => {
+                    order += 1;
+                    folder_reads.entry(d.stream_id).or_default().data(order, &d);
                 }
                 Some(R::Data(d)) => {
                     order += 1;
@@ -202,6 +215,18 @@ impl Script {
             library_random,
             ..Default::default()
         };
+        let mut folders: Vec<(usize, String, Reads)> = folder_reads
+            .into_iter()
+            .filter_map(|(id, mut reads)| {
+                let info = infos.get(&id).filter(|i| i.kind() == StreamKind::File && i.path.starts_with('/'))?;
+                if gapped.contains(&id) || info.joined_mid_stream {
+                    reads.spoil();
+                }
+                Some((opened.get(&id).copied().unwrap_or(0), info.path.clone(), reads))
+            })
+            .collect();
+        folders.sort_by_key(|f| f.0);
+        script.listings = Listings::build(folders.into_iter().map(|(_, path, reads)| (path, reads)).collect());
         let root = recording.manifest.root_pid;
         for info in infos.values() {
             let standard = info.origin == "inherited" && info.pid == root && (info.fd == 1 || info.fd == 2);

@@ -1,7 +1,8 @@
 //! The seccomp filter of the sandbox: foreign architectures killed, raw and packet sockets,
 //! io_uring, mounts, namespaces, ptrace, bpf, modules and the like refused, and the calls that
-//! reach peers (connect, listen, sendto with an address) handed to the replayer. Files need no
-//! notification: the overlay keeps every write off the host.
+//! reach peers (connect, listen, sendto with an address) handed to the replayer, with the clock,
+//! random bytes and folder listings. File contents need no notification: the overlay serves
+//! them and keeps every write off the host.
 
 // Seccomp and BPF constants (x86_64).
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
@@ -18,7 +19,7 @@ const BPF_ALU_AND_K: u16 = 0x54;
 
 /// Syscalls the replayer answers: connections; the wall clock (once the vDSO's entry points are
 /// patched into syscalls); exec, and the first calls of a new image (where the vDSO gets
-/// patched).
+/// patched); random bytes; folder listings; stats (of folders the overlay merged).
 const NOTIFIED: &[i64] = &[
     libc::SYS_connect,
     libc::SYS_listen,
@@ -30,6 +31,12 @@ const NOTIFIED: &[i64] = &[
     libc::SYS_arch_prctl,
     libc::SYS_set_tid_address,
     libc::SYS_getrandom,
+    libc::SYS_getdents64,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
 ];
 
 /// Syscalls refused outright, with the errno the program sees.

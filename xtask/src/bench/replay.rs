@@ -188,27 +188,40 @@ pub fn redis_server(retrace: &Path, work: &Path, requests: usize, rounds: usize)
     Ok(speed)
 }
 
-/// Times `CALLS` wall-clock reads with the (native) monotonic clock: ns per read.
+/// Times `CALLS` wall-clock reads and `CALLS` stats of a file with the (native) monotonic
+/// clock: ns per call of each, on one line.
 const CLOCK_LOOP: &str = r#"
 #include <stdio.h>
+#include <sys/stat.h>
 #include <time.h>
 #define CALLS 20000
-int main(void) {
-    struct timespec t, a, b;
+static double since(struct timespec a) {
+    struct timespec b;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / CALLS;
+}
+int main(int argc, char **argv) {
+    struct timespec t, a;
+    struct stat st;
+    (void)argc;
     clock_gettime(CLOCK_MONOTONIC, &a);
     for (int i = 0; i < CALLS; i++) clock_gettime(CLOCK_REALTIME, &t);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / CALLS);
+    double clock_ns = since(a);
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < CALLS; i++) stat(argv[0], &st);
+    printf("%.1f %.1f\n", clock_ns, since(a));
     return 0;
 }
 "#;
 
-/// What a wall-clock read costs: natively (vDSO) and replayed (a system call answered by the
-/// replayer), ns per read.
+/// What a wall-clock read and a stat cost: natively (vDSO; the kernel) and replayed (system
+/// calls the replayer answers, or looks at and lets through), ns per call.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClockCost {
     pub native_ns: Vec<f64>,
     pub replayed_ns: Vec<f64>,
+    pub stat_native_ns: Vec<f64>,
+    pub stat_replayed_ns: Vec<f64>,
 }
 
 pub fn clock_cost(retrace: &Path, work: &Path, rounds: usize) -> Result<ClockCost> {
@@ -219,9 +232,13 @@ pub fn clock_cost(retrace: &Path, work: &Path, rounds: usize) -> Result<ClockCos
     if !status.success() {
         bail!("cannot compile the clock loop");
     }
-    let ns = |out: std::process::Output| -> Result<f64> {
+    let ns = |out: std::process::Output| -> Result<(f64, f64)> {
         let text = String::from_utf8_lossy(&out.stdout);
-        text.trim().parse().with_context(|| format!("the clock loop printed {text:?}"))
+        let mut fields = text.split_whitespace().map(str::parse::<f64>);
+        match (fields.next(), fields.next()) {
+            (Some(Ok(clock)), Some(Ok(stat))) => Ok((clock, stat)),
+            _ => bail!("the clock loop printed {text:?}"),
+        }
     };
     let rec = work.join("replay-clock");
     let _ = std::fs::remove_dir_all(&rec);
@@ -229,13 +246,22 @@ pub fn clock_cost(retrace: &Path, work: &Path, rounds: usize) -> Result<ClockCos
     if !recorded.status.success() {
         bail!("recording the clock loop failed: {}", String::from_utf8_lossy(&recorded.stderr));
     }
-    let mut cost = ClockCost { native_ns: Vec::new(), replayed_ns: Vec::new() };
+    let mut cost = ClockCost {
+        native_ns: Vec::new(),
+        replayed_ns: Vec::new(),
+        stat_native_ns: Vec::new(),
+        stat_replayed_ns: Vec::new(),
+    };
     for _ in 0..rounds {
-        cost.native_ns.push(ns(Command::new(&binary).output()?)?);
-        // Its output (a duration) differs from the recorded one: --lenient.
+        let (clock, stat) = ns(Command::new(&binary).output()?)?;
+        cost.native_ns.push(clock);
+        cost.stat_native_ns.push(stat);
+        // Its output (durations) differs from the recorded one: --lenient.
         let mut replay = Command::new(retrace);
         replay.arg("replay").arg(&rec).args(["--lenient", "--"]).arg(&binary);
-        cost.replayed_ns.push(ns(replay.output()?)?);
+        let (clock, stat) = ns(replay.output()?)?;
+        cost.replayed_ns.push(clock);
+        cost.stat_replayed_ns.push(stat);
     }
     Ok(cost)
 }

@@ -351,6 +351,9 @@ impl Tracker {
         let stream = self.streams.get_mut(&sid).filter(|s| s.info.kind == proto::StreamKind::File as i32)?;
         let current_position = position_arg as i64 == -1 && matches!(sys, Sys::Preadv2 | Sys::Pwritev2);
         match sys {
+            // A folder's position is the file system's cookie, not a byte offset: its entries
+            // are no file content.
+            Sys::Getdents64 => None,
             Sys::Pread64 | Sys::Pwrite64 | Sys::Preadv | Sys::Pwritev | Sys::Preadv2 | Sys::Pwritev2
                 if !current_position =>
             {

@@ -1,0 +1,264 @@
+//! The status of folders that the overlay merged. A folder that holds a file the replayer
+//! layered in (or one the program wrote) exists in both of its overlay's layers, and overlayfs
+//! reports such a folder with one link and the size of its tmpfs copy: `ls -l` would show
+//! `1 root root 80` where the recording saw `2 root root 4096`. The replayer answers the stat
+//! calls (stat, lstat, fstat, newfstatat, statx) that land on such a folder with the kernel's
+//! own answer and these fields set as a disk's: two links plus one per subfolder, and the
+//! host folder's size and blocks. The roots of the trees the sandbox mounts itself (/proc,
+//! /sys, /dev) show the host's. Every other stat is left to the kernel.
+
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use super::rootfs::{ID_BASE, ID_RANGE};
+
+/// `struct statx` is 256 bytes; its fields used here, by offset.
+const STATX_SIZE: usize = 256;
+const STX_NLINK: usize = 16;
+const STX_UID: usize = 20;
+const STX_GID: usize = 24;
+const STX_MODE: usize = 28;
+const STX_SIZE: usize = 40;
+const STX_BLOCKS: usize = 48;
+
+/// A stat-family call of thread `pid`: `None` to let the kernel answer, else its return value
+/// or errno.
+pub fn answer(pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
+    let (target, out, statx) = match nr {
+        libc::SYS_fstat => (Target::Fd(args[0] as i32), args[1], None),
+        libc::SYS_stat | libc::SYS_lstat => {
+            let path = read_path(pid, args[0])?;
+            (Target::Path { dirfd: libc::AT_FDCWD, path, follow: nr == libc::SYS_stat }, args[1], None)
+        }
+        libc::SYS_newfstatat | libc::SYS_statx => {
+            let (flags, out) = if nr == libc::SYS_newfstatat { (args[3], args[2]) } else { (args[2], args[4]) };
+            let path = read_path(pid, args[1])?;
+            let target = if path.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 {
+                Target::Fd(args[0] as i32)
+            } else {
+                let follow = flags & libc::AT_SYMLINK_NOFOLLOW as u64 == 0;
+                Target::Path { dirfd: args[0] as i32, path, follow }
+            };
+            (target, out, (nr == libc::SYS_statx).then_some((flags as i32, args[3] as u32)))
+        }
+        _ => return None,
+    };
+    let file = target.open(pid)?;
+    // SAFETY: fstat of our own fd into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return None;
+    }
+    if st.st_nlink != 1 {
+        // The root of a tree the sandbox makes itself (its own /proc, /sys, /dev) shows the
+        // host's, as the recording saw it, not a fresh mount's owner and times.
+        let path = (st.st_ino <= 2).then(|| fd_path(&file)).flatten()?;
+        if !OWN_ROOTS.contains(&path.as_str()) {
+            return None;
+        }
+        return Some(host_status(pid, &path, out, statx));
+    }
+    // A merged folder (a disk's folder has at least two links: its entry and its `.`).
+    let links = 2 + subfolders(&file)?;
+    let host = host_folder(&file);
+    match statx {
+        None => {
+            st.st_nlink = links;
+            if let Some(host) = &host {
+                (st.st_size, st.st_blocks, st.st_blksize) = (host.st_size, host.st_blocks, host.st_blksize);
+            }
+            st.st_uid = inside(st.st_uid);
+            st.st_gid = inside(st.st_gid);
+            // SAFETY: the struct's bytes, as the kernel would copy them out.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((&st as *const libc::stat).cast::<u8>(), std::mem::size_of::<libc::stat>())
+            };
+            Some(super::clock::write_to(pid, out, bytes).map(|()| 0))
+        }
+        Some((flags, mask)) => {
+            let mut stx = [0u8; STATX_SIZE];
+            let sync = flags & libc::AT_STATX_SYNC_TYPE;
+            // SAFETY: statx of our own fd into a buffer of struct statx's size.
+            let done = unsafe {
+                libc::statx(file.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH | sync, mask, stx.as_mut_ptr().cast())
+            };
+            if done != 0
+                || u16::from_ne_bytes([stx[STX_MODE], stx[STX_MODE + 1]]) as u32 & libc::S_IFMT != libc::S_IFDIR
+            {
+                return None;
+            }
+            let put =
+                |stx: &mut [u8; STATX_SIZE], at: usize, bytes: &[u8]| stx[at..at + bytes.len()].copy_from_slice(bytes);
+            put(&mut stx, STX_NLINK, &(links as u32).to_ne_bytes());
+            if let Some(host) = &host {
+                put(&mut stx, STX_SIZE, &(host.st_size as u64).to_ne_bytes());
+                put(&mut stx, STX_BLOCKS, &(host.st_blocks as u64).to_ne_bytes());
+            }
+            for at in [STX_UID, STX_GID] {
+                let id = u32::from_ne_bytes(stx[at..at + 4].try_into().expect("4 bytes"));
+                put(&mut stx, at, &inside(id).to_ne_bytes());
+            }
+            Some(super::clock::write_to(pid, out, &stx).map(|()| 0))
+        }
+    }
+}
+
+/// What a stat call is about.
+enum Target {
+    Fd(i32),
+    Path { dirfd: i32, path: String, follow: bool },
+}
+
+impl Target {
+    /// The file, opened (`O_PATH`) as the program would find it: its fd, or its path resolved
+    /// inside the sandbox's root (absolute symlinks included).
+    fn open(&self, pid: u32) -> Option<OwnedFd> {
+        match self {
+            Target::Fd(fd) => super::notify::their_fd(pid, *fd),
+            Target::Path { dirfd, path, follow } => {
+                let full = if path.starts_with('/') {
+                    path.clone()
+                } else {
+                    let base = match *dirfd {
+                        libc::AT_FDCWD => std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?,
+                        fd => std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?,
+                    };
+                    format!("{}/{path}", base.to_str()?)
+                };
+                let root = open_path(&format!("/proc/{pid}/root"), libc::AT_FDCWD, 0)?;
+                let how = OpenHow {
+                    flags: (libc::O_PATH | libc::O_CLOEXEC | if *follow { 0 } else { libc::O_NOFOLLOW }) as u64,
+                    mode: 0,
+                    resolve: RESOLVE_IN_ROOT,
+                };
+                let path = CString::new(full).ok()?;
+                // SAFETY: openat2 with a valid struct open_how; the fd returned is ours.
+                let fd = unsafe {
+                    libc::syscall(
+                        libc::SYS_openat2,
+                        root.as_raw_fd(),
+                        path.as_ptr(),
+                        &how as *const OpenHow,
+                        std::mem::size_of::<OpenHow>(),
+                    )
+                };
+                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+            }
+        }
+    }
+}
+
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn open_path(path: &str, dirfd: i32, flags: i32) -> Option<OwnedFd> {
+    let path = CString::new(path).ok()?;
+    // SAFETY: openat of a C string; the fd returned is ours.
+    let fd = unsafe { libc::openat(dirfd, path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags) };
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// How many subfolders the folder holds (as listed through the overlay).
+fn subfolders(folder: &OwnedFd) -> Option<u64> {
+    // SAFETY: openat of "." under our fd; fdopendir takes the new fd over.
+    let dir = unsafe {
+        let fd = libc::openat(folder.as_raw_fd(), c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        libc::fdopendir(fd)
+    };
+    if dir.is_null() {
+        return None;
+    }
+    let mut count = 0;
+    loop {
+        // SAFETY: readdir on a live DIR*; the entry is read before the next call.
+        let entry = unsafe { libc::readdir(dir) };
+        if entry.is_null() {
+            break;
+        }
+        let entry = unsafe { &*entry };
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.d_name.as_ptr()) };
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_dir = match entry.d_type {
+            libc::DT_DIR => true,
+            libc::DT_UNKNOWN => {
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: fstatat of a name in the folder, not following links.
+                (unsafe { libc::fstatat(libc::dirfd(dir), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } == 0)
+                    && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            }
+            _ => false,
+        };
+        count += u64::from(is_dir);
+    }
+    // SAFETY: closes the DIR* and its fd.
+    unsafe { libc::closedir(dir) };
+    Some(count)
+}
+
+/// The trees the sandbox mounts afresh.
+const OWN_ROOTS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Our fd's path, as the sandbox names it (its mounts are not under our root).
+fn fd_path(file: &OwnedFd) -> Option<String> {
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    path.to_str().map(str::to_owned)
+}
+
+/// The host's status of `path` (stat, or statx with the program's flags and mask), written
+/// where the program asked.
+fn host_status(pid: u32, path: &str, out: u64, statx: Option<(i32, u32)>) -> Result<i64, i32> {
+    let path = CString::new(path).map_err(|_| libc::EINVAL)?;
+    let mut buf = [0u8; STATX_SIZE];
+    let (done, len) = match statx {
+        // SAFETY: stat and statx of a C string into buffers of their structs' sizes.
+        None => (unsafe { libc::stat(path.as_ptr(), buf.as_mut_ptr().cast()) }, std::mem::size_of::<libc::stat>()),
+        Some((flags, mask)) => {
+            let flags = flags & libc::AT_STATX_SYNC_TYPE;
+            (unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), flags, mask, buf.as_mut_ptr().cast()) }, STATX_SIZE)
+        }
+    };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+    }
+    super::clock::write_to(pid, out, &buf[..len]).map(|()| 0)
+}
+
+/// The host's folder at the same path, when there is one: its size and blocks are a disk's.
+fn host_folder(file: &OwnedFd) -> Option<libc::stat> {
+    let path = CString::new(fd_path(file)?).ok()?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: lstat of a C string into a zeroed struct.
+    (unsafe { libc::lstat(path.as_ptr(), &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some(st)
+}
+
+/// A host id as the sandbox's user namespace shows it.
+fn inside(id: u32) -> u32 {
+    if (ID_BASE..ID_BASE + ID_RANGE).contains(&id) {
+        id - ID_BASE
+    } else {
+        65534
+    }
+}
+
+/// The NUL-terminated path at `addr` in the program's memory.
+fn read_path(pid: u32, addr: u64) -> Option<String> {
+    if addr == 0 {
+        return None;
+    }
+    let bytes = super::notify::read_mem(pid, addr, libc::PATH_MAX as usize)?;
+    let end = bytes.iter().position(|&b| b == 0)?;
+    String::from_utf8(bytes[..end].to_vec()).ok()
+}
