@@ -255,16 +255,19 @@ fn folders_over_served_files_keep_the_hosts_times() {
 
 /// A folder lists as it did when recorded: the entries, in the kernel's order of then (Python's
 /// `os.listdir` and `find` do not sort), though files were since added, renamed and removed on
-/// the host; and a listing that the program's own change made shows that change.
+/// the host, whether named directly or through a symlink; and a listing that the program's own
+/// change made shows that change.
 #[test]
 fn a_folder_lists_as_recorded_after_the_host_changed_it() {
     let dir = scratch("sandbox-listing");
     std::fs::create_dir_all(dir.join("data/sub")).unwrap();
+    // A folder named through a symlink: its fd's path is the folder's own.
+    std::os::unix::fs::symlink("data/sub", dir.join("via")).unwrap();
     for (i, name) in ["k1", "a7", "zz", "m.txt", "b-2", "q9.log", "c"].iter().enumerate() {
         std::fs::write(dir.join("data").join(name), format!("{i}\n")).unwrap();
     }
     let script = "import os\nprint(os.listdir('data'))\nopen('data/made-here', 'w').write('x')\n\
-                  print(os.listdir('data'))\nprint([e.name for e in os.scandir('data/sub')])\n\
+                  print(os.listdir('data'))\nprint([e.name for e in os.scandir('via')])\n\
                   os.system('find data -name \"*\" | head -c 2000')\n";
     let command = [retrace_tests::python(), "-c", script];
     let recorded =
@@ -438,6 +441,38 @@ fn a_static_go_binary_reads_the_recorded_wall_clock() {
     let replayed: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((replayed - then).abs() <= 1 && replayed <= now - 2, "replayed {replayed}, recorded {then}, today {now}");
+}
+
+/// What the program read from /dev/urandom and /dev/random (a shell's `head -c`, Python's
+/// buffered file) it reads again, in the same order; the devices still stat as character
+/// devices; reads past the recording get fresh bytes and are counted.
+#[test]
+fn random_devices_give_the_recorded_bytes_again() {
+    let dir = scratch("sandbox-random-devices");
+    let script = "head -c 32 /dev/urandom | od -An -tx1 && python3 -c \"import os, stat\n\
+                  f = open('/dev/random', 'rb')\n\
+                  print(f.read(16).hex(), stat.S_ISCHR(os.fstat(f.fileno()).st_mode), stat.S_ISCHR(os.stat('/dev/urandom').st_mode))\"";
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", script]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    assert!(
+        String::from_utf8_lossy(&recorded.stdout).ends_with(" True True\n"),
+        "{}",
+        String::from_utf8_lossy(&recorded.stdout)
+    );
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout));
+    assert!(report["device_random_replayed"].as_u64().unwrap() >= 48, "{report}");
+    assert_eq!(report["device_random_unreplayed"], 0, "{report}");
+    // Asking for more than was recorded: the recorded bytes first, then fresh ones.
+    let more = "head -c 100000 /dev/urandom | od -An -tx1 | sed -n 1,2p";
+    let (out, report) = replay(&dir.join("rec"), &["--lenient"], &["sh", "-c", more], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    let first: String = String::from_utf8_lossy(&recorded.stdout).lines().take(2).collect::<Vec<_>>().join("\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), first, "{report}");
+    assert_eq!(report["device_random_replayed"], 32, "{report}");
+    assert_eq!(report["device_random_unreplayed"], 100_000 - 32, "{report}");
 }
 
 #[test]

@@ -5,14 +5,18 @@
 //! calls (stat, lstat, fstat, newfstatat, statx) that land on such a folder with the kernel's
 //! own answer and these fields set as a disk's: two links plus one per subfolder, and the
 //! host folder's size and blocks. The roots of the trees the sandbox mounts itself (/proc,
-//! /sys, /dev) show the host's. Every other stat is left to the kernel.
+//! /sys, /dev) show the host's, and so do the random devices the replayer plays (FIFOs in the
+//! sandbox). Every other stat is left to the kernel.
 
 use std::{
     ffi::CString,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use super::rootfs::{ID_BASE, ID_RANGE};
+use super::{
+    rootfs::{ID_BASE, ID_RANGE},
+    script::RANDOM_DEVICES,
+};
 
 /// `struct statx` is 256 bytes; its fields used here, by offset.
 const STATX_SIZE: usize = 256;
@@ -48,8 +52,17 @@ pub fn answer(pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
     let file = target.open(pid)?;
     // SAFETY: fstat of our own fd into a zeroed struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+    if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
         return None;
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => {}
+        // A random device the replayer plays is a FIFO: it shows the host's device.
+        libc::S_IFIFO => {
+            let path = fd_path(&file)?;
+            return RANDOM_DEVICES.contains(&path.as_str()).then(|| host_status(pid, &path, out, statx));
+        }
+        _ => return None,
     }
     if st.st_nlink != 1 {
         // The root of a tree the sandbox makes itself (its own /proc, /sys, /dev) shows the

@@ -125,6 +125,11 @@ impl Listings {
     pub fn build(streams: Vec<(String, Reads)>) -> Listings {
         let mut by_path: HashMap<String, Option<Vec<Vec<Entry>>>> = HashMap::new();
         for (path, reads) in streams {
+            // The program named a folder as it liked (`/lib/…`, through a symlink); the kernel
+            // names its fd by the folder's own path (`/usr/lib/…`), the sandbox's symlinks
+            // being the disk's.
+            let path =
+                std::fs::canonicalize(&path).ok().and_then(|p| p.into_os_string().into_string().ok()).unwrap_or(path);
             let slot = by_path.entry(path).or_insert_with(|| Some(Vec::new()));
             match (reads.listings(), slot.as_mut()) {
                 (Some(listings), Some(all)) => all.extend(listings),

@@ -16,6 +16,7 @@ mod notify;
 mod order;
 mod output;
 mod peer;
+mod random_device;
 pub mod report;
 mod rootfs;
 mod sandbox;
@@ -183,6 +184,11 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         };
         env.push(("LD_PRELOAD".to_owned(), preload));
     }
+    // The random devices the program read when recorded give the recorded bytes again.
+    let mut fifos = Vec::new();
+    for (device, bytes) in script.random_devices {
+        fifos.push((rootfs.random_device(device.trim_start_matches("/dev/"))?, bytes));
+    }
     rootfs.settle_folder_times();
     let sandboxed = sandbox::spawn(&config.argv, &env, &rootfs, &stdio, recording.manifest.root_pid)?;
 
@@ -201,6 +207,8 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         report.files_absent = files_absent;
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let feeders: Vec<random_device::Feeder> =
+        fifos.into_iter().map(|(fifo, bytes)| random_device::Feeder::start(fifo, bytes, stop.clone())).collect();
     // The recorded datagram peers listen before the program starts.
     let datagrams = datagram::serve(sandboxed.pid, script.datagrams, script.local_ips, shared.clone(), stop.clone());
     let notifier = notify::Notifier {
@@ -242,6 +250,11 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         rootfs.keep(dir, &changes).map_err(|source| ReplayError::KeepScratch { path: dir.clone(), source })?;
     }
     let mut report = std::mem::take(&mut *shared.report.lock().expect("report"));
+    for feeder in feeders {
+        let fed = feeder.finish();
+        report.device_random_replayed += fed.replayed;
+        report.device_random_unreplayed += fed.unreplayed;
+    }
     report.outputs = outputs;
     report.clock_reads = shared.clock.reads();
     report.scratch_writes = changes.written;

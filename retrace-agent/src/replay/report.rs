@@ -120,6 +120,10 @@ pub struct ReplayReport {
     pub library_random_unreplayed: u64,
     /// Folder reads (getdents64) answered with the recorded entries.
     pub listings_served: u64,
+    /// Bytes read from a random device (/dev/urandom, /dev/random) that were the recorded
+    /// ones, and bytes read past them (fresh).
+    pub device_random_replayed: u64,
+    pub device_random_unreplayed: u64,
     pub exchanges: Vec<Exchange>,
     /// stdout (1) and stderr (2), where they were compared (no terminal when recorded or now).
     pub outputs: Vec<OutputCheck>,

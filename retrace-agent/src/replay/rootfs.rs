@@ -97,6 +97,8 @@ pub struct RootFs {
     /// Upper folders made here, with the host folder each stands for: given its times once
     /// everything is layered in (adding an entry to a folder moves its modification time).
     folders: Vec<(PathBuf, PathBuf)>,
+    /// Devices of the private /dev that are FIFOs in the scratch (`random_device`), by name.
+    pub fifo_devices: Vec<String>,
 }
 
 /// What the program changed, from the upper layers.
@@ -129,7 +131,15 @@ impl RootFs {
         if layers.first().is_none_or(|l| l.path != "/") {
             return Err(ReplayError::Sandbox("cannot clone the host's root filesystem".into()));
         }
-        let mut root = RootFs { userns, scratch, layers, layered: Vec::new(), hidden: Vec::new(), folders: Vec::new() };
+        let mut root = RootFs {
+            userns,
+            scratch,
+            layers,
+            layered: Vec::new(),
+            hidden: Vec::new(),
+            folders: Vec::new(),
+            fifo_devices: Vec::new(),
+        };
         for dir in ["root", "upper", "work", "lower", "shm"] {
             root.mkdir(&root.scratch_path(dir), 0o755)?;
         }
@@ -144,6 +154,29 @@ impl RootFs {
             root.folders.push((upper, PathBuf::from(&layer.path)));
         }
         Ok(root)
+    }
+
+    /// A FIFO that the sandbox's /dev shows as device `name` (`urandom`): what the replayer
+    /// writes into the returned end (read-write, so that the program's open never waits and
+    /// its reads never see an end) is what the program reads there.
+    pub fn random_device(&mut self, name: &str) -> Result<OwnedFd, ReplayError> {
+        let path = self.scratch_path(&format!("dev-{name}"));
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in a scratch path");
+        // SAFETY: mkfifo and open of a C string; the fd returned is ours.
+        let fd = unsafe {
+            if libc::mkfifo(c_path.as_ptr(), 0o666) != 0 {
+                return Err(sandbox_err("cannot make a random device", last_err()));
+            }
+            libc::open(c_path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(sandbox_err("cannot open a random device", last_err()));
+        }
+        self.chmod(&path, 0o666)?;
+        std::os::unix::fs::chown(&path, Some(ID_BASE), Some(ID_BASE)).map_err(|e| sandbox_err("scratch owner", e))?;
+        self.fifo_devices.push(name.to_owned());
+        // SAFETY: a fresh fd we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// A path inside the scratch tmpfs, as this process reaches it.

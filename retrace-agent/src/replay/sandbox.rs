@@ -97,7 +97,17 @@ impl MountPlan {
                 })
                 .collect(),
             dev: c(format!("{root}/dev")),
-            devices: DEVICES.iter().map(|d| (c(format!("/dev/{d}")), c(format!("{root}/dev/{d}")))).collect(),
+            // A device the replayer plays (a random device) is its FIFO in the scratch.
+            devices: DEVICES
+                .iter()
+                .map(|d| {
+                    let source = match rootfs.fifo_devices.iter().any(|f| f == d) {
+                        true => format!("{STAGE}/dev-{d}"),
+                        false => format!("/dev/{d}"),
+                    };
+                    (c(source), c(format!("{root}/dev/{d}")))
+                })
+                .collect(),
             links: DEV_LINKS.iter().map(|(to, name)| (c((*to).into()), c(format!("{root}/dev/{name}")))).collect(),
             pts: c(format!("{root}/dev/pts")),
             shm_source: c(format!("{STAGE}/shm")),

@@ -124,6 +124,9 @@ pub struct Script {
     pub library_random: std::collections::VecDeque<Vec<u8>>,
     /// The folder listings the program read (getdents64), by path.
     pub listings: Listings,
+    /// What the program read from each random device (/dev/urandom, /dev/random), in the
+    /// order it read it.
+    pub random_devices: Vec<(String, Vec<u8>)>,
 }
 
 /// A standard output of the recorded command, whole.
@@ -227,6 +230,7 @@ impl Script {
             .collect();
         folders.sort_by_key(|f| f.0);
         script.listings = Listings::build(folders.into_iter().map(|(_, path, reads)| (path, reads)).collect());
+        script.random_devices = random_devices(&infos, &data, &gapped);
         let root = recording.manifest.root_pid;
         for info in infos.values() {
             let standard = info.origin == "inherited" && info.pid == root && (info.fd == 1 || info.fd == 2);
@@ -429,6 +433,36 @@ impl Script {
 /// config that is still there then replays as the program read it, a secret in a string or
 /// an expression included, while the recording never held it. False where the host has no
 /// such file (another machine, a changed file): the placeholders stay.
+/// The random devices whose reads replay serves from the recording.
+pub const RANDOM_DEVICES: &[&str] = &["/dev/urandom", "/dev/random"];
+
+/// What the program read from each random device, all its streams' reads in recorded order. A
+/// device one of whose streams lost bytes or was redacted is left to the host.
+fn random_devices(
+    infos: &HashMap<u64, proto::StreamInfo>,
+    data: &HashMap<u64, Vec<(u64, usize, proto::Data)>>,
+    gapped: &std::collections::HashSet<u64>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut devices = Vec::new();
+    for device in RANDOM_DEVICES {
+        let streams: Vec<u64> = infos.values().filter(|i| i.path == *device).map(|i| i.id).collect();
+        let mut reads: Vec<&(u64, usize, proto::Data)> = streams
+            .iter()
+            .flat_map(|id| data.get(id).into_iter().flatten())
+            .filter(|c| c.2.direction() == Direction::In)
+            .collect();
+        if reads.is_empty()
+            || streams.iter().any(|id| gapped.contains(id))
+            || reads.iter().any(|c| !c.2.redactions.is_empty())
+        {
+            continue;
+        }
+        reads.sort_by_key(|c| (c.0, c.1));
+        devices.push(((*device).to_owned(), reads.iter().flat_map(|c| c.2.payload.iter().copied()).collect()));
+    }
+    devices
+}
+
 fn fill_from_host(path: &str, content: &mut [u8], spans: &[(u64, u64)]) -> bool {
     let Ok(host) = std::fs::read(path) else { return false };
     if !same_but_redacted(0, content, &host, spans) {
