@@ -443,6 +443,39 @@ fn a_static_go_binary_reads_the_recorded_wall_clock() {
     assert!((replayed - then).abs() <= 1 && replayed <= now - 2, "replayed {replayed}, recorded {then}, today {now}");
 }
 
+/// Every process and thread the program makes gets the id it got when recorded: a shell's `$$`
+/// in a child, `$!`, a thread's id, though other processes on the host took ids in between
+/// when recorded.
+#[test]
+fn children_and_threads_get_their_recorded_ids() {
+    let dir = scratch("sandbox-pids");
+    let script = "echo $$; sleep 0.5; sh -c 'echo $$'; sleep 0 & echo $!; wait; python3 -c \"import os, threading\n\
+                  t = threading.Thread(target=lambda: print(threading.get_native_id()))\n\
+                  t.start(); t.join(); print(os.getpid(), os.getppid())\"";
+    let mut recorder =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", script]).spawn().unwrap();
+    // Other processes take ids while the recorded shell sleeps.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    for _ in 0..30 {
+        std::process::Command::new("true").status().unwrap();
+    }
+    assert!(recorder.wait().unwrap().success());
+    let recorded = retrace_tests::Rec::open(&dir.join("rec"));
+    let ids: Vec<u32> = recorded.processes().iter().filter(|p| p.event == "fork").map(|p| p.child).collect();
+    assert!(ids.windows(2).any(|w| w[1] > w[0] + 20), "the host took ids between the children: {ids:?}");
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    let printed: Vec<u32> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(|w| w.parse().unwrap()).collect();
+    // $$, the child shell's $$, $!, the thread's id, python's pid and its parent's.
+    assert_eq!(printed.len(), 6, "{printed:?}");
+    for id in [printed[1], printed[2], printed[4]] {
+        assert!(ids.contains(&id), "{id} is a recorded child's id: {ids:?}");
+    }
+    let threads: Vec<u32> = recorded.processes().iter().filter(|p| p.event == "thread").map(|p| p.child).collect();
+    assert!(threads.contains(&printed[3]), "{} is a recorded thread's id: {threads:?}", printed[3]);
+}
+
 /// What the program read from /dev/urandom and /dev/random (a shell's `head -c`, Python's
 /// buffered file) it reads again, in the same order; the devices still stat as character
 /// devices; reads past the recording get fresh bytes and are counted.

@@ -222,6 +222,8 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         random: script.random,
         library_random: script.library_random,
         folders: listing::Folders::new(script.listings),
+        children: script.children,
+        pids: sandboxed.go.pid_setter(),
         shared: shared.clone(),
         stop: stop.clone(),
     };

@@ -2,7 +2,7 @@
 //! an address the recording holds gets a real TCP socket (made inside the sandbox's network
 //! namespace) whose other end plays the recorded peer; any other address is refused and
 //! reported. Clock reads, random bytes and folder listings (getdents64) are answered from the
-//! recording. File contents need no answer: the sandbox's overlay serves recorded contents and
+//! recording, and a new process or thread gets its recorded id. File contents need no answer: the sandbox's overlay serves recorded contents and
 //! keeps writes off the host.
 
 use std::{
@@ -95,6 +95,10 @@ pub struct Notifier {
     pub library_random: std::collections::VecDeque<Vec<u8>>,
     /// The folder listings the program read: served again.
     pub folders: super::listing::Folders,
+    /// The processes and threads each recorded thread made, in order: made again with the
+    /// same ids, where `pids` can set the sandbox's last pid before each.
+    pub children: HashMap<u32, VecDeque<u32>>,
+    pub pids: Option<super::sandbox::PidSetter>,
     pub shared: Arc<Shared>,
     pub stop: Arc<AtomicBool>,
 }
@@ -170,6 +174,7 @@ impl Notifier {
                         None => Answer::Continue,
                     }
                 }
+                libc::SYS_clone | libc::SYS_clone3 | libc::SYS_fork | libc::SYS_vfork => self.new_task(req.pid),
                 libc::SYS_getdents64 => match self.folders.answer(req.pid, &req.data.args) {
                     Some(Ok(n)) => {
                         self.shared.report.lock().expect("report").listings_served += 1;
@@ -289,6 +294,20 @@ impl Notifier {
 
     /// getrandom: the next recorded bytes (as many as asked, at most as many as recorded);
     /// the kernel's once the recorded ones are used up.
+    /// A clone, fork or vfork of thread `tid`: the task it makes gets the id the recorded one
+    /// got (the sandbox's last pid set to the one before), where the recording says.
+    fn new_task(&mut self, tid: u32) -> Answer {
+        if self.children.is_empty() {
+            return Answer::Continue;
+        }
+        let Some(pids) = &self.pids else { return Answer::Continue };
+        let next = namespace_tid(tid).and_then(|inside| self.children.get_mut(&inside)?.pop_front());
+        if let Some(child) = next.filter(|&c| c > 1) {
+            pids.set_last(child - 1);
+        }
+        Answer::Continue
+    }
+
     fn getrandom(&mut self, req: &Notif) -> Answer {
         if req.data.args[2] as u32 == LIBRARY_RANDOM {
             return self.library_random(req);
@@ -432,6 +451,13 @@ pub(super) fn their_fd(pid: u32, fd: i32) -> Option<OwnedFd> {
         libc::close(pidfd);
         (theirs >= 0).then(|| OwnedFd::from_raw_fd(theirs))
     }
+}
+
+/// Thread `tid`'s id inside its PID namespace (the last of its `NSpid` ids).
+fn namespace_tid(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let ids = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    ids.split_whitespace().last()?.parse().ok()
 }
 
 /// `pidfd_open`'s flag for a pidfd of one thread (`O_EXCL`).

@@ -33,6 +33,30 @@ impl Go {
         // SAFETY: one byte to the init over our end of the pair.
         unsafe { libc::write(self.0.as_raw_fd(), [b'G'].as_ptr().cast(), 1) };
     }
+
+    /// The init's other service over the same pair, once the program runs.
+    pub fn pid_setter(&self) -> Option<PidSetter> {
+        self.0.try_clone().ok().map(PidSetter)
+    }
+}
+
+/// Asks the sandbox's init, the one process inside its PID namespace that may, to set the
+/// namespace's last pid: the next process or thread made there gets the one after it.
+pub struct PidSetter(OwnedFd);
+
+impl PidSetter {
+    /// Sets the last pid to `last` and waits (up to 100 ms) for the init to say it did.
+    pub fn set_last(&self, last: u32) -> bool {
+        let fd = self.0.as_raw_fd();
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut ack = [0u8; 1];
+        // SAFETY: a write of 4 bytes and a read of 1 on our end of the pair.
+        unsafe {
+            libc::write(fd, last.to_ne_bytes().as_ptr().cast(), 4) == 4
+                && libc::poll(&mut pfd, 1, 100) == 1
+                && libc::read(fd, ack.as_mut_ptr().cast(), 1) == 1
+        }
+    }
 }
 
 /// Device nodes bound from the host into the private /dev.
@@ -390,23 +414,27 @@ pub fn spawn(
             if libc::read(pair[1], go.as_mut_ptr().cast(), 1) != 1 {
                 libc::_exit(126);
             }
-            // The init (pid 1) forks the program (with its recorded pid where it can), reaps
-            // orphans, and ends with it.
+            // The init (pid 1) forks the program (with its recorded pid where it can), sets
+            // the last pid for the replayer (its children's recorded pids), reaps orphans, and
+            // ends with it. SIGCHLD comes through a signalfd, blocked meanwhile.
+            let last_pid_file = libc::open(c"/proc/sys/kernel/ns_last_pid".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if let Some(last) = &last_pid {
-                let fd = libc::open(c"/proc/sys/kernel/ns_last_pid".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, last.as_ptr().cast(), last.len());
-                    libc::close(fd);
-                }
+                libc::pwrite(last_pid_file, last.as_ptr().cast(), last.len(), 0);
             }
+            let mut chld: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut chld);
+            libc::sigaddset(&mut chld, libc::SIGCHLD);
+            libc::sigprocmask(libc::SIG_BLOCK, &chld, &mut before);
             let program = libc::fork();
             if program == 0 {
+                libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
                 libc::execve(path_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
                 fail(10);
             }
-            libc::close(pair[1]);
             forward_signals_to(program);
-            libc::_exit(wait_status(program));
+            let children = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            libc::_exit(serve_until_exit(program, children, pair[1], last_pid_file));
         }
     }
     // SAFETY: our end of the pair, owned from here.
@@ -441,8 +469,8 @@ unsafe fn forward_signals_to(pid: libc::pid_t) {
     libc::signal(libc::SIGINT, handler);
 }
 
-/// Waits for `pid`, reaping any other child meanwhile (orphans of a pid namespace's init);
-/// its exit status, or 128+N if killed by signal N.
+/// Waits for `pid`, reaping any other child meanwhile; its exit status, or 128+N if killed by
+/// signal N.
 unsafe fn wait_status(pid: libc::pid_t) -> i32 {
     loop {
         let mut status = 0;
@@ -458,6 +486,65 @@ unsafe fn wait_status(pid: libc::pid_t) -> i32 {
             return 127;
         }
     }
+}
+
+/// The init's loop: sets the namespace's last pid as the replayer asks (4 bytes, answered
+/// with one) and waits for `pid`, reaping any other child meanwhile (orphans of a pid
+/// namespace's init); returns its exit status, or 128+N if killed by signal N.
+unsafe fn serve_until_exit(pid: libc::pid_t, children: RawFd, replayer: RawFd, last_pid_file: RawFd) -> i32 {
+    let mut fds = [
+        libc::pollfd { fd: children, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: replayer, events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        let mut status = 0;
+        loop {
+            match libc::waitpid(-1, &mut status, libc::WNOHANG) {
+                0 => break,
+                r if r == pid && libc::WIFEXITED(status) => return libc::WEXITSTATUS(status),
+                r if r == pid && libc::WIFSIGNALED(status) => return 128 + libc::WTERMSIG(status),
+                r if r < 0 && *libc::__errno_location() == libc::ECHILD => return 127,
+                r if r < 0 => break,
+                _ => {}
+            }
+        }
+        // Without a signalfd, poll the children every 10 ms.
+        let timeout = if children < 0 { 10 } else { -1 };
+        if libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) <= 0 {
+            continue;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut info = [0u8; 128];
+            while libc::read(children, info.as_mut_ptr().cast(), info.len()) > 0 {}
+        }
+        if fds[1].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+            let mut last = [0u8; 4];
+            if libc::read(replayer, last.as_mut_ptr().cast(), 4) != 4 {
+                fds[1].fd = -1; // the replayer is gone: only wait
+                continue;
+            }
+            let text = format_u32(u32::from_ne_bytes(last));
+            libc::pwrite(last_pid_file, text.0.as_ptr().cast(), text.1, 0);
+            libc::write(replayer, [b'P'].as_ptr().cast(), 1);
+        }
+    }
+}
+
+/// `n` in decimal, without allocating (the init runs after a fork of a threaded process):
+/// the digits and their count.
+fn format_u32(mut n: u32) -> ([u8; 10], usize) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[..len].reverse();
+    (digits, len)
 }
 
 /// Receives the listener fd, or the child's failure step.

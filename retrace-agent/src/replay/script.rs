@@ -127,6 +127,8 @@ pub struct Script {
     /// What the program read from each random device (/dev/urandom, /dev/random), in the
     /// order it read it.
     pub random_devices: Vec<(String, Vec<u8>)>,
+    /// The processes and threads each thread made, by its recorded id, in order.
+    pub children: HashMap<u32, std::collections::VecDeque<u32>>,
 }
 
 /// A standard output of the recorded command, whole.
@@ -158,11 +160,15 @@ impl Script {
         // Folder streams' getdents64 output, by stream.
         let mut folder_reads: HashMap<u64, Reads> = HashMap::new();
         let getdents = Sys::Getdents64.name();
+        let mut children: HashMap<u32, std::collections::VecDeque<u32>> = HashMap::new();
         let report = recording.for_each(|record| {
             histories.observe(&record);
             match record.kind {
                 Some(R::Process(p)) if p.event == "exec" => {
                     first_exec.get_or_insert(p.ts_ns);
+                }
+                Some(R::Process(p)) if p.event == "fork" || p.event == "thread" => {
+                    children.entry(p.tid).or_default().push_back(p.child);
                 }
                 Some(R::Stream(info)) => {
                     order += 1;
@@ -216,6 +222,7 @@ impl Script {
             started_ns: first_exec,
             random,
             library_random,
+            children,
             ..Default::default()
         };
         let mut folders: Vec<(usize, String, Reads)> = folder_reads

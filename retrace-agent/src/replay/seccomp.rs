@@ -19,7 +19,8 @@ const BPF_ALU_AND_K: u16 = 0x54;
 
 /// Syscalls the replayer answers: connections; the wall clock (once the vDSO's entry points are
 /// patched into syscalls); exec, and the first calls of a new image (where the vDSO gets
-/// patched); random bytes; folder listings; stats (of folders the overlay merged).
+/// patched); random bytes; folder listings; stats (of folders the overlay merged); new
+/// processes and threads (given their recorded ids).
 const NOTIFIED: &[i64] = &[
     libc::SYS_connect,
     libc::SYS_listen,
@@ -32,6 +33,10 @@ const NOTIFIED: &[i64] = &[
     libc::SYS_set_tid_address,
     libc::SYS_getrandom,
     libc::SYS_getdents64,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_fork,
+    libc::SYS_vfork,
     libc::SYS_stat,
     libc::SYS_lstat,
     libc::SYS_fstat,
