@@ -140,7 +140,7 @@ impl Target {
                     };
                     format!("{}/{path}", base.to_str()?)
                 };
-                let root = open_path(&format!("/proc/{pid}/root"), libc::AT_FDCWD, 0)?;
+                let root = open_path(&format!("/proc/{pid}/root"))?;
                 let how = OpenHow {
                     flags: (libc::O_PATH | libc::O_CLOEXEC | if *follow { 0 } else { libc::O_NOFOLLOW }) as u64,
                     mode: 0,
@@ -172,10 +172,10 @@ struct OpenHow {
     resolve: u64,
 }
 
-fn open_path(path: &str, dirfd: i32, flags: i32) -> Option<OwnedFd> {
+fn open_path(path: &str) -> Option<OwnedFd> {
     let path = CString::new(path).ok()?;
     // SAFETY: openat of a C string; the fd returned is ours.
-    let fd = unsafe { libc::openat(dirfd, path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags) };
+    let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -143,10 +143,6 @@ impl Listings {
     pub fn is_empty(&self) -> bool {
         self.by_path.is_empty()
     }
-
-    pub fn len(&self) -> usize {
-        self.by_path.len()
-    }
 }
 
 /// The notifier's side: answers getdents64 on folders with a recorded listing.
@@ -155,8 +151,6 @@ pub struct Folders {
     listings: Listings,
     /// Per folder: listings started so far (the one in use is the last started).
     started: HashMap<String, usize>,
-    /// Calls answered from the recording.
-    pub answered: u64,
 }
 
 impl Folders {
@@ -187,7 +181,6 @@ impl Folders {
         let pass = &passes[started.saturating_sub(1).min(passes.len() - 1)];
         let from = position as usize;
         if from >= pass.len() {
-            self.answered += 1;
             return Some(Ok(0));
         }
         let (bytes, taken) = pack(pass, from, count);
@@ -200,7 +193,6 @@ impl Folders {
         }
         // SAFETY: as above; the position is the next entry's index.
         unsafe { libc::lseek(file.as_raw_fd(), (from + taken) as i64, libc::SEEK_SET) };
-        self.answered += 1;
         Some(Ok(bytes.len() as i64))
     }
 }
