@@ -452,13 +452,22 @@ fn children_and_threads_get_their_recorded_ids() {
     let script = "echo $$; sleep 0.5; sh -c 'echo $$'; sleep 0 & echo $!; wait; python3 -c \"import os, threading\n\
                   t = threading.Thread(target=lambda: print(threading.get_native_id()))\n\
                   t.start(); t.join(); print(os.getpid(), os.getppid())\"";
-    let mut recorder =
-        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", script]).spawn().unwrap();
-    // Other processes take ids while the recorded shell sleeps.
-    std::thread::sleep(std::time::Duration::from_millis(250));
+    let mut recorder = retrace_command()
+        .current_dir(&dir)
+        .args(["record", "-o", "rec", "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Other processes take ids while the recorded shell sleeps: once it has printed its $$ (the
+    // probes take a while to load on a busy machine, so a fixed wait could miss the sleep).
+    let mut shell_output = std::io::BufReader::new(recorder.stdout.take().unwrap());
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(&mut shell_output, &mut first_line).unwrap();
+    assert!(!first_line.is_empty(), "the recorded shell printed nothing");
     for _ in 0..30 {
         std::process::Command::new("true").status().unwrap();
     }
+    std::io::Read::read_to_end(&mut shell_output, &mut Vec::new()).unwrap();
     assert!(recorder.wait().unwrap().success());
     let recorded = retrace_tests::Rec::open(&dir.join("rec"));
     let ids: Vec<u32> = recorded.processes().iter().filter(|p| p.event == "fork").map(|p| p.child).collect();

@@ -45,16 +45,32 @@ impl Go {
 pub struct PidSetter(OwnedFd);
 
 impl PidSetter {
-    /// Sets the last pid to `last` and waits (up to 100 ms) for the init to say it did.
+    /// Sets the last pid to `last` and waits (up to a second: a busy machine may not run the
+    /// init at once) for the init to say it did. The init answers with the value it set, so an
+    /// answer that came after an earlier wait gave up is not taken for this one.
     pub fn set_last(&self, last: u32) -> bool {
         let fd = self.0.as_raw_fd();
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        let mut ack = [0u8; 1];
-        // SAFETY: a write of 4 bytes and a read of 1 on our end of the pair.
-        unsafe {
-            libc::write(fd, last.to_ne_bytes().as_ptr().cast(), 4) == 4
-                && libc::poll(&mut pfd, 1, 100) == 1
-                && libc::read(fd, ack.as_mut_ptr().cast(), 1) == 1
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        // SAFETY: a write of 4 bytes on our end of the pair.
+        if unsafe { libc::write(fd, last.to_ne_bytes().as_ptr().cast(), 4) } != 4 {
+            return false;
+        }
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as i32;
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let mut answer = [0u8; 4];
+            // SAFETY: poll of one fd and a read of 4 bytes into a local buffer.
+            unsafe {
+                if left <= 0 || libc::poll(&mut pfd, 1, left) != 1 {
+                    return false;
+                }
+                if libc::read(fd, answer.as_mut_ptr().cast(), 4) != 4 {
+                    return false;
+                }
+            }
+            if u32::from_ne_bytes(answer) == last {
+                return true;
+            }
         }
     }
 }
@@ -489,7 +505,7 @@ unsafe fn wait_status(pid: libc::pid_t) -> i32 {
 }
 
 /// The init's loop: sets the namespace's last pid as the replayer asks (4 bytes, answered
-/// with one) and waits for `pid`, reaping any other child meanwhile (orphans of a pid
+/// with the same 4) and waits for `pid`, reaping any other child meanwhile (orphans of a pid
 /// namespace's init); returns its exit status, or 128+N if killed by signal N.
 unsafe fn serve_until_exit(pid: libc::pid_t, children: RawFd, replayer: RawFd, last_pid_file: RawFd) -> i32 {
     let mut fds = [
@@ -525,7 +541,7 @@ unsafe fn serve_until_exit(pid: libc::pid_t, children: RawFd, replayer: RawFd, l
             }
             let text = format_u32(u32::from_ne_bytes(last));
             libc::pwrite(last_pid_file, text.0.as_ptr().cast(), text.1, 0);
-            libc::write(replayer, [b'P'].as_ptr().cast(), 1);
+            libc::write(replayer, last.as_ptr().cast(), 4);
         }
     }
 }
