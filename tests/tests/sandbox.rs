@@ -309,6 +309,13 @@ fn a_long_listing_of_folders_over_served_files_is_the_recorded_one() {
         String::from_utf8_lossy(text).lines().filter(|l| !l.ends_with(" /proc")).collect::<Vec<_>>().join("\n")
     };
     assert_eq!(steady(&out.stdout), steady(&recorded.stdout), "{}\n{report}", stderr(&out));
+    // A folder made or removed inside a merged one counts at once (the replayer keeps each
+    // merged folder's count only while the folder is unchanged).
+    let changing = "stat -c %h data/one && mkdir data/one/new && stat -c %h data/one && rmdir data/one/new && \
+                    stat -c %h data/one";
+    let (out, report) = replay(&dir.join("rec"), &["--lenient"], &["sh", "-c", changing], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n4\n3\n", "{report}");
 }
 
 /// A file read only in part comes from the host in replay: where the host's copy no longer

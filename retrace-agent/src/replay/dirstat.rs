@@ -27,9 +27,35 @@ const STX_MODE: usize = 28;
 const STX_SIZE: usize = 40;
 const STX_BLOCKS: usize = 48;
 
-/// A stat-family call of thread `pid`: `None` to let the kernel answer, else its return value
-/// or errno.
-pub fn answer(pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
+/// What was worked out for a merged folder: its links (two plus its subfolders) and the host
+/// folder at its path. Kept while the folder is unchanged (same inode, same mtime and ctime:
+/// a subfolder made or removed inside changes both), since counting subfolders lists it
+/// whole (~40 µs for /etc, against ~7 µs for the rest of the answer).
+#[derive(Default)]
+pub struct DirStats {
+    merged: std::collections::HashMap<FolderVersion, (u64, Option<libc::stat>)>,
+}
+
+/// A folder as it is now: device, inode, mtime and ctime (seconds and nanoseconds).
+type FolderVersion = (u64, u64, [i64; 4]);
+
+/// Enough merged folders for any program's working set; past it the cache starts over.
+const CACHED_FOLDERS: usize = 4096;
+
+impl DirStats {
+    /// A stat-family call of thread `pid`: `None` to let the kernel answer, else its return
+    /// value or errno.
+    pub fn answer(&mut self, pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
+        answer(pid, nr, args, &mut self.merged)
+    }
+}
+
+fn answer(
+    pid: u32,
+    nr: i64,
+    args: &[u64; 6],
+    merged: &mut std::collections::HashMap<FolderVersion, (u64, Option<libc::stat>)>,
+) -> Option<Result<i64, i32>> {
     let (target, out, statx) = match nr {
         libc::SYS_fstat => (Target::Fd(args[0] as i32), args[1], None),
         libc::SYS_stat | libc::SYS_lstat => {
@@ -74,8 +100,18 @@ pub fn answer(pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
         return Some(host_status(pid, &path, out, statx));
     }
     // A merged folder (a disk's folder has at least two links: its entry and its `.`).
-    let links = 2 + subfolders(&file)?;
-    let host = host_folder(&file);
+    let version = (st.st_dev, st.st_ino, [st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec]);
+    let (links, host) = match merged.get(&version) {
+        Some(known) => *known,
+        None => {
+            let known = (2 + subfolders(&file)?, host_folder(&file));
+            if merged.len() >= CACHED_FOLDERS {
+                merged.clear();
+            }
+            merged.insert(version, known);
+            known
+        }
+    };
     match statx {
         None => {
             st.st_nlink = links;

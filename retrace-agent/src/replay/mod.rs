@@ -222,6 +222,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         random: script.random,
         library_random: script.library_random,
         folders: listing::Folders::new(script.listings),
+        dir_stats: dirstat::DirStats::default(),
         children: script.children,
         pids: sandboxed.go.pid_setter(),
         shared: shared.clone(),

@@ -95,6 +95,8 @@ pub struct Notifier {
     pub library_random: std::collections::VecDeque<Vec<u8>>,
     /// The folder listings the program read: served again.
     pub folders: super::listing::Folders,
+    /// Merged folders' links and host status, worked out once per folder version.
+    pub dir_stats: dirstat::DirStats,
     /// The processes and threads each recorded thread made, in order: made again with the
     /// same ids, where `pids` can set the sandbox's last pid before each.
     pub children: HashMap<u32, VecDeque<u32>>,
@@ -168,7 +170,7 @@ impl Notifier {
                 }
                 libc::SYS_getrandom => self.getrandom(&req),
                 libc::SYS_fstat | libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
-                    match dirstat::answer(req.pid, nr, &req.data.args) {
+                    match self.dir_stats.answer(req.pid, nr, &req.data.args) {
                         Some(Ok(n)) => Answer::Value(n),
                         Some(Err(errno)) => Answer::Error(errno),
                         None => Answer::Continue,
