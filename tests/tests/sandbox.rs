@@ -492,6 +492,30 @@ fn children_and_threads_get_their_recorded_ids() {
     assert!(threads.contains(&printed[3]), "{} is a recorded thread's id: {threads:?}", printed[3]);
 }
 
+/// The kernel's files that say the same to every process (memory, load, uptime) say in
+/// replay what they said when recorded, to `cat` and to procps's `free`, which reads
+/// /proc/meminfo again from its start; a process's own files stay live.
+#[test]
+fn the_kernels_files_say_what_they_said_when_recorded() {
+    let dir = scratch("sandbox-proc-files");
+    let script = "cat /proc/uptime /proc/loadavg && free -b && cat /proc/self/comm";
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", script]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    // Uptime moves every 10 ms, the load's last pid with every process: today's differ.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let today = std::process::Command::new("sh").args(["-c", script]).output().unwrap();
+    assert_ne!(today.stdout, recorded.stdout);
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout), "{report}");
+    let served: Vec<&str> = report["files_served"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    for file in ["/proc/uptime", "/proc/loadavg", "/proc/meminfo"] {
+        assert!(served.contains(&file), "{file}: {report}");
+    }
+    assert!(!served.iter().any(|f| f.contains("self") || f.contains("comm")), "{report}");
+}
+
 /// What the program read from /dev/urandom and /dev/random (a shell's `head -c`, Python's
 /// buffered file) it reads again, in the same order; the devices still stat as character
 /// devices; reads past the recording get fresh bytes and are counted.

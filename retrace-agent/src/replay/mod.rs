@@ -152,6 +152,9 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     let mut paths: Vec<&String> = script.files.keys().filter(|p| !live.is_match(p)).collect();
     paths.sort();
     for path in paths {
+        if path.starts_with("/proc/") {
+            continue; // the sandbox's /proc is its own (the kernel's files: below)
+        }
         match &script.files[path] {
             script::FileStart::Content(content, mtime_ns) => {
                 if rootfs.layer_file(path, content, *mtime_ns)? {
@@ -189,6 +192,12 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     for (device, bytes) in script.random_devices {
         fifos.push((rootfs.random_device(device.trim_start_matches("/dev/"))?, bytes));
     }
+    // The kernel's files the program read (memory, load, uptime) say what they said then.
+    for (path, content) in script.proc_files.iter().filter(|(path, _)| !live.is_match(path)) {
+        rootfs.proc_file(path, content)?;
+        files_served.push(path.clone());
+    }
+    files_served.sort();
     rootfs.settle_folder_times();
     let sandboxed = sandbox::spawn(&config.argv, &env, &rootfs, &stdio, recording.manifest.root_pid)?;
 

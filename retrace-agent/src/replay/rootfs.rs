@@ -72,6 +72,25 @@ const PSEUDO_FS: &[&str] = &[
 ];
 /// Trees the sandbox builds itself.
 const OWN_TREES: &[&str] = &["/proc", "/sys", "/dev"];
+/// Whether `path` is a file of the kernel's that says the same to every process (not one of
+/// a process's own, under `/proc/PID`, `/proc/self` or a link into them such as
+/// `/proc/net`): one the sandbox can show with its recorded content. The file the sandbox's
+/// init sets pids through stays the kernel's.
+pub fn is_system_proc_file(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/proc/") else { return false };
+    let first = rest.split('/').next().unwrap_or_default();
+    if first.is_empty()
+        || first.bytes().all(|b| b.is_ascii_digit())
+        || ["self", "thread-self"].contains(&first)
+        || rest.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        || path == "/proc/sys/kernel/ns_last_pid"
+    {
+        return false;
+    }
+    std::fs::canonicalize(path).is_ok_and(|p| p == Path::new(path))
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
 /// The sandbox's /dev/shm: a scratch folder, empty at the start.
 const SHM: &str = "/dev/shm";
 
@@ -99,6 +118,9 @@ pub struct RootFs {
     folders: Vec<(PathBuf, PathBuf)>,
     /// Devices of the private /dev that are FIFOs in the scratch (`random_device`), by name.
     pub fifo_devices: Vec<String>,
+    /// Files of the sandbox's /proc shown with their recorded content (`proc_file`): the
+    /// scratch name of each and the path it is bound over.
+    pub proc_files: Vec<(String, String)>,
 }
 
 /// What the program changed, from the upper layers.
@@ -139,6 +161,7 @@ impl RootFs {
             hidden: Vec::new(),
             folders: Vec::new(),
             fifo_devices: Vec::new(),
+            proc_files: Vec::new(),
         };
         for dir in ["root", "upper", "work", "lower", "shm"] {
             root.mkdir(&root.scratch_path(dir), 0o755)?;
@@ -177,6 +200,19 @@ impl RootFs {
         self.fifo_devices.push(name.to_owned());
         // SAFETY: a fresh fd we own.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// A file of the kernel's that the program read whole when recorded (`/proc/meminfo`,
+    /// `/proc/loadavg`, `/proc/sys/vm/overcommit_memory`): staged with that content, read-only
+    /// and owned by the sandbox's root, for the sandbox to bind over its own /proc's file.
+    pub fn proc_file(&mut self, path: &str, content: &[u8]) -> Result<(), ReplayError> {
+        let name = format!("proc-{}", self.proc_files.len());
+        let staged = self.scratch_path(&name);
+        std::fs::write(&staged, content).map_err(|e| sandbox_err("cannot stage a /proc file", e))?;
+        self.chmod(&staged, 0o444)?;
+        std::os::unix::fs::chown(&staged, Some(ID_BASE), Some(ID_BASE)).map_err(|e| sandbox_err("scratch owner", e))?;
+        self.proc_files.push((name, path.to_owned()));
+        Ok(())
     }
 
     /// A path inside the scratch tmpfs, as this process reaches it.

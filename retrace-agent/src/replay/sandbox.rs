@@ -115,6 +115,8 @@ struct MountPlan {
     shm: CString,
     sys: CString,
     proc: CString,
+    /// (staged file, the /proc file it is bound over)
+    proc_files: Vec<(CString, CString)>,
     cwd: CString,
 }
 
@@ -154,6 +156,11 @@ impl MountPlan {
             shm: c(format!("{root}/dev/shm")),
             sys: c(format!("{root}/sys")),
             proc: c(format!("{root}/proc")),
+            proc_files: rootfs
+                .proc_files
+                .iter()
+                .map(|(name, path)| (c(format!("{STAGE}/{name}")), c(format!("{root}{path}"))))
+                .collect(),
             cwd: c(std::env::current_dir().map(|d| d.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into())),
             root: c(root),
         }
@@ -383,6 +390,11 @@ pub fn spawn(
             ) != 0
             {
                 fail(7);
+            }
+            // The kernel's files the program read whole when recorded show that content (a
+            // file this kernel lacks is left out).
+            for (staged, target) in &plan.proc_files {
+                libc::mount(staged.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
             }
             // The overlay becomes the root; the host's tree is gone from this namespace.
             if libc::chdir(plan.root.as_ptr()) != 0

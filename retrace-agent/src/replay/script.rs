@@ -127,6 +127,9 @@ pub struct Script {
     /// What the program read from each random device (/dev/urandom, /dev/random), in the
     /// order it read it.
     pub random_devices: Vec<(String, Vec<u8>)>,
+    /// Files of the kernel's (`/proc/meminfo`) the program read from their start, with what
+    /// the first open of each read: shown in the sandbox's /proc (see `proc_files`).
+    pub proc_files: Vec<(String, Vec<u8>)>,
     /// The processes and threads each thread made, by its recorded id, in order.
     pub children: HashMap<u32, std::collections::VecDeque<u32>>,
 }
@@ -238,6 +241,7 @@ impl Script {
         folders.sort_by_key(|f| f.0);
         script.listings = Listings::build(folders.into_iter().map(|(_, path, reads)| (path, reads)).collect());
         script.random_devices = random_devices(&infos, &data, &gapped);
+        script.proc_files = proc_files(&infos, &data, &gapped);
         let root = recording.manifest.root_pid;
         for info in infos.values() {
             let standard = info.origin == "inherited" && info.pid == root && (info.fd == 1 || info.fd == 2);
@@ -440,6 +444,60 @@ impl Script {
 /// config that is still there then replays as the program read it, a secret in a string or
 /// an expression included, while the recording never held it. False where the host has no
 /// such file (another machine, a changed file): the placeholders stay.
+/// What the program read of each of the kernel's files that say the same to every process
+/// (`rootfs::is_system_proc_file`): of its first open that read from the start, the bytes read
+/// in one pass from offset 0 (a reader that seeks back to the start to read again, as procps
+/// does, sees them again). Opens that lost bytes or had secrets redacted are passed over.
+fn proc_files(
+    infos: &HashMap<u64, proto::StreamInfo>,
+    data: &HashMap<u64, Vec<(u64, usize, proto::Data)>>,
+    gapped: &std::collections::HashSet<u64>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut opens: Vec<&proto::StreamInfo> = infos
+        .values()
+        .filter(|i| i.kind() == StreamKind::File && i.path.starts_with("/proc/") && !gapped.contains(&i.id))
+        .filter(|i| super::rootfs::is_system_proc_file(&i.path))
+        .collect();
+    opens.sort_by_key(|i| i.id);
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for info in opens {
+        if files.iter().any(|(path, _)| *path == info.path) {
+            continue;
+        }
+        let mut reads: Vec<&(u64, usize, proto::Data)> =
+            data.get(&info.id).into_iter().flatten().filter(|c| c.2.direction() == Direction::In).collect();
+        reads.sort_by_key(|c| (c.0, c.1));
+        if reads.first().is_none_or(|c| c.2.offset != 0) || reads.iter().any(|c| !c.2.redactions.is_empty()) {
+            continue;
+        }
+        files.push((info.path.clone(), longest_pass(reads.iter().map(|c| &c.2))));
+    }
+    files
+}
+
+/// Of reads that go over a file from its start, perhaps more than once (procps reads
+/// /proc/stat again with a larger buffer when the first did not hold it all), the bytes of
+/// the longest pass: a pass ends where a read does not start where the last one ended.
+fn longest_pass<'a>(reads: impl Iterator<Item = &'a proto::Data>) -> Vec<u8> {
+    let (mut longest, mut pass): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+    for d in reads {
+        if d.offset != pass.len() as u64 {
+            if pass.len() > longest.len() {
+                longest = std::mem::take(&mut pass);
+            }
+            pass.clear();
+            if d.offset != 0 {
+                continue;
+            }
+        }
+        pass.extend_from_slice(&d.payload);
+    }
+    if pass.len() > longest.len() {
+        longest = pass;
+    }
+    longest
+}
+
 /// The random devices whose reads replay serves from the recording.
 pub const RANDOM_DEVICES: &[&str] = &["/dev/urandom", "/dev/random"];
 
@@ -666,5 +724,19 @@ mod tests {
         assert_eq!(file_content(&chunks, vec![(2, 2, FileEvent::Seek(10)), (4, 4, FileEvent::Eof)]), None);
         // pread carries no position in the recording: not served.
         assert_eq!(file_content(&[read(1, "pread64", b"abc")], vec![(2, 2, FileEvent::Eof)]), None);
+    }
+
+    #[test]
+    fn a_kernel_file_read_twice_is_its_longest_pass() {
+        let at = |offset: u64, bytes: &[u8]| proto::Data { offset, ..read(0, "read", bytes).2 };
+        // procps: a buffer too small, then the whole file from the start.
+        let reads = [at(0, b"cpu  1 2"), at(0, b"cpu  1 2 3\nintr 5\n")];
+        assert_eq!(longest_pass(reads.iter()), b"cpu  1 2 3\nintr 5\n");
+        // Two pieces, then a second pass as long: the first.
+        let reads = [at(0, b"MemTotal: "), at(10, b"100\n"), at(0, b"MemTotal: 999\n")];
+        assert_eq!(longest_pass(reads.iter()), b"MemTotal: 100\n");
+        // A read from elsewhere ends a pass and is not one.
+        let reads = [at(0, b"ab"), at(7, b"zzzzzzzz")];
+        assert_eq!(longest_pass(reads.iter()), b"ab");
     }
 }
