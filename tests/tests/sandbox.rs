@@ -492,6 +492,27 @@ fn children_and_threads_get_their_recorded_ids() {
     assert!(threads.contains(&printed[3]), "{} is a recorded thread's id: {threads:?}", printed[3]);
 }
 
+/// A file read through a symlink (`/etc/localtime`, a `current` release link) is served at
+/// the link's target: the program reads the recorded bytes through the link, and the link
+/// is still a link (`readlink`, `ls -l`, Java's and tzlocal's time zone name).
+#[test]
+fn a_file_read_through_a_symlink_is_served_and_the_link_stays() {
+    let dir = scratch("sandbox-symlink-served");
+    std::fs::create_dir_all(dir.join("releases")).unwrap();
+    std::fs::write(dir.join("releases/v1.txt"), "version one\n").unwrap();
+    std::os::unix::fs::symlink("releases/v1.txt", dir.join("current")).unwrap();
+    let script = "cat current && readlink current && stat -c '%F %s' current releases/v1.txt";
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", script]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    assert!(String::from_utf8_lossy(&recorded.stdout).starts_with("version one\nreleases/v1.txt\nsymbolic link"));
+    // The target changes on the host (same length, so only the bytes say which was served).
+    std::fs::write(dir.join("releases/v1.txt"), "version ONE\n").unwrap();
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout), "{report}");
+}
+
 /// The kernel's files that say the same to every process (memory, load, uptime) say in
 /// replay what they said when recorded, to `cat` and to procps's `free`, which reads
 /// /proc/meminfo again from its start; a process's own files stay live.

@@ -255,7 +255,7 @@ impl RootFs {
     /// their answers (Last-Modified, ETag). False if the path cannot be layered (a tree the
     /// sandbox makes itself, or a folder that is a file today).
     pub fn layer_file(&mut self, path: &str, content: &[u8], mtime_ns: Option<i64>) -> Result<bool, ReplayError> {
-        let path = resolve_folders(path);
+        let path = follow_links(&resolve_folders(path));
         if Path::new(&path).is_dir() {
             return Ok(false);
         }
@@ -426,6 +426,42 @@ fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     } else {
         rest.strip_prefix('/')
     }
+}
+
+/// Where a symlink at `path` leads (through every link in turn, as an open would), so that a
+/// file read through a link (`/etc/localtime`) is layered in at its target and the link
+/// stays a link (`readlink` names the time zone). `path` itself if it is no link.
+fn follow_links(path: &str) -> String {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return path.to_owned();
+    }
+    if let Ok(target) = std::fs::canonicalize(path) {
+        return target.to_string_lossy().into_owned();
+    }
+    // A link to nothing (yet): its target, followed by hand.
+    let mut path = path.to_owned();
+    // As the kernel, give up on a loop after 40 links.
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&path) else { break };
+        let parent = Path::new(&path).parent().unwrap_or(Path::new("/"));
+        path = resolve_folders(&normalize(&parent.join(target)));
+    }
+    path
+}
+
+/// `path` without `.` and `..` components (lexically: its folders' links are resolved after).
+fn normalize(path: &Path) -> String {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(name) => out.push(name),
+            _ => {}
+        }
+    }
+    out.to_string_lossy().into_owned()
 }
 
 /// The path with every folder's symlinks resolved (the last component kept as it is).
