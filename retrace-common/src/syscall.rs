@@ -116,6 +116,8 @@ syscalls! {
     Link = 79 => "link", None;
     Linkat = 80 => "linkat", None;
     Getrandom = 81 => "getrandom", None;
+    // The system's uptime, load and memory (`struct sysinfo`, 112 bytes), as the call returned it.
+    Sysinfo = 83 => "sysinfo", None;
     // Not a syscall: OpenSSL's RAND_bytes, RAND_priv_bytes and their _ex forms (uprobes).
     OpensslRand = 82 => "RAND_bytes", None;
     // Not syscalls: the plaintext of TLS libraries' calls (uprobes). Their records name the

@@ -14,6 +14,7 @@ mod recv;
 mod send;
 mod socket;
 mod stat;
+mod sysinfo;
 mod task;
 pub mod tls;
 mod transfer;

@@ -515,17 +515,26 @@ fn a_file_read_through_a_symlink_is_served_and_the_link_stays() {
 
 /// The kernel's files that say the same to every process (memory, load, uptime) say in
 /// replay what they said when recorded, to `cat` and to procps's `free`, which reads
-/// /proc/meminfo again from its start; a process's own files stay live.
+/// /proc/meminfo again from its start, and so does sysinfo(2) (glibc's getloadavg); a
+/// process's own files stay live.
 #[test]
 fn the_kernels_files_say_what_they_said_when_recorded() {
     let dir = scratch("sandbox-proc-files");
-    let script = "cat /proc/uptime /proc/loadavg && free -b && cat /proc/self/comm";
+    let sysinfo =
+        "import ctypes; b = ctypes.create_string_buffer(112); ctypes.CDLL(None).sysinfo(b); print(b.raw.hex())";
+    let script = format!(
+        "cat /proc/uptime /proc/loadavg && free -b && cat /proc/self/comm && {} -c '{sysinfo}'",
+        retrace_tests::python()
+    );
+    let script = script.as_str();
     let recorded =
         retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", script]).output().unwrap();
     assert!(recorded.status.success(), "{}", stderr(&recorded));
-    // Uptime moves every 10 ms, the load's last pid with every process: today's differ.
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Uptime moves every 10 ms in /proc/uptime and every second in sysinfo's: today's differ.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let today = std::process::Command::new("sh").args(["-c", script]).output().unwrap();
+    let last_line = |out: &[u8]| String::from_utf8_lossy(out).lines().last().unwrap_or_default().to_owned();
+    assert_ne!(last_line(&today.stdout), last_line(&recorded.stdout));
     assert_ne!(today.stdout, recorded.stdout);
     let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", script], &dir);
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
@@ -534,7 +543,10 @@ fn the_kernels_files_say_what_they_said_when_recorded() {
     for file in ["/proc/uptime", "/proc/loadavg", "/proc/meminfo"] {
         assert!(served.contains(&file), "{file}: {report}");
     }
-    assert!(!served.iter().any(|f| f.contains("self") || f.contains("comm")), "{report}");
+    let own = |f: &&str| {
+        f.starts_with("/proc/self") || f.strip_prefix("/proc/").is_some_and(|r| r.starts_with(char::is_numeric))
+    };
+    assert!(!served.iter().any(own), "{report}");
 }
 
 /// What the program read from /dev/urandom and /dev/random (a shell's `head -c`, Python's

@@ -527,6 +527,7 @@ fn syscall_nr(name: &str) -> Option<u32> {
         "link" => 86,
         "linkat" => 265,
         "getrandom" => 318,
+        "sysinfo" => 99,
         "getdents64" => 217,
         _ => return None,
     })

@@ -229,6 +229,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         inbound: script.inbound,
         inbound_order: script.inbound_order,
         random: script.random,
+        sysinfo: script.sysinfo,
         library_random: script.library_random,
         folders: listing::Folders::new(script.listings),
         dir_stats: dirstat::DirStats::default(),

@@ -91,6 +91,8 @@ pub struct Notifier {
     pub inbound_order: Vec<super::script::OrderEvent>,
     /// What getrandom returned, in order: returned again.
     pub random: std::collections::VecDeque<Vec<u8>>,
+    /// What sysinfo returned, in order: returned again.
+    pub sysinfo: std::collections::VecDeque<Vec<u8>>,
     /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim.
     pub library_random: std::collections::VecDeque<Vec<u8>>,
     /// The folder listings the program read: served again.
@@ -169,6 +171,7 @@ impl Notifier {
                     }
                 }
                 libc::SYS_getrandom => self.getrandom(&req),
+                libc::SYS_sysinfo => self.sysinfo(&req),
                 libc::SYS_fstat | libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
                     match self.dir_stats.answer(req.pid, nr, &req.data.args) {
                         Some(Ok(n)) => Answer::Value(n),
@@ -324,6 +327,16 @@ impl Notifier {
                 self.shared.report.lock().expect("report").random_reads += 1;
                 Answer::Value(n as i64)
             }
+            Err(errno) => Answer::Error(errno),
+        }
+    }
+
+    /// The system's uptime, load and memory as the recorded call saw them, in order; the
+    /// kernel's once those are used up.
+    fn sysinfo(&mut self, req: &Notif) -> Answer {
+        let Some(recorded) = self.sysinfo.pop_front() else { return Answer::Continue };
+        match clock::write_to(req.pid, req.data.args[0], &recorded) {
+            Ok(()) => Answer::Value(0),
             Err(errno) => Answer::Error(errno),
         }
     }

@@ -120,6 +120,8 @@ pub struct Script {
     pub started_ns: Option<u64>,
     /// What getrandom returned, in order.
     pub random: std::collections::VecDeque<Vec<u8>>,
+    /// What sysinfo returned (uptime, load, memory), in order.
+    pub sysinfo: std::collections::VecDeque<Vec<u8>>,
     /// What OpenSSL's RAND_bytes (and its kin) returned, in order.
     pub library_random: std::collections::VecDeque<Vec<u8>>,
     /// The folder listings the program read (getdents64), by path.
@@ -156,6 +158,7 @@ impl Script {
         let mut first_exec = None;
         let mut random = std::collections::VecDeque::new();
         let mut library_random = std::collections::VecDeque::new();
+        let mut sysinfo = std::collections::VecDeque::new();
         // mkdir (one path), rename and link (old, new), in order.
         let mut names: Vec<(bool, Vec<String>)> = Vec::new();
         // Where each stream's record came, among syscalls and data.
@@ -188,7 +191,11 @@ impl Script {
                     if let (Some(event), true) = (event, call.stream_id != 0) {
                         positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
                     }
-                    if call.ret > 0 && !call.random.is_empty() {
+                    if call.name == Sys::Sysinfo.name() {
+                        if call.ret == 0 && !call.random.is_empty() {
+                            sysinfo.push_back(call.random.clone());
+                        }
+                    } else if call.ret > 0 && !call.random.is_empty() {
                         if call.name == Sys::OpensslRand.name() {
                             library_random.push_back(call.random.clone());
                         } else {
@@ -225,6 +232,7 @@ impl Script {
             started_ns: first_exec,
             random,
             library_random,
+            sysinfo,
             children,
             ..Default::default()
         };

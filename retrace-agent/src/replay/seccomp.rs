@@ -32,6 +32,7 @@ const NOTIFIED: &[i64] = &[
     libc::SYS_arch_prctl,
     libc::SYS_set_tid_address,
     libc::SYS_getrandom,
+    libc::SYS_sysinfo,
     libc::SYS_getdents64,
     libc::SYS_clone,
     libc::SYS_clone3,

@@ -211,6 +211,7 @@ impl Tracker {
                 Sys::Getrandom | Sys::OpensslRand if self.record_random => {
                     random = aux[..aux.len().min(ret as usize)].to_vec()
                 }
+                Sys::Sysinfo if ret == 0 => random = aux.to_vec(),
                 Sys::Mkdir | Sys::Mkdirat | Sys::Rename | Sys::Renameat | Sys::Renameat2 | Sys::Link | Sys::Linkat => {
                     named = self.named_paths(tgid, sys, args, aux, ts, out);
                     detail = named.join(" -> ");
@@ -287,6 +288,7 @@ impl Tracker {
                 && sys.direction().is_none()
                 && sys != Sys::Getrandom
                 && sys != Sys::OpensslRand
+                && sys != Sys::Sysinfo
             {
                 text(aux)
             } else {
