@@ -445,7 +445,7 @@ pub fn spawn(
             // The init (pid 1) forks the program (with its recorded pid where it can), sets
             // the last pid for the replayer (its children's recorded pids), reaps orphans, and
             // ends with it. SIGCHLD comes through a signalfd, blocked meanwhile.
-            let last_pid_file = libc::open(c"/proc/sys/kernel/ns_last_pid".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            let last_pid_file = libc::open(c"/proc/sys/kernel/ns_last_pid".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
             if let Some(last) = &last_pid {
                 libc::pwrite(last_pid_file, last.as_ptr().cast(), last.len(), 0);
             }
@@ -520,6 +520,8 @@ unsafe fn wait_status(pid: libc::pid_t) -> i32 {
 /// with the same 4) and waits for `pid`, reaping any other child meanwhile (orphans of a pid
 /// namespace's init); returns its exit status, or 128+N if killed by signal N.
 unsafe fn serve_until_exit(pid: libc::pid_t, children: RawFd, replayer: RawFd, last_pid_file: RawFd) -> i32 {
+    // The last pid most recently set for the replayer.
+    let mut unconsumed: Option<u32> = None;
     let mut fds = [
         libc::pollfd { fd: children, events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: replayer, events: libc::POLLIN, revents: 0 },
@@ -551,10 +553,38 @@ unsafe fn serve_until_exit(pid: libc::pid_t, children: RawFd, replayer: RawFd, l
                 fds[1].fd = -1; // the replayer is gone: only wait
                 continue;
             }
-            let text = format_u32(u32::from_ne_bytes(last));
+            // Two threads that clone at once: the first one's task must be made (the last pid
+            // moves past what was set for it) before the last pid is set for the second.
+            if let Some(set) = unconsumed {
+                wait_until_taken(last_pid_file, set);
+            }
+            let value = u32::from_ne_bytes(last);
+            let text = format_u32(value);
             libc::pwrite(last_pid_file, text.0.as_ptr().cast(), text.1, 0);
+            unconsumed = Some(value);
             libc::write(replayer, last.as_ptr().cast(), 4);
         }
+    }
+}
+
+/// Waits (up to 20 ms: a clone can fail and take no pid) until the namespace's last pid is no
+/// longer `set`, that is until the task it was set for has been made. Raw syscalls only.
+unsafe fn wait_until_taken(last_pid_file: RawFd, set: u32) {
+    for _ in 0..20 {
+        let mut text = [0u8; 16];
+        let n = libc::pread(last_pid_file, text.as_mut_ptr().cast(), text.len(), 0);
+        if n <= 0 {
+            return;
+        }
+        let now = text[..n as usize]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .fold(0u32, |v, b| v.wrapping_mul(10).wrapping_add(u32::from(b - b'0')));
+        if now != set {
+            return;
+        }
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        libc::nanosleep(&pause, std::ptr::null_mut());
     }
 }
 
