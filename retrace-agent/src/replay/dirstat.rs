@@ -46,110 +46,111 @@ impl DirStats {
     /// A stat-family call of thread `pid`: `None` to let the kernel answer, else its return
     /// value or errno.
     pub fn answer(&mut self, pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
-        answer(pid, nr, args, &mut self.merged)
-    }
-}
-
-fn answer(
-    pid: u32,
-    nr: i64,
-    args: &[u64; 6],
-    merged: &mut std::collections::HashMap<FolderVersion, (u64, Option<libc::stat>)>,
-) -> Option<Result<i64, i32>> {
-    let (target, out, statx) = match nr {
-        libc::SYS_fstat => (Target::Fd(args[0] as i32), args[1], None),
-        libc::SYS_stat | libc::SYS_lstat => {
-            let path = read_path(pid, args[0])?;
-            (Target::Path { dirfd: libc::AT_FDCWD, path, follow: nr == libc::SYS_stat }, args[1], None)
-        }
-        libc::SYS_newfstatat | libc::SYS_statx => {
-            let (flags, out) = if nr == libc::SYS_newfstatat { (args[3], args[2]) } else { (args[2], args[4]) };
-            let path = read_path(pid, args[1])?;
-            let target = if path.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 {
-                Target::Fd(args[0] as i32)
-            } else {
-                let follow = flags & libc::AT_SYMLINK_NOFOLLOW as u64 == 0;
-                Target::Path { dirfd: args[0] as i32, path, follow }
-            };
-            (target, out, (nr == libc::SYS_statx).then_some((flags as i32, args[3] as u32)))
-        }
-        _ => return None,
-    };
-    let file = target.open(pid)?;
-    // SAFETY: fstat of our own fd into a zeroed struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
-        return None;
-    }
-    match st.st_mode & libc::S_IFMT {
-        libc::S_IFDIR => {}
-        // A random device the replayer plays is a FIFO: it shows the host's device.
-        libc::S_IFIFO => {
-            let path = fd_path(&file)?;
-            return RANDOM_DEVICES.contains(&path.as_str()).then(|| host_status(pid, &path, out, statx));
-        }
-        _ => return None,
-    }
-    if st.st_nlink != 1 {
-        // The root of a tree the sandbox makes itself (its own /proc, /sys, /dev) shows the
-        // host's, as the recording saw it, not a fresh mount's owner and times.
-        let path = (st.st_ino <= 2).then(|| fd_path(&file)).flatten()?;
-        if !OWN_ROOTS.contains(&path.as_str()) {
+        let (target, out, statx) = match nr {
+            libc::SYS_fstat => (Target::Fd(args[0] as i32), args[1], None),
+            libc::SYS_stat | libc::SYS_lstat => {
+                let path = read_path(pid, args[0])?;
+                (Target::Path { dirfd: libc::AT_FDCWD, path, follow: nr == libc::SYS_stat }, args[1], None)
+            }
+            libc::SYS_newfstatat | libc::SYS_statx => {
+                let (flags, out) = if nr == libc::SYS_newfstatat { (args[3], args[2]) } else { (args[2], args[4]) };
+                let path = read_path(pid, args[1])?;
+                let target = if path.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 {
+                    Target::Fd(args[0] as i32)
+                } else {
+                    let follow = flags & libc::AT_SYMLINK_NOFOLLOW as u64 == 0;
+                    Target::Path { dirfd: args[0] as i32, path, follow }
+                };
+                (target, out, (nr == libc::SYS_statx).then_some((flags as i32, args[3] as u32)))
+            }
+            _ => return None,
+        };
+        let file = target.open(pid)?;
+        // SAFETY: fstat of our own fd into a zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
             return None;
         }
-        return Some(host_status(pid, &path, out, statx));
-    }
-    // A merged folder (a disk's folder has at least two links: its entry and its `.`).
-    let version = (st.st_dev, st.st_ino, [st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec]);
-    let (links, host) = match merged.get(&version) {
-        Some(known) => *known,
-        None => {
-            let known = (2 + subfolders(&file)?, host_folder(&file));
-            if merged.len() >= CACHED_FOLDERS {
-                merged.clear();
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {}
+            // A random device the replayer plays is a FIFO: it shows the host's device.
+            libc::S_IFIFO => {
+                let path = fd_path(&file)?;
+                return RANDOM_DEVICES.contains(&path.as_str()).then(|| host_status(pid, &path, out, statx));
             }
-            merged.insert(version, known);
-            known
+            _ => return None,
         }
-    };
-    match statx {
-        None => {
-            st.st_nlink = links;
-            if let Some(host) = &host {
-                (st.st_size, st.st_blocks, st.st_blksize) = (host.st_size, host.st_blocks, host.st_blksize);
-            }
-            st.st_uid = inside(st.st_uid);
-            st.st_gid = inside(st.st_gid);
-            // SAFETY: the struct's bytes, as the kernel would copy them out.
-            let bytes = unsafe {
-                std::slice::from_raw_parts((&st as *const libc::stat).cast::<u8>(), std::mem::size_of::<libc::stat>())
-            };
-            Some(super::clock::write_to(pid, out, bytes).map(|()| 0))
-        }
-        Some((flags, mask)) => {
-            let mut stx = [0u8; STATX_SIZE];
-            let sync = flags & libc::AT_STATX_SYNC_TYPE;
-            // SAFETY: statx of our own fd into a buffer of struct statx's size.
-            let done = unsafe {
-                libc::statx(file.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH | sync, mask, stx.as_mut_ptr().cast())
-            };
-            if done != 0
-                || u16::from_ne_bytes([stx[STX_MODE], stx[STX_MODE + 1]]) as u32 & libc::S_IFMT != libc::S_IFDIR
-            {
+        if st.st_nlink != 1 {
+            // The root of a tree the sandbox makes itself (its own /proc, /sys, /dev) shows the
+            // host's, as the recording saw it, not a fresh mount's owner and times.
+            let path = (st.st_ino <= 2).then(|| fd_path(&file)).flatten()?;
+            if !OWN_ROOTS.contains(&path.as_str()) {
                 return None;
             }
-            let put =
-                |stx: &mut [u8; STATX_SIZE], at: usize, bytes: &[u8]| stx[at..at + bytes.len()].copy_from_slice(bytes);
-            put(&mut stx, STX_NLINK, &(links as u32).to_ne_bytes());
-            if let Some(host) = &host {
-                put(&mut stx, STX_SIZE, &(host.st_size as u64).to_ne_bytes());
-                put(&mut stx, STX_BLOCKS, &(host.st_blocks as u64).to_ne_bytes());
+            return Some(host_status(pid, &path, out, statx));
+        }
+        // A merged folder (a disk's folder has at least two links: its entry and its `.`).
+        let version = (st.st_dev, st.st_ino, [st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec]);
+        let (links, host) = match self.merged.get(&version) {
+            Some(known) => *known,
+            None => {
+                let known = (2 + subfolders(&file)?, host_folder(&file));
+                if self.merged.len() >= CACHED_FOLDERS {
+                    self.merged.clear();
+                }
+                self.merged.insert(version, known);
+                known
             }
-            for at in [STX_UID, STX_GID] {
-                let id = u32::from_ne_bytes(stx[at..at + 4].try_into().expect("4 bytes"));
-                put(&mut stx, at, &inside(id).to_ne_bytes());
+        };
+        match statx {
+            None => {
+                st.st_nlink = links;
+                if let Some(host) = &host {
+                    (st.st_size, st.st_blocks, st.st_blksize) = (host.st_size, host.st_blocks, host.st_blksize);
+                }
+                st.st_uid = inside(st.st_uid);
+                st.st_gid = inside(st.st_gid);
+                // SAFETY: the struct's bytes, as the kernel would copy them out.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        (&st as *const libc::stat).cast::<u8>(),
+                        std::mem::size_of::<libc::stat>(),
+                    )
+                };
+                Some(super::clock::write_to(pid, out, bytes).map(|()| 0))
             }
-            Some(super::clock::write_to(pid, out, &stx).map(|()| 0))
+            Some((flags, mask)) => {
+                let mut stx = [0u8; STATX_SIZE];
+                let sync = flags & libc::AT_STATX_SYNC_TYPE;
+                // SAFETY: statx of our own fd into a buffer of struct statx's size.
+                let done = unsafe {
+                    libc::statx(
+                        file.as_raw_fd(),
+                        c"".as_ptr(),
+                        libc::AT_EMPTY_PATH | sync,
+                        mask,
+                        stx.as_mut_ptr().cast(),
+                    )
+                };
+                if done != 0
+                    || u16::from_ne_bytes([stx[STX_MODE], stx[STX_MODE + 1]]) as u32 & libc::S_IFMT != libc::S_IFDIR
+                {
+                    return None;
+                }
+                let put = |stx: &mut [u8; STATX_SIZE], at: usize, bytes: &[u8]| {
+                    stx[at..at + bytes.len()].copy_from_slice(bytes)
+                };
+                put(&mut stx, STX_NLINK, &(links as u32).to_ne_bytes());
+                if let Some(host) = &host {
+                    put(&mut stx, STX_SIZE, &(host.st_size as u64).to_ne_bytes());
+                    put(&mut stx, STX_BLOCKS, &(host.st_blocks as u64).to_ne_bytes());
+                }
+                for at in [STX_UID, STX_GID] {
+                    let id = u32::from_ne_bytes(stx[at..at + 4].try_into().expect("4 bytes"));
+                    put(&mut stx, at, &inside(id).to_ne_bytes());
+                }
+                Some(super::clock::write_to(pid, out, &stx).map(|()| 0))
+            }
         }
     }
 }

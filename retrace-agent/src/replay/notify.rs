@@ -2,8 +2,8 @@
 //! an address the recording holds gets a real TCP socket (made inside the sandbox's network
 //! namespace) whose other end plays the recorded peer; any other address is refused and
 //! reported. Clock reads, random bytes and folder listings (getdents64) are answered from the
-//! recording, and a new process or thread gets its recorded id. File contents need no answer: the sandbox's overlay serves recorded contents and
-//! keeps writes off the host.
+//! recording, and a new process or thread gets its recorded id. File contents need no answer:
+//! the sandbox's overlay serves recorded contents and keeps writes off the host.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -297,8 +297,6 @@ impl Notifier {
         }
     }
 
-    /// getrandom: the next recorded bytes (as many as asked, at most as many as recorded);
-    /// the kernel's once the recorded ones are used up.
     /// A clone, fork or vfork of thread `tid`: the task it makes gets the id the recorded one
     /// got (the sandbox's last pid set to the one before), where the recording says.
     fn new_task(&mut self, tid: u32) -> Answer {
@@ -313,6 +311,8 @@ impl Notifier {
         Answer::Continue
     }
 
+    /// getrandom: the next recorded bytes (as many as asked, at most as many as recorded);
+    /// the kernel's once the recorded ones are used up.
     fn getrandom(&mut self, req: &Notif) -> Answer {
         if req.data.args[2] as u32 == LIBRARY_RANDOM {
             return self.library_random(req);

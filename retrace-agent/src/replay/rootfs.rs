@@ -73,21 +73,16 @@ const PSEUDO_FS: &[&str] = &[
 /// Trees the sandbox builds itself.
 const OWN_TREES: &[&str] = &["/proc", "/sys", "/dev"];
 /// Whether `path` is a file of the kernel's that says the same to every process (not one of
-/// a process's own, under `/proc/PID`, `/proc/self` or a link into them such as
-/// `/proc/net`): one the sandbox can show with its recorded content. The file the sandbox's
-/// init sets pids through stays the kernel's.
+/// a process's own, under `/proc/PID`, or reached through a link into one, as `/proc/self`,
+/// `/proc/net` and `/proc/mounts` are: such a path is not its own canonical form): one the
+/// sandbox can show with its recorded content. The file the sandbox's init sets pids through
+/// stays the kernel's.
 pub fn is_system_proc_file(path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/proc/") else { return false };
     let first = rest.split('/').next().unwrap_or_default();
-    if first.is_empty()
-        || first.bytes().all(|b| b.is_ascii_digit())
-        || ["self", "thread-self"].contains(&first)
-        || rest.split('/').any(|c| c.is_empty() || c == "." || c == "..")
-        || path == "/proc/sys/kernel/ns_last_pid"
-    {
-        return false;
-    }
-    std::fs::canonicalize(path).is_ok_and(|p| p == Path::new(path))
+    !first.bytes().all(|b| b.is_ascii_digit())
+        && path != "/proc/sys/kernel/ns_last_pid"
+        && std::fs::canonicalize(path).is_ok_and(|p| p == Path::new(path))
         && std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 

@@ -201,7 +201,7 @@ pub fn spawn(
     let plan = MountPlan::new(rootfs);
     // The program gets the pid it had when recorded (logs, pid files and lock files name it):
     // the namespace's next pid is set just before the init forks it.
-    let last_pid = (recorded_pid > 2).then(|| (recorded_pid - 1).to_string());
+    let last_pid = (recorded_pid > 2).then(|| recorded_pid - 1);
     let (userns, scratch) = (rootfs.userns.as_raw_fd(), rootfs.scratch.as_raw_fd());
     let filter = seccomp::filter();
     let prog = seccomp::SockFprog { len: filter.len() as u16, filter: filter.as_ptr() };
@@ -446,8 +446,8 @@ pub fn spawn(
             // the last pid for the replayer (its children's recorded pids), reaps orphans, and
             // ends with it. SIGCHLD comes through a signalfd, blocked meanwhile.
             let last_pid_file = libc::open(c"/proc/sys/kernel/ns_last_pid".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            if let Some(last) = &last_pid {
-                libc::pwrite(last_pid_file, last.as_ptr().cast(), last.len(), 0);
+            if let Some(last) = last_pid {
+                set_last_pid(last_pid_file, last);
             }
             let mut chld: libc::sigset_t = std::mem::zeroed();
             let mut before: libc::sigset_t = std::mem::zeroed();
@@ -504,15 +504,24 @@ unsafe fn wait_status(pid: libc::pid_t) -> i32 {
         let mut status = 0;
         let r = libc::waitpid(-1, &mut status, 0);
         if r == pid {
-            if libc::WIFEXITED(status) {
-                return libc::WEXITSTATUS(status);
-            }
-            if libc::WIFSIGNALED(status) {
-                return 128 + libc::WTERMSIG(status);
+            if let Some(code) = exit_code(status) {
+                return code;
             }
         } else if r < 0 && *libc::__errno_location() != libc::EINTR {
             return 127;
         }
+    }
+}
+
+/// A wait status's exit code, or 128+N for a kill by signal N; `None` if the task still runs
+/// (stopped or continued).
+fn exit_code(status: i32) -> Option<i32> {
+    if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Some(128 + libc::WTERMSIG(status))
+    } else {
+        None
     }
 }
 
@@ -531,8 +540,11 @@ unsafe fn serve_until_exit(pid: libc::pid_t, children: RawFd, replayer: RawFd, l
         loop {
             match libc::waitpid(-1, &mut status, libc::WNOHANG) {
                 0 => break,
-                r if r == pid && libc::WIFEXITED(status) => return libc::WEXITSTATUS(status),
-                r if r == pid && libc::WIFSIGNALED(status) => return 128 + libc::WTERMSIG(status),
+                r if r == pid => {
+                    if let Some(code) = exit_code(status) {
+                        return code;
+                    }
+                }
                 r if r < 0 && *libc::__errno_location() == libc::ECHILD => return 127,
                 r if r < 0 => break,
                 _ => {}
@@ -559,8 +571,7 @@ unsafe fn serve_until_exit(pid: libc::pid_t, children: RawFd, replayer: RawFd, l
                 wait_until_taken(last_pid_file, set);
             }
             let value = u32::from_ne_bytes(last);
-            let text = format_u32(value);
-            libc::pwrite(last_pid_file, text.0.as_ptr().cast(), text.1, 0);
+            set_last_pid(last_pid_file, value);
             unconsumed = Some(value);
             libc::write(replayer, last.as_ptr().cast(), 4);
         }
@@ -586,6 +597,13 @@ unsafe fn wait_until_taken(last_pid_file: RawFd, set: u32) {
         let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
         libc::nanosleep(&pause, std::ptr::null_mut());
     }
+}
+
+/// Writes `value` into the namespace's `ns_last_pid`: the next task made there gets the pid
+/// after it.
+unsafe fn set_last_pid(last_pid_file: RawFd, value: u32) {
+    let text = format_u32(value);
+    libc::pwrite(last_pid_file, text.0.as_ptr().cast(), text.1, 0);
 }
 
 /// `n` in decimal, without allocating (the init runs after a fork of a threaded process):

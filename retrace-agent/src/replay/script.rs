@@ -447,11 +447,6 @@ impl Script {
     }
 }
 
-/// Puts the host's bytes into the spans of `content` redacted at record time, where the host's
-/// file is otherwise the same (same length, same bytes outside them): a source file or a
-/// config that is still there then replays as the program read it, a secret in a string or
-/// an expression included, while the recording never held it. False where the host has no
-/// such file (another machine, a changed file): the placeholders stay.
 /// What the program read of each of the kernel's files that say the same to every process
 /// (`rootfs::is_system_proc_file`): of its first open that read from the start, the bytes read
 /// in one pass from offset 0 (a reader that seeks back to the start to read again, as procps
@@ -463,7 +458,7 @@ fn proc_files(
 ) -> Vec<(String, Vec<u8>)> {
     let mut opens: Vec<&proto::StreamInfo> = infos
         .values()
-        .filter(|i| i.kind() == StreamKind::File && i.path.starts_with("/proc/") && !gapped.contains(&i.id))
+        .filter(|i| i.kind() == StreamKind::File && !gapped.contains(&i.id))
         .filter(|i| super::rootfs::is_system_proc_file(&i.path))
         .collect();
     opens.sort_by_key(|i| i.id);
@@ -536,6 +531,11 @@ fn random_devices(
     devices
 }
 
+/// Puts the host's bytes into the spans of `content` redacted at record time, where the host's
+/// file is otherwise the same (same length, same bytes outside them): a source file or a
+/// config that is still there then replays as the program read it, a secret in a string or
+/// an expression included, while the recording never held it. False where the host has no
+/// such file (another machine, a changed file): the placeholders stay.
 fn fill_from_host(path: &str, content: &mut [u8], spans: &[(u64, u64)]) -> bool {
     let Ok(host) = std::fs::read(path) else { return false };
     if !same_but_redacted(0, content, &host, spans) {
