@@ -147,7 +147,10 @@ pub async fn record(
     }
     let follows_root = !matches!(target, Target::Cgroup(_));
     let ring = probes.take_ring()?;
-    let pauses = if config.probes.backpressure { Some(probes.take_pauses()?) } else { None };
+    // The list of paused processes, and its guard that continues them if the agent dies:
+    // for backpressure and for processes held at exec.
+    let pauses =
+        if config.probes.backpressure || config.probes.hold_execs { Some(probes.take_pauses()?) } else { None };
     let (mut tracker, mut first) = new_tracker(&config, root, command);
     // TLS libraries of the target's own (linked into its program, loaded from elsewhere than
     // the system's folders) get the TLS probes as they appear; those in use now, at once.
@@ -156,7 +159,7 @@ pub async fn record(
     match &target {
         Target::Launch(argv) => {
             if let Some(program) = argv.first().and_then(|p| target::find_program(p)) {
-                probes.attach_tls(&program);
+                probes.attach_uprobes(&program);
             }
         }
         _ => {
@@ -198,7 +201,8 @@ pub async fn record(
             return Err(RecordError::Thread(e));
         }
     };
-    let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx, pauses));
+    let held = config.probes.hold_execs.then(|| tls_watch.clone());
+    let consumer = tokio::spawn(consumer::consume(ring, events_tx, consumer_stop_rx, pauses, held));
 
     // Whether the recorder itself sent the launched command its SIGTERM.
     let mut stopped_by_recorder = false;
@@ -214,6 +218,7 @@ pub async fn record(
             loop {
                 tokio::select! {
                     code = &mut wait => break Some(code.unwrap_or(-1)),
+                    _ = tls_watch.held() => tls_watch.drain_into(&mut probes),
                     _ = tick.tick(), if !asked => {
                         tls_watch.drain_into(&mut probes);
                         // The recording cannot continue (disk full...): stop capturing now; the
@@ -245,6 +250,7 @@ pub async fn record(
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = sleep_until(deadline) => break,
+                    _ = tls_watch.held() => tls_watch.drain_into(&mut probes),
                     _ = tick.tick() => {
                         tls_watch.drain_into(&mut probes);
                         let root_gone = follows_root && (root_exited.load(Ordering::Relaxed) || !target::is_alive(root));

@@ -78,7 +78,7 @@ impl SharedProbes {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (events_tx, mut events_rx) = mpsc::channel::<Vec<Event>>(4);
-        runtime.spawn(consumer::consume(ring, events_tx, stop_rx, None));
+        runtime.spawn(consumer::consume(ring, events_tx, stop_rx, None, None));
         let router = routes.clone();
         runtime.spawn(async move {
             while let Some(batch) = events_rx.recv().await {

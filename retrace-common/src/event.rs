@@ -136,12 +136,20 @@ pub struct TaskRecord {
     pub flags: u32,
     /// TASK_NEW: clone flags.
     pub clone_flags: u64,
+    /// TASK_EXEC: the program's key in `LOOKED_AT` (FNV-1a of up to 256 bytes of its path).
+    pub program: u64,
 }
 
 pub const TASK_GROUP_DEAD: u32 = 1;
 /// TASK_EXEC: the process was not followed; it joins the recording at this exec because it
 /// runs in a recorded cgroup.
 pub const TASK_JOINED: u32 = 2;
+/// TASK_EXEC: the process is held (stopped, listed in `PAUSED` as `PAUSED_FOR_EXEC`) until the
+/// agent has looked at its program for uprobes (statically linked TLS and random functions):
+/// their first calls come before the agent could otherwise see the exec.
+pub const TASK_HELD: u32 = 4;
+/// `PAUSED`'s value for a process held at exec (backpressure's is 1).
+pub const PAUSED_FOR_EXEC: u32 = 2;
 /// How many cgroups one probe set can record (`CGROUPS`).
 pub const MAX_CGROUPS: u32 = 1024;
 /// How many captures may have a rate cap (`RATES`).

@@ -17,19 +17,20 @@ use retrace_common::{
     config::{stat, AUX_MAX, AUX_SECOND_PATH, SOCKADDR_MAX},
     kind,
     syscall::Sys,
-    FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, FD_REOPENED, SYSCALL_DATA,
-    SYSCALL_HAS_PENDING_LOSS, SYSCALL_RATE_LIMITED, SYSCALL_RECORD_SIZE, TASK_RECORD_SIZE,
+    FdKey, Header, PendingLoss, SockTuple, SyscallRecord, TaskRecord, FD_REOPENED, PAUSED_FOR_EXEC, SYSCALL_DATA,
+    SYSCALL_HAS_PENDING_LOSS, SYSCALL_RATE_LIMITED, SYSCALL_RECORD_SIZE, TASK_HELD, TASK_RECORD_SIZE,
 };
 
 use crate::{
     call::Call,
     maps::{
-        backpressure, count, ring_size, EVENTS, PAUSED, PENDING_ANY, PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED,
-        SK_TUPLES,
+        backpressure, count, hold_execs, ring_size, EVENTS, LOOKED_AT, PAUSED, PENDING_ANY, PENDING_LOSS, SCRATCH,
+        SK_OF_CALL, SK_REPORTED, SK_TUPLES,
     },
 };
 
 const SIGSTOP: u32 = 19;
+const SIGCONT: u32 = 18;
 
 /// Room for the largest record plus its path.
 #[repr(C)]
@@ -707,15 +708,73 @@ pub fn task(
         None => 0,
     };
     let len = len & (AUX_MAX as u32 * 2 - 1);
+    let (mut flags, mut program) = (flags, 0);
+    if kind == kind::TASK_EXEC {
+        program = path_key(buf, len);
+        if hold(tgid, program) {
+            flags |= TASK_HELD;
+        }
+    }
     unsafe {
         (*rec).hdr = Header { kind, len, ts_ns, tgid, tid };
         (*rec).pid = pid;
         (*rec).flags = flags;
         (*rec).clone_flags = clone_flags;
+        (*rec).program = program;
     }
-    if len as usize > AUX_MAX || !output(buf, TASK_RECORD_SIZE as u64 + len as u64) {
+    let len = TASK_RECORD_SIZE as u64 + len as u64;
+    // A held process waits for the agent: wake it now.
+    let wakeup = if flags & TASK_HELD != 0 { BPF_RB_FORCE_WAKEUP as u64 } else { RingLevel::now().wakeup_flags(len) };
+    let sent = len as usize <= TASK_RECORD_SIZE + AUX_MAX
+        && unsafe { bpf_ringbuf_output(&EVENTS as *const _ as *mut c_void, buf.cast(), len, wakeup) } == 0;
+    if !sent {
         count(stat::TASK_RECORDS_DROPPED, 1);
+        if flags & TASK_HELD != 0 {
+            // The agent will not hear of it: let it go at once (the signal is only delivered
+            // on the way back to user space, after this program).
+            let _ = PAUSED.remove(&tgid);
+            unsafe { bpf_send_signal_thread(SIGCONT) };
+        }
     }
+}
+
+/// FNV-1a of the first (up to 256) bytes of the path after a task record in `buf`.
+#[inline(always)]
+fn path_key(buf: *mut u8, len: u32) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for i in 0..PATH_KEY_BYTES {
+        if i >= len as usize {
+            break;
+        }
+        // SAFETY: within the scratch buffer (record + 256 bytes <= its size).
+        let byte = unsafe { *buf.add(TASK_RECORD_SIZE + i) };
+        hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+const PATH_KEY_BYTES: usize = 256;
+
+/// Stops the current (exec'ing) process until the agent has looked at its program, if asked
+/// to and the agent has not seen the program yet; whether it will stop.
+#[inline(always)]
+fn hold(tgid: u32, program: u64) -> bool {
+    if !hold_execs() || unsafe { LOOKED_AT.get(&program).is_some() } {
+        return false;
+    }
+    // Key 0 is the agent's "no more pauses": it is going away.
+    if unsafe { PAUSED.get(&0).is_some() } {
+        return false;
+    }
+    // Listed before the signal, so that the agent (or its guard) can always continue it.
+    if PAUSED.insert(&tgid, &PAUSED_FOR_EXEC, 0).is_err() {
+        return false;
+    }
+    if unsafe { bpf_send_signal_thread(SIGSTOP) } != 0 {
+        let _ = PAUSED.remove(&tgid);
+        return false;
+    }
+    true
 }
 
 /// Reads an `int` the kernel wrote to user memory (accepted address length, pipe fds).

@@ -86,10 +86,25 @@ pub static RING_SIZE: u64 = 0;
 #[unsafe(no_mangle)]
 pub static BACKPRESSURE: u64 = 0;
 
-/// Processes paused by backpressure and not resumed yet (tgid -> 1): the agent sends each a
-/// SIGCONT after draining, and before it exits.
+/// Non-zero: hold a traced process at exec (SIGSTOP) until the agent has looked at its
+/// program for uprobes, unless `LOOKED_AT` has the program already. Set before load.
+#[unsafe(no_mangle)]
+pub static HOLD_EXECS: u64 = 0;
+
+/// Programs the agent has looked at for uprobes, by the hash of their path (`TaskRecord::program`).
+#[map]
+pub static LOOKED_AT: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Processes paused and not resumed yet: by backpressure (tgid -> 1), the agent sends each a
+/// SIGCONT after draining, and before it exits; held at exec (tgid -> `PAUSED_FOR_EXEC`),
+/// once it has looked at the program.
 #[map]
 pub static PAUSED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub fn hold_execs() -> bool {
+    unsafe { core::ptr::read_volatile(&HOLD_EXECS) != 0 }
+}
 
 #[inline(always)]
 pub fn backpressure() -> bool {

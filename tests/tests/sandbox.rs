@@ -6,7 +6,7 @@
 use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    process::Output,
+    process::{Command, Output},
 };
 
 use retrace_tests::{go_build, record, retrace_command, scratch};
@@ -579,6 +579,38 @@ fn random_devices_give_the_recorded_bytes_again() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), first, "{report}");
     assert_eq!(report["device_random_replayed"], 32, "{report}");
     assert_eq!(report["device_random_unreplayed"], 100_000 - 32, "{report}");
+}
+
+/// Node has OpenSSL linked in: Math.random's seed, crypto.randomUUID and randomBytes all come
+/// from its own RAND_bytes_ex, which no preloaded library can stand in for.
+const NODE_RANDOM: &str = r#"
+const crypto = require("crypto");
+console.log(Math.random(), Math.random(), crypto.randomUUID(), crypto.randomBytes(8).toString("hex"));
+"#;
+
+#[test]
+fn node_started_by_a_shell_gets_the_random_bytes_its_own_openssl_gave() {
+    let dir = scratch("sandbox-node-random");
+    std::fs::write(dir.join("random.js"), NODE_RANDOM).unwrap();
+    // Exec'd by the shell after the recording started: the kernel holds node at exec until its
+    // program has the probes, so its first calls (at startup) are recorded too.
+    let command = ["sh", "-c", "node random.js"];
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&recorded.stdout),
+        "the same Math.random, UUID and bytes\n{report}"
+    );
+    assert_eq!(report["result"], "passed", "{report}");
+    assert!(report["library_random_reads"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(report["library_random_unreplayed"], 0, "{report}");
+    // Another run of the program (not replayed) prints other values: the test can tell.
+    let again = Command::new("node").arg("random.js").current_dir(&dir).output().unwrap();
+    assert_ne!(again.stdout, recorded.stdout);
 }
 
 #[test]

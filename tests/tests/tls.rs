@@ -277,6 +277,16 @@ fn a_static_stripped_go_client_on_crypto_tls() {
     assert_bytes_eq(&out.stdout, &recorded.stdout, "the Go client's output in replay");
     assert_eq!(report["result"], "passed", "{report:#}");
     assert_eq!(report["tls_terminated"], 1, "{report:#}");
+
+    // Started by a shell, the client is exec'd after the recording started, and its one
+    // request goes out within milliseconds: the kernel holds it at exec until its program has
+    // the probes, so that request is seen.
+    let shell = dir.join("shell");
+    std::fs::create_dir_all(&shell).unwrap();
+    let server = TlsServer::start(&shell, &pattern(3000, 6));
+    let line = format!("{} {} {} 100", client.display(), ca(&server), server.url("/small"));
+    record_in(&shell, &shell, &["sh", "-c", &line]);
+    check_tls_stream(&Rec::open(&shell.join("rec")), &server, 0, "go", true);
 }
 
 /// A Go HTTPS server: echoes each request's body, and exits after answering `/quit`.

@@ -7,6 +7,7 @@ use crate::stages;
 
 use super::{
     decode::{decode, Event},
+    tls::{Candidate, Watch},
     CaptureError, Pauses,
 };
 
@@ -39,6 +40,7 @@ pub async fn consume(
     out: mpsc::Sender<Vec<Event>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     mut pauses: Option<Pauses>,
+    held: Option<Watch>,
 ) -> Result<(ConsumeStats, Option<Pauses>), CaptureError> {
     // SAFETY: the ring buffer owns its fd, which stays open until the AsyncFd is dropped.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Io { source: e.into() })?;
@@ -50,14 +52,14 @@ pub async fn consume(
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => {
-                if !drain(fd.get_mut(), &out, &mut stats).await && out.send(Vec::new()).await.is_err() {
+                if !drain(fd.get_mut(), &out, &mut stats, held.as_ref()).await && out.send(Vec::new()).await.is_err() {
                     return Ok((stats, pauses));
                 }
                 false
             }
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(|source| CaptureError::Io { source })?;
-                drain(guard.get_inner_mut(), &out, &mut stats).await;
+                drain(guard.get_inner_mut(), &out, &mut stats, held.as_ref()).await;
                 guard.clear_ready();
                 false
             }
@@ -69,7 +71,7 @@ pub async fn consume(
             pauses.resume_stopped();
         }
         if stopping || *stop.borrow() {
-            drain(fd.get_mut(), &out, &mut stats).await;
+            drain(fd.get_mut(), &out, &mut stats, held.as_ref()).await;
             return Ok((stats, pauses));
         }
     }
@@ -82,7 +84,13 @@ pub struct ConsumeStats {
 }
 
 /// Hands on everything in the ring; returns whether anything was there.
-async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stats: &mut ConsumeStats) -> bool {
+/// A process the kernel held at exec goes to `held` at once, not behind the pipeline.
+async fn drain(
+    ring: &mut RingBuf<MapData>,
+    out: &mpsc::Sender<Vec<Event>>,
+    stats: &mut ConsumeStats,
+    held: Option<&Watch>,
+) -> bool {
     let mut any = false;
     loop {
         let mut batch = Vec::with_capacity(256);
@@ -94,7 +102,14 @@ async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Event>>, stat
             stats.records += 1;
             bytes += item.len();
             match decode(&item) {
-                Ok(event) => batch.push(event),
+                Ok(event) => {
+                    if let (Event::TaskExec { rec, .. }, Some(watch)) = (&event, held) {
+                        if rec.flags & retrace_common::TASK_HELD != 0 {
+                            watch.push(Candidate::Held { tgid: rec.hdr.tgid, program: rec.program });
+                        }
+                    }
+                    batch.push(event)
+                }
                 Err(e) => {
                     stats.malformed += 1;
                     log::warn!("{e}");

@@ -33,6 +33,9 @@ pub struct ProbeConfig {
     pub max_payload: Option<u64>,
     /// Pause traced processes while the ring buffer is half full instead of dropping payload.
     pub backpressure: bool,
+    /// Stop each traced process at exec until its program has been looked at for uprobes
+    /// (`Watch` drained, `release_held`), so that its first TLS and random calls are seen.
+    pub hold_execs: bool,
 }
 
 /// The loaded and attached programs.
@@ -42,8 +45,13 @@ pub struct Probes {
     _exits: ProgramArray<MapData>,
     links: Vec<Link>,
     traced: TracedBits,
-    /// Files looked at for TLS functions.
-    tls_seen: super::tls::Seen,
+    /// Files looked at for TLS and random functions.
+    probed_files: super::tls::Seen,
+    /// Programs looked at, by the kernel's key (`LOOKED_AT`): their execs are not held.
+    looked_at: BpfHashMap<MapData, u64, u8>,
+    /// The kernel's list of paused processes (`PAUSED`), shared with `Pauses`: the agent's
+    /// own handle, to continue processes held at exec.
+    paused: BpfHashMap<MapData, u32, u32>,
 }
 
 /// The kernel's `TRACED` bitmap (one bit per process id), mapped into the agent so it sets
@@ -141,12 +149,14 @@ impl Probes {
         let max_payload = config.max_payload.unwrap_or(0);
         let ring_size = u64::from(config.ring_buffer_bytes);
         let backpressure = u64::from(config.backpressure);
+        let hold_execs = u64::from(config.hold_execs);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .override_global("MAX_PAYLOAD", &max_payload, true)
             .override_global("RING_SIZE", &ring_size, true)
             .override_global("BACKPRESSURE", &backpressure, true)
+            .override_global("HOLD_EXECS", &hold_execs, true)
             .load(PROGRAM)
             .map_err(|source| CaptureError::Load { source: Box::new(source) })?;
         let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
@@ -178,7 +188,6 @@ impl Probes {
             program.load().map_err(attach_err(name))?;
             links.push(Link::TracePoint(name, program.attach(category, name).map_err(attach_err(name))?));
         }
-        links.extend(attach_openssl_rand(&mut ebpf)?);
         for name in super::tls::programs() {
             uprobe_program(&mut ebpf, name)?.load().map_err(attach_err(name))?;
         }
@@ -187,32 +196,40 @@ impl Probes {
         // SAFETY: malloc_trim only returns free heap memory to the kernel.
         unsafe { libc::malloc_trim(0) };
         let traced = TracedBits::map(&ebpf)?;
-        let mut probes = Probes { ebpf, _exits: exits, links, traced, tls_seen: Default::default() };
-        for library in system_libraries(&["libssl.so", "libgnutls.so"]) {
-            probes.attach_tls(&library);
+        let looked_at =
+            BpfHashMap::try_from(ebpf.take_map("LOOKED_AT").expect("LOOKED_AT map")).map_err(CaptureError::map)?;
+        let paused = {
+            let Some(Map::HashMap(data)) = ebpf.map("PAUSED") else { panic!("the eBPF object's PAUSED is a hash map") };
+            let id = data.info().map_err(CaptureError::map)?.id();
+            let data = MapData::from_id(id).map_err(CaptureError::map)?;
+            BpfHashMap::try_from(Map::HashMap(data)).map_err(CaptureError::map)?
+        };
+        let mut probes =
+            Probes { ebpf, _exits: exits, links, traced, probed_files: Default::default(), looked_at, paused };
+        // Uprobes are set on the file (its inode): they fire in every process that maps it,
+        // now or later, and the programs keep only traced ones.
+        for library in system_libraries(&["libssl.so", "libgnutls.so", "libcrypto.so"]) {
+            probes.attach_uprobes(&library);
         }
         Ok(probes)
     }
 
-    /// Sets the TLS probes on an ELF file (a library or a program) that defines TLS functions,
-    /// once per file; returns how many functions were probed there. Best effort: a file that
+    /// Sets the uprobes on an ELF file (a library or a program) that defines TLS or OpenSSL
+    /// random functions, once per file; returns how many functions were probed there. Best effort: a file that
     /// cannot be read or probed is skipped (logged).
-    pub fn attach_tls(&mut self, path: &std::path::Path) -> usize {
-        if !self.tls_seen.first_look(path) {
+    pub fn attach_uprobes(&mut self, path: &std::path::Path) -> usize {
+        if !self.probed_files.first_look(path) {
             return 0;
         }
         let probes = super::tls::probe_points(path);
         let mut failed: Vec<&str> = Vec::new();
         for probe in &probes {
             let Ok(program) = uprobe_program(&mut self.ebpf, probe.program) else { continue };
-            let attached = match probe.location {
-                super::tls::Location::Symbol(symbol) => program.attach(symbol, path, UProbeScope::AllProcesses),
-                super::tls::Location::Offset(offset) => program.attach(offset, path, UProbeScope::AllProcesses),
-            };
+            let attached = program.attach(probe.offset, path, UProbeScope::AllProcesses);
             match attached {
                 Ok(id) => self.links.push(Link::UProbe(probe.program, id)),
                 Err(e) => {
-                    log::debug!("TLS probe {} on {} in {}: {e}", probe.program, probe.function, path.display());
+                    log::debug!("uprobe {} on {} in {}: {e}", probe.program, probe.function, path.display());
                     failed.push(probe.function);
                 }
             }
@@ -221,9 +238,38 @@ impl Probes {
         functions.dedup();
         functions.retain(|f| !failed.contains(f));
         if !functions.is_empty() {
-            log::debug!("TLS probes on {} ({})", path.display(), functions.join(", "));
+            log::debug!("uprobes on {} ({})", path.display(), functions.join(", "));
         }
         functions.len()
+    }
+
+    /// Continues a process the kernel held at exec, now that its program has been looked at
+    /// (and its later execs of the same path are not held). Its SIGSTOP was queued by the exec
+    /// itself, in the task's context, before its record was sent: this SIGCONT cannot come
+    /// first (a pending stop it finds is simply cancelled).
+    pub fn release_held(&mut self, tgid: u32, program: u64) {
+        let _ = self.looked_at.insert(program, 1, 0);
+        if self.paused.get(&tgid, 0).ok() != Some(retrace_common::PAUSED_FOR_EXEC) {
+            return; // continued already (the recording is ending)
+        }
+        let _ = self.paused.remove(&tgid);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tgid as i32), nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// Continues every process still held at exec (the recording is ending).
+    fn release_all_held(&mut self) {
+        let _ = self.paused.insert(0, 1, 0);
+        let held: Vec<u32> = self
+            .paused
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(tgid, why)| tgid != 0 && why == retrace_common::PAUSED_FOR_EXEC)
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for tgid in held {
+            let _ = self.paused.remove(&tgid);
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tgid as i32), nix::sys::signal::Signal::SIGCONT);
+        }
     }
 
     /// Plaintext lost with TLS records the ring had no room for, per session.
@@ -237,6 +283,7 @@ impl Probes {
     /// Detaches every program. A perf-event tracepoint detach waits for an RCU grace period,
     /// so those links are dropped concurrently.
     pub fn detach(&mut self) {
+        self.release_all_held();
         let mut owned = Vec::new();
         let mut uprobes = Vec::new();
         for link in self.links.drain(..) {
@@ -389,11 +436,6 @@ impl Probes {
     }
 }
 
-/// OpenSSL's public random functions (nonces, salts, IVs), and the entry program that reads
-/// each one's arguments. Not RAND_priv_bytes: what it returns becomes private keys, which a
-/// recording has no need to hold.
-const OPENSSL_RAND: [(&str, &str); 2] = [("RAND_bytes", "rand_bytes_enter"), ("RAND_bytes_ex", "rand_bytes_ex_enter")];
-
 /// Folders where the system's shared libraries are.
 const LIBRARY_DIRS: [&str; 6] =
     ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
@@ -418,28 +460,6 @@ fn system_libraries(prefixes: &[&str]) -> Vec<std::path::PathBuf> {
     }
     files.sort();
     files
-}
-
-/// Uprobes on OpenSSL's random functions in every system libcrypto (uprobes fire in every
-/// process that maps the file; the programs keep only traced ones). A library or symbol that
-/// is not there is skipped: this capture is best effort.
-fn attach_openssl_rand(ebpf: &mut Ebpf) -> Result<Vec<Link>, CaptureError> {
-    let mut links = Vec::new();
-    let libraries = system_libraries(&["libcrypto.so"]);
-    for name in ["rand_bytes_enter", "rand_bytes_ex_enter", "rand_bytes_exit"] {
-        let program = uprobe_program(ebpf, name)?;
-        program.load().map_err(attach_err(name))?;
-        for library in &libraries {
-            for (function, entry) in OPENSSL_RAND {
-                if name == "rand_bytes_exit" || name == entry {
-                    if let Ok(id) = program.attach(function, library, UProbeScope::AllProcesses) {
-                        links.push(Link::UProbe(name, id));
-                    }
-                }
-            }
-        }
-    }
-    Ok(links)
 }
 
 fn attach_err(program: &str) -> impl Fn(aya::programs::ProgramError) -> CaptureError + '_ {

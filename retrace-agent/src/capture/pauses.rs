@@ -57,7 +57,14 @@ impl Pauses {
     /// Continues every listed process whose threads have all stopped (or that is gone); the
     /// others stay listed for the next call. Returns how many are still listed.
     pub fn resume_stopped(&mut self) -> usize {
-        let listed: Vec<u32> = self.map.keys().filter_map(Result::ok).filter(|&tgid| tgid != NO_MORE_PAUSES).collect();
+        // Processes held at exec are the probes' owner's to continue (`Probes::release_held`).
+        let listed: Vec<u32> = self
+            .map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(tgid, why)| tgid != NO_MORE_PAUSES && why != retrace_common::PAUSED_FOR_EXEC)
+            .map(|(tgid, _)| tgid)
+            .collect();
         let mut waiting = 0;
         for tgid in listed {
             if !all_threads_stopped(tgid) {

@@ -27,6 +27,16 @@ pub const TLS_FUNCTIONS: [(&str, &str); 6] = [
 
 pub const TLS_EXIT: &str = "tls_exit";
 
+/// OpenSSL's public random functions (nonces, salts, IVs, and in node the seeds of
+/// `Math.random`), and the entry program that reads each one's arguments; they share the
+/// return program `rand_bytes_exit`. Not RAND_priv_bytes: what it returns becomes private
+/// keys, which a recording has no need to hold. Probed where they are defined, like the TLS
+/// functions: the system's libcrypto and a copy linked into a program (node).
+pub const RAND_FUNCTIONS: [(&str, &str); 2] =
+    [("RAND_bytes", "rand_bytes_enter"), ("RAND_bytes_ex", "rand_bytes_ex_enter")];
+
+pub const RAND_EXIT: &str = "rand_bytes_exit";
+
 /// (symbol, entry program) of Go's crypto/tls functions; their RET instructions share
 /// `go_tls_return` (no uretprobes: they rewrite a return address on a stack Go may move).
 pub const GO_FUNCTIONS: [(&str, &str); 2] =
@@ -34,30 +44,26 @@ pub const GO_FUNCTIONS: [(&str, &str); 2] =
 
 pub const GO_RETURN: &str = "go_tls_return";
 
-/// Every TLS program, to load once.
+/// Every program set by `probe_points`, to load once.
 pub fn programs() -> impl Iterator<Item = &'static str> {
-    TLS_FUNCTIONS.iter().chain(&GO_FUNCTIONS).map(|(_, program)| *program).chain([TLS_EXIT, GO_RETURN])
+    TLS_FUNCTIONS
+        .iter()
+        .chain(&GO_FUNCTIONS)
+        .chain(&RAND_FUNCTIONS)
+        .map(|(_, program)| *program)
+        .chain([TLS_EXIT, GO_RETURN, RAND_EXIT])
 }
 
-/// Where in a file a probe goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Location {
-    /// A symbol, resolved by the loader (dynamic and versioned ones included).
-    Symbol(&'static str),
-    /// A file offset.
-    Offset(u64),
-}
-
-/// One uprobe to set: `program` at `location`, for `function`.
+/// One uprobe to set: `program` at file offset `offset`, for `function`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlsProbe {
     pub function: &'static str,
     pub program: &'static str,
-    pub location: Location,
+    pub offset: u64,
 }
 
-/// The TLS probes an ELF file needs: entry and return of each TLS function it defines (not
-/// those it imports).
+/// The probes an ELF file needs: entry and return of each TLS or random function it defines
+/// (not those it imports).
 pub fn probe_points(path: &Path) -> Vec<TlsProbe> {
     let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
     // SAFETY: a read-only private mapping; a file changed under it gives wrong symbols, not
@@ -66,20 +72,42 @@ pub fn probe_points(path: &Path) -> Vec<TlsProbe> {
     let Ok(elf) = object::File::parse(&*map) else { return Vec::new() };
     let mut probes = Vec::new();
     let mut go_functions: Vec<GoFunction> = Vec::new();
-    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
+    // A program that exports all of OpenSSL's functions (node) has them in its dynamic
+    // symbols: its full symbol table (node's holds 107,000) is only read where they are not.
+    let openssl: Vec<&str> = TLS_FUNCTIONS[..4].iter().chain(&RAND_FUNCTIONS).map(|(f, _)| *f).collect();
+    let mut exported: Vec<&[u8]> = elf
+        .dynamic_symbols()
+        .filter(|symbol| symbol.is_definition())
+        .filter_map(|symbol| symbol.name_bytes().ok())
+        .map(|name| name.split(|&b| b == b'@').next().unwrap_or(name))
+        .filter(|name| openssl.iter().any(|f| f.as_bytes() == *name))
+        .collect();
+    exported.sort();
+    exported.dedup();
+    let exported = exported.len() == openssl.len();
+    let symbols = elf.dynamic_symbols().chain(elf.symbols().take(if exported { 0 } else { usize::MAX }));
+    for symbol in symbols {
+        // Most symbols are rejected by their first byte, before any other look at them.
+        let Ok(name) = symbol.name_bytes() else { continue };
+        if !matches!(name.first(), Some(b'S' | b'R' | b'g' | b'c')) {
+            continue;
+        }
         if !symbol.is_definition() || symbol.kind() != object::SymbolKind::Text {
             continue;
         }
-        let Ok(name) = symbol.name() else { continue };
         // Versioned names (`SSL_read@@OPENSSL_3.0.0`) in some tables.
-        let name = name.split('@').next().unwrap_or(name);
-        if let Some((function, entry)) = TLS_FUNCTIONS.iter().find(|(f, _)| *f == name) {
+        let name = name.split(|&b| b == b'@').next().unwrap_or(name);
+        let mut entry_and_exit =
+            TLS_FUNCTIONS.iter().map(|f| (f, TLS_EXIT)).chain(RAND_FUNCTIONS.iter().map(|f| (f, RAND_EXIT)));
+        if let Some(((function, entry), exit)) = entry_and_exit.find(|((f, _), _)| f.as_bytes() == name) {
             if !probes.iter().any(|p: &TlsProbe| p.function == *function) {
-                let at = Location::Symbol(function);
-                probes.push(TlsProbe { function, program: entry, location: at });
-                probes.push(TlsProbe { function, program: TLS_EXIT, location: at });
+                // The file offset, worked out here once: by name, the loader would read the
+                // file's symbols again for each probe (~3 ms each in node).
+                let Some(offset) = file_offset(&elf, symbol.address()) else { continue };
+                probes.push(TlsProbe { function, program: entry, offset });
+                probes.push(TlsProbe { function, program: exit, offset });
             }
-        } else if let Some(function) = GO_FUNCTIONS.iter().find(|(f, _)| *f == name) {
+        } else if let Some(function) = GO_FUNCTIONS.iter().find(|(f, _)| f.as_bytes() == name) {
             go_functions.push((function, symbol.address(), symbol.size()));
         }
     }
@@ -93,17 +121,37 @@ pub fn probe_points(path: &Path) -> Vec<TlsProbe> {
         }
         match go_function(&elf, &map, address, size) {
             Ok((start, returns)) => {
-                probes.push(TlsProbe { function, program: entry, location: Location::Offset(start) });
-                probes.extend(returns.into_iter().map(|at| TlsProbe {
-                    function,
-                    program: GO_RETURN,
-                    location: Location::Offset(at),
-                }));
+                probes.push(TlsProbe { function, program: entry, offset: start });
+                probes.extend(returns.into_iter().map(|at| TlsProbe { function, program: GO_RETURN, offset: at }));
             }
             Err(why) => log::info!("no TLS plaintext from {function} in {}: {why}", path.display()),
         }
     }
     probes
+}
+
+/// The file offsets and sizes of the functions named in `names` that an ELF file defines (not
+/// those it imports), by its dynamic symbols, then its symbol table.
+pub fn defined_functions(path: &Path, names: &[&'static str]) -> Vec<(&'static str, u64, u64)> {
+    let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
+    // SAFETY: as in `probe_points`.
+    let Ok(map) = (unsafe { memmap(&file) }) else { return Vec::new() };
+    let Ok(elf) = object::File::parse(&*map) else { return Vec::new() };
+    let mut found: Vec<(&'static str, u64, u64)> = Vec::new();
+    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
+        if !symbol.is_definition() || symbol.kind() != object::SymbolKind::Text {
+            continue;
+        }
+        let Ok(name) = symbol.name_bytes() else { continue };
+        let name = name.split(|&b| b == b'@').next().unwrap_or(name);
+        let Some(&wanted) = names.iter().find(|n| n.as_bytes() == name) else { continue };
+        if !found.iter().any(|(f, _, _)| *f == wanted) {
+            if let Some(offset) = file_offset(&elf, symbol.address()) {
+                found.push((wanted, offset, symbol.size()));
+            }
+        }
+    }
+    found
 }
 
 /// The file offsets of a Go function's first instruction and of its RET instructions, found by
@@ -271,37 +319,62 @@ pub fn mapped_files(pid: u32) -> Vec<PathBuf> {
     files
 }
 
-/// A file or process the TLS probes should look at: filled by the streams thread (programs
-/// exec'd, shared objects opened by traced processes), drained by whoever owns the probes.
+/// A file or process the uprobes should look at: filled by the streams thread (programs
+/// exec'd, shared objects opened by traced processes) and the consumer (processes held at
+/// exec), drained by whoever owns the probes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Candidate {
     /// An ELF file by path (absolute).
     File(PathBuf),
     /// A process's program and mapped libraries (a relative exec path).
     Process(u32),
+    /// A process the kernel stopped at exec until its program (`LOOKED_AT` key) is looked at.
+    Held { tgid: u32, program: u64 },
 }
 
 /// The queue between the streams thread and the probes' owner.
 #[derive(Clone, Default)]
-pub struct Watch(std::sync::Arc<std::sync::Mutex<Vec<Candidate>>>);
+pub struct Watch {
+    queued: std::sync::Arc<std::sync::Mutex<Vec<Candidate>>>,
+    /// Wakes the owner at once for a held process.
+    held: std::sync::Arc<tokio::sync::Notify>,
+}
 
 impl Watch {
     pub fn push(&self, candidate: Candidate) {
-        self.0.lock().expect("tls watch").push(candidate);
+        let held = matches!(candidate, Candidate::Held { .. });
+        self.queued.lock().expect("tls watch").push(candidate);
+        if held {
+            self.held.notify_one();
+        }
     }
 
-    /// Attaches the probes to what was queued since the last call.
+    /// Returns once a held process was queued.
+    pub async fn held(&self) {
+        self.held.notified().await
+    }
+
+    /// Attaches the probes to what was queued since the last call, and continues the
+    /// processes held for it.
     pub fn drain_into(&self, probes: &mut super::Probes) {
-        let queued = std::mem::take(&mut *self.0.lock().expect("tls watch"));
+        let mut queued = std::mem::take(&mut *self.queued.lock().expect("tls watch"));
+        // Held processes first: they wait, the others' probes are late either way.
+        queued.sort_by_key(|candidate| !matches!(candidate, Candidate::Held { .. }));
         for candidate in queued {
             match candidate {
                 Candidate::File(path) => {
-                    probes.attach_tls(&path);
+                    probes.attach_uprobes(&path);
                 }
                 Candidate::Process(pid) => {
                     for path in mapped_files(pid) {
-                        probes.attach_tls(&path);
+                        probes.attach_uprobes(&path);
                     }
+                }
+                Candidate::Held { tgid, program } => {
+                    for path in mapped_files(tgid) {
+                        probes.attach_uprobes(&path);
+                    }
+                    probes.release_held(tgid, program);
                 }
             }
         }

@@ -123,6 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             ring_buffer_bytes: ring as u32,
             max_payload: args.max_payload,
             backpressure: args.backpressure,
+            hold_execs: true,
         },
         duration,
         segments: SegmentPolicy {

@@ -125,7 +125,12 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
     }
     let metrics = Arc::new(Metrics::default());
     // One probe set for every capture.
-    let probes = ProbeConfig { ring_buffer_bytes: config.ring_buffer_bytes, max_payload: None, backpressure: false };
+    let probes = ProbeConfig {
+        ring_buffer_bytes: config.ring_buffer_bytes,
+        max_payload: None,
+        backpressure: false,
+        hold_execs: false,
+    };
     let shared = Arc::new(SharedProbes::load(&probes)?);
     metrics.probe_sets.store(1, Relaxed);
     let listener = std::net::TcpListener::bind(&config.listen)
@@ -368,7 +373,12 @@ impl Pipeline {
         }
         let record_config = RecordConfig {
             output: output.clone(),
-            probes: ProbeConfig { ring_buffer_bytes: config.ring_buffer_bytes, max_payload: None, backpressure: false },
+            probes: ProbeConfig {
+                ring_buffer_bytes: config.ring_buffer_bytes,
+                max_payload: None,
+                backpressure: false,
+                hold_execs: false,
+            },
             duration: Some(duration),
             segments: SegmentPolicy { seal_threads: config.seal_threads(), ..SegmentPolicy::default() },
             recipients,

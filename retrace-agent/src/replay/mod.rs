@@ -10,6 +10,7 @@ pub mod denoise;
 mod diag;
 mod dirstat;
 pub mod http;
+mod linked_random;
 pub mod listing;
 mod matching;
 mod notify;
@@ -230,6 +231,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         inbound_order: script.inbound_order,
         random: script.random,
         sysinfo: script.sysinfo,
+        linked_random: (!script.library_random.is_empty()).then(Default::default),
         library_random: script.library_random,
         folders: listing::Folders::new(script.listings),
         dir_stats: dirstat::DirStats::default(),

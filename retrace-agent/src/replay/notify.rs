@@ -93,8 +93,11 @@ pub struct Notifier {
     pub random: std::collections::VecDeque<Vec<u8>>,
     /// What sysinfo returned, in order: returned again.
     pub sysinfo: std::collections::VecDeque<Vec<u8>>,
-    /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim.
+    /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim, and by
+    /// the programs that have OpenSSL linked in, whose functions are patched after each exec
+    /// (None: the recording holds none of it).
     pub library_random: std::collections::VecDeque<Vec<u8>>,
+    pub linked_random: Option<super::linked_random::LinkedRandom>,
     /// The folder listings the program read: served again.
     pub folders: super::listing::Folders,
     /// Merged folders' links and host status, worked out once per folder version.
@@ -202,6 +205,10 @@ impl Notifier {
                     if patch_pending.remove(&req.pid) {
                         if let Err(e) = clock::patch_vdso(req.pid) {
                             self.shared.fail(format!("cannot patch the clock of pid {}: {e}", req.pid));
+                        }
+                        if let Some(Err(e)) = self.linked_random.as_mut().map(|l| l.patch(req.pid)) {
+                            self.shared
+                                .fail(format!("cannot patch OpenSSL's random functions in pid {}: {e}", req.pid));
                         }
                     }
                     Answer::Continue
@@ -314,8 +321,10 @@ impl Notifier {
     /// getrandom: the next recorded bytes (as many as asked, at most as many as recorded);
     /// the kernel's once the recorded ones are used up.
     fn getrandom(&mut self, req: &Notif) -> Answer {
-        if req.data.args[2] as u32 == LIBRARY_RANDOM {
-            return self.library_random(req);
+        match req.data.args[2] as u32 {
+            LIBRARY_RANDOM => return self.library_random(req, false),
+            super::linked_random::LINKED_RANDOM => return self.library_random(req, true),
+            _ => {}
         }
         let Some(recorded) = self.random.pop_front() else {
             self.shared.report.lock().expect("report").random_unreplayed += 1;
@@ -341,15 +350,29 @@ impl Notifier {
         }
     }
 
-    /// The shim's ask for the next bytes OpenSSL returned: exactly as many as asked, or ENOSYS
-    /// (the shim then calls the real function).
-    fn library_random(&mut self, req: &Notif) -> Answer {
+    /// The ask for the next bytes OpenSSL returned: exactly as many as asked, or else ENOSYS
+    /// (the shim then calls the real function) or, for a patched function (`fresh`), as many
+    /// fresh ones.
+    fn library_random(&mut self, req: &Notif, fresh: bool) -> Answer {
         let wanted = req.data.args[1] as usize;
+        if wanted == 0 {
+            return Answer::Value(0);
+        }
         let next = self.library_random.front().filter(|r| r.len() >= wanted).is_some();
         let mut report = self.shared.report.lock().expect("report");
         if !next {
             report.library_random_unreplayed += 1;
-            return Answer::Error(libc::ENOSYS);
+            if !fresh {
+                return Answer::Error(libc::ENOSYS);
+            }
+            // As OpenSSL would answer: a negative `num` (sign-extended) is refused.
+            if wanted > i32::MAX as usize {
+                return Answer::Error(libc::EINVAL);
+            }
+            return match fill_fresh(req.pid, req.data.args[0], wanted) {
+                Ok(()) => Answer::Value(wanted as i64),
+                Err(errno) => Answer::Error(errno),
+            };
         }
         let recorded = self.library_random.pop_front().unwrap_or_default();
         match clock::write_to(req.pid, req.data.args[0], &recorded[..wanted]) {
@@ -406,6 +429,23 @@ impl Notifier {
 
 /// Options the program set on its socket before connecting (timeouts, buffer sizes, keepalive,
 /// TCP_NODELAY) carried over to the replacement: read from a copy of its socket.
+/// Writes `len` fresh random bytes at `addr` in `pid`'s memory, 64 KiB at a time.
+fn fill_fresh(pid: u32, addr: u64, len: usize) -> Result<(), i32> {
+    let mut chunk = [0u8; 65536];
+    let mut done = 0;
+    while done < len {
+        let n = chunk.len().min(len - done);
+        // SAFETY: getrandom writes at most `n` bytes into our buffer.
+        let got = unsafe { libc::getrandom(chunk.as_mut_ptr().cast(), n, 0) };
+        if got <= 0 {
+            return Err(libc::EIO);
+        }
+        clock::write_to(pid, addr + done as u64, &chunk[..got as usize])?;
+        done += got as usize;
+    }
+    Ok(())
+}
+
 fn copy_socket_options(pid: u32, their_fd_number: i32, ours: i32) {
     let Some(theirs) = their_fd(pid, their_fd_number) else { return };
     let theirs = theirs.as_raw_fd();
