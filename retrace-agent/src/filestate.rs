@@ -149,7 +149,12 @@ pub struct FileHistory {
 
 impl FileHistory {
     fn sorted(&self) -> impl Iterator<Item = &Event> {
-        let mut events: Vec<&(u64, usize, Event)> = self.events.iter().collect();
+        self.sorted_before(u64::MAX)
+    }
+
+    /// The events before `until` (ns), in order.
+    fn sorted_before(&self, until: u64) -> impl Iterator<Item = &Event> {
+        let mut events: Vec<&(u64, usize, Event)> = self.events.iter().filter(|e| e.0 < until).collect();
         // Redaction may hold one direction back on disk: time says what came first.
         events.sort_by_key(|e| (e.0, e.1));
         events.into_iter().map(|e| &e.2)
@@ -183,7 +188,18 @@ impl FileHistory {
     /// The file as the program found it: the bytes it read before writing over them, if they
     /// cover the file up to the end it saw.
     pub fn initial(&self) -> Initial {
-        let mut events = self.sorted().peekable();
+        self.initial_before(u64::MAX).unwrap_or(Initial::Unknown(Vec::new()))
+    }
+
+    /// The file as the program found it, from what it did before `until` (ns; a rename or
+    /// link put another file at the path then): None if it did nothing to it before.
+    pub fn initial_before(&self, until: u64) -> Option<Initial> {
+        self.sorted_before(until).next()?;
+        Some(self.initial_of(self.sorted_before(until)))
+    }
+
+    fn initial_of<'a>(&self, events: impl Iterator<Item = &'a Event>) -> Initial {
+        let mut events = events.peekable();
         let first_flags = match events.peek() {
             Some(Event::Open(flags)) => *flags,
             _ => None, // open before the recording began
@@ -386,6 +402,18 @@ mod tests {
         assert_eq!(f.content, b"AAXA\0\0\0\0bbbb");
         assert_eq!(f.holes, vec![(4, 8)]);
         assert_eq!(h.initial(), Initial::Created);
+    }
+
+    #[test]
+    fn what_follows_a_rename_onto_the_path_is_another_file() {
+        // Read in part (mapped: only its size seen), then replaced (at time 3) and read whole.
+        let h =
+            history(vec![Event::Open(Some(0)), Event::End(100), Event::Open(Some(0)), read(0, "new"), Event::End(3)]);
+        assert_eq!(h.initial_before(2), Some(Initial::Unknown(Vec::new())));
+        // Taken as one file, the new file's bytes would be the old one's.
+        assert_eq!(h.initial(), Initial::Unknown(vec![(0, b"new".to_vec())]));
+        // Not touched before the rename: nothing to say of a file there before.
+        assert_eq!(h.initial_before(0), None);
     }
 
     #[test]

@@ -46,6 +46,40 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+#[test]
+fn git_status_that_rewrites_its_index_replays() {
+    let dir = scratch("programs-git-status");
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args)
+            .current_dir(&repo))
+    };
+    git(&["init", "-q", "."]);
+    std::fs::write(repo.join("a.txt"), "one\n").unwrap();
+    git(&["add", "a.txt"]);
+    git(&["commit", "-qm", "first"]);
+    std::fs::write(repo.join("a.txt"), "two\n").unwrap();
+    git(&["add", "a.txt"]);
+    // Same content, new times: `git status` refreshes the index and writes it again, as
+    // index.lock renamed over index, after having read (mapped) the old one.
+    run(Command::new("touch").args(["-d", "+1 hour", "a.txt"]).current_dir(&repo));
+    let command = ["git", "status", "--short"];
+    let recorded = record_in(&repo, &dir, &command);
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "M  a.txt\n");
+    let streams = retrace(&["streams", dir.join("rec").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&streams.stdout).contains("index.lock"), "git wrote its index again");
+
+    // The index was there when git started: the replay shows it, not a repository without one
+    // (`D  a.txt` and `?? a.txt`).
+    let (out, report) = replay_in(&repo, &dir.join("rec"), &[], &command);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_bytes_eq(&out.stdout, &recorded.stdout, "git status in replay");
+    assert_eq!(report["files_absent"], serde_json::json!([]), "{report}");
+}
+
 /// The id of the stream that had `path` open.
 fn stream_of(rec: &Path, path: &Path) -> String {
     let out = retrace(&["streams", rec.to_str().unwrap(), "--json"]);
@@ -259,9 +293,14 @@ fn pip_downloads_and_installs_from_a_local_index_with_the_index_gone() {
     wait_for_port(port);
     let url = format!("http://127.0.0.1:{port}/simple");
     let pip = |verb: &str, target: &str| -> Vec<String> {
-        // A distribution's Python refuses installs outside a venv unless told (PEP 668).
+        // A distribution's Python refuses installs outside a venv unless told (PEP 668). pip's
+        // user agent says what `rustc --version` answers within 0.5 s, which a loaded machine
+        // decides: rustc is kept off its PATH, so the recorded and replayed runs ask alike.
+        let path = std::env::var("PATH").unwrap_or_default();
+        let path: Vec<&str> = path.split(':').filter(|dir| !Path::new(dir).join("rustc").exists()).collect();
         let mut args: Vec<String> =
             ["env", "PIP_BREAK_SYSTEM_PACKAGES=1", "PIP_ROOT_USER_ACTION=ignore"].map(String::from).to_vec();
+        args.push(format!("PATH={}", path.join(":")));
         args.extend([python().to_owned(), "-m".into(), "pip".into(), verb.into(), "-q".into()]);
         args.extend(["--disable-pip-version-check", "--index-url", &url].map(String::from));
         match verb {

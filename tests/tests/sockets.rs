@@ -238,3 +238,32 @@ fn unconnected_udp_datagrams_carry_their_peer() {
         assert_eq!(names.iter().filter(|n| *n == "recvmsg").count(), 6, "IPv{family}: {names:?}");
     }
 }
+
+/// A TCP pair in one process: the server sends, the client peeks at the head (recv and recvmsg
+/// with MSG_PEEK, as wget does with every response), then takes it all.
+const PEEKS: &str = r#"
+import socket
+server = socket.create_server(("127.0.0.1", 0))
+client = socket.create_connection(server.getsockname())
+conn, _ = server.accept()
+body = bytes(range(256)) * 40
+conn.sendall(body)
+got = b""
+while len(got) < len(body):
+    client.recv(64, socket.MSG_PEEK)
+    client.recvmsg(32, 0, socket.MSG_PEEK)
+    got += client.recv(4096)
+assert got == body
+print(client.getsockname()[1])
+"#;
+
+#[test]
+fn a_peek_records_no_bytes_and_the_receive_that_takes_them_does() {
+    let dir = scratch("socket-peek");
+    let (rec, out) = record(&dir, &[], &["python3", "-c", PEEKS]);
+    let port = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let client = rec.find("the client's socket", |s| s.kind == "tcp" && s.local == format!("127.0.0.1:{port}"));
+    let body: Vec<u8> = (0..40).flat_map(|_| 0..=255u8).collect();
+    assert_bytes_eq(&rec.bytes(client.id, Direction::In), &body, "what the client received, once");
+    assert!(rec.gaps(client.id).is_empty(), "{:?}", rec.gaps(client.id));
+}

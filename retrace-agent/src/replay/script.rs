@@ -160,7 +160,7 @@ impl Script {
         let mut library_random = std::collections::VecDeque::new();
         let mut sysinfo = std::collections::VecDeque::new();
         // mkdir (one path), rename and link (old, new), in order.
-        let mut names: Vec<(bool, Vec<String>)> = Vec::new();
+        let mut names: Vec<(bool, Vec<String>, u64)> = Vec::new();
         // Where each stream's record came, among syscalls and data.
         let mut opened: HashMap<u64, usize> = HashMap::new();
         // Folder streams' getdents64 output, by stream.
@@ -203,7 +203,7 @@ impl Script {
                         }
                     }
                     if call.ret == 0 && !call.paths.is_empty() {
-                        names.push((call.name.starts_with(b"mkdir"), call.paths.clone()));
+                        names.push((call.name.starts_with(b"mkdir"), call.paths.clone(), call.ts_ns));
                     }
                     if call.name == getdents && call.ret == 0 {
                         folder_reads.entry(call.stream_id).or_default().end(call.ts_ns, order);
@@ -380,28 +380,41 @@ impl Script {
         // the disk), or that the program created: opened new, made by mkdir, or named by a
         // rename or link of something it created (a temporary file renamed into place) that it
         // had not read before.
+        // A path a rename or link put another file at: what the program did to it after that
+        // says nothing of the file it found (git reads its index, then renames index.lock
+        // over it and reads that).
+        let mut replaced: HashMap<&str, u64> = HashMap::new();
+        for (_, paths, ts) in names.iter().filter(|(mkdir, ..)| !mkdir) {
+            if let [_, new] = paths.as_slice() {
+                let earliest = replaced.entry(new.as_str()).or_insert(*ts);
+                *earliest = (*earliest).min(*ts);
+            }
+        }
         type Start = (Initial, bool, Option<i64>, Vec<(u64, u64)>);
         let initial: HashMap<String, Start> = histories
             .into_histories()
             .filter(|(_, h)| h.placed)
-            .map(|(path, h)| {
-                let start = h.initial();
-                (path, (start, h.redacted, h.mtime_ns, h.redacted_reads))
+            .filter_map(|(path, h)| {
+                let start = h.initial_before(replaced.get(path.as_str()).copied().unwrap_or(u64::MAX))?;
+                Some((path, (start, h.redacted, h.mtime_ns, h.redacted_reads)))
             })
             .collect();
         let mut created: std::collections::HashSet<String> =
             initial.iter().filter(|(_, (i, ..))| *i == Initial::Created).map(|(p, _)| p.clone()).collect();
         let mut created_dirs: Vec<String> = Vec::new();
         let under_created = |path: &str, dirs: &[String]| dirs.iter().any(|d| path.starts_with(&format!("{d}/")));
-        for (mkdir, paths) in names {
+        for (mkdir, paths, _) in &names {
             match (mkdir, paths.as_slice()) {
                 (true, [dir]) => {
                     created_dirs.push(dir.clone());
                     created.insert(dir.clone());
                 }
+                // Named by something the program made, and not there before (opened, read).
                 (false, [old, new])
                     if (created.contains(old) || under_created(old, &created_dirs))
-                        && !initial.get(new).is_some_and(|(i, ..)| matches!(i, Initial::Content(_))) =>
+                        && !initial
+                            .get(new)
+                            .is_some_and(|(i, ..)| matches!(i, Initial::Content(_) | Initial::Unknown(_))) =>
                 {
                     created.insert(new.clone());
                 }

@@ -30,7 +30,36 @@ pub fn on_data(
     len_arg: usize,
     addr: Addr,
 ) -> u32 {
+    data_call(&Call::exit(ctx), sys, source, buf_arg, len_arg, addr)
+}
+
+const MSG_PEEK: u64 = 2;
+
+/// A receive with its flags in argument `flags_arg`: one that only peeked (MSG_PEEK) left the
+/// bytes in the socket, for the receive that takes them to record; it is recorded as a call
+/// without payload (wget peeks at every response's headers).
+#[inline(always)]
+pub fn on_receive(
+    ctx: &RawTracePointContext,
+    sys: Sys,
+    source: Source,
+    buf_arg: usize,
+    len_arg: usize,
+    addr: Addr,
+    flags_arg: usize,
+) -> u32 {
     let call = Call::exit(ctx);
+    if call.args[flags_arg] & MSG_PEEK != 0 {
+        let fd = call.args[0] as i32;
+        super::tls::note_socket(fd);
+        emit::syscall(&call, sys, Aux::None, [0, 0], None, Some(fd));
+        return 0;
+    }
+    data_call(&call, sys, source, buf_arg, len_arg, addr)
+}
+
+#[inline(always)]
+fn data_call(call: &Call, sys: Sys, source: Source, buf_arg: usize, len_arg: usize, addr: Addr) -> u32 {
     let fd = call.args[0] as i32;
     super::tls::note_socket(fd);
     let data = if call.ret > 0 {
@@ -38,13 +67,13 @@ pub fn on_data(
             Addr::None => {}
             Addr::ByValue(a, l) => {
                 if call.args[a] != 0 {
-                    emit_address_of(&call, call.args[a], call.args[l]);
+                    emit_address_of(call, call.args[a], call.args[l]);
                 }
             }
             Addr::ByPointer(a, l) => {
                 let len = emit::user_i32(call.args[l]);
                 if call.args[a] != 0 && len > 0 {
-                    emit_address_of(&call, call.args[a], len as u64);
+                    emit_address_of(call, call.args[a], len as u64);
                 }
             }
         }
@@ -56,19 +85,19 @@ pub fn on_data(
             let pieces = match source {
                 Source::Buffer => Some(Pieces::One(call.args[buf_arg])),
                 Source::Iovec => iovec_pieces(call.args[buf_arg], call.args[len_arg], kept),
-                Source::Msghdr => msghdr_pieces(&call, call.args[buf_arg], kept),
+                Source::Msghdr => msghdr_pieces(call, call.args[buf_arg], kept),
                 Source::Mmsghdr => None,
             };
             if let Some(pieces) = pieces {
-                emit::data_call(&call, sys, fd, pieces, moved, kept, rate_limited);
+                emit::data_call(call, sys, fd, pieces, moved, kept, rate_limited);
                 return 0;
             }
         }
-        Copy::run(&call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], moved, kept, rate_limited)
+        Copy::run(call, sys as u32, fd, source, call.args[buf_arg], call.args[len_arg], moved, kept, rate_limited)
     } else {
         None
     };
-    emit::syscall(&call, sys, Aux::None, [0, 0], data, Some(fd));
+    emit::syscall(call, sys, Aux::None, [0, 0], data, Some(fd));
     0
 }
 
