@@ -561,3 +561,55 @@ fn datagrams_are_answered_by_content_and_an_unrecorded_one_is_reported() {
     assert_eq!(unmatched[0]["address"], format!("udp 127.0.0.1:{port}"), "{report}");
     assert_eq!(unmatched[0]["sent"], "pang", "{report}");
 }
+
+/// A server the program runs (a unix socket and TCP on a port the kernel picks), and a child
+/// process that is its client over both.
+const OWN_SERVER: &str = r#"
+import os, socket, subprocess, sys
+path = os.path.join(sys.argv[1], "own.sock")
+if os.path.exists(path):
+    os.unlink(path)
+unix = socket.socket(socket.AF_UNIX)
+unix.bind(path)
+unix.listen()
+tcp = socket.create_server(("127.0.0.1", 0))
+client = f"""
+import socket
+u = socket.socket(socket.AF_UNIX); u.connect({path!r}); u.sendall(b"over unix"); print(u.recv(100).decode())
+t = socket.create_connection(("127.0.0.1", {tcp.getsockname()[1]})); t.sendall(b"over tcp"); print(t.recv(100).decode())
+"""
+child = subprocess.Popen([sys.executable, "-c", client])
+for server in (unix, tcp):
+    conn, _ = server.accept()
+    conn.sendall(b"echo " + conn.recv(100))
+    conn.close()
+child.wait()
+os.unlink(path)
+"#;
+
+#[test]
+fn a_program_and_its_own_client_talk_for_real_in_the_sandbox() {
+    let dir = scratch("replay-own-server");
+    let folder = dir.to_str().unwrap();
+    let command = ["python3", "-c", OWN_SERVER, folder];
+    let (_, recorded) = record(&dir, &[], &command);
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "echo over unix\necho over tcp\n");
+    // The port differs in replay: the connection is not played from the recording but made.
+    let (out, report) = replay(&dir.join("rec"), &dir.join("report.json"), &command, None);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", stderr(&out));
+    assert_bytes_eq(&out.stdout, &recorded.stdout, "the client's output in replay");
+    assert_eq!(report["result"], "passed", "{report:#}");
+    assert_eq!(report["internal_connections"], 1, "{report:#}");
+    assert_eq!(report["blocked"], serde_json::json!([]), "{report:#}");
+
+    // A socket the host listens on stays out of reach, though its path shows in the sandbox.
+    let host_socket = dir.join("host.sock");
+    let _ = std::fs::remove_file(&host_socket);
+    let _listener = std::os::unix::net::UnixListener::bind(&host_socket).unwrap();
+    let probe = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect({:?})\n    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)\n",
+        host_socket.display()
+    );
+    let (out, _) = replay(&dir.join("rec"), &dir.join("probe.json"), &["python3", "-c", &probe], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "refused 111\n", "{}", stderr(&out));
+}

@@ -11,6 +11,7 @@ mod diag;
 mod dirstat;
 pub mod http;
 mod linked_random;
+mod listening;
 pub mod listing;
 mod matching;
 mod notify;
@@ -215,6 +216,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         report.files_changed_on_host = changed_on_host.into_iter().filter(|p| !live.is_match(p)).collect();
         report.files_served = files_served;
         report.files_absent = files_absent;
+        report.internal_connections = script.internal_connections;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let feeders: Vec<random_device::Feeder> =

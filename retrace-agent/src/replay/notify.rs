@@ -19,7 +19,7 @@ use std::{
     },
 };
 
-use super::{clock, dirstat, matching::Pool, peer, report::Blocked, script::Connection, Shared};
+use super::{clock, dirstat, listening, matching::Pool, peer, report::Blocked, script::Connection, Shared};
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -267,6 +267,14 @@ impl Notifier {
         if let Some(errno) = self.failed_connects.get_mut(&address).and_then(VecDeque::pop_front) {
             return Answer::Error(errno); // it failed the same way when recorded
         }
+        if family == libc::AF_UNIX as u16 {
+            // One of the program's own sockets, bound in the sandbox: a connection inside it.
+            let path = absolute(req.pid, libc::AT_FDCWD, &address);
+            let names: Vec<&str> = [Some(address.as_str()), path.as_deref()].into_iter().flatten().collect();
+            if listening::unix(&names) {
+                return Answer::Continue;
+            }
+        }
         if family == libc::AF_UNIX as u16 && !address.starts_with('@') {
             // A socket path that does not exist in the sandbox is no way out: answer what the kernel
             // would (libc probes /var/run/nscd/socket on every user lookup, for one).
@@ -285,7 +293,12 @@ impl Notifier {
             self.shared.blocked(Blocked { syscall: "connect".into(), address, pid: req.pid });
             return Answer::Error(libc::ECONNREFUSED);
         }
-        let Some(peer) = address.parse::<SocketAddr>().ok().filter(|a| self.connections.has(a)) else {
+        let to = address.parse::<SocketAddr>().ok();
+        if to.is_some_and(|to| !self.connections.has(&to) && listening::tcp(to)) {
+            // A server the program runs in the sandbox, and its own client of it.
+            return Answer::Continue;
+        }
+        let Some(peer) = to.filter(|a| self.connections.has(a)) else {
             self.shared.blocked(Blocked { syscall: "connect".into(), address, pid: req.pid });
             return Answer::Error(libc::ECONNREFUSED);
         };

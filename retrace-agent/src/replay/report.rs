@@ -144,6 +144,9 @@ pub struct ReplayReport {
     pub tls_refused: Vec<TlsRefusal>,
     /// TLS connections the replayer terminated with the replay CA.
     pub tls_terminated: u64,
+    /// Recorded connections between two of the program's own sockets (a server it ran and its
+    /// own client): not played, made again for real inside the sandbox.
+    pub internal_connections: usize,
     /// Unix socket paths the program tried that do not exist on the host: refused with ENOENT,
     /// as the host would, and not a failure (nothing could be reached there).
     pub absent_sockets: Vec<String>,

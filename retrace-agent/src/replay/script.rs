@@ -97,6 +97,8 @@ pub struct Script {
     pub inbound: Vec<Connection>,
     /// Every read and write of the program on its inbound connections, in recorded order.
     pub inbound_order: Vec<OrderEvent>,
+    /// Connections between two of the program's own sockets: made for real in the sandbox.
+    pub internal_connections: usize,
     /// Absolute path → the file as the program found it when recorded: its content (every
     /// byte seen), or absent (the program created it).
     pub files: HashMap<String, FileStart>,
@@ -281,6 +283,9 @@ impl Script {
             }
         }
         let mut accepted = Vec::new();
+        // Both ends of each connection, (local, peer) by stream: outbound and accepted.
+        let mut outbound_ends: Vec<(u64, &str, &str)> = Vec::new();
+        let mut accepted_ends: HashMap<(&str, &str), u64> = HashMap::new();
         let mut tls_inbound: HashMap<u64, TlsSession> = HashMap::new();
         let mut datagrams: HashMap<SocketAddr, DatagramPeer> = HashMap::new();
         for id in ids {
@@ -309,9 +314,11 @@ impl Script {
                         None => (steps(chunks.iter().map(|c| (&c.2, 0))), None),
                     };
                     script.connections.push(Connection { stream_id: id, peer, steps, opens_at: 0, tls });
+                    outbound_ends.push((id, &info.local, &info.peer));
                 }
                 StreamKind::Tcp if info.origin == "accept" => {
                     let Ok(local) = info.local.parse::<SocketAddr>() else { continue };
+                    accepted_ends.insert((&info.local, &info.peer), id);
                     let at = (info.ts_ns, opened.get(&id).copied().unwrap_or(0));
                     // A TLS server's connection: the replayer is the TLS client, and plays the
                     // recorded plaintext (TLS first; a cleartext upgrade is not replayed).
@@ -448,6 +455,17 @@ impl Script {
             }
             script.files.insert(path, FileStart::Content(content, mtime_ns));
         }
+        // A connection between two of the program's own sockets (a server it ran and its own
+        // client of it): in replay both ends are in the sandbox and talk for real, so neither
+        // end is played.
+        let internal: std::collections::HashSet<u64> = outbound_ends
+            .iter()
+            .filter_map(|&(id, local, peer)| Some([id, *accepted_ends.get(&(peer, local))?]))
+            .flatten()
+            .collect();
+        script.connections.retain(|c| !internal.contains(&c.stream_id));
+        accepted.retain(|a: &Accepted| !internal.contains(&a.0));
+        script.internal_connections = internal.len() / 2;
         // Connections in the order the program opened them.
         script.connections.sort_by_key(|c| c.stream_id);
         (script.inbound, script.inbound_order) = inbound(accepted);
