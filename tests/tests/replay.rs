@@ -613,3 +613,53 @@ fn a_program_and_its_own_client_talk_for_real_in_the_sandbox() {
     let (out, _) = replay(&dir.join("rec"), &dir.join("probe.json"), &["python3", "-c", &probe], None);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "refused 111\n", "{}", stderr(&out));
 }
+
+/// A unix socket server outside the recording: answers each line with its upper case.
+const UNIX_SERVER: &str = r#"
+import os, socket, sys
+path = sys.argv[1]
+if os.path.exists(path):
+    os.unlink(path)
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen()
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    for line in conn.makefile("rb"):
+        conn.sendall(line.upper())
+    conn.close()
+"#;
+
+#[test]
+fn a_unix_socket_server_is_played_from_the_recording_once_gone() {
+    let dir = scratch("replay-unix-peer");
+    let path = dir.join("server.sock");
+    let mut server =
+        Command::new("python3").args(["-c", UNIX_SERVER]).arg(&path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut ready = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let client = format!(
+        "import socket\nfor word in ('one', 'two'):\n    s = socket.socket(socket.AF_UNIX)\n    s.connect({:?})\n    s.sendall(word.encode() + b'\\n')\n    print(s.recv(100).decode().strip())\n    s.close()\n",
+        path.display()
+    );
+    let command = ["python3", "-c", client.as_str()];
+    let (_, recorded) = record(&dir, &[], &command);
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "ONE\nTWO\n");
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&path);
+
+    let (out, report) = replay(&dir.join("rec"), &dir.join("report.json"), &command, None);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", stderr(&out));
+    assert_bytes_eq(&out.stdout, &recorded.stdout, "the client's output with the server gone");
+    let exchanges = report["exchanges"].as_array().unwrap();
+    assert_eq!(exchanges.len(), 2, "{report:#}");
+    assert!(exchanges.iter().all(|e| e["status"] == "matched" && e["peer"] == path.to_str().unwrap()), "{report:#}");
+
+    // Another question than the recorded ones is reset and reported, as over TCP.
+    let other = client.replace("'two'", "'three'");
+    let (out, report) = replay(&dir.join("rec"), &dir.join("other.json"), &["python3", "-c", &other], None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}\n{report:#}", stderr(&out));
+    assert_eq!(report["unmatched"][0]["address"], path.to_str().unwrap(), "{report:#}");
+}

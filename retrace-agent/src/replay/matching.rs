@@ -10,6 +10,8 @@ use super::script::{first_difference, Connection, Step};
 #[derive(Default)]
 pub struct Pool {
     by_peer: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
+    /// Unix socket paths, by the stand-in address their connections go by.
+    unix_paths: HashMap<SocketAddr, String>,
 }
 
 /// What is known once some of the program's first bytes are in.
@@ -34,10 +36,19 @@ pub struct Closest {
 impl Pool {
     pub fn new(connections: Vec<Connection>) -> Pool {
         let mut by_peer: HashMap<SocketAddr, Vec<Connection>> = HashMap::new();
+        let mut unix_paths = HashMap::new();
         for c in connections {
+            if let Some(path) = &c.unix_path {
+                unix_paths.insert(c.peer, path.clone());
+            }
             by_peer.entry(c.peer).or_default().push(c);
         }
-        Pool { by_peer: Mutex::new(by_peer) }
+        Pool { by_peer: Mutex::new(by_peer), unix_paths }
+    }
+
+    /// How the report names `peer`: a unix socket by its path.
+    pub fn name_of(&self, peer: &SocketAddr) -> String {
+        self.unix_paths.get(peer).cloned().unwrap_or_else(|| peer.to_string())
     }
 
     /// Whether a recorded connection to `peer` is still unclaimed.
@@ -153,6 +164,7 @@ mod tests {
         Connection {
             stream_id: id,
             peer: "127.0.0.1:80".parse().unwrap(),
+            unix_path: None,
             steps: vec![
                 Step::Send { bytes: first.as_bytes().to_vec(), wildcards: vec![] },
                 Step::Receive { bytes: b"ok".to_vec(), ts_ns: 0, gate: 0 },

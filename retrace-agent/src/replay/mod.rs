@@ -227,6 +227,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         listener: sandboxed.listener,
         child: sandboxed.pid,
         udp_addresses: script.udp_addresses,
+        unix_peers: script.unix_peers.clone(),
         connections: connections.clone(),
         failed_connects,
         inbound: script.inbound,
@@ -279,7 +280,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     for c in unplayed {
         report.exchanges.push(Exchange {
             stream_id: c.stream_id,
-            peer: c.peer.to_string(),
+            peer: c.peer_name(),
             status: "not_played".into(),
             ..Default::default()
         });

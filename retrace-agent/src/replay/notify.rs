@@ -80,6 +80,8 @@ pub struct Notifier {
     pub child: libc::pid_t,
     /// Recorded outbound connections not yet claimed, by peer.
     pub connections: Arc<Pool>,
+    /// The unix socket paths of recorded connections, and the address those go by in the pool.
+    pub unix_peers: HashMap<String, SocketAddr>,
     /// Where the program's UDP sockets connected or sent when recorded: served by
     /// `datagram` inside the sandbox.
     pub udp_addresses: std::collections::HashSet<String>,
@@ -274,6 +276,12 @@ impl Notifier {
             if listening::unix(&names) {
                 return Answer::Continue;
             }
+            // A recorded server's socket (gone now, or still the host's): played like TCP.
+            if let Some(&peer) = names.iter().find_map(|n| self.unix_peers.get(*n)) {
+                if self.connections.has(&peer) {
+                    return self.play(req, listener, peer);
+                }
+            }
         }
         if family == libc::AF_UNIX as u16 && !address.starts_with('@') {
             // A socket path that does not exist in the sandbox is no way out: answer what the kernel
@@ -302,9 +310,14 @@ impl Notifier {
             self.shared.blocked(Blocked { syscall: "connect".into(), address, pid: req.pid });
             return Answer::Error(libc::ECONNREFUSED);
         };
+        self.play(req, listener, peer)
+    }
+
+    /// Puts a socket to the replayer in place of the program's, and plays the recorded
+    /// connection to `peer` that the program's first bytes pick over it.
+    fn play(&self, req: &Notif, listener: &TcpListener, peer: SocketAddr) -> Answer {
         match self.hand_socket(req, listener) {
             Ok(server_side) => {
-                // Which recorded connection this is, the program's first bytes say.
                 let (pool, shared) = (self.connections.clone(), self.shared.clone());
                 let handle = std::thread::spawn(move || peer::play_matched(pool, peer, server_side, shared));
                 self.shared.peers.lock().expect("peers").push(handle);
@@ -440,8 +453,6 @@ impl Notifier {
     }
 }
 
-/// Options the program set on its socket before connecting (timeouts, buffer sizes, keepalive,
-/// TCP_NODELAY) carried over to the replacement: read from a copy of its socket.
 /// Writes `len` fresh random bytes at `addr` in `pid`'s memory, 64 KiB at a time.
 fn fill_fresh(pid: u32, addr: u64, len: usize) -> Result<(), i32> {
     let mut chunk = [0u8; 65536];
@@ -459,6 +470,8 @@ fn fill_fresh(pid: u32, addr: u64, len: usize) -> Result<(), i32> {
     Ok(())
 }
 
+/// Options the program set on its socket before connecting (timeouts, buffer sizes, keepalive,
+/// TCP_NODELAY) carried over to the replacement: read from a copy of its socket.
 fn copy_socket_options(pid: u32, their_fd_number: i32, ours: i32) {
     let Some(theirs) = their_fd(pid, their_fd_number) else { return };
     let theirs = theirs.as_raw_fd();

@@ -87,7 +87,7 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
                 if let Err(difference) = play_prefix(&mut sock, &session.prefix, std::mem::take(&mut got)) {
                     shared.exchange(Exchange {
                         stream_id: connection.stream_id,
-                        peer: connection.peer.to_string(),
+                        peer: connection.peer_name(),
                         status: "diverged".into(),
                         difference: Some(*difference),
                         ..Default::default()
@@ -130,7 +130,7 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
                 None => (None, None),
             };
             shared.unmatched(Unmatched {
-                address: peer.to_string(),
+                address: pool.name_of(&peer),
                 sent: context(&got),
                 closest_stream_id,
                 difference,
@@ -240,7 +240,7 @@ pub fn play(
     let mut sock = Program { sock, pending: prefetched, at: 0, place: place.clone(), from_socket: 0 };
     let mut exchange = Exchange {
         stream_id: connection.stream_id,
-        peer: connection.peer.to_string(),
+        peer: connection.peer_name(),
         status: "matched".into(),
         ..Default::default()
     };
@@ -476,7 +476,7 @@ pub fn play_clients(inbound: Vec<Connection>, order: Vec<OrderEvent>, child: lib
                 order.ended(i);
                 shared.exchange(Exchange {
                     stream_id: connection.stream_id,
-                    peer: connection.peer.to_string(),
+                    peer: connection.peer_name(),
                     status: "diverged".into(),
                     difference: Some(Difference {
                         what: "the program did not accept the connection".into(),

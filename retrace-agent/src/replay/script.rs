@@ -53,7 +53,9 @@ pub fn first_difference(recorded: &[u8], actual: &[u8], wildcards: &[(usize, usi
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub stream_id: u64,
+    /// Where it went: for a unix socket, a stand-in address (`unix_peers`), and its path.
     pub peer: SocketAddr,
+    pub unix_path: Option<String>,
     pub steps: Vec<Step>,
     /// Server replay opens it once the events before this one in `Script::inbound_order` have
     /// happened (0 for the program's own connections).
@@ -99,6 +101,9 @@ pub struct Script {
     pub inbound_order: Vec<OrderEvent>,
     /// Connections between two of the program's own sockets: made for real in the sandbox.
     pub internal_connections: usize,
+    /// The unix socket paths the program connected to outside the recording, and the stand-in
+    /// address their connections go by in `connections`.
+    pub unix_peers: HashMap<String, SocketAddr>,
     /// Absolute path → the file as the program found it when recorded: its content (every
     /// byte seen), or absent (the program created it).
     pub files: HashMap<String, FileStart>,
@@ -313,7 +318,14 @@ impl Script {
                         }
                         None => (steps(chunks.iter().map(|c| (&c.2, 0))), None),
                     };
-                    script.connections.push(Connection { stream_id: id, peer, steps, opens_at: 0, tls });
+                    script.connections.push(Connection {
+                        stream_id: id,
+                        peer,
+                        unix_path: None,
+                        steps,
+                        opens_at: 0,
+                        tls,
+                    });
                     outbound_ends.push((id, &info.local, &info.peer));
                 }
                 StreamKind::Tcp if info.origin == "accept" => {
@@ -338,6 +350,22 @@ impl Script {
                         }
                         None => accepted.push((id, local, at, chunks)),
                     }
+                }
+                // A unix socket client (psql's default, `redis-cli -s`): played like TCP, under
+                // a stand-in address; its own servers' sockets are sorted out below.
+                StreamKind::Unix if info.origin == "socket" && !info.peer.is_empty() => {
+                    let next = script.unix_peers.len() as u16;
+                    let peer = *script.unix_peers.entry(info.peer.clone()).or_insert_with(|| unix_stand_in(next));
+                    let steps = steps(chunks.iter().map(|c| (&c.2, 0)));
+                    let unix_path = Some(info.peer.clone());
+                    script.connections.push(Connection {
+                        stream_id: id,
+                        peer,
+                        unix_path,
+                        steps,
+                        opens_at: 0,
+                        tls: None,
+                    });
                 }
                 StreamKind::Udp => {
                     if !info.peer.is_empty() {
@@ -464,6 +492,14 @@ impl Script {
             .flatten()
             .collect();
         script.connections.retain(|c| !internal.contains(&c.stream_id));
+        // And one to a unix socket the program bound: its server ran in the recording.
+        let bound: std::collections::HashSet<&str> = infos
+            .values()
+            .filter(|i| i.kind() == StreamKind::Unix && !i.local.is_empty())
+            .map(|i| i.local.as_str())
+            .collect();
+        script.connections.retain(|c| !c.unix_path.as_deref().is_some_and(|p| bound.contains(p)));
+        script.unix_peers.retain(|path, _| !bound.contains(path.as_str()));
         accepted.retain(|a: &Accepted| !internal.contains(&a.0));
         script.internal_connections = internal.len() / 2;
         // Connections in the order the program opened them.
@@ -663,6 +699,7 @@ fn inbound(mut accepted: Vec<Accepted>) -> (Vec<Connection>, Vec<OrderEvent>) {
         .zip(index)
         .map(|((stream_id, peer, opened, chunks), index)| Connection {
             tls: None,
+            unix_path: None,
             stream_id,
             peer,
             opens_at: 1 + all.partition_point(|e| (e.0, e.1) < opened),
@@ -734,6 +771,19 @@ fn file_content(chunks: &[(u64, usize, proto::Data)], events: Vec<(u64, usize, F
         return None;
     }
     Some(content)
+}
+
+/// The address a recorded unix socket peer goes by among the connections (the `n`th path):
+/// in fd00::/8, which no recording's TCP peers use here.
+fn unix_stand_in(n: u16) -> SocketAddr {
+    SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0x7265, 0x7472, 0x6163, 0x65, 0, 0, 1)), n + 1)
+}
+
+impl Connection {
+    /// Where it went, as the report says it: the socket path for a unix one.
+    pub fn peer_name(&self) -> String {
+        self.unix_path.clone().unwrap_or_else(|| self.peer.to_string())
+    }
 }
 
 #[cfg(test)]
