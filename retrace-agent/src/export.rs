@@ -4,6 +4,7 @@
 //! a plain note of what was removed.
 
 use crate::clock::now_wall_ns;
+use retrace_common::syscall::Sys;
 use std::{path::Path, time::Duration};
 
 use crate::{
@@ -57,7 +58,9 @@ pub fn export(
             return;
         }
         if let Some(crate::model::proto::record::Kind::Syscall(call)) = &mut record.kind {
-            if !keep_random {
+            // The same field holds what sysinfo and the clock returned: kept.
+            let random = call.name == Sys::Getrandom.name() || call.name == Sys::OpensslRand.name();
+            if !keep_random && random {
                 call.random.clear();
             }
         }

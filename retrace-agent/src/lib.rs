@@ -22,6 +22,7 @@ pub mod stages;
 pub mod store;
 pub mod streams;
 pub mod target;
+pub mod vdso;
 pub mod view;
 
 // The library's face: the verbs `retrace` (cli/) and the node agent (node/) both call —

@@ -118,6 +118,12 @@ syscalls! {
     Getrandom = 81 => "getrandom", None;
     // The system's uptime, load and memory (`struct sysinfo`, 112 bytes), as the call returned it.
     Sysinfo = 83 => "sysinfo", None;
+    // Wall-clock reads (`CLOCK_REALTIME` and its coarse form): what the call wrote (a
+    // `timespec`, a `timeval`) or, for `time`, returned. Programs make them as system calls
+    // once `record` has patched their vDSO.
+    ClockGettime = 84 => "clock_gettime", None;
+    Gettimeofday = 85 => "gettimeofday", None;
+    Time = 86 => "time", None;
     // Not a syscall: OpenSSL's RAND_bytes, RAND_priv_bytes and their _ex forms (uprobes).
     OpensslRand = 82 => "RAND_bytes", None;
     // Not syscalls: the plaintext of TLS libraries' calls (uprobes). Their records name the

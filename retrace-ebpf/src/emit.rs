@@ -24,8 +24,8 @@ use retrace_common::{
 use crate::{
     call::Call,
     maps::{
-        backpressure, count, hold_execs, ring_size, EVENTS, LOOKED_AT, PAUSED, PENDING_ANY, PENDING_LOSS, SCRATCH,
-        SK_OF_CALL, SK_REPORTED, SK_TUPLES,
+        backpressure, count, hold_every_exec, hold_execs, ring_size, EVENTS, LOOKED_AT, OWN_GROUP, PAUSED, PENDING_ANY,
+        PENDING_LOSS, SCRATCH, SK_OF_CALL, SK_REPORTED, SK_TUPLES,
     },
 };
 
@@ -756,10 +756,14 @@ fn path_key(buf: *mut u8, len: u32) -> u64 {
 const PATH_KEY_BYTES: usize = 256;
 
 /// Stops the current (exec'ing) process until the agent has looked at its program, if asked
-/// to and the agent has not seen the program yet; whether it will stop.
+/// to and the agent has not seen the program yet (or at every exec, for the agent to patch
+/// the new image's vDSO); whether it will stop.
 #[inline(always)]
 fn hold(tgid: u32, program: u64) -> bool {
-    if !hold_execs() || unsafe { LOOKED_AT.get(&program).is_some() } {
+    if !hold_execs() || (!hold_every_exec() && unsafe { LOOKED_AT.get(&program).is_some() }) {
+        return false;
+    }
+    if unsafe { OWN_GROUP.get(&tgid).is_some() } {
         return false;
     }
     // Key 0 is the agent's "no more pauses": it is going away.

@@ -91,6 +91,18 @@ pub static BACKPRESSURE: u64 = 0;
 #[unsafe(no_mangle)]
 pub static HOLD_EXECS: u64 = 0;
 
+/// Non-zero (with `HOLD_EXECS`): hold every exec, looked-at program or not, so that the agent
+/// patches each new image's vDSO (wall-clock reads become recorded system calls). Set before
+/// load.
+#[unsafe(no_mangle)]
+pub static HOLD_EVERY_EXEC: u64 = 0;
+
+/// Processes a setpgid moved into a process group apart from their parent's (a job-control
+/// shell's jobs): not held at exec, since their parent waits with WUNTRACED and would take the
+/// stop for the user's ^Z. Cleared when the process exits.
+#[map]
+pub static OWN_GROUP: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
 /// Programs the agent has looked at for uprobes, by the hash of their path (`TaskRecord::program`).
 #[map]
 pub static LOOKED_AT: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
@@ -104,6 +116,11 @@ pub static PAUSED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 #[inline(always)]
 pub fn hold_execs() -> bool {
     unsafe { core::ptr::read_volatile(&HOLD_EXECS) != 0 }
+}
+
+#[inline(always)]
+pub fn hold_every_exec() -> bool {
+    unsafe { core::ptr::read_volatile(&HOLD_EVERY_EXEC) != 0 }
 }
 
 #[inline(always)]

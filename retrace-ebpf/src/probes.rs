@@ -2,9 +2,11 @@
 //! dispatcher in `call.rs`; the process tree comes from sched tracepoints.
 
 mod anon;
+mod clock;
 mod data;
 mod dir;
 mod fd;
+mod group;
 mod names;
 mod open;
 mod openssl_rand;

@@ -85,3 +85,32 @@ fn exit_statuses_of_children_are_recorded() {
     assert!(exits.iter().any(|&(pid, status)| pid != root && status == 5), "the inner sh exited with 5: {exits:?}");
     assert!(exits.contains(&(root, 0)), "the outer sh exited with 0: {exits:?}");
 }
+
+/// An interactive shell with job control waits for each job with WUNTRACED: a stop there is
+/// the user's ^Z, and the shell goes on without the job. `record` holds processes at exec
+/// (uprobes, the clock's vDSO patch), but not a job the shell put in a process group of its
+/// own: the session's output comes in order, with no job reported stopped.
+#[test]
+fn an_interactive_shell_sees_no_job_stopped() {
+    let dir = scratch("interactive");
+    let retrace = retrace_tests::retrace_bin();
+    let session = "date +%s; printf 'one\\n' | cat; sh -c 'echo two'; echo three";
+    let line =
+        format!("{} record -o {} -- bash --norc -ic \"{session}\"", retrace.display(), dir.join("rec").display(),);
+    // A terminal of its own (`script`), so bash turns job control on.
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("XDG_CONFIG_HOME", retrace_tests::test_home().join("config"))
+        .env("XDG_STATE_HOME", retrace_tests::test_home().join("state"))
+        .env_remove("RETRACE_AUDIT_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(!text.contains("Stopped"), "a job was reported stopped:\n{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("retrace:") && !l.contains("job control")).collect();
+    assert!(lines.len() >= 4, "{text}");
+    assert!(lines[0].trim().parse::<u64>().is_ok(), "{text}");
+    assert_eq!(&lines[1..4], ["one", "two", "three"], "{text}");
+    assert!(out.status.success(), "{text}");
+}

@@ -407,14 +407,69 @@ fn a_served_file_has_the_size_and_modification_time_the_program_saw() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout));
 }
 
+/// `record` patches each traced image's vDSO so its wall-clock reads are system calls, and
+/// records what each returned: the replayed program reads the same times, to the nanosecond,
+/// thread by thread (coreutils' `date`, Python's `time.time_ns()` on two threads, the
+/// seconds of `time(2)` through ctypes).
 #[test]
-fn the_program_reads_the_recorded_wall_clock() {
+fn the_program_reads_the_wall_clock_it_read_when_recorded() {
     let dir = scratch("sandbox-clock");
-    // coreutils' date, and Python's time.time(): both read the clock through the vDSO.
-    let script = format!("date +%s; {} -c 'import time; print(int(time.time()))'", retrace_tests::python());
+    let python = retrace_tests::python();
+    let script = format!(
+        "date +%s.%N; {python} -c 'import ctypes, threading, time\n\
+         print(time.time_ns())\n\
+         t = threading.Thread(target=lambda: print(\"thread\", time.time_ns()))\n\
+         t.start(); t.join()\n\
+         print(ctypes.CDLL(None).time(None))'"
+    );
     let recorded =
         retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", &script]).output().unwrap();
     assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let printed = String::from_utf8_lossy(&recorded.stdout).into_owned();
+    assert_eq!(printed.lines().count(), 4, "{printed}");
+    // The recording holds the times the program printed, read by the kernel's probes.
+    let rec = retrace_tests::Rec::open(&dir.join("rec"));
+    let mut read_ns = Vec::new();
+    for record in &rec.records {
+        if let Some(retrace_agent::store::proto::record::Kind::Syscall(call)) = &record.kind {
+            if call.name == "clock_gettime" && call.random.len() == 16 {
+                let sec = i64::from_le_bytes(call.random[..8].try_into().unwrap());
+                let nsec = i64::from_le_bytes(call.random[8..].try_into().unwrap());
+                read_ns.push(sec as i128 * 1_000_000_000 + nsec as i128);
+            }
+        }
+    }
+    let python_ns: i128 = printed.lines().nth(1).unwrap().parse().unwrap();
+    assert!(read_ns.contains(&python_ns), "{python_ns} among the recorded reads {read_ns:?}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", &script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), printed, "{report}");
+    assert!(report["clock_reads_exact"].as_u64().unwrap() >= 4, "{report}");
+}
+
+/// With `--no-clock` the vDSO is left alone: nothing of the clock is recorded, and the
+/// replayed program reads the recorded command's start plus the time elapsed (not today's).
+#[test]
+fn without_recorded_reads_the_clock_is_the_recorded_time_plus_elapsed() {
+    let dir = scratch("sandbox-clock-elapsed");
+    let script = format!("date +%s; {} -c 'import time; print(int(time.time()))'", retrace_tests::python());
+    let recorded = retrace_command()
+        .current_dir(&dir)
+        .args(["record", "--no-clock", "-o", "rec", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let rec = retrace_tests::Rec::open(&dir.join("rec"));
+    let clock_calls = rec
+        .records
+        .iter()
+        .filter(|r| {
+            matches!(&r.kind, Some(retrace_agent::store::proto::record::Kind::Syscall(c))
+                if c.name == "clock_gettime" || c.name == "gettimeofday")
+        })
+        .count();
+    assert_eq!(clock_calls, 0, "--no-clock records no clock reads");
     let seconds = |out: &[u8]| -> Vec<i64> {
         String::from_utf8_lossy(out).lines().map(|l| l.trim().parse().expect("seconds")).collect()
     };
@@ -430,27 +485,28 @@ fn the_program_reads_the_recorded_wall_clock() {
         assert!(*r <= now - 2, "replayed {r}, today {now}: not today's clock");
     }
     assert!(report["clock_reads"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(report["clock_reads_exact"].as_u64(), Some(0), "{report}");
 }
 
 #[test]
-fn a_static_go_binary_reads_the_recorded_wall_clock() {
+fn a_static_go_binary_reads_the_wall_clock_it_read_when_recorded() {
     let dir = scratch("sandbox-go-clock");
-    // No libc: Go finds the vDSO itself, and the patch must reach it there too.
+    // No libc: Go finds the vDSO itself, and the patches must reach it there too. A generator
+    // seeded from the clock gives the same numbers.
     go_build(
         &dir,
         "clock",
-        "package main\n\nimport (\n\t\"fmt\"\n\t\"time\"\n)\n\nfunc main() { fmt.Println(time.Now().Unix()) }\n",
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"math/rand\"\n\t\"time\"\n)\n\n\
+         func main() {\n\tfmt.Println(time.Now().UnixNano())\n\
+         \tfmt.Println(rand.New(rand.NewSource(time.Now().UnixNano())).Int63())\n}\n",
         &[],
     );
     let recorded = retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "./clock"]).output().unwrap();
     assert!(recorded.status.success(), "{}", stderr(&recorded));
-    let then: i64 = String::from_utf8_lossy(&recorded.stdout).trim().parse().unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let (out, report) = replay(&dir.join("rec"), &["--lenient"], &["./clock"], &dir);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (out, report) = replay(&dir.join("rec"), &[], &["./clock"], &dir);
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
-    let replayed: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((replayed - then).abs() <= 1 && replayed <= now - 2, "replayed {replayed}, recorded {then}, today {now}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout), "{report}");
 }
 
 /// Every process and thread the program makes gets the id it got when recorded: a shell's `$$`

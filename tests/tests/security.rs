@@ -708,17 +708,30 @@ fn expired_recordings_are_refused_and_collected() {
 #[test]
 fn random_bytes_are_recorded_but_left_out_of_an_export() {
     let dir = scratch("export-random");
-    let (rec, _) = record(&dir, &[], &[retrace_tests::python(), "-c", "import os; os.urandom(32)"]);
+    let (rec, _) = record(&dir, &[], &[retrace_tests::python(), "-c", "import os, time; os.urandom(32); time.time()"]);
     let random = |records: &[retrace_agent::model::proto::Record]| -> usize {
         records
             .iter()
             .filter_map(|r| match &r.kind {
-                Some(retrace_agent::model::proto::record::Kind::Syscall(call)) => Some(call.random.len()),
+                Some(retrace_agent::model::proto::record::Kind::Syscall(call)) if call.name == "getrandom" => {
+                    Some(call.random.len())
+                }
                 _ => None,
             })
             .sum()
     };
+    // The same field holds the times clock reads returned: not secret, kept.
+    let times = |records: &[retrace_agent::model::proto::Record]| -> usize {
+        records
+            .iter()
+            .filter(|r| {
+                matches!(&r.kind, Some(retrace_agent::model::proto::record::Kind::Syscall(call))
+                    if (call.name == "clock_gettime" || call.name == "gettimeofday") && call.random.len() == 16)
+            })
+            .count()
+    };
     assert!(random(&rec.records) >= 32, "getrandom's bytes are in the recording");
+    assert!(times(&rec.records) > 0, "python's clock reads are in the recording");
     let them = dir.join("them.txt");
     let recipient = keygen(&them);
     let share = dir.join("share");
@@ -730,6 +743,7 @@ fn random_bytes_are_recorded_but_left_out_of_an_export() {
     let mut records = Vec::new();
     opened.for_each(|r| records.push(r)).unwrap();
     assert_eq!(random(&records), 0, "the export leaves them out");
+    assert_eq!(times(&records), times(&rec.records), "and keeps the clock's");
     let note = std::fs::read_to_string(share.join("EXPORT-NOTE.txt")).unwrap();
     assert!(note.contains("getrandom"), "{note}");
 }

@@ -36,6 +36,10 @@ pub struct ProbeConfig {
     /// Stop each traced process at exec until its program has been looked at for uprobes
     /// (`Watch` drained, `release_held`), so that its first TLS and random calls are seen.
     pub hold_execs: bool,
+    /// With `hold_execs`: hold every exec and patch the new image's vDSO (`vdso::patch`), so
+    /// that the program's wall-clock reads (and the vDSO's getrandom) are system calls the
+    /// probes record, for replay to return the same times.
+    pub record_clock: bool,
 }
 
 /// The loaded and attached programs.
@@ -52,6 +56,8 @@ pub struct Probes {
     /// The kernel's list of paused processes (`PAUSED`), shared with `Pauses`: the agent's
     /// own handle, to continue processes held at exec.
     paused: BpfHashMap<MapData, u32, u32>,
+    /// Patch each held image's vDSO before continuing it (`ProbeConfig::record_clock`).
+    patch_clock: bool,
 }
 
 /// The kernel's `TRACED` bitmap (one bit per process id), mapped into the agent so it sets
@@ -150,6 +156,7 @@ impl Probes {
         let ring_size = u64::from(config.ring_buffer_bytes);
         let backpressure = u64::from(config.backpressure);
         let hold_execs = u64::from(config.hold_execs);
+        let hold_every_exec = u64::from(config.hold_execs && config.record_clock);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
@@ -157,6 +164,7 @@ impl Probes {
             .override_global("RING_SIZE", &ring_size, true)
             .override_global("BACKPRESSURE", &backpressure, true)
             .override_global("HOLD_EXECS", &hold_execs, true)
+            .override_global("HOLD_EVERY_EXEC", &hold_every_exec, true)
             .load(PROGRAM)
             .map_err(|source| CaptureError::Load { source: Box::new(source) })?;
         let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
@@ -204,8 +212,16 @@ impl Probes {
             let data = MapData::from_id(id).map_err(CaptureError::map)?;
             BpfHashMap::try_from(Map::HashMap(data)).map_err(CaptureError::map)?
         };
-        let mut probes =
-            Probes { ebpf, _exits: exits, links, traced, probed_files: Default::default(), looked_at, paused };
+        let mut probes = Probes {
+            ebpf,
+            _exits: exits,
+            links,
+            traced,
+            probed_files: Default::default(),
+            looked_at,
+            paused,
+            patch_clock: config.hold_execs && config.record_clock,
+        };
         // Uprobes are set on the file (its inode): they fire in every process that maps it,
         // now or later, and the programs keep only traced ones.
         for library in system_libraries(&["libssl.so", "libgnutls.so", "libcrypto.so"]) {
@@ -243,14 +259,26 @@ impl Probes {
         functions.len()
     }
 
+    /// Whether the program (by its `LOOKED_AT` key) has been looked at for uprobes.
+    pub fn looked_at(&self, program: u64) -> bool {
+        self.looked_at.get(&program, 0).is_ok()
+    }
+
     /// Continues a process the kernel held at exec, now that its program has been looked at
-    /// (and its later execs of the same path are not held). Its SIGSTOP was queued by the exec
+    /// (and its later execs of the same path are not held, unless each new image's vDSO is
+    /// patched first). Its SIGSTOP was queued by the exec
     /// itself, in the task's context, before its record was sent: this SIGCONT cannot come
     /// first (a pending stop it finds is simply cancelled).
     pub fn release_held(&mut self, tgid: u32, program: u64) {
         let _ = self.looked_at.insert(program, 1, 0);
         if self.paused.get(&tgid, 0).ok() != Some(retrace_common::PAUSED_FOR_EXEC) {
             return; // continued already (the recording is ending)
+        }
+        if self.patch_clock {
+            // Before its first instruction: the image's every clock read is a system call.
+            if let Err(e) = crate::vdso::patch(tgid) {
+                log::debug!("cannot patch the vDSO of pid {tgid}: {e}");
+            }
         }
         let _ = self.paused.remove(&tgid);
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tgid as i32), nix::sys::signal::Signal::SIGCONT);
@@ -548,6 +576,10 @@ fn syscall_nr(name: &str) -> Option<u32> {
         "linkat" => 265,
         "getrandom" => 318,
         "sysinfo" => 99,
+        "setpgid" => 109,
+        "clock_gettime" => 228,
+        "gettimeofday" => 96,
+        "time" => 201,
         "getdents64" => 217,
         _ => return None,
     })

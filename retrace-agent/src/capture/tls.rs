@@ -371,8 +371,11 @@ impl Watch {
                     }
                 }
                 Candidate::Held { tgid, program } => {
-                    for path in mapped_files(tgid) {
-                        probes.attach_uprobes(&path);
+                    // Held again for its vDSO only: its program has its probes already.
+                    if !probes.looked_at(program) {
+                        for path in mapped_files(tgid) {
+                            probes.attach_uprobes(&path);
+                        }
                     }
                     probes.release_held(tgid, program);
                 }

@@ -130,6 +130,7 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         max_payload: None,
         backpressure: false,
         hold_execs: false,
+        record_clock: false,
     };
     let shared = Arc::new(SharedProbes::load(&probes)?);
     metrics.probe_sets.store(1, Relaxed);
@@ -378,6 +379,7 @@ impl Pipeline {
                 max_payload: None,
                 backpressure: false,
                 hold_execs: false,
+                record_clock: false,
             },
             duration: Some(duration),
             segments: SegmentPolicy { seal_threads: config.seal_threads(), ..SegmentPolicy::default() },

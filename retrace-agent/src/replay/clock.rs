@@ -1,18 +1,13 @@
-//! The wall clock the replayed program sees: the recorded time of what is being replayed, plus
-//! the time elapsed since, never going backwards. clock_gettime(REALTIME), gettimeofday and
-//! time normally never leave the process (the vDSO answers them), so after each exec, before the
-//! new image's first system call returns, their vDSO entry points are patched (through
-//! /proc/PID/mem) into real system calls, which the seccomp filter hands to the replayer.
+//! The wall clock the replayed program sees: each thread's recorded reads, in order, where the
+//! recording has them (`record` patched the program's vDSO); past them, or without them, the
+//! recorded time of what is being replayed plus the time elapsed since, never going backwards.
+//! clock_gettime(REALTIME), gettimeofday and time normally never leave the process (the vDSO
+//! answers them), so after each exec, before the new image's first system call returns, their
+//! vDSO entry points are patched (`crate::vdso`) into real system calls, which the seccomp
+//! filter hands to the replayer.
 //! Monotonic and CPU clocks stay the kernel's.
 
-use std::{fs::File, os::unix::fs::FileExt as _, sync::Mutex, time::Instant};
-
-/// The vDSO's wall-clock entry points, and the system call each becomes.
-const PATCHED: &[(&str, i64)] = &[
-    ("__vdso_clock_gettime", libc::SYS_clock_gettime),
-    ("__vdso_gettimeofday", libc::SYS_gettimeofday),
-    ("__vdso_time", libc::SYS_time),
-];
+use std::{sync::Mutex, time::Instant};
 
 /// Recorded time, advancing with real time from the last anchor.
 pub struct VirtualClock {
@@ -29,6 +24,8 @@ struct State {
     /// (a replay slower than the recording would otherwise show later times).
     limit_ns: Option<i128>,
     reads: u64,
+    /// Reads answered with the time the recorded thread read.
+    recorded_reads: u64,
 }
 
 impl State {
@@ -58,7 +55,14 @@ impl Default for VirtualClock {
 impl VirtualClock {
     /// Starts at `start_ns` (the recording's start).
     pub fn new(start_ns: u64) -> VirtualClock {
-        let state = State { anchor_ns: start_ns as i128, at: Instant::now(), last_ns: 0, limit_ns: None, reads: 0 };
+        let state = State {
+            anchor_ns: start_ns as i128,
+            at: Instant::now(),
+            last_ns: 0,
+            limit_ns: None,
+            reads: 0,
+            recorded_reads: 0,
+        };
         VirtualClock { state: Mutex::new(state) }
     }
 
@@ -88,19 +92,43 @@ impl VirtualClock {
         now
     }
 
-    /// How many reads were answered.
-    pub fn reads(&self) -> u64 {
-        self.state.lock().expect("clock").reads
+    /// A read answered with `recorded_ns`, what the recorded thread read at this point: it is
+    /// returned as it was, and the clock goes on from there (unless it reads later already).
+    pub fn recorded(&self, recorded_ns: i128) -> i128 {
+        let mut s = self.state.lock().expect("clock");
+        let now = s.visible().max(recorded_ns);
+        s.rebase(now);
+        s.last_ns = now;
+        s.reads += 1;
+        s.recorded_reads += 1;
+        recorded_ns
+    }
+
+    /// How many reads were answered, and how many of them with a recorded read's time.
+    pub fn reads(&self) -> (u64, u64) {
+        let s = self.state.lock().expect("clock");
+        (s.reads, s.recorded_reads)
     }
 }
 
 /// The answer to a notified wall-clock call (`nr`, `args`) of `pid`: the value to return, after
-/// writing the time where the call asked for it; None for a call that is not the clock's.
-pub fn answer(clock: &VirtualClock, pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
+/// writing the time where the call asked for it (`recorded`, what the recorded thread read
+/// here, if the recording has it; else the virtual clock's); None for a call that is not the
+/// clock's.
+pub fn answer(
+    clock: &VirtualClock,
+    recorded: Option<i128>,
+    pid: u32,
+    nr: i64,
+    args: &[u64; 6],
+) -> Option<Result<i64, i32>> {
     if !matches!(nr, libc::SYS_clock_gettime | libc::SYS_gettimeofday | libc::SYS_time) {
         return None;
     }
-    let ns = clock.now_ns();
+    let ns = match recorded {
+        Some(ns) => clock.recorded(ns),
+        None => clock.now_ns(),
+    };
     let (sec, nsec) = (ns.div_euclid(1_000_000_000) as i64, ns.rem_euclid(1_000_000_000) as i64);
     let write = |addr: u64, bytes: &[u8]| write_to(pid, addr, bytes);
     let pair = |a: i64, b: i64| [a.to_ne_bytes(), b.to_ne_bytes()].concat();
@@ -129,70 +157,6 @@ pub fn write_to(pid: u32, addr: u64, bytes: &[u8]) -> Result<(), i32> {
     }
 }
 
-/// Patches the wall-clock entry points of `pid`'s vDSO into system calls (`mov eax, NR;
-/// syscall; ret`); how many were patched.
-pub fn patch_vdso(pid: u32) -> std::io::Result<usize> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let Some(range) = maps.lines().find(|l| l.ends_with("[vdso]")).and_then(|l| l.split(' ').next()) else {
-        return Ok(0); // no vDSO: the calls are system calls already
-    };
-    let (lo, hi) = range.split_once('-').unwrap_or_default();
-    let (lo, hi) = (u64::from_str_radix(lo, 16).unwrap_or(0), u64::from_str_radix(hi, 16).unwrap_or(0));
-    let mem = File::options().read(true).write(true).open(format!("/proc/{pid}/mem"))?;
-    let mut image = vec![0u8; hi.saturating_sub(lo) as usize];
-    mem.read_exact_at(&mut image, lo)?;
-    let mut patched = 0;
-    for (name, offset) in vdso_symbols(&image) {
-        let code = if name == "__vdso_getrandom" {
-            // `mov rax, -ENOSYS; ret`: libc falls back to the system call, answered like the
-            // clock (the vDSO's own getrandom keeps state the replayer cannot give).
-            [0x48, 0xc7, 0xc0, 0xda, 0xff, 0xff, 0xff, 0xc3]
-        } else if let Some(&(_, nr)) = PATCHED.iter().find(|(n, _)| *n == name) {
-            let mut code = [0xb8, 0, 0, 0, 0, 0x0f, 0x05, 0xc3];
-            code[1..5].copy_from_slice(&(nr as u32).to_le_bytes());
-            code
-        } else {
-            continue;
-        };
-        mem.write_all_at(&code, lo + offset)?;
-        patched += 1;
-    }
-    Ok(patched)
-}
-
-/// The dynamic symbols of a vDSO image (an ELF64 shared object linked at 0): (name, offset).
-fn vdso_symbols(image: &[u8]) -> Vec<(String, u64)> {
-    let u16_at = |at: usize| image.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |at: usize| image.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
-    let u64_at = |at: usize| image.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-    let mut out = Vec::new();
-    if !image.starts_with(b"\x7fELF\x02") {
-        return out;
-    }
-    let (Some(shoff), Some(shentsize), Some(shnum)) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c)) else { return out };
-    let section = |i: usize| {
-        let at = shoff as usize + i * shentsize;
-        Some((u32_at(at + 4)?, u64_at(at + 0x18)? as usize, u64_at(at + 0x20)? as usize, u32_at(at + 0x28)?))
-    };
-    const SHT_DYNSYM: usize = 11;
-    for i in 0..shnum {
-        let Some((kind, offset, size, link)) = section(i) else { continue };
-        if kind != SHT_DYNSYM {
-            continue;
-        }
-        let Some((_, strings, _, _)) = section(link) else { continue };
-        for sym in (offset..offset + size).step_by(24) {
-            let (Some(name), Some(value)) = (u32_at(sym), u64_at(sym + 8)) else { break };
-            let start = strings + name;
-            let Some(end) = image.get(start..).and_then(|s| s.iter().position(|&b| b == 0)) else { continue };
-            if value != 0 {
-                out.push((String::from_utf8_lossy(&image[start..start + end]).into_owned(), value));
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +170,7 @@ mod tests {
         assert!(clock.now_ns() >= 2_000_000_000_000);
         clock.anchor(1_500_000_000_000); // earlier than now: ignored
         assert!(clock.now_ns() >= 2_000_000_000_000);
-        assert_eq!(clock.reads(), 3);
+        assert_eq!(clock.reads(), (3, 0));
         // Held at a limit, and going on from there (not jumping) once it is lifted.
         clock.limit(Some(2_000_000_000_000));
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -217,18 +181,13 @@ mod tests {
     }
 
     #[test]
-    fn this_process_vdso_has_the_wall_clock_entry_points() {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let Some(range) = maps.lines().find(|l| l.ends_with("[vdso]")).and_then(|l| l.split(' ').next()) else {
-            return; // a kernel without a vDSO
-        };
-        let (lo, hi) = range.split_once('-').unwrap();
-        let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
-        // SAFETY: our own vDSO mapping, readable for its whole length.
-        let image = unsafe { std::slice::from_raw_parts(lo as *const u8, hi - lo) };
-        let names: Vec<String> = vdso_symbols(image).into_iter().map(|(n, _)| n).collect();
-        for (name, _) in PATCHED {
-            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
-        }
+    fn a_recorded_read_is_returned_as_it_was_and_the_clock_goes_on_from_it() {
+        let clock = VirtualClock::new(1_000_000_000_000);
+        // Earlier than the clock reads: still returned exactly.
+        assert_eq!(clock.recorded(999_000_000_000), 999_000_000_000);
+        assert_eq!(clock.recorded(3_000_000_000_123), 3_000_000_000_123);
+        let next = clock.now_ns();
+        assert!((3_000_000_000_123..3_000_100_000_000).contains(&next), "{next}");
+        assert_eq!(clock.reads(), (3, 2));
     }
 }

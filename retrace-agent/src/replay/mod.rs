@@ -234,6 +234,8 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         inbound_order: script.inbound_order,
         random: script.random,
         sysinfo: script.sysinfo,
+        clock_reads: script.clock_reads,
+        namespace_tids: HashMap::new(),
         linked_random: (!script.library_random.is_empty()).then(Default::default),
         library_random: script.library_random,
         folders: listing::Folders::new(script.listings),
@@ -274,7 +276,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         report.device_random_unreplayed += fed.unreplayed;
     }
     report.outputs = outputs;
-    report.clock_reads = shared.clock.reads();
+    (report.clock_reads, report.clock_reads_exact) = shared.clock.reads();
     report.scratch_writes = changes.written;
     report.scratch_removed = changes.removed;
     for c in unplayed {

@@ -95,6 +95,11 @@ pub struct Notifier {
     pub random: std::collections::VecDeque<Vec<u8>>,
     /// What sysinfo returned, in order: returned again.
     pub sysinfo: std::collections::VecDeque<Vec<u8>>,
+    /// The wall-clock times each recorded thread read, in order: returned again to the
+    /// replayed thread with its id.
+    pub clock_reads: HashMap<(u32, super::script::ClockRead), VecDeque<i128>>,
+    /// Threads' ids in the sandbox, by their id outside it (the notifier's).
+    pub namespace_tids: HashMap<u32, u32>,
     /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim, and by
     /// the programs that have OpenSSL linked in, whose functions are patched after each exec
     /// (None: the recording holds none of it).
@@ -169,7 +174,8 @@ impl Notifier {
             let answer = match nr {
                 libc::SYS_connect => self.connect(&req, &listener),
                 libc::SYS_clock_gettime | libc::SYS_gettimeofday | libc::SYS_time => {
-                    match clock::answer(&self.shared.clock, req.pid, nr, &req.data.args) {
+                    let recorded = self.recorded_time(req.pid, nr, &req.data.args);
+                    match clock::answer(&self.shared.clock, recorded, req.pid, nr, &req.data.args) {
                         Some(Ok(value)) => Answer::Value(value),
                         Some(Err(errno)) => Answer::Error(errno),
                         None => Answer::Continue,
@@ -205,7 +211,7 @@ impl Notifier {
                 }
                 libc::SYS_brk | libc::SYS_arch_prctl | libc::SYS_set_tid_address => {
                     if patch_pending.remove(&req.pid) {
-                        if let Err(e) = clock::patch_vdso(req.pid) {
+                        if let Err(e) = crate::vdso::patch(req.pid) {
                             self.shared.fail(format!("cannot patch the clock of pid {}: {e}", req.pid));
                         }
                         if let Some(Err(e)) = self.linked_random.as_mut().map(|l| l.patch(req.pid)) {
@@ -328,6 +334,24 @@ impl Notifier {
                 Answer::Error(libc::ECONNREFUSED)
             }
         }
+    }
+
+    /// The next wall-clock time thread `tid` read when recorded with the same kind of call
+    /// (`nr`, `args`), if the recording has one left.
+    fn recorded_time(&mut self, tid: u32, nr: i64, args: &[u64; 6]) -> Option<i128> {
+        if self.clock_reads.is_empty() {
+            return None;
+        }
+        let kind = super::script::ClockRead::of_call(nr, args)?;
+        let inside = match self.namespace_tids.get(&tid) {
+            Some(&inside) => inside,
+            None => {
+                let inside = namespace_tid(tid)?;
+                self.namespace_tids.insert(tid, inside);
+                inside
+            }
+        };
+        self.clock_reads.get_mut(&(inside, kind))?.pop_front()
     }
 
     /// A clone, fork or vfork of thread `tid`: the task it makes gets the id the recorded one

@@ -108,8 +108,10 @@ pub struct ReplayReport {
     pub result: String,
     /// The program's own exit status (128+N for signal N).
     pub exit_status: i32,
-    /// Wall-clock reads answered with the recorded time.
+    /// Wall-clock reads answered with the recorded time, and how many of them with the exact
+    /// time the recorded thread read (the others: the recorded event's time plus elapsed).
     pub clock_reads: u64,
+    pub clock_reads_exact: u64,
     /// getrandom calls answered with the recorded bytes, and those past the recorded ones
     /// (answered by the kernel).
     pub random_reads: u64,

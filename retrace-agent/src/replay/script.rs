@@ -129,6 +129,9 @@ pub struct Script {
     pub random: std::collections::VecDeque<Vec<u8>>,
     /// What sysinfo returned (uptime, load, memory), in order.
     pub sysinfo: std::collections::VecDeque<Vec<u8>>,
+    /// The wall-clock times each thread read (ns since the epoch), by its recorded id and the
+    /// kind of read, in order (recordings whose programs' vDSO `record` patched).
+    pub clock_reads: HashMap<(u32, ClockRead), std::collections::VecDeque<i128>>,
     /// What OpenSSL's RAND_bytes (and its kin) returned, in order.
     pub library_random: std::collections::VecDeque<Vec<u8>>,
     /// The folder listings the program read (getdents64), by path.
@@ -141,6 +144,52 @@ pub struct Script {
     pub proc_files: Vec<(String, Vec<u8>)>,
     /// The processes and threads each thread made, by its recorded id, in order.
     pub children: HashMap<u32, std::collections::VecDeque<u32>>,
+}
+
+/// A kind of wall-clock read. Each kind is replayed from its own recorded reads: a call the
+/// replay does not make (OpenSSL's generator reads `time` when it reseeds; the replayer answers
+/// its functions instead) does not shift the others' times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClockRead {
+    /// `clock_gettime` of this clock (`CLOCK_REALTIME`, `CLOCK_REALTIME_COARSE`).
+    ClockGettime(u32),
+    Gettimeofday,
+    Time,
+}
+
+impl ClockRead {
+    /// The kind of a wall-clock system call (`nr`, `args`).
+    pub fn of_call(nr: i64, args: &[u64]) -> Option<ClockRead> {
+        match nr {
+            libc::SYS_clock_gettime => Some(ClockRead::ClockGettime(*args.first()? as u32)),
+            libc::SYS_gettimeofday => Some(ClockRead::Gettimeofday),
+            libc::SYS_time => Some(ClockRead::Time),
+            _ => None,
+        }
+    }
+}
+
+/// The kind and the time (ns since the epoch) of a recorded wall-clock read.
+fn time_read(call: &proto::Syscall) -> Option<(ClockRead, i128)> {
+    let pair = |scale: i128| {
+        let bytes: &[u8; 16] = call.random.as_slice().try_into().ok()?;
+        let sec = i64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+        let sub = i64::from_le_bytes(bytes[8..].try_into().unwrap_or_default());
+        Some(sec as i128 * 1_000_000_000 + sub as i128 * scale)
+    };
+    let nr = match &*proto_text::text(&call.name) {
+        "clock_gettime" if call.ret == 0 => libc::SYS_clock_gettime,
+        "gettimeofday" if call.ret == 0 => libc::SYS_gettimeofday,
+        "time" if call.ret >= 0 => libc::SYS_time,
+        _ => return None,
+    };
+    let kind = ClockRead::of_call(nr, &call.args)?;
+    let ns = match kind {
+        ClockRead::ClockGettime(_) => pair(1)?,
+        ClockRead::Gettimeofday => pair(1000)?,
+        ClockRead::Time => call.ret as i128 * 1_000_000_000,
+    };
+    Some((kind, ns))
 }
 
 /// A standard output of the recorded command, whole.
@@ -166,6 +215,7 @@ impl Script {
         let mut random = std::collections::VecDeque::new();
         let mut library_random = std::collections::VecDeque::new();
         let mut sysinfo = std::collections::VecDeque::new();
+        let mut clock_reads: HashMap<(u32, ClockRead), std::collections::VecDeque<i128>> = HashMap::new();
         // mkdir (one path), rename and link (old, new), in order.
         let mut names: Vec<(bool, Vec<String>, u64)> = Vec::new();
         // Where each stream's record came, among syscalls and data.
@@ -198,7 +248,9 @@ impl Script {
                     if let (Some(event), true) = (event, call.stream_id != 0) {
                         positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
                     }
-                    if call.name == Sys::Sysinfo.name() {
+                    if let Some((kind, ns)) = time_read(&call) {
+                        clock_reads.entry((call.tid, kind)).or_default().push_back(ns);
+                    } else if call.name == Sys::Sysinfo.name() {
                         if call.ret == 0 && !call.random.is_empty() {
                             sysinfo.push_back(call.random.clone());
                         }
@@ -240,6 +292,7 @@ impl Script {
             random,
             library_random,
             sysinfo,
+            clock_reads,
             children,
             ..Default::default()
         };

@@ -12,7 +12,7 @@ use retrace_common::{kind, syscall::Sys, TASK_GROUP_DEAD, TASK_JOINED};
 use crate::{
     call::{set_traced, traced, Call},
     emit::{self, Aux},
-    maps::{CAPTURE_OF, CGROUPS, CGROUPS_ANY},
+    maps::{CAPTURE_OF, CGROUPS, CGROUPS_ANY, OWN_GROUP},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -92,6 +92,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if group_dead != 0 {
         set_traced(tgid, false);
         let _ = CAPTURE_OF.remove(&tgid);
+        let _ = OWN_GROUP.remove(&tgid);
     }
     0
 }

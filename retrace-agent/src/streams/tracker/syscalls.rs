@@ -212,6 +212,8 @@ impl Tracker {
                     random = aux[..aux.len().min(ret as usize)].to_vec()
                 }
                 Sys::Sysinfo if ret == 0 => random = aux.to_vec(),
+                // The time read (a timespec or timeval; `time`'s is its result).
+                Sys::ClockGettime | Sys::Gettimeofday if ret == 0 => random = aux.to_vec(),
                 Sys::Mkdir | Sys::Mkdirat | Sys::Rename | Sys::Renameat | Sys::Renameat2 | Sys::Link | Sys::Linkat => {
                     named = self.named_paths(tgid, sys, args, aux, ts, out);
                     detail = named.join(" -> ");
@@ -289,6 +291,8 @@ impl Tracker {
                 && sys != Sys::Getrandom
                 && sys != Sys::OpensslRand
                 && sys != Sys::Sysinfo
+                && sys != Sys::ClockGettime
+                && sys != Sys::Gettimeofday
             {
                 text(aux)
             } else {
