@@ -57,6 +57,11 @@ pub fn export(
         if failed.is_some() {
             return;
         }
+        if let Some(crate::model::proto::record::Kind::Process(process)) = &mut record.kind {
+            if !keep_random {
+                process.at_random.clear();
+            }
+        }
         if let Some(crate::model::proto::record::Kind::Syscall(call)) = &mut record.kind {
             // The same field holds what sysinfo and the clock returned: kept.
             let random = call.name == Sys::Getrandom.name() || call.name == Sys::OpensslRand.name();
@@ -104,7 +109,7 @@ pub fn export(
         ));
     }
     if !keep_random {
-        note.push_str("left out: what getrandom and OpenSSL's RAND_bytes returned (ask with `[capture] random = true` in the rules)\n");
+        note.push_str("left out: what getrandom and OpenSSL's RAND_bytes returned, and each exec's AT_RANDOM bytes (ask with `[capture] random = true` in the rules)\n");
     }
     crate::store::writer::write_durably(&out.join(NOTE), note.as_bytes())?;
     Ok((manifest, stats))

@@ -4,6 +4,7 @@
 //! agent. The CLI in `main.rs`/`cli/` only parses and dispatches, through the face below.
 
 pub mod audit;
+pub mod auxv;
 pub mod capture;
 pub mod clock;
 pub mod cpus;

@@ -509,6 +509,37 @@ fn a_static_go_binary_reads_the_wall_clock_it_read_when_recorded() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout), "{report}");
 }
 
+/// Each new image's AT_RANDOM bytes (libc's stack guard, Go's runtime generator seed) are
+/// read at its exec before it runs, and replay puts them back before its code reads them.
+#[test]
+fn each_image_gets_the_at_random_bytes_it_had_when_recorded() {
+    let dir = scratch("sandbox-at-random");
+    let show = "import ctypes; l = ctypes.CDLL(None); l.getauxval.restype = ctypes.c_ulong; \
+                print(ctypes.string_at(l.getauxval(25), 16).hex())";
+    let python = retrace_tests::python();
+    let script = format!("{python} -c '{show}'; {python} -c '{show}'");
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--", "sh", "-c", &script]).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let printed = String::from_utf8_lossy(&recorded.stdout).into_owned();
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert_ne!(lines[0], lines[1], "two images, two draws");
+    // The recording holds them on the execs of python.
+    let rec = retrace_tests::Rec::open(&dir.join("rec"));
+    let recorded_bytes: Vec<String> = rec
+        .processes()
+        .iter()
+        .filter(|p| p.event == "exec" && p.path == python)
+        .map(|p| p.at_random.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert_eq!(recorded_bytes, lines, "the exec records hold what each image saw");
+    let (out, report) = replay(&dir.join("rec"), &[], &["sh", "-c", &script], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), printed, "{report}");
+    assert!(report["at_random_replayed"].as_u64().unwrap() >= 2, "{report}");
+}
+
 /// Every process and thread the program makes gets the id it got when recorded: a shell's `$$`
 /// in a child, `$!`, a thread's id, though other processes on the host took ids in between
 /// when recorded.

@@ -732,6 +732,16 @@ fn random_bytes_are_recorded_but_left_out_of_an_export() {
     };
     assert!(random(&rec.records) >= 32, "getrandom's bytes are in the recording");
     assert!(times(&rec.records) > 0, "python's clock reads are in the recording");
+    // So are the AT_RANDOM bytes of each exec (the stack guard's and pointer guard's seed).
+    let at_random = |records: &[retrace_agent::model::proto::Record]| -> usize {
+        records
+            .iter()
+            .filter(|r| {
+                matches!(&r.kind, Some(retrace_agent::model::proto::record::Kind::Process(p)) if !p.at_random.is_empty())
+            })
+            .count()
+    };
+    assert!(at_random(&rec.records) > 0, "the exec's AT_RANDOM bytes are in the recording");
     let them = dir.join("them.txt");
     let recipient = keygen(&them);
     let share = dir.join("share");
@@ -743,6 +753,7 @@ fn random_bytes_are_recorded_but_left_out_of_an_export() {
     let mut records = Vec::new();
     opened.for_each(|r| records.push(r)).unwrap();
     assert_eq!(random(&records), 0, "the export leaves them out");
+    assert_eq!(at_random(&records), 0, "and the AT_RANDOM bytes");
     assert_eq!(times(&records), times(&rec.records), "and keeps the clock's");
     let note = std::fs::read_to_string(share.join("EXPORT-NOTE.txt")).unwrap();
     assert!(note.contains("getrandom"), "{note}");

@@ -102,8 +102,10 @@ async fn drain(
             stats.records += 1;
             bytes += item.len();
             match decode(&item) {
-                Ok(event) => {
-                    if let (Event::TaskExec { rec, .. }, Some(watch)) = (&event, held) {
+                Ok(mut event) => {
+                    if let (Event::TaskExec { rec, at_random, .. }, Some(watch)) = (&mut event, held) {
+                        // Before the image runs if it is held (and they stay put after).
+                        *at_random = crate::auxv::read(rec.hdr.tgid);
                         if rec.flags & retrace_common::TASK_HELD != 0 {
                             watch.push(Candidate::Held { tgid: rec.hdr.tgid, program: rec.program });
                         }

@@ -31,6 +31,8 @@ pub enum Event {
     TaskExec {
         rec: TaskRecord,
         path: String,
+        /// The new image's AT_RANDOM bytes, where the consumer could read them.
+        at_random: Option<[u8; crate::auxv::AT_RANDOM_LEN]>,
     },
     TaskExit(TaskRecord),
 }
@@ -127,7 +129,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 _ => {
                     let path = tail(bytes, TASK_RECORD_SIZE, hdr.len).ok_or_else(bad)?;
                     let path = String::from_utf8_lossy(&path).trim_end_matches('\0').to_owned();
-                    Event::TaskExec { rec, path }
+                    Event::TaskExec { rec, path, at_random: None }
                 }
             })
         }

@@ -236,6 +236,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         sysinfo: script.sysinfo,
         clock_reads: script.clock_reads,
         namespace_tids: HashMap::new(),
+        at_random: script.at_random,
         linked_random: (!script.library_random.is_empty()).then(Default::default),
         library_random: script.library_random,
         folders: listing::Folders::new(script.listings),

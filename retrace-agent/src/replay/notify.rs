@@ -98,6 +98,9 @@ pub struct Notifier {
     /// The wall-clock times each recorded thread read, in order: returned again to the
     /// replayed thread with its id.
     pub clock_reads: HashMap<(u32, super::script::ClockRead), VecDeque<i128>>,
+    /// Each recorded process's AT_RANDOM bytes, one per exec in order (zeros: not recorded):
+    /// written in place of the kernel's at the new image's first system call.
+    pub at_random: HashMap<u32, VecDeque<[u8; crate::auxv::AT_RANDOM_LEN]>>,
     /// Threads' ids in the sandbox, by their id outside it (the notifier's).
     pub namespace_tids: HashMap<u32, u32>,
     /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim, and by
@@ -218,6 +221,7 @@ impl Notifier {
                             self.shared
                                 .fail(format!("cannot patch OpenSSL's random functions in pid {}: {e}", req.pid));
                         }
+                        self.recorded_at_random(req.pid);
                     }
                     Answer::Continue
                 }
@@ -352,6 +356,23 @@ impl Notifier {
             }
         };
         self.clock_reads.get_mut(&(inside, kind))?.pop_front()
+    }
+
+    /// A new image of process `pid`: its AT_RANDOM bytes become those its recorded exec had.
+    fn recorded_at_random(&mut self, pid: u32) {
+        if self.at_random.is_empty() {
+            return;
+        }
+        let Some(bytes) = namespace_tid(pid).and_then(|inside| self.at_random.get_mut(&inside)?.pop_front()) else {
+            return;
+        };
+        if bytes == [0; crate::auxv::AT_RANDOM_LEN] {
+            return; // that exec's were not recorded
+        }
+        match crate::auxv::write(pid, &bytes) {
+            Ok(()) => self.shared.report.lock().expect("report").at_random_replayed += 1,
+            Err(e) => self.shared.fail(format!("cannot set the AT_RANDOM bytes of pid {pid}: {e}")),
+        }
     }
 
     /// A clone, fork or vfork of thread `tid`: the task it makes gets the id the recorded one

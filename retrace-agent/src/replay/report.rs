@@ -112,6 +112,8 @@ pub struct ReplayReport {
     /// time the recorded thread read (the others: the recorded event's time plus elapsed).
     pub clock_reads: u64,
     pub clock_reads_exact: u64,
+    /// New images given the AT_RANDOM bytes their recorded exec had.
+    pub at_random_replayed: u64,
     /// getrandom calls answered with the recorded bytes, and those past the recorded ones
     /// (answered by the kernel).
     pub random_reads: u64,

@@ -142,6 +142,8 @@ pub struct Script {
     /// Files of the kernel's (`/proc/meminfo`) the program read from their start, with what
     /// the first open of each read: shown in the sandbox's /proc (see `proc_files`).
     pub proc_files: Vec<(String, Vec<u8>)>,
+    /// Each process's AT_RANDOM bytes, by its recorded pid, one per exec in order.
+    pub at_random: HashMap<u32, std::collections::VecDeque<[u8; crate::auxv::AT_RANDOM_LEN]>>,
     /// The processes and threads each thread made, by its recorded id, in order.
     pub children: HashMap<u32, std::collections::VecDeque<u32>>,
 }
@@ -224,11 +226,15 @@ impl Script {
         let mut folder_reads: HashMap<u64, Reads> = HashMap::new();
         let getdents = Sys::Getdents64.name();
         let mut children: HashMap<u32, std::collections::VecDeque<u32>> = HashMap::new();
+        let mut at_random: HashMap<u32, std::collections::VecDeque<[u8; crate::auxv::AT_RANDOM_LEN]>> = HashMap::new();
         let report = recording.for_each(|record| {
             histories.observe(&record);
             match record.kind {
                 Some(R::Process(p)) if p.event == "exec" => {
                     first_exec.get_or_insert(p.ts_ns);
+                    // Every exec takes its place in the process's queue, with bytes or without.
+                    let bytes = <[u8; crate::auxv::AT_RANDOM_LEN]>::try_from(&p.at_random[..]).unwrap_or_default();
+                    at_random.entry(p.pid).or_default().push_back(bytes);
                 }
                 Some(R::Process(p)) if p.event == "fork" || p.event == "thread" => {
                     children.entry(p.tid).or_default().push_back(p.child);
@@ -293,6 +299,7 @@ impl Script {
             library_random,
             sysinfo,
             clock_reads,
+            at_random,
             children,
             ..Default::default()
         };

@@ -166,7 +166,7 @@ impl Tracker {
             Event::Syscall { rec, aux } => self.syscall(&rec, &aux, out),
             Event::DataCall { rec, payload } => self.data_call(&rec, payload, out),
             Event::TaskNew(rec) => self.task_new(&rec, out),
-            Event::TaskExec { rec, path } => self.task_exec(&rec, path, out),
+            Event::TaskExec { rec, path, at_random } => self.task_exec(&rec, path, at_random, out),
             Event::TaskExit(rec) => self.task_exit(&rec, out),
         }
     }

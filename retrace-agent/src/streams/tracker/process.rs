@@ -38,7 +38,13 @@ impl Tracker {
         })));
     }
 
-    pub(super) fn task_exec(&mut self, rec: &TaskRecord, path: String, out: &mut Vec<proto::Record>) {
+    pub(super) fn task_exec(
+        &mut self,
+        rec: &TaskRecord,
+        path: String,
+        at_random: Option<[u8; crate::auxv::AT_RANDOM_LEN]>,
+        out: &mut Vec<proto::Record>,
+    ) {
         let tgid = rec.hdr.tgid;
         if let Some(watch) = &self.tls_watch {
             // A program with a TLS library linked in (node, a static binary).
@@ -83,6 +89,7 @@ impl Tracker {
             pid: tgid,
             tid: rec.hdr.tid,
             path,
+            at_random: at_random.filter(|_| self.record_random).map(|b| b.to_vec()).unwrap_or_default(),
             ..Default::default()
         })));
     }
