@@ -51,6 +51,12 @@ impl Pool {
         self.unix_paths.get(peer).cloned().unwrap_or_else(|| peer.to_string())
     }
 
+    /// The stand-in address of the recorded unix socket server at `path`, if the recording
+    /// connected to one there.
+    pub fn unix_peer(&self, path: &str) -> Option<SocketAddr> {
+        self.unix_paths.iter().find_map(|(peer, p)| (p == path).then_some(*peer))
+    }
+
     /// Whether a recorded connection to `peer` is still unclaimed.
     pub fn has(&self, peer: &SocketAddr) -> bool {
         self.by_peer.lock().expect("pool").get(peer).is_some_and(|c| !c.is_empty())

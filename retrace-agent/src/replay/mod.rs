@@ -227,7 +227,6 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         listener: sandboxed.listener,
         child: sandboxed.pid,
         udp_addresses: script.udp_addresses,
-        unix_peers: script.unix_peers.clone(),
         connections: connections.clone(),
         failed_connects,
         inbound: script.inbound,

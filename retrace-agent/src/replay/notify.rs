@@ -80,8 +80,6 @@ pub struct Notifier {
     pub child: libc::pid_t,
     /// Recorded outbound connections not yet claimed, by peer.
     pub connections: Arc<Pool>,
-    /// The unix socket paths of recorded connections, and the address those go by in the pool.
-    pub unix_peers: HashMap<String, SocketAddr>,
     /// Where the program's UDP sockets connected or sent when recorded: served by
     /// `datagram` inside the sandbox.
     pub udp_addresses: std::collections::HashSet<String>,
@@ -287,7 +285,7 @@ impl Notifier {
                 return Answer::Continue;
             }
             // A recorded server's socket (gone now, or still the host's): played like TCP.
-            if let Some(&peer) = names.iter().find_map(|n| self.unix_peers.get(*n)) {
+            if let Some(peer) = names.iter().find_map(|n| self.connections.unix_peer(n)) {
                 if self.connections.has(&peer) {
                     return self.play(req, listener, peer);
                 }

@@ -30,7 +30,7 @@ pub fn on_data(
     len_arg: usize,
     addr: Addr,
 ) -> u32 {
-    data_call(&Call::exit(ctx), sys, source, buf_arg, len_arg, addr)
+    data_call(&Call::exit(ctx), sys, source, buf_arg, len_arg, addr, false)
 }
 
 const MSG_PEEK: u64 = 2;
@@ -49,20 +49,16 @@ pub fn on_receive(
     flags_arg: usize,
 ) -> u32 {
     let call = Call::exit(ctx);
-    if call.args[flags_arg] & MSG_PEEK != 0 {
-        let fd = call.args[0] as i32;
-        super::tls::note_socket(fd);
-        emit::syscall(&call, sys, Aux::None, [0, 0], None, Some(fd));
-        return 0;
-    }
-    data_call(&call, sys, source, buf_arg, len_arg, addr)
+    let peeked = call.args[flags_arg] & MSG_PEEK != 0;
+    data_call(&call, sys, source, buf_arg, len_arg, addr, peeked)
 }
 
+/// A data call's record, with its payload unless it moved nothing or only peeked.
 #[inline(always)]
-fn data_call(call: &Call, sys: Sys, source: Source, buf_arg: usize, len_arg: usize, addr: Addr) -> u32 {
+fn data_call(call: &Call, sys: Sys, source: Source, buf_arg: usize, len_arg: usize, addr: Addr, peeked: bool) -> u32 {
     let fd = call.args[0] as i32;
     super::tls::note_socket(fd);
-    let data = if call.ret > 0 {
+    let data = if call.ret > 0 && !peeked {
         match addr {
             Addr::None => {}
             Addr::ByValue(a, l) => {
