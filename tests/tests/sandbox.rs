@@ -540,6 +540,34 @@ fn each_image_gets_the_at_random_bytes_it_had_when_recorded() {
     assert!(report["at_random_replayed"].as_u64().unwrap() >= 2, "{report}");
 }
 
+/// glibc's getaddrinfo sorts two or more answers by connecting a UDP socket to each in turn
+/// (sending nothing): a server resolving its own listening address (`http.server`) does. Every
+/// address the recording's UDP socket connected to goes through again, not only the last.
+#[test]
+fn getaddrinfo_sorting_its_answers_is_not_blocked() {
+    let dir = scratch("sandbox-gai-sort");
+    let script = "import socket\n\
+                  print(socket.getaddrinfo(None, 8080, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))";
+    let command = [retrace_tests::python(), "-c", script];
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let rec = retrace_tests::Rec::open(&dir.join("rec"));
+    let udp_connects = rec
+        .records
+        .iter()
+        .filter(|r| {
+            matches!(&r.kind, Some(retrace_agent::store::proto::record::Kind::Syscall(c))
+                if c.name == "connect" && c.ret == 0 && c.detail.ends_with(":8080"))
+        })
+        .count();
+    assert!(udp_connects >= 2, "glibc connected to each answer: {udp_connects}");
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(report["blocked"].as_array().map(Vec::len), Some(0), "{report}");
+    assert_eq!(out.stdout, recorded.stdout);
+}
+
 /// Every process and thread the program makes gets the id it got when recorded: a shell's `$$`
 /// in a child, `$!`, a thread's id, though other processes on the host took ids in between
 /// when recorded.

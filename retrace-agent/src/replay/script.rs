@@ -211,6 +211,9 @@ impl Script {
         // File position events, by stream: (ts, order, what).
         let mut positions: HashMap<u64, Vec<(u64, usize, FileEvent)>> = HashMap::new();
         let mut failed_connects = Vec::new();
+        // Addresses connect succeeded with, by stream: a UDP socket's every one counts (glibc's
+        // getaddrinfo connects a UDP socket to each answer in turn to sort them, sending nothing).
+        let mut connected: Vec<(u64, String)> = Vec::new();
         let mut histories = FileHistories::default();
         let mut gapped = std::collections::HashSet::new();
         let mut first_exec = None;
@@ -275,6 +278,8 @@ impl Script {
                     }
                     if call.name == "connect" && call.ret < 0 && call.ret != -(libc::EINPROGRESS as i64) {
                         failed_connects.push((call.detail, (-call.ret) as i32));
+                    } else if call.name == "connect" && call.ret == 0 && !call.detail.is_empty() {
+                        connected.push((call.stream_id, call.detail));
                     }
                 }
                 Some(R::Data(d)) if d.syscall == getdents => {
@@ -303,6 +308,12 @@ impl Script {
             children,
             ..Default::default()
         };
+        script.udp_addresses.extend(
+            connected
+                .into_iter()
+                .filter(|(id, _)| infos.get(id).is_some_and(|i| i.kind() == StreamKind::Udp))
+                .map(|c| c.1),
+        );
         let mut folders: Vec<(usize, String, Reads)> = folder_reads
             .into_iter()
             .filter_map(|(id, mut reads)| {
