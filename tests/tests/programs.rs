@@ -522,6 +522,50 @@ fn redis_server_replays_concurrent_benchmark_clients_in_the_recorded_order() {
     assert!(report["exchanges"].as_array().unwrap().iter().any(|e| e["status"] == "diverged"), "{report}");
 }
 
+/// A server's clock in replay is the one it read when recorded, though its idle loop turns
+/// another number of times while the replay delivers its requests sooner: redis answers TIME
+/// from the clock its event loop read last, and its log lines carry the time to the ms.
+#[test]
+fn redis_server_answers_time_as_recorded_after_an_idle_wait() {
+    let dir = scratch("programs-redis-time");
+    let port = free_port();
+    let p = port.to_string();
+    let dir_s = dir.to_str().unwrap();
+    let server = ["redis-server", "--port", &p, "--save", "", "--appendonly", "no", "--dir", dir_s];
+    let rec = dir.join("rec");
+    let answered = retrace_tests::record_server(&rec, &server, port, || {
+        // redis's cron turns ten times a second meanwhile, reading the clock each time.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        run(Command::new("redis-cli").args(["-p", &p, "set", "k", "v"]));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        run(Command::new("redis-cli").args(["-p", &p, "time"])).stdout
+    });
+    let (out, report) = replay_in(&dir, &rec, &["--lenient"], &server);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    // Where the replay delivers a request together with its connection, the event loop may
+    // turn once less than it did: TIME's answer is then a read or two off, microseconds, never
+    // the seconds the idle wait was (`*2\r\n$10\r\nSSSSSSSSSS\r\n$6\r\nUUUUUU`).
+    for exchange in report["exchanges"].as_array().unwrap() {
+        if exchange["status"] != "matched" {
+            let offset = exchange["difference"]["offset"].as_u64().unwrap_or(0);
+            assert!(offset >= 28, "TIME's answer within a millisecond of {answered:?}: {report}");
+        }
+    }
+    // Its startup, before any request, is exact: the log line carries the time to the ms.
+    let recorded = retrace_tests::Rec::open(&rec);
+    let logged: Vec<u8> = recorded
+        .streams
+        .iter()
+        .filter(|s| s.path == "/dev/null")
+        .flat_map(|s| recorded.bytes(s.id, retrace_agent::store::proto::Direction::Out))
+        .collect();
+    let ready = |text: &str| text.lines().find(|l| l.contains("Ready to accept")).map(|l| l.to_owned());
+    let replayed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(ready(&replayed).is_some(), "{replayed}");
+    assert_eq!(ready(&replayed), ready(&String::from_utf8_lossy(&logged)), "{replayed}");
+    assert!(report["clock_reads_exact"].as_u64().unwrap() > 0, "{report}");
+}
+
 /// A non-loopback IPv4 address of this host (a resolver there makes glibc's AI_ADDRCONFIG
 /// matter), else a loopback one.
 fn host_address() -> String {

@@ -7,7 +7,13 @@
 //! filter hands to the replayer.
 //! Monotonic and CPU clocks stay the kernel's.
 
-use std::{sync::Mutex, time::Instant};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// How long before a delivered event a recorded read still belongs to it.
+const STALE_MARGIN_NS: i128 = 1_000_000;
 
 /// Recorded time, advancing with real time from the last anchor.
 pub struct VirtualClock {
@@ -24,6 +30,9 @@ struct State {
     /// (a replay slower than the recording would otherwise show later times).
     limit_ns: Option<i128>,
     reads: u64,
+    /// Recorded reads from before this are past: an event came while the program was idle,
+    /// sooner than it had, and what the program did while it waited it does not do again.
+    stale_before: i128,
     /// Reads answered with the time the recorded thread read.
     recorded_reads: u64,
 }
@@ -61,6 +70,7 @@ impl VirtualClock {
             last_ns: 0,
             limit_ns: None,
             reads: 0,
+            stale_before: 0,
             recorded_reads: 0,
         };
         VirtualClock { state: Mutex::new(state) }
@@ -72,6 +82,35 @@ impl VirtualClock {
         let mut s = self.state.lock().expect("clock");
         let now = s.visible().max(recorded_ns as i128);
         s.rebase(now);
+    }
+
+    /// Whether the program's clock stands more than `gap` before `recorded_ns`: the replay is
+    /// about to deliver something sooner than it came when recorded.
+    pub fn ahead_of_program(&self, recorded_ns: u64, gap: Duration) -> bool {
+        let s = self.state.lock().expect("clock");
+        s.visible() + (gap.as_nanos() as i128) < recorded_ns as i128
+    }
+
+    /// Something recorded at `recorded_ns` is delivered to a program that is `idle`
+    /// (everything it does sleeps): the recorded clock reads from before it (less a
+    /// millisecond: an event loop reads the clock between its poll and its read) were made
+    /// while it waited, and are past.
+    pub fn deliver(&self, recorded_ns: u64, idle: bool) {
+        if idle {
+            let mut s = self.state.lock().expect("clock");
+            s.stale_before = s.stale_before.max(recorded_ns as i128 - STALE_MARGIN_NS);
+        }
+        self.anchor(recorded_ns);
+    }
+
+    /// Whether a recorded clock read made at `recorded_ns` is past (`deliver`).
+    pub fn stale(&self, recorded_ns: u64) -> bool {
+        (recorded_ns as i128) < self.state.lock().expect("clock").stale_before
+    }
+
+    /// The recorded time of the next event the replay waits for, if it holds the clock at it.
+    pub fn next_event(&self) -> Option<i128> {
+        self.state.lock().expect("clock").limit_ns
     }
 
     /// The clock may not pass `limit_ns` (None: no limit) until told otherwise. Time held
@@ -189,5 +228,22 @@ mod tests {
         let next = clock.now_ns();
         assert!((3_000_000_000_123..3_000_100_000_000).contains(&next), "{next}");
         assert_eq!(clock.reads(), (3, 2));
+    }
+
+    #[test]
+    fn reads_from_before_an_event_delivered_to_an_idle_program_are_past() {
+        let s = 1_000_000_000u64;
+        let clock = VirtualClock::new(100 * s);
+        clock.recorded(100 * s as i128);
+        assert!(clock.ahead_of_program(105 * s, Duration::from_millis(10)));
+        assert!(!clock.ahead_of_program(100 * s + 1_000, Duration::from_millis(10)));
+        // Delivered to a busy program: nothing is past.
+        clock.deliver(103 * s, false);
+        assert!(!clock.stale(101 * s));
+        // To an idle one: what it read while it waited is.
+        clock.deliver(105 * s, true);
+        assert!(clock.stale(102 * s));
+        assert!(!clock.stale(105 * s - 500_000), "its poll's read, just before");
+        assert!(!clock.stale(106 * s));
     }
 }

@@ -91,6 +91,8 @@ pub struct Shared {
     /// When the recorder stopped the program, if it did: the clock reads it when the replayer
     /// stops the program.
     stopped_ns: Option<u64>,
+    /// The sandbox's init (host pid): every sandboxed process descends from it.
+    sandbox_init: libc::pid_t,
     /// The replay's CA, where TLS connections were recorded with their plaintext.
     tls: Option<tls::Authority>,
 }
@@ -179,7 +181,8 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     let stdio: Vec<(i32, std::os::fd::RawFd)> =
         tees.iter().map(|t| (t.fd, std::os::fd::AsRawFd::as_raw_fd(&t.write_end))).collect();
     // The program's clock starts at the recorded command's start, now.
-    let clock = clock::VirtualClock::new(script.started_ns.unwrap_or(recording.manifest.started_ns));
+    let script_started_ns = script.started_ns.unwrap_or(recording.manifest.started_ns);
+    let clock = clock::VirtualClock::new(script_started_ns);
     // What OpenSSL's random functions returned comes from the replayer through a preloaded shim.
     if !script.library_random.is_empty() {
         rootfs.layer_file(OPENSSL_RAND_SHIM_PATH, OPENSSL_RAND_SHIM, None)?;
@@ -207,6 +210,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         noise: config.noise.clone(),
         clock,
         stopped_ns: recording.manifest.stopped_ns,
+        sandbox_init: sandboxed.pid,
         tls: authority,
         ..Default::default()
     });
@@ -223,6 +227,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         fifos.into_iter().map(|(fifo, bytes)| random_device::Feeder::start(fifo, bytes, stop.clone())).collect();
     // The recorded datagram peers listen before the program starts.
     let datagrams = datagram::serve(sandboxed.pid, script.datagrams, script.local_ips, shared.clone(), stop.clone());
+    let no_clients = script.inbound.is_empty();
     let notifier = notify::Notifier {
         listener: sandboxed.listener,
         child: sandboxed.pid,
@@ -246,8 +251,28 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         stop: stop.clone(),
     };
     let notifier = std::thread::spawn(move || notifier.run());
+    let exited = Arc::new(AtomicBool::new(false));
+    if let (true, Some(stopped_ns)) = (no_clients, recording.manifest.stopped_ns) {
+        // A program the recorder stopped, with no recorded clients whose end would say when:
+        // stopped once it has run as long as it had.
+        let ran = stopped_ns.saturating_sub(script_started_ns);
+        let (shared, exited, child) = (shared.clone(), exited.clone(), sandboxed.pid);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_nanos(ran);
+            while Instant::now() < deadline {
+                if exited.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !exited.load(Ordering::Relaxed) {
+                peer::stop_program(child, &shared);
+            }
+        });
+    }
     sandboxed.go.start();
     let exit_status = crate::target::wait_exit_code(sandboxed.pid as u32);
+    exited.store(true, Ordering::Relaxed);
     let outputs: Vec<report::OutputCheck> = tees.into_iter().map(output::Tee::finish).collect();
     // The notifier ends once no sandboxed process is left: the PID namespace dies with the
     // program, so this wait is short; the deadline only guards against a stuck notifier.

@@ -95,7 +95,7 @@ pub struct Notifier {
     pub sysinfo: std::collections::VecDeque<Vec<u8>>,
     /// The wall-clock times each recorded thread read, in order: returned again to the
     /// replayed thread with its id.
-    pub clock_reads: HashMap<(u32, super::script::ClockRead), VecDeque<i128>>,
+    pub clock_reads: HashMap<(u32, super::script::ClockRead), VecDeque<(u64, i128)>>,
     /// Each recorded process's AT_RANDOM bytes, one per exec in order (zeros: not recorded):
     /// written in place of the kernel's at the new image's first system call.
     pub at_random: HashMap<u32, VecDeque<[u8; crate::auxv::AT_RANDOM_LEN]>>,
@@ -353,7 +353,20 @@ impl Notifier {
                 inside
             }
         };
-        self.clock_reads.get_mut(&(inside, kind))?.pop_front()
+        let queue = self.clock_reads.get_mut(&(inside, kind))?;
+        // Reads the recording made while the program waited for what the replay delivered at
+        // once are past (`VirtualClock::deliver`).
+        // Those after the next event the replay waits for are not due yet: the clock answers
+        // until it comes.
+        while queue.front().is_some_and(|&(at, _)| self.shared.clock.stale(at)) {
+            queue.pop_front();
+        }
+        let &(at, ns) = queue.front()?;
+        if self.shared.clock.next_event().is_some_and(|next| i128::from(at) > next) {
+            return None;
+        }
+        queue.pop_front();
+        Some(ns)
     }
 
     /// A new image of process `pid`: its AT_RANDOM bytes become those its recorded exec had.

@@ -263,7 +263,10 @@ pub fn play(
                     order.wait(*gate);
                     order.settle(*i);
                 }
-                shared.clock.anchor(*ts_ns);
+                // Sooner than recorded: once the program idles, as it did when this came.
+                let idle =
+                    shared.clock.ahead_of_program(*ts_ns, IDLE_GAP) && wait_until_idle(shared.sandbox_init, IDLE_WAIT);
+                shared.clock.deliver(*ts_ns, idle);
                 if sock.sock.write_all(bytes).is_err() {
                     diverge(&mut exchange, sent_offset, b"", b"", "the program closed the connection early");
                     break;
@@ -490,6 +493,15 @@ pub fn play_clients(inbound: Vec<Connection>, order: Vec<OrderEvent>, child: lib
     for p in playing {
         let _ = p.join();
     }
+    stop_program(child, &shared);
+}
+
+/// Stops the program as the recorder had stopped it, its clock reading the time the recorder
+/// did: TERM, then KILL after 2 s.
+pub fn stop_program(child: libc::pid_t, shared: &Shared) {
+    if !alive(child) {
+        return;
+    }
     shared.stopped_by_replayer.store(true, std::sync::atomic::Ordering::Relaxed);
     shared.clock.limit(None);
     if let Some(ns) = shared.stopped_ns {
@@ -510,6 +522,75 @@ pub fn play_clients(inbound: Vec<Connection>, order: Vec<OrderEvent>, child: lib
 }
 
 /// Whether our child still runs (not yet exited; a zombie counts as gone).
+/// A recorded event that comes this much sooner in replay than the program's clock stands
+/// (the program waited for it when recorded) waits until the program idles...
+const IDLE_GAP: Duration = Duration::from_millis(10);
+/// ...at most this long.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits (at most `max`) until every thread of every process in the sandbox sleeps: the
+/// program has done what it was doing and waits for input. Whether it does.
+fn wait_until_idle(init: libc::pid_t, max: Duration) -> bool {
+    let deadline = std::time::Instant::now() + max;
+    loop {
+        if all_asleep(init) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+}
+
+/// System calls a thread waits for input or time in. A thread blocked in another (a call the
+/// replayer is answering: a clock read, a connect) is busy.
+const WAITING_CALLS: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_pread64,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_recvmmsg,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_select,
+    libc::SYS_pselect6,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_futex,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_pause,
+    libc::SYS_rt_sigsuspend,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+];
+
+/// Whether every thread below `init` (the sandbox's init) waits in one of `WAITING_CALLS`.
+fn all_asleep(init: libc::pid_t) -> bool {
+    let mut processes = vec![init as u32];
+    while let Some(pid) = processes.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            // `NR args... sp pc` while blocked in a call; `running`, or -1 outside one.
+            let Ok(call) = std::fs::read_to_string(task.path().join("syscall")) else { continue };
+            let nr = call.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
+            if !nr.is_some_and(|nr| WAITING_CALLS.contains(&nr)) {
+                return false;
+            }
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                processes.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            }
+        }
+    }
+    true
+}
+
 fn alive(pid: libc::pid_t) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

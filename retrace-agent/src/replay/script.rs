@@ -130,8 +130,9 @@ pub struct Script {
     /// What sysinfo returned (uptime, load, memory), in order.
     pub sysinfo: std::collections::VecDeque<Vec<u8>>,
     /// The wall-clock times each thread read (ns since the epoch), by its recorded id and the
-    /// kind of read, in order (recordings whose programs' vDSO `record` patched).
-    pub clock_reads: HashMap<(u32, ClockRead), std::collections::VecDeque<i128>>,
+    /// kind of read, in order, each with when it was read (recordings whose programs' vDSO
+    /// `record` patched).
+    pub clock_reads: HashMap<(u32, ClockRead), std::collections::VecDeque<(u64, i128)>>,
     /// What OpenSSL's RAND_bytes (and its kin) returned, in order.
     pub library_random: std::collections::VecDeque<Vec<u8>>,
     /// The folder listings the program read (getdents64), by path.
@@ -220,7 +221,7 @@ impl Script {
         let mut random = std::collections::VecDeque::new();
         let mut library_random = std::collections::VecDeque::new();
         let mut sysinfo = std::collections::VecDeque::new();
-        let mut clock_reads: HashMap<(u32, ClockRead), std::collections::VecDeque<i128>> = HashMap::new();
+        let mut clock_reads: HashMap<(u32, ClockRead), std::collections::VecDeque<(u64, i128)>> = HashMap::new();
         // mkdir (one path), rename and link (old, new), in order.
         let mut names: Vec<(bool, Vec<String>, u64)> = Vec::new();
         // Where each stream's record came, among syscalls and data.
@@ -258,7 +259,7 @@ impl Script {
                         positions.entry(call.stream_id).or_default().push((call.ts_ns, order, event));
                     }
                     if let Some((kind, ns)) = time_read(&call) {
-                        clock_reads.entry((call.tid, kind)).or_default().push_back(ns);
+                        clock_reads.entry((call.tid, kind)).or_default().push_back((call.ts_ns, ns));
                     } else if call.name == Sys::Sysinfo.name() {
                         if call.ret == 0 && !call.random.is_empty() {
                             sysinfo.push_back(call.random.clone());
