@@ -773,3 +773,24 @@ fn the_program_gets_the_recorded_random_bytes_unless_the_rules_keep_them_out() {
     assert_eq!(report["random_reads"], 0, "{report}");
     assert!(report["random_unreplayed"].as_u64().unwrap() >= 2, "{report}");
 }
+
+/// A program the recorder stopped (`--duration`) with no recorded clients to say when the
+/// replay is over: the replayer stops it once it has run as long as it had, as the recorder
+/// did, and the replay passes.
+#[test]
+fn a_program_the_recorder_stopped_is_stopped_after_as_long_in_replay() {
+    let dir = scratch("sandbox-stopped");
+    let command = ["sh", "-c", "echo started; exec sleep 300"];
+    let recorded = retrace_command()
+        .current_dir(&dir)
+        .args(["record", "-o", "rec", "--duration", "1", "--"])
+        .args(command)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "started\n", "{}", stderr(&recorded));
+    let began = std::time::Instant::now();
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert!(began.elapsed() < std::time::Duration::from_secs(120), "the replay ended, not the sleep");
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+}
