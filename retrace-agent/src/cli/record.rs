@@ -63,9 +63,9 @@ pub struct Args {
     seal_threads: Option<usize>,
     /// Leave the traced programs' vDSO alone: their wall-clock reads are not recorded (replay
     /// then shows the recorded time of each event plus the time elapsed), and an exec is held
-    /// only for a program not seen yet. By default each exec is held ~1 ms while its vDSO's
-    /// clock entry points are patched into system calls, which are recorded (a clock read
-    /// then costs a system call, ~0.5 µs, instead of ~20 ns).
+    /// only for a program not seen yet. By default each exec is held (~0.25 ms) while its
+    /// vDSO's clock entry points are patched into system calls, which are recorded (a clock
+    /// read then costs ~0.4 µs more).
     #[arg(long)]
     no_clock: bool,
     /// The command to launch and record.
