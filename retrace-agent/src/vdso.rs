@@ -28,6 +28,16 @@ pub fn patch(pid: u32) -> std::io::Result<usize> {
     mem.read_exact_at(&mut image, lo)?;
     let mut patched = 0;
     for (name, offset) in vdso_symbols(&image) {
+        if name == "__vdso_clock_gettime" {
+            // Only the wall clocks leave the vDSO; the others keep its own code (a Go runtime
+            // reads the monotonic clock at every turn of its scheduler).
+            if let Some(detour) = wall_clock_detour(&image, offset) {
+                mem.write_all_at(&detour.trampoline, lo + detour.at)?;
+                mem.write_all_at(&detour.entry, lo + offset)?;
+                patched += 1;
+                continue;
+            }
+        }
         let code = if name == "__vdso_getrandom" {
             // `mov rax, -ENOSYS; ret`: libc falls back to the system call, answered like the
             // clock (the vDSO's own getrandom keeps state the replayer cannot give).
@@ -43,6 +53,74 @@ pub fn patch(pid: u32) -> std::io::Result<usize> {
         patched += 1;
     }
     Ok(patched)
+}
+
+/// `clock_gettime`'s entry, rewritten into a jump to a trampoline in the image's trailing
+/// padding (still in its executable mapping): the trampoline makes the system call for
+/// `CLOCK_REALTIME` and `CLOCK_REALTIME_COARSE`, and for any other clock runs the entry's first
+/// instructions, moved there, and jumps back after them.
+struct Detour {
+    entry: Vec<u8>,
+    at: u64,
+    trampoline: Vec<u8>,
+}
+
+/// The detour for the function at `entry` of `image`, if its first instructions can move (no
+/// branch, nothing relative to the instruction pointer) and the padding has room; else the
+/// caller turns the whole function into the system call.
+fn wall_clock_detour(image: &[u8], entry: u64) -> Option<Detour> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    // Instructions that run the same anywhere (a prologue's): no branch among them.
+    const MOVABLE: &[Mnemonic] = &[
+        Mnemonic::Push,
+        Mnemonic::Mov,
+        Mnemonic::Sub,
+        Mnemonic::Add,
+        Mnemonic::And,
+        Mnemonic::Or,
+        Mnemonic::Xor,
+        Mnemonic::Lea,
+        Mnemonic::Endbr64,
+        Mnemonic::Nop,
+    ];
+    const JMP_LEN: usize = 5;
+    let start = entry as usize;
+    let mut decoder = Decoder::with_ip(64, image.get(start..)?, entry, DecoderOptions::NONE);
+    let mut moved = 0;
+    while moved < JMP_LEN {
+        let instruction = decoder.decode();
+        if instruction.is_invalid()
+            || !MOVABLE.contains(&instruction.mnemonic())
+            || instruction.is_ip_rel_memory_operand()
+        {
+            return None;
+        }
+        moved += instruction.len();
+    }
+    let back = entry + moved as u64;
+    // cmp edi, CLOCK_REALTIME; je sys; cmp edi, CLOCK_REALTIME_COARSE; je sys; <moved>;
+    // jmp back; sys: mov eax, SYS_clock_gettime; syscall; ret
+    let sys = 15 + moved;
+    let mut trampoline = vec![0x83, 0xff, 0x00, 0x74, (sys - 5) as u8, 0x83, 0xff, 0x05, 0x74, (sys - 10) as u8];
+    trampoline.extend_from_slice(&image[start..start + moved]);
+    // The padding after the image's last byte, 16-aligned, all zeros.
+    let used = image.iter().rposition(|&b| b != 0)? + 1;
+    let at = (used + 16).next_multiple_of(16);
+    let length = trampoline.len() + JMP_LEN + 8;
+    if at + length > image.len() || image[at..at + length].iter().any(|&b| b != 0) {
+        return None;
+    }
+    let jump_back = back as i64 - (at + trampoline.len() + JMP_LEN) as i64;
+    trampoline.push(0xe9);
+    trampoline.extend_from_slice(&(i32::try_from(jump_back).ok()?).to_le_bytes());
+    trampoline.extend_from_slice(&[0xb8]);
+    trampoline.extend_from_slice(&(libc::SYS_clock_gettime as u32).to_le_bytes());
+    trampoline.extend_from_slice(&[0x0f, 0x05, 0xc3]);
+    let jump_there = at as i64 - (start + JMP_LEN) as i64;
+    let mut patch = vec![0xe9];
+    patch.extend_from_slice(&(i32::try_from(jump_there).ok()?).to_le_bytes());
+    patch.resize(moved, 0x90);
+    Some(Detour { entry: patch, at: at as u64, trampoline })
 }
 
 /// The dynamic symbols of a vDSO image (an ELF64 shared object linked at 0): (name, offset).
@@ -96,5 +174,37 @@ mod tests {
         for (name, _) in PATCHED {
             assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
         }
+    }
+
+    #[test]
+    fn clock_gettime_jumps_to_a_trampoline_that_sends_only_the_wall_clocks_to_the_kernel() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let Some(range) = maps.lines().find(|l| l.ends_with("[vdso]")).and_then(|l| l.split(' ').next()) else {
+            return;
+        };
+        let (lo, hi) = range.split_once('-').unwrap();
+        let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+        // SAFETY: our own vDSO mapping, readable for its whole length.
+        let image = unsafe { std::slice::from_raw_parts(lo as *const u8, hi - lo) };
+        let entry = vdso_symbols(image).into_iter().find(|(n, _)| n == "__vdso_clock_gettime").unwrap().1;
+        let Some(detour) = wall_clock_detour(image, entry) else {
+            return; // a vDSO whose entry cannot move: the whole function becomes the call
+        };
+        // jmp rel32 to the trampoline, from the entry.
+        assert_eq!(detour.entry[0], 0xe9);
+        let rel = i32::from_le_bytes(detour.entry[1..5].try_into().unwrap()) as i64;
+        assert_eq!(entry as i64 + 5 + rel, detour.at as i64);
+        // The trampoline: the two wall clocks, the moved bytes, the jump back, the call.
+        let t = &detour.trampoline;
+        assert_eq!(&t[..3], &[0x83, 0xff, 0x00]);
+        assert_eq!(&t[5..8], &[0x83, 0xff, 0x05]);
+        let moved = detour.entry.len();
+        assert_eq!(&t[10..10 + moved], &image[entry as usize..entry as usize + moved]);
+        let back = i32::from_le_bytes(t[11 + moved..15 + moved].try_into().unwrap()) as i64;
+        assert_eq!(detour.at as i64 + 15 + moved as i64 + back, (entry as usize + moved) as i64);
+        assert_eq!(&t[15 + moved..], &[0xb8, 228, 0, 0, 0, 0x0f, 0x05, 0xc3]);
+        // Both je land on the call.
+        assert_eq!(5 + t[4] as usize, 15 + moved);
+        assert_eq!(10 + t[9] as usize, 15 + moved);
     }
 }
