@@ -794,3 +794,28 @@ fn a_program_the_recorder_stopped_is_stopped_after_as_long_in_replay() {
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
 }
+
+/// A file the program writes in the sandbox has times on its own clock, not the kernel's real
+/// one: `make` would call a Makefile it just wrote "in the future" (the recorded clock is
+/// earlier), and `ls -l` would show the replay's date.
+#[test]
+fn what_the_program_writes_has_times_on_its_own_clock() {
+    let dir = scratch("sandbox-written-times");
+    let script = "import os, time\n\
+                  open('made.txt', 'w').write('x')\n\
+                  st = os.stat('made.txt')\n\
+                  print(int(st.st_mtime), 'future' if st.st_mtime > time.time() + 0.5 else 'past')";
+    let command = [retrace_tests::python(), "-c", script];
+    let recorded =
+        retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    assert!(
+        String::from_utf8_lossy(&recorded.stdout).contains(" past"),
+        "{}",
+        String::from_utf8_lossy(&recorded.stdout)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&recorded.stdout), "{report}");
+}

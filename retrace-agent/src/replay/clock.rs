@@ -143,6 +143,11 @@ impl VirtualClock {
         recorded_ns
     }
 
+    /// What the clock reads now, without it counting as a read.
+    pub fn peek(&self) -> i128 {
+        self.state.lock().expect("clock").visible()
+    }
+
     /// How many reads were answered, and how many of them with a recorded read's time.
     pub fn reads(&self) -> (u64, u64) {
         let s = self.state.lock().expect("clock");

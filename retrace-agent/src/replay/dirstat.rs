@@ -6,7 +6,8 @@
 //! own answer and these fields set as a disk's: two links plus one per subfolder, and the
 //! host folder's size and blocks. The roots of the trees the sandbox mounts itself (/proc,
 //! /sys, /dev) show the host's, and so do the random devices the replayer plays (FIFOs in the
-//! sandbox). Every other stat is left to the kernel.
+//! sandbox). A file (or folder) the program changed in the sandbox gets its times moved onto
+//! the program's clock (`TimeShift`). Every other stat is left to the kernel.
 
 use std::{
     ffi::CString,
@@ -23,9 +24,50 @@ const STATX_SIZE: usize = 256;
 const STX_NLINK: usize = 16;
 const STX_UID: usize = 20;
 const STX_GID: usize = 24;
-const STX_MODE: usize = 28;
 const STX_SIZE: usize = 40;
 const STX_BLOCKS: usize = 48;
+/// `struct statx_timestamp` (i64 seconds, u32 nanoseconds) fields.
+const STX_ATIME: usize = 64;
+const STX_BTIME: usize = 80;
+const STX_CTIME: usize = 96;
+const STX_MTIME: usize = 112;
+
+/// The times of what the program changed in the sandbox. The kernel stamps a file it writes
+/// with the real time; the program's clock reads the recorded one (`make` would call the
+/// Makefile it just wrote "in the future", `ls -l` would show today). A time from the replay
+/// on (`since_ns`, real) is moved back by how far the real clock is ahead of the program's
+/// (`by_ns`, at the stat).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimeShift {
+    pub since_ns: i128,
+    pub by_ns: i128,
+}
+
+impl TimeShift {
+    /// Whether the file was changed during the replay.
+    fn stamped(&self, st: &libc::stat) -> bool {
+        let at = |sec: i64, nsec: i64| sec as i128 * 1_000_000_000 + nsec as i128;
+        self.by_ns != 0
+            && (at(st.st_mtime, st.st_mtime_nsec) >= self.since_ns
+                || at(st.st_ctime, st.st_ctime_nsec) >= self.since_ns)
+    }
+
+    /// Moves one time back, if it is from the replay on; whether it did. A time is moved the
+    /// same way each time it is seen (`moved`: by real time), though the clocks' distance
+    /// changes: `tar` stats a file before and after reading it and calls any change a change.
+    fn apply(&self, moved: &mut std::collections::HashMap<i128, i128>, sec: &mut i64, nsec: &mut i64) -> bool {
+        let t = *sec as i128 * 1_000_000_000 + *nsec as i128;
+        if self.by_ns == 0 || t < self.since_ns {
+            return false;
+        }
+        if moved.len() >= MOVED_TIMES {
+            moved.clear();
+        }
+        let moved = *moved.entry(t).or_insert(t - self.by_ns);
+        (*sec, *nsec) = (moved.div_euclid(1_000_000_000) as i64, moved.rem_euclid(1_000_000_000) as i64);
+        true
+    }
+}
 
 /// What was worked out for a merged folder: its links (two plus its subfolders) and the host
 /// folder at its path. Kept while the folder is unchanged (same inode, same mtime and ctime:
@@ -34,7 +76,12 @@ const STX_BLOCKS: usize = 48;
 #[derive(Default)]
 pub struct DirStats {
     merged: std::collections::HashMap<FolderVersion, (u64, Option<libc::stat>)>,
+    /// Times from the replay on, as the program was shown them (`TimeShift::apply`).
+    moved: std::collections::HashMap<i128, i128>,
 }
+
+/// Enough remembered times for the files a program changes; past it the memory starts over.
+const MOVED_TIMES: usize = 1 << 16;
 
 /// A folder as it is now: device, inode, mtime and ctime (seconds and nanoseconds).
 type FolderVersion = (u64, u64, [i64; 4]);
@@ -45,7 +92,7 @@ const CACHED_FOLDERS: usize = 4096;
 impl DirStats {
     /// A stat-family call of thread `pid`: `None` to let the kernel answer, else its return
     /// value or errno.
-    pub fn answer(&mut self, pid: u32, nr: i64, args: &[u64; 6]) -> Option<Result<i64, i32>> {
+    pub fn answer(&mut self, pid: u32, nr: i64, args: &[u64; 6], shift: TimeShift) -> Option<Result<i64, i32>> {
         let (target, out, statx) = match nr {
             libc::SYS_fstat => (Target::Fd(args[0] as i32), args[1], None),
             libc::SYS_stat | libc::SYS_lstat => {
@@ -71,45 +118,58 @@ impl DirStats {
         if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
             return None;
         }
+        let mut merged = None;
         match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => {}
             // A random device the replayer plays is a FIFO: it shows the host's device.
             libc::S_IFIFO => {
                 let path = fd_path(&file)?;
-                return RANDOM_DEVICES.contains(&path.as_str()).then(|| host_status(pid, &path, out, statx));
-            }
-            _ => return None,
-        }
-        if st.st_nlink != 1 {
-            // The root of a tree the sandbox makes itself (its own /proc, /sys, /dev) shows the
-            // host's, as the recording saw it, not a fresh mount's owner and times.
-            let path = (st.st_ino <= 2).then(|| fd_path(&file)).flatten()?;
-            if !OWN_ROOTS.contains(&path.as_str()) {
-                return None;
-            }
-            return Some(host_status(pid, &path, out, statx));
-        }
-        // A merged folder (a disk's folder has at least two links: its entry and its `.`).
-        let version = (st.st_dev, st.st_ino, [st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec]);
-        let (links, host) = match self.merged.get(&version) {
-            Some(known) => *known,
-            None => {
-                let known = (2 + subfolders(&file)?, host_folder(&file));
-                if self.merged.len() >= CACHED_FOLDERS {
-                    self.merged.clear();
+                if RANDOM_DEVICES.contains(&path.as_str()) {
+                    return Some(host_status(pid, &path, out, statx));
                 }
-                self.merged.insert(version, known);
-                known
             }
-        };
+            libc::S_IFDIR if st.st_nlink != 1 => {
+                // The root of a tree the sandbox makes itself (its own /proc, /sys, /dev) shows
+                // the host's, as the recording saw it, not a fresh mount's owner and times.
+                if let Some(path) = (st.st_ino <= 2).then(|| fd_path(&file)).flatten() {
+                    if OWN_ROOTS.contains(&path.as_str()) {
+                        return Some(host_status(pid, &path, out, statx));
+                    }
+                }
+            }
+            libc::S_IFDIR => {
+                // A merged folder (a disk's folder has at least two links: its entry and its `.`).
+                let version = (st.st_dev, st.st_ino, [st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec]);
+                merged = Some(match self.merged.get(&version) {
+                    Some(known) => *known,
+                    None => {
+                        let known = (2 + subfolders(&file)?, host_folder(&file));
+                        if self.merged.len() >= CACHED_FOLDERS {
+                            self.merged.clear();
+                        }
+                        self.merged.insert(version, known);
+                        known
+                    }
+                });
+            }
+            _ => {}
+        }
+        // Anything else the kernel answers as it is, unless the program changed it here.
+        if merged.is_none() && !shift.stamped(&st) {
+            return None;
+        }
         match statx {
             None => {
-                st.st_nlink = links;
-                if let Some(host) = &host {
-                    (st.st_size, st.st_blocks, st.st_blksize) = (host.st_size, host.st_blocks, host.st_blksize);
+                if let Some((links, host)) = &merged {
+                    st.st_nlink = *links;
+                    if let Some(host) = host {
+                        (st.st_size, st.st_blocks, st.st_blksize) = (host.st_size, host.st_blocks, host.st_blksize);
+                    }
                 }
                 st.st_uid = inside(st.st_uid);
                 st.st_gid = inside(st.st_gid);
+                shift.apply(&mut self.moved, &mut st.st_atime, &mut st.st_atime_nsec);
+                shift.apply(&mut self.moved, &mut st.st_mtime, &mut st.st_mtime_nsec);
+                shift.apply(&mut self.moved, &mut st.st_ctime, &mut st.st_ctime_nsec);
                 // SAFETY: the struct's bytes, as the kernel would copy them out.
                 let bytes = unsafe {
                     std::slice::from_raw_parts(
@@ -132,18 +192,26 @@ impl DirStats {
                         stx.as_mut_ptr().cast(),
                     )
                 };
-                if done != 0
-                    || u16::from_ne_bytes([stx[STX_MODE], stx[STX_MODE + 1]]) as u32 & libc::S_IFMT != libc::S_IFDIR
-                {
+                if done != 0 {
                     return None;
                 }
                 let put = |stx: &mut [u8; STATX_SIZE], at: usize, bytes: &[u8]| {
                     stx[at..at + bytes.len()].copy_from_slice(bytes)
                 };
-                put(&mut stx, STX_NLINK, &(links as u32).to_ne_bytes());
-                if let Some(host) = &host {
-                    put(&mut stx, STX_SIZE, &(host.st_size as u64).to_ne_bytes());
-                    put(&mut stx, STX_BLOCKS, &(host.st_blocks as u64).to_ne_bytes());
+                if let Some((links, host)) = &merged {
+                    put(&mut stx, STX_NLINK, &(*links as u32).to_ne_bytes());
+                    if let Some(host) = host {
+                        put(&mut stx, STX_SIZE, &(host.st_size as u64).to_ne_bytes());
+                        put(&mut stx, STX_BLOCKS, &(host.st_blocks as u64).to_ne_bytes());
+                    }
+                }
+                for at in [STX_ATIME, STX_BTIME, STX_CTIME, STX_MTIME] {
+                    let mut sec = i64::from_ne_bytes(stx[at..at + 8].try_into().expect("8 bytes"));
+                    let mut nsec = i64::from(u32::from_ne_bytes(stx[at + 8..at + 12].try_into().expect("4 bytes")));
+                    if shift.apply(&mut self.moved, &mut sec, &mut nsec) {
+                        put(&mut stx, at, &sec.to_ne_bytes());
+                        put(&mut stx, at + 8, &(nsec as u32).to_ne_bytes());
+                    }
                 }
                 for at in [STX_UID, STX_GID] {
                     let id = u32::from_ne_bytes(stx[at..at + 4].try_into().expect("4 bytes"));

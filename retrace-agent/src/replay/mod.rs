@@ -204,6 +204,8 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     }
     files_served.sort();
     rootfs.settle_folder_times();
+    // Whatever has a later time than this in the sandbox, the program changed.
+    let started_ns = crate::clock::now_wall_ns() as i128;
     let sandboxed = sandbox::spawn(&config.argv, &env, &rootfs, &stdio, recording.manifest.root_pid)?;
 
     let shared = Arc::new(Shared {
@@ -240,6 +242,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         sysinfo: script.sysinfo,
         clock_reads: script.clock_reads,
         namespace_tids: HashMap::new(),
+        started_ns,
         at_random: script.at_random,
         linked_random: (!script.library_random.is_empty()).then(Default::default),
         library_random: script.library_random,

@@ -99,6 +99,9 @@ pub struct Notifier {
     /// Each recorded process's AT_RANDOM bytes, one per exec in order (zeros: not recorded):
     /// written in place of the kernel's at the new image's first system call.
     pub at_random: HashMap<u32, VecDeque<[u8; crate::auxv::AT_RANDOM_LEN]>>,
+    /// When the program started (real wall clock, ns): what it changed since has the kernel's
+    /// times, moved to its own clock's when it looks (`dirstat::TimeShift`).
+    pub started_ns: i128,
     /// Threads' ids in the sandbox, by their id outside it (the notifier's).
     pub namespace_tids: HashMap<u32, u32>,
     /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim, and by
@@ -185,7 +188,11 @@ impl Notifier {
                 libc::SYS_getrandom => self.getrandom(&req),
                 libc::SYS_sysinfo => self.sysinfo(&req),
                 libc::SYS_fstat | libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
-                    match self.dir_stats.answer(req.pid, nr, &req.data.args) {
+                    let shift = dirstat::TimeShift {
+                        since_ns: self.started_ns,
+                        by_ns: crate::clock::now_wall_ns() as i128 - self.shared.clock.peek(),
+                    };
+                    match self.dir_stats.answer(req.pid, nr, &req.data.args, shift) {
                         Some(Ok(n)) => Answer::Value(n),
                         Some(Err(errno)) => Answer::Error(errno),
                         None => Answer::Continue,
