@@ -198,6 +198,16 @@ impl Rec {
             .collect()
     }
 
+    pub fn syscalls(&self) -> Vec<&proto::Syscall> {
+        self.records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(R::Syscall(c)) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn processes(&self) -> Vec<&proto::Process> {
         self.records
             .iter()

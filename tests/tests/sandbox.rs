@@ -429,16 +429,16 @@ fn the_program_reads_the_wall_clock_it_read_when_recorded() {
     assert_eq!(printed.lines().count(), 4, "{printed}");
     // The recording holds the times the program printed, read by the kernel's probes.
     let rec = retrace_tests::Rec::open(&dir.join("rec"));
-    let mut read_ns = Vec::new();
-    for record in &rec.records {
-        if let Some(retrace_agent::store::proto::record::Kind::Syscall(call)) = &record.kind {
-            if call.name == "clock_gettime" && call.random.len() == 16 {
-                let sec = i64::from_le_bytes(call.random[..8].try_into().unwrap());
-                let nsec = i64::from_le_bytes(call.random[8..].try_into().unwrap());
-                read_ns.push(sec as i128 * 1_000_000_000 + nsec as i128);
-            }
-        }
-    }
+    let read_ns: Vec<i128> = rec
+        .syscalls()
+        .iter()
+        .filter(|call| call.name == "clock_gettime" && call.random.len() == 16)
+        .map(|call| {
+            let sec = i64::from_le_bytes(call.random[..8].try_into().unwrap());
+            let nsec = i64::from_le_bytes(call.random[8..].try_into().unwrap());
+            sec as i128 * 1_000_000_000 + nsec as i128
+        })
+        .collect();
     let python_ns: i128 = printed.lines().nth(1).unwrap().parse().unwrap();
     assert!(read_ns.contains(&python_ns), "{python_ns} among the recorded reads {read_ns:?}");
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -461,14 +461,7 @@ fn without_recorded_reads_the_clock_is_the_recorded_time_plus_elapsed() {
         .unwrap();
     assert!(recorded.status.success(), "{}", stderr(&recorded));
     let rec = retrace_tests::Rec::open(&dir.join("rec"));
-    let clock_calls = rec
-        .records
-        .iter()
-        .filter(|r| {
-            matches!(&r.kind, Some(retrace_agent::store::proto::record::Kind::Syscall(c))
-                if c.name == "clock_gettime" || c.name == "gettimeofday")
-        })
-        .count();
+    let clock_calls = rec.syscalls().iter().filter(|c| c.name == "clock_gettime" || c.name == "gettimeofday").count();
     assert_eq!(clock_calls, 0, "--no-clock records no clock reads");
     let seconds = |out: &[u8]| -> Vec<i64> {
         String::from_utf8_lossy(out).lines().map(|l| l.trim().parse().expect("seconds")).collect()
@@ -553,14 +546,8 @@ fn getaddrinfo_sorting_its_answers_is_not_blocked() {
         retrace_command().current_dir(&dir).args(["record", "-o", "rec", "--"]).args(command).output().unwrap();
     assert!(recorded.status.success(), "{}", stderr(&recorded));
     let rec = retrace_tests::Rec::open(&dir.join("rec"));
-    let udp_connects = rec
-        .records
-        .iter()
-        .filter(|r| {
-            matches!(&r.kind, Some(retrace_agent::store::proto::record::Kind::Syscall(c))
-                if c.name == "connect" && c.ret == 0 && c.detail.ends_with(":8080"))
-        })
-        .count();
+    let udp_connects =
+        rec.syscalls().iter().filter(|c| c.name == "connect" && c.ret == 0 && c.detail.ends_with(":8080")).count();
     assert!(udp_connects >= 2, "glibc connected to each answer: {udp_connects}");
     let (out, report) = replay(&dir.join("rec"), &[], &command, &dir);
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));

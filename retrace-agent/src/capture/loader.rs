@@ -156,7 +156,8 @@ impl Probes {
         let ring_size = u64::from(config.ring_buffer_bytes);
         let backpressure = u64::from(config.backpressure);
         let hold_execs = u64::from(config.hold_execs);
-        let hold_every_exec = u64::from(config.hold_execs && config.record_clock);
+        let patch_clock = config.hold_execs && config.record_clock;
+        let hold_every_exec = u64::from(patch_clock);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
@@ -220,7 +221,7 @@ impl Probes {
             probed_files: Default::default(),
             looked_at,
             paused,
-            patch_clock: config.hold_execs && config.record_clock,
+            patch_clock,
         };
         // Uprobes are set on the file (its inode): they fire in every process that maps it,
         // now or later, and the programs keep only traced ones.

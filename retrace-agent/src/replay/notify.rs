@@ -352,14 +352,7 @@ impl Notifier {
             return None;
         }
         let kind = super::script::ClockRead::of_call(nr, args)?;
-        let inside = match self.namespace_tids.get(&tid) {
-            Some(&inside) => inside,
-            None => {
-                let inside = namespace_tid(tid)?;
-                self.namespace_tids.insert(tid, inside);
-                inside
-            }
-        };
+        let inside = self.inside_id(tid)?;
         let queue = self.clock_reads.get_mut(&(inside, kind))?;
         // Reads the recording made while the program waited for what the replay delivered at
         // once are past (`VirtualClock::deliver`).
@@ -376,12 +369,22 @@ impl Notifier {
         Some(ns)
     }
 
+    /// Thread `tid`'s id in the sandbox (its recorded one), looked up once.
+    fn inside_id(&mut self, tid: u32) -> Option<u32> {
+        if let Some(&inside) = self.namespace_tids.get(&tid) {
+            return Some(inside);
+        }
+        let inside = namespace_tid(tid)?;
+        self.namespace_tids.insert(tid, inside);
+        Some(inside)
+    }
+
     /// A new image of process `pid`: its AT_RANDOM bytes become those its recorded exec had.
     fn recorded_at_random(&mut self, pid: u32) {
         if self.at_random.is_empty() {
             return;
         }
-        let Some(bytes) = namespace_tid(pid).and_then(|inside| self.at_random.get_mut(&inside)?.pop_front()) else {
+        let Some(bytes) = self.inside_id(pid).and_then(|inside| self.at_random.get_mut(&inside)?.pop_front()) else {
             return;
         };
         if bytes == [0; crate::auxv::AT_RANDOM_LEN] {
