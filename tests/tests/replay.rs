@@ -391,6 +391,59 @@ fn a_threaded_client_gets_each_connection_by_what_it_asks_and_an_unrecorded_ask_
     );
 }
 
+/// An HTTP/1.1 server (python, keep-alive) that answers each path with how many times it was
+/// asked for it: a request's answer depends on the requests before it.
+const COUNTING_SERVER: &str = "import http.server,sys,collections\nn=collections.Counter()\nclass Q(http.server.BaseHTTPRequestHandler):\n    protocol_version='HTTP/1.1'\n    def log_message(self, *a): pass\n    def do_GET(self):\n        n[self.path]+=1\n        b=('%s #%d\\n' % (self.path, n[self.path])).encode()\n        self.send_response(200)\n        self.send_header('Content-Length', str(len(b)))\n        self.end_headers()\n        self.wfile.write(b)\ns=http.server.ThreadingHTTPServer(('127.0.0.1',0),Q)\nprint(s.server_address[1],flush=True)\ns.serve_forever()";
+
+/// A client that asks for `paths` in order, each on a connection of its own (`separate`) or
+/// all on one keep-alive connection (`one`), and prints the answers.
+const POOLING_CLIENT: &str = "import http.client,sys\nport,mode,paths=int(sys.argv[1]),sys.argv[2],sys.argv[3:]\nc=None\nfor p in paths:\n    if c is None or mode=='separate':\n        c=http.client.HTTPConnection('127.0.0.1',port,timeout=5)\n    try:\n        c.request('GET',p)\n        sys.stdout.write(c.getresponse().read().decode())\n    except Exception as e:\n        print(p, type(e).__name__)\n        c=None\n    if mode=='separate':\n        c.close()\n";
+
+#[test]
+fn a_client_that_pools_connections_gets_each_response_on_whichever_connection_it_asks() {
+    let dir = scratch("replay-pooling");
+    let mut server = Command::new("python3").args(["-c", COUNTING_SERVER]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().to_owned();
+    let python = retrace_tests::python();
+    let client = |mode: &'static str, paths: &[&'static str]| {
+        let mut argv = vec![python, "-c", POOLING_CLIENT, port.as_str(), mode];
+        argv.extend_from_slice(paths);
+        argv
+    };
+    // Four connections when recorded; /a asked twice, answered "#1" then "#2".
+    let (_, recorded) = record(&dir, &[], &client("separate", &["/a", "/b", "/a", "/c"]));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout), "/a #1\n/b #1\n/a #2\n/c #1\n");
+    // Replayed on one connection: each request gets the response to the same recorded request,
+    // the two /a theirs in the recorded order.
+    let (out, report) =
+        replay(&dir.join("rec"), &dir.join("one.json"), &client("one", &["/a", "/b", "/a", "/c"]), None);
+    assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
+    assert_eq!(out.stdout, recorded.stdout);
+    assert_eq!(report["requests_moved"], 3, "{report}");
+    let exchanges = report["exchanges"].as_array().unwrap();
+    assert_eq!(exchanges.len(), 4, "{report}");
+    assert!(exchanges.iter().all(|e| e["status"] == "matched"), "{report}");
+    // A third /a was never recorded: reset, and the replay fails.
+    let (out, report) =
+        replay(&dir.join("rec"), &dir.join("more.json"), &client("one", &["/a", "/b", "/a", "/c", "/a"]), None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/a #1\n/b #1\n/a #2\n/c #1\n/a "), "{report}");
+    let unmatched = report["unmatched"].as_array().unwrap();
+    assert_eq!(unmatched.len(), 1, "{report}");
+    assert!(unmatched[0]["sent"].as_str().unwrap().starts_with("GET /a "), "{report}");
+    // A request the program never sends fails the replay too, on its recorded connection.
+    let (out, report) = replay(&dir.join("rec"), &dir.join("less.json"), &client("one", &["/a", "/b", "/c"]), None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    let not_played: Vec<_> =
+        report["exchanges"].as_array().unwrap().iter().filter(|e| e["status"] != "matched").collect();
+    assert_eq!(not_played.len(), 1, "{report}");
+}
+
 /// Records `server` (launched) answering `requests` curl requests on `port`, then stops it.
 fn record_server(dir: &Path, server: &[&str], port: u16, requests: &[&str]) {
     retrace_tests::record_server(&dir.join("rec"), server, port, || {

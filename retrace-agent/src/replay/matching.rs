@@ -1,10 +1,20 @@
 //! Which recorded connection a new connection of the program is: the one whose first request
 //! matches what the program sends first, not the next in connect order (threads connect in
 //! any order). A connection that matches none is never fed another's bytes.
+//!
+//! HTTP/1.x connections are split into their requests (each with its response): a client
+//! that pools connections (Go's `net/http`, `curl --parallel`, node's agent) sends a request
+//! on whichever connection is free, and which one that is, and how many connections it
+//! opens, change from run to run. Each request the program sends, on any connection, gets
+//! the response to the same request when recorded; identical requests get their responses
+//! in the recorded order.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
 
-use super::script::{first_difference, Connection, Step};
+use super::{
+    http,
+    script::{first_difference, Connection, Piece, Step},
+};
 
 /// The recorded outbound connections not yet claimed, by peer, in the order they were made.
 #[derive(Default)]
@@ -22,6 +32,8 @@ pub enum Choice {
     /// None fits; the closest (the longest first request in common): its stream id, and
     /// where and how it differs.
     None(Option<Closest>),
+    /// The program closed the connection without sending anything: nothing is claimed.
+    Nothing,
 }
 
 /// The recorded connection closest to what an unmatched connection sent.
@@ -41,7 +53,14 @@ impl Pool {
             if let Some(path) = &c.unix_path {
                 unix_paths.insert(c.peer, path.clone());
             }
-            by_peer.entry(c.peer).or_default().push(c);
+            by_peer.entry(c.peer).or_default().extend(requests_of(c));
+        }
+        // Where requests were split out, they are candidates in the order they were answered
+        // (connections stay in connect order among themselves when nothing was split).
+        for all in by_peer.values_mut() {
+            if all.iter().any(|c| c.piece.is_some()) {
+                all.sort_by_key(first_answer);
+            }
         }
         Pool { by_peer: Mutex::new(by_peer), unix_paths }
     }
@@ -93,9 +112,11 @@ impl Pool {
         if first_send(&all[first]).is_none() {
             return Choice::Take(all.remove(first));
         }
-        // Even one candidate left must be asked for: the program may want something else.
+        // Even one candidate left must be asked for: the program may want something else. A
+        // connection it closes unused (a pooling client dialled one more than it needed) is
+        // none of them.
         if got.is_empty() {
-            return if done { Choice::Take(all.remove(first)) } else { Choice::NeedMore };
+            return if done { Choice::Nothing } else { Choice::NeedMore };
         }
         let fitting: Vec<usize> = candidates
             .iter()
@@ -103,6 +124,12 @@ impl Pool {
             .filter(|&i| first_send(&all[i]).is_some_and(|(bytes, wild)| fits(got, bytes, wild)))
             .collect();
         let Some(&earliest) = fitting.first() else {
+            // An HTTP request that differs from every recorded one only after its start line
+            // (a noisy header value) is the earliest recorded one with that start line: the
+            // player compares the rest, noise allowed, and names any real difference.
+            if let Some(i) = candidates.iter().copied().find(|&i| same_start_line(&all[i], got)) {
+                return Choice::Take(all.remove(i));
+            }
             return Choice::None(closest(candidates.iter().map(|&i| &all[i]), got));
         };
         let complete = |i: &usize| first_send(&all[*i]).is_some_and(|(bytes, _)| bytes.len() <= got.len());
@@ -133,6 +160,65 @@ impl Pool {
 
 /// A redacted span: offset and length.
 type Span = (usize, usize);
+
+/// An HTTP/1.x connection's requests, each with the response to it, as connections of their
+/// own; any other connection whole. A connection is split only where every send is an HTTP
+/// request (no `100 Continue` between head and body, no upgrade to another protocol, no
+/// tunnel) and no cleartext went before its TLS.
+fn requests_of(c: Connection) -> Vec<Connection> {
+    let splittable = c.tls.as_ref().is_none_or(|t| t.prefix.is_empty())
+        && matches!(c.steps.first(), Some(Step::Send { .. }))
+        && c.steps.iter().all(|step| match step {
+            Step::Send { bytes, .. } => http::is_http(bytes) && !bytes.starts_with(b"CONNECT "),
+            Step::Receive { bytes, .. } => !bytes.starts_with(b"HTTP/1.1 101") && !bytes.starts_with(b"HTTP/1.0 101"),
+        });
+    if !splittable {
+        return vec![c];
+    }
+    let mut pieces: Vec<Connection> = Vec::new();
+    let mut offset = 0;
+    for step in &c.steps {
+        match step {
+            Step::Send { bytes, .. } => {
+                let piece = Piece { index: pieces.len(), last: false, offset };
+                offset += bytes.len();
+                pieces.push(Connection {
+                    stream_id: c.stream_id,
+                    peer: c.peer,
+                    unix_path: c.unix_path.clone(),
+                    steps: vec![step.clone()],
+                    opens_at: c.opens_at,
+                    tls: c.tls.clone(),
+                    piece: Some(piece),
+                })
+            }
+            Step::Receive { .. } => pieces.last_mut().expect("a send comes first").steps.push(step.clone()),
+        }
+    }
+    if let Some(Connection { piece: Some(piece), .. }) = pieces.last_mut() {
+        piece.last = true;
+    }
+    pieces
+}
+
+/// When the recorded peer first answered on `c` (never: last).
+fn first_answer(c: &Connection) -> u64 {
+    c.steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Receive { ts_ns, .. } => Some(*ts_ns),
+            Step::Send { .. } => None,
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// Whether `got` holds a whole HTTP start line and `c`'s first request has the same one.
+fn same_start_line(c: &Connection, got: &[u8]) -> bool {
+    let Some(end) = got.iter().position(|&b| b == b'\n') else { return false };
+    first_send(c).is_some_and(|(bytes, wild)| {
+        http::is_http(bytes) && bytes.len() > end && bytes[end] == b'\n' && fits(&got[..end], &bytes[..end], wild)
+    })
+}
 
 /// The first bytes the program sent on a recorded connection (before a STARTTLS-style upgrade,
 /// those in the clear), with their redacted spans.
@@ -177,6 +263,7 @@ mod tests {
             ],
             opens_at: 0,
             tls: None,
+            piece: None,
         }
     }
 
@@ -218,5 +305,60 @@ mod tests {
         let pool = Pool::new(vec![conn(4, "PING\r\n"), conn(5, "PING\r\n")]);
         assert_eq!(taken(pool.choose_plain(&peer, b"PI", false)), Some(4));
         assert_eq!(pool.left().iter().map(|c| c.stream_id).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn http_connections_are_split_into_requests_matched_by_content() {
+        let peer: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let send = |s: &str| Step::Send { bytes: s.as_bytes().to_vec(), wildcards: vec![] };
+        let answer = |s: &str, ts_ns| Step::Receive { bytes: s.as_bytes().to_vec(), ts_ns, gate: 0 };
+        let keep_alive = Connection {
+            steps: vec![
+                send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n"),
+                answer("HTTP/1.1 200 OK\r\n\r\na1", 10),
+                send("GET /b HTTP/1.1\r\nHost: x\r\n\r\n"),
+                answer("HTTP/1.1 200 OK\r\n\r\nb", 30),
+            ],
+            ..conn(1, "")
+        };
+        let other = Connection {
+            steps: vec![send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n"), answer("HTTP/1.1 200 OK\r\n\r\na2", 20)],
+            ..conn(2, "")
+        };
+        let upgraded = Connection {
+            steps: vec![
+                send("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+                answer("HTTP/1.1 101 Switching Protocols\r\n\r\n", 40),
+                send("\u{81}frame"),
+            ],
+            ..conn(3, "")
+        };
+        let pool = Pool::new(vec![keep_alive, other, upgraded]);
+        let take = |got: &str| match pool.choose_plain(&peer, got.as_bytes(), false) {
+            Choice::Take(c) => (c.stream_id, c.piece.map(|p| (p.index, p.last, p.offset)), c.steps.len()),
+            _ => panic!("{got}: nothing taken"),
+        };
+        // The second request of connection 1 is asked for first, on a connection of its own.
+        assert_eq!(take("GET /b HTTP/1.1\r\nHost: x\r\n\r\n"), (1, Some((1, true, 28)), 2));
+        // Two /a: answered in the order they were, whichever connection asks.
+        assert_eq!(take("GET /a HTTP/1.1\r\nHost: x\r\n\r\n"), (1, Some((0, false, 0)), 2));
+        assert_eq!(take("GET /a HTTP/1.1\r\nHost: x\r\n\r\n"), (2, Some((0, true, 0)), 2));
+        // A request with another header value is the recorded one with its start line.
+        let pool = Pool::new(vec![conn(4, "GET /c HTTP/1.1\r\nX-Id: 1\r\n\r\n")]);
+        assert_eq!(taken(pool.choose_plain(&peer, b"GET /c HTTP/1.1\r\nX-Id: 2\r\n\r\n", false)), Some(4));
+        // A connection upgraded to another protocol stays whole.
+        let upgraded = Pool::new(vec![Connection {
+            steps: vec![
+                send("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+                answer("HTTP/1.1 101 Switching Protocols\r\n\r\n", 40),
+                send("\u{81}frame"),
+            ],
+            ..conn(6, "")
+        }]);
+        assert_eq!(upgraded.left()[0].steps.len(), 3);
+        // Nothing sent and closed: nothing claimed.
+        let pool = Pool::new(vec![conn(7, "GET /d HTTP/1.1\r\n\r\n")]);
+        assert!(matches!(pool.choose_plain(&peer, b"", true), Choice::Nothing));
+        assert!(pool.has(&peer));
     }
 }

@@ -119,8 +119,17 @@ impl Shared {
     fn tls_terminated(&self) {
         self.report.lock().expect("report").tls_terminated += 1;
     }
+    fn request_moved(&self) {
+        self.report.lock().expect("report").requests_moved += 1;
+    }
+    /// A played connection, or one request of one (the report has an entry per recorded
+    /// connection: its requests' add up, and the first difference is the connection's).
     fn exchange(&self, exchange: Exchange) {
-        self.report.lock().expect("report").exchanges.push(exchange);
+        let mut report = self.report.lock().expect("report");
+        match report.exchanges.iter_mut().find(|e| e.stream_id == exchange.stream_id) {
+            Some(e) => e.add(exchange),
+            None => report.exchanges.push(exchange),
+        }
     }
 }
 
@@ -308,12 +317,28 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     report.scratch_writes = changes.written;
     report.scratch_removed = changes.removed;
     for c in unplayed {
-        report.exchanges.push(Exchange {
-            stream_id: c.stream_id,
-            peer: c.peer_name(),
-            status: "not_played".into(),
-            ..Default::default()
-        });
+        match report.exchanges.iter_mut().find(|e| e.stream_id == c.stream_id) {
+            // Some of the connection's requests were played, and this one never came.
+            Some(e) => e.add(Exchange {
+                status: "diverged".into(),
+                difference: c.piece.map(|piece| report::Difference {
+                    offset: piece.offset as u64,
+                    what: "the program never sent this request".into(),
+                    expected: match c.steps.first() {
+                        Some(script::Step::Send { bytes, .. }) => peer::context(bytes),
+                        _ => String::new(),
+                    },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            None => report.exchanges.push(Exchange {
+                stream_id: c.stream_id,
+                peer: c.peer_name(),
+                status: "not_played".into(),
+                ..Default::default()
+            }),
+        }
     }
     report.exchanges.sort_by_key(|e| e.stream_id);
     // A server stopped by the replayer ends the replay normally; a program that ended on its

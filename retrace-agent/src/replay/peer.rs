@@ -63,11 +63,68 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
         }
     }
     let mut got = Vec::new();
+    // The recorded request last played on this connection (stream and place), if any.
+    let mut last: Option<(u64, usize)> = None;
+    loop {
+        let chosen = choose(&pool, &peer, &mut sock, &mut got, tls_first);
+        let connection = match chosen {
+            Ok(connection) => connection,
+            Err(None) if got.is_empty() => return,
+            Err(closest) => return refuse(&pool, &peer, &sock, &got, closest, &shared),
+        };
+        // A STARTTLS-style upgrade: what went in the clear first, then TLS.
+        if let Some(session) = connection.tls.as_ref().filter(|t| !t.prefix.is_empty() && !tls_first) {
+            if let Err(difference) = play_prefix(&mut sock, &session.prefix, std::mem::take(&mut got)) {
+                shared.exchange(Exchange {
+                    stream_id: connection.stream_id,
+                    peer: connection.peer_name(),
+                    status: "diverged".into(),
+                    difference: Some(*difference),
+                    ..Default::default()
+                });
+                return;
+            }
+            let names = vec![session.sni.clone()].into_iter().filter(|n| !n.is_empty()).collect();
+            let alpn: Vec<String> = vec![session.alpn.clone()].into_iter().filter(|a| !a.is_empty()).collect();
+            match terminate_tls(&shared, sock, &peer, names, &alpn) {
+                Some(plain) => sock = plain,
+                None => return,
+            }
+        }
+        if let Some(piece) = connection.piece {
+            let in_place = match last {
+                None => piece.index == 0,
+                Some((stream_id, index)) => stream_id == connection.stream_id && index + 1 == piece.index,
+            };
+            if !in_place {
+                shared.request_moved();
+            }
+            last = Some((connection.stream_id, piece.index));
+        }
+        match play(connection, sock, Role::Server, std::mem::take(&mut got), shared.clone(), None) {
+            // The program sent another request on this connection.
+            Some((same, sent)) => (sock, got) = (same, sent),
+            None => return,
+        }
+    }
+}
+
+/// Reads what the program sends on a new connection (or after a request played on its own)
+/// until it tells the recorded connection or request it is; `Err(closest)` when none fits or
+/// it sent nothing.
+fn choose(
+    pool: &Pool,
+    peer: &std::net::SocketAddr,
+    sock: &mut TcpStream,
+    got: &mut Vec<u8>,
+    tls_first: bool,
+) -> Result<Connection, Option<crate::replay::matching::Closest>> {
     let mut done = false;
-    let chosen = loop {
-        match pool.choose(&peer, &got, done, tls_first) {
-            Choice::Take(c) => break Ok(c),
-            Choice::None(closest) => break Err(closest),
+    loop {
+        match pool.choose(peer, got, done, tls_first) {
+            Choice::Take(c) => return Ok(c),
+            Choice::None(closest) => return Err(closest),
+            Choice::Nothing => return Err(None),
             Choice::NeedMore => {}
         }
         // The first bytes may take the program a while; the rest of a request follows at once.
@@ -76,67 +133,48 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
         let mut buf = [0u8; 4096];
         match sock.read(&mut buf) {
             Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ if done => break Err(None),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            _ if done => return Err(None),
             _ => done = true,
         }
-    };
-    match chosen {
-        Ok(connection) => {
-            // A STARTTLS-style upgrade: what went in the clear first, then TLS.
-            if let Some(session) = connection.tls.as_ref().filter(|t| !t.prefix.is_empty() && !tls_first) {
-                if let Err(difference) = play_prefix(&mut sock, &session.prefix, std::mem::take(&mut got)) {
-                    shared.exchange(Exchange {
-                        stream_id: connection.stream_id,
-                        peer: connection.peer_name(),
-                        status: "diverged".into(),
-                        difference: Some(*difference),
-                        ..Default::default()
-                    });
-                    return;
-                }
-                let names = vec![session.sni.clone()].into_iter().filter(|n| !n.is_empty()).collect();
-                let alpn: Vec<String> = vec![session.alpn.clone()].into_iter().filter(|a| !a.is_empty()).collect();
-                match terminate_tls(&shared, sock, &peer, names, &alpn) {
-                    Some(plain) => sock = plain,
-                    None => return,
-                }
-            }
-            play(connection, sock, Role::Server, got, shared, None)
-        }
-        Err(closest) => {
-            // SO_LINGER 0: the close is a reset, as a refused request would be.
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: setsockopt with a linger struct of its size on our socket.
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            let (closest_stream_id, difference) = match closest {
-                Some(c) => (
-                    Some(c.stream_id),
-                    Some(Difference {
-                        offset: c.offset as u64,
-                        what: "different bytes".into(),
-                        expected: context(&c.expected),
-                        actual: context(got.get(c.offset..).unwrap_or_default()),
-                        learn: None,
-                    }),
-                ),
-                None => (None, None),
-            };
-            shared.unmatched(Unmatched {
-                address: pool.name_of(&peer),
-                sent: context(&got),
-                closest_stream_id,
-                difference,
-            });
-        }
     }
+}
+
+/// A connection of the program that fits no recorded one: reset (SO_LINGER 0, as a refused
+/// request would be), and reported with the closest recorded request.
+fn refuse(
+    pool: &Pool,
+    peer: &std::net::SocketAddr,
+    sock: &TcpStream,
+    got: &[u8],
+    closest: Option<crate::replay::matching::Closest>,
+    shared: &Shared,
+) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt with a linger struct of its size on our socket.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    let (closest_stream_id, difference) = match closest {
+        Some(c) => (
+            Some(c.stream_id),
+            Some(Difference {
+                offset: c.offset as u64,
+                what: "different bytes".into(),
+                expected: context(&c.expected),
+                actual: context(got.get(c.offset..).unwrap_or_default()),
+                learn: None,
+            }),
+        ),
+        None => (None, None),
+    };
+    shared.unmatched(Unmatched { address: pool.name_of(peer), sent: context(got), closest_stream_id, difference });
 }
 
 /// Terminates the program's TLS with a certificate for `names` from the replay's CA; a refusal
@@ -228,7 +266,9 @@ fn play_prefix(sock: &mut TcpStream, steps: &[Step], mut got: Vec<u8>) -> Result
 /// connection's index in it.
 type Place = (Arc<Order>, usize);
 
-/// Plays `connection` on `sock`; `prefetched` is what the program already sent on it.
+/// Plays `connection` on `sock`; `prefetched` is what the program already sent on it. A
+/// request played on its own (`Connection::piece`) that the program follows with more bytes
+/// hands back the socket and those bytes: the next request may be another recorded one.
 pub fn play(
     connection: Connection,
     sock: TcpStream,
@@ -236,7 +276,7 @@ pub fn play(
     prefetched: Vec<u8>,
     shared: Arc<Shared>,
     place: Option<Place>,
-) {
+) -> Option<(TcpStream, Vec<u8>)> {
     let mut sock = Program { sock, pending: prefetched, at: 0, place: place.clone(), from_socket: 0 };
     let mut exchange = Exchange {
         stream_id: connection.stream_id,
@@ -246,7 +286,8 @@ pub fn play(
     };
     let _ = sock.sock.set_nodelay(true);
     let _ = sock.sock.set_read_timeout(Some(STEP_TIMEOUT));
-    let mut sent_offset = 0usize; // position in what the program sent
+    // Position in what the program sent (on the recorded connection, for a request on its own).
+    let mut sent_offset = connection.piece.map_or(0, |p| p.offset);
     let mut recorded_sent = 0u64; // the same in the recording
     for step in &connection.steps {
         if let (Step::Send { bytes, .. }, Some((order, i))) = (step, &place) {
@@ -314,6 +355,23 @@ pub fn play(
             }
         }
     }
+    // A request on its own: another may follow on this connection, which a keep-alive server
+    // would wait for (as long as for the next request when one followed when recorded).
+    if let (Some(piece), None) = (connection.piece, &exchange.difference) {
+        let mut next = sock.pending.split_off(sock.at);
+        if next.is_empty() {
+            let wait = if piece.last { CLOSE_TIMEOUT } else { STEP_TIMEOUT };
+            let _ = sock.sock.set_read_timeout(Some(wait));
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = sock.read(&mut buf) {
+                next.extend_from_slice(&buf[..n]);
+            }
+        }
+        if !next.is_empty() {
+            shared.exchange(exchange);
+            return Some((sock.sock, next));
+        }
+    }
     // A client whose exchange is over says so, as clients do: the program then closes at once
     // (a keep-alive server would otherwise wait for another request until CLOSE_TIMEOUT).
     if role == Role::Client {
@@ -333,6 +391,7 @@ pub fn play(
         order.ended(*i);
     }
     shared.exchange(exchange);
+    None
 }
 
 /// The program's end of a connection, with the bytes it sent that were read already.

@@ -39,6 +39,21 @@ pub struct Exchange {
     pub ignored: Vec<super::http::Ignored>,
 }
 
+impl Exchange {
+    /// Adds what the program did with another of the same recorded connection's requests.
+    pub fn add(&mut self, other: Exchange) {
+        self.bytes_from_program += other.bytes_from_program;
+        self.bytes_to_program += other.bytes_to_program;
+        self.ignored.extend(other.ignored);
+        if other.status != "matched" {
+            self.status = other.status;
+        }
+        if self.difference.is_none() {
+            self.difference = other.difference;
+        }
+    }
+}
+
 /// The program's stdout or stderr against the recorded command's.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct OutputCheck {
@@ -148,6 +163,9 @@ pub struct ReplayReport {
     pub tls_refused: Vec<TlsRefusal>,
     /// TLS connections the replayer terminated with the replay CA.
     pub tls_terminated: u64,
+    /// HTTP/1.x requests the program sent on another connection than when recorded, or on a
+    /// new one (a client that pools connections): each got the response to the same request.
+    pub requests_moved: u64,
     /// Recorded connections between two of the program's own sockets (a server it ran and its
     /// own client): not played, made again for real inside the sandbox.
     pub internal_connections: usize,

@@ -63,6 +63,20 @@ pub struct Connection {
     /// A TLS connection whose plaintext was recorded: `steps` are the plaintext, played over a
     /// TLS session the replayer terminates.
     pub tls: Option<TlsSession>,
+    /// One request of an HTTP/1.x connection and the response to it (`matching::Pool` splits
+    /// such connections): played on whichever connection the program sends that request.
+    pub piece: Option<Piece>,
+}
+
+/// Where a request played on its own sits in its recorded connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Piece {
+    /// Its place among the connection's requests (0: the first).
+    pub index: usize,
+    /// No request followed it on the recorded connection.
+    pub last: bool,
+    /// Bytes the program sent on the recorded connection before it.
+    pub offset: usize,
 }
 
 /// What the replayer's TLS server presents for a recorded TLS connection.
@@ -397,6 +411,7 @@ impl Script {
                         steps,
                         opens_at: 0,
                         tls,
+                        piece: None,
                     });
                     outbound_ends.push((id, &info.local, &info.peer));
                 }
@@ -437,6 +452,7 @@ impl Script {
                         steps,
                         opens_at: 0,
                         tls: None,
+                        piece: None,
                     });
                 }
                 StreamKind::Udp => {
@@ -771,6 +787,7 @@ fn inbound(mut accepted: Vec<Accepted>) -> (Vec<Connection>, Vec<OrderEvent>) {
         .zip(index)
         .map(|((stream_id, peer, opened, chunks), index)| Connection {
             tls: None,
+            piece: None,
             unix_path: None,
             stream_id,
             peer,
