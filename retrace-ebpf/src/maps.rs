@@ -232,6 +232,10 @@ pub struct TlsCall {
     pub depth: u32,
     /// The return value is a C `int` (OpenSSL) rather than an `ssize_t` (GnuTLS).
     pub ret_is_int: u32,
+    /// When the call began: a write's bytes are recorded at this time, since they may be on
+    /// the wire long before the call returns (a Go goroutine can be descheduled between its
+    /// `write` system call and its return while another reads the answer).
+    pub entered_ns: u64,
 }
 
 #[map]

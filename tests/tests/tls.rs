@@ -419,6 +419,98 @@ fn record_then_replay(name: &str, command: impl Fn(&TlsServer) -> Vec<String>) {
     assert!(exchanges.iter().all(|e| e["status"] == "matched") && !exchanges.is_empty(), "{report:#}");
 }
 
+/// A Go client that pools connections: `requests` POSTs from as many goroutines over at most
+/// four HTTP/1.1 connections (each request waits for a free one, or one is dialled), printing
+/// each echoed body's length and checksum in request order.
+const GO_POOLING_CLIENT: &str = r#"package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+)
+
+func main() {
+	pem, _ := os.ReadFile(os.Args[1])
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	requests, _ := strconv.Atoi(os.Args[3])
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		MaxConnsPerHost: 4,
+		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}}
+	out := make([]string, requests)
+	var wg sync.WaitGroup
+	for i := 0; i < requests; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			body := bytes.Repeat([]byte(fmt.Sprintf("request %d;", i)), 200*(i+1))
+			res, err := client.Post(fmt.Sprintf("%s/%d", os.Args[2], i), "text/plain", bytes.NewReader(body))
+			if err != nil {
+				out[i] = err.Error()
+				return
+			}
+			got, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			out[i] = fmt.Sprintf("%d %d %x", i, len(got), sha256.Sum256(got))
+		}(i)
+	}
+	wg.Wait()
+	for _, line := range out {
+		fmt.Println(line)
+	}
+}
+"#;
+
+#[test]
+fn a_go_client_that_pools_its_connections_replays_whichever_connection_each_request_takes() {
+    let dir = scratch("tls-go-pool");
+    let server = go_build(&dir.join("gosrv"), "server", GO_SERVER, &[]);
+    let client = go_build(&dir.join("goclient"), "client", GO_POOLING_CLIENT, &[]);
+    let certs = TlsServer::start(&dir, b"");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (cert, key) = (certs.dir.join("cert.pem"), certs.dir.join("key.pem"));
+    let mut echo = Command::new(&server)
+        .arg(format!("127.0.0.1:{port}"))
+        .args([&cert, &key])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the Go server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://localhost:{port}");
+    let argv = [client.to_str().unwrap(), cert.to_str().unwrap(), &url, "24"];
+    let recorded = record_in(&dir, &dir, &argv);
+    let _ = echo.kill();
+    let _ = echo.wait();
+    let lines: Vec<String> = String::from_utf8_lossy(&recorded.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 24);
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line.starts_with(&format!("{i} {} ", format!("request {i};").len() * 200 * (i + 1))), "{line}");
+    }
+    // Which connection carries which request differs from run to run: each gets its own echo.
+    for round in 0..2 {
+        let (out, report) = replay_in(&dir, &dir.join("rec"), &[], &argv);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}\n{report:#}", String::from_utf8_lossy(&out.stderr));
+        assert_bytes_eq(&out.stdout, &recorded.stdout, "the pooling client's output in replay");
+        assert_eq!(report["result"], "passed", "{report:#}");
+        assert!(report["exchanges"].as_array().unwrap().iter().all(|e| e["status"] == "matched"), "{report:#}");
+    }
+}
+
 fn ca(server: &TlsServer) -> String {
     server.dir.join("cert.pem").display().to_string()
 }

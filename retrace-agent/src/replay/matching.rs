@@ -22,6 +22,9 @@ pub struct Pool {
     by_peer: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
     /// Unix socket paths, by the stand-in address their connections go by.
     unix_paths: HashMap<SocketAddr, String>,
+    /// The server names and protocols of the connections to each address that began with a
+    /// TLS handshake.
+    tls_first: HashMap<SocketAddr, (Vec<String>, Vec<String>)>,
 }
 
 /// What is known once some of the program's first bytes are in.
@@ -56,13 +59,27 @@ impl Pool {
             by_peer.entry(c.peer).or_default().extend(requests_of(c));
         }
         // Where requests were split out, they are candidates in the order they were answered
-        // (connections stay in connect order among themselves when nothing was split).
+        // (connections stay in connect order among themselves when nothing was split). A
+        // connection that carried nothing there was a pooling client's spare, which it may or
+        // may not dial again: not asked for.
         for all in by_peer.values_mut() {
             if all.iter().any(|c| c.piece.is_some()) {
+                all.retain(|c| !c.steps.is_empty());
                 all.sort_by_key(first_answer);
             }
         }
-        Pool { by_peer: Mutex::new(by_peer), unix_paths }
+        let mut tls_first: HashMap<SocketAddr, (Vec<String>, Vec<String>)> = HashMap::new();
+        for (peer, all) in &by_peer {
+            for t in all.iter().filter_map(|c| c.tls.as_ref()).filter(|t| t.prefix.is_empty()) {
+                let (names, alpn) = tls_first.entry(*peer).or_default();
+                for (list, value) in [(names, &t.sni), (alpn, &t.alpn)] {
+                    if !value.is_empty() && !list.contains(value) {
+                        list.push(value.clone());
+                    }
+                }
+            }
+        }
+        Pool { by_peer: Mutex::new(by_peer), unix_paths, tls_first }
     }
 
     /// How the report names `peer`: a unix socket by its path.
@@ -81,20 +98,17 @@ impl Pool {
         self.by_peer.lock().expect("pool").get(peer).is_some_and(|c| !c.is_empty())
     }
 
-    /// The server names and protocols of the unclaimed connections to `peer` that began with
-    /// a TLS handshake, if any.
+    /// Whether the program connected to `peer` when recorded: a connection there is played
+    /// (and what it sends is unmatched once every recorded one is claimed), not blocked.
+    pub fn knows(&self, peer: &SocketAddr) -> bool {
+        self.by_peer.lock().expect("pool").contains_key(peer)
+    }
+
+    /// The server names and protocols of the recorded connections to `peer` that began with a
+    /// TLS handshake, if any (claimed or not: a pooling client's spare connection shakes hands
+    /// too).
     pub fn tls_first(&self, peer: &SocketAddr) -> Option<(Vec<String>, Vec<String>)> {
-        let pool = self.by_peer.lock().expect("pool");
-        let sessions: Vec<&super::script::TlsSession> =
-            pool.get(peer)?.iter().filter_map(|c| c.tls.as_ref()).filter(|t| t.prefix.is_empty()).collect();
-        if sessions.is_empty() {
-            return None;
-        }
-        let mut names: Vec<String> = sessions.iter().map(|t| t.sni.clone()).filter(|n| !n.is_empty()).collect();
-        names.dedup();
-        let mut alpn: Vec<String> = sessions.iter().map(|t| t.alpn.clone()).filter(|a| !a.is_empty()).collect();
-        alpn.dedup();
-        Some((names, alpn))
+        self.tls_first.get(peer).cloned()
     }
 
     /// Chooses among the unclaimed connections to `peer` by the program's first bytes `got`.
@@ -103,20 +117,32 @@ impl Pool {
     /// `tls_first`: the program began with a TLS handshake (which the replayer terminated), so
     /// only connections recorded that way are candidates, and `got` is plaintext.
     pub fn choose(&self, peer: &SocketAddr, got: &[u8], done: bool, tls_first: bool) -> Choice {
+        // With none left, what the program sends is unmatched; a connection it leaves unused
+        // (a pooling client's spare) is nothing.
+        let none_left = || match (got.is_empty(), done) {
+            (false, _) => Choice::None(None),
+            (true, true) => Choice::Nothing,
+            (true, false) => Choice::NeedMore,
+        };
         let mut pool = self.by_peer.lock().expect("pool");
-        let Some(all) = pool.get_mut(peer) else { return Choice::None(None) };
+        let Some(all) = pool.get_mut(peer) else { return none_left() };
         let began_with_tls = |c: &Connection| c.tls.as_ref().is_some_and(|t| t.prefix.is_empty());
         // The candidates, in the order the connections were made: indices into `all`.
         let candidates: Vec<usize> = (0..all.len()).filter(|&i| began_with_tls(&all[i]) == tls_first).collect();
-        let Some(&first) = candidates.first() else { return Choice::None(None) };
-        if first_send(&all[first]).is_none() {
+        let Some(&first) = candidates.first() else { return none_left() };
+        // The server spoke first: nothing to choose by.
+        if first_step(&all[first]).is_some_and(|s| matches!(s, Step::Receive { .. })) {
             return Choice::Take(all.remove(first));
         }
         // Even one candidate left must be asked for: the program may want something else. A
-        // connection it closes unused (a pooling client dialled one more than it needed) is
-        // none of them.
+        // connection it leaves unused is one that carried nothing when recorded, if any (a
+        // pooling client's spare), else nothing.
         if got.is_empty() {
-            return if done { Choice::Nothing } else { Choice::NeedMore };
+            return match (done, candidates.iter().position(|&i| first_step(&all[i]).is_none())) {
+                (false, _) => Choice::NeedMore,
+                (true, Some(unused)) => Choice::Take(all.remove(candidates[unused])),
+                (true, None) => Choice::Nothing,
+            };
         }
         let fitting: Vec<usize> = candidates
             .iter()
@@ -220,14 +246,18 @@ fn same_start_line(c: &Connection, got: &[u8]) -> bool {
     })
 }
 
-/// The first bytes the program sent on a recorded connection (before a STARTTLS-style upgrade,
-/// those in the clear), with their redacted spans.
+/// The first step of a recorded connection (before a STARTTLS-style upgrade, the first in the
+/// clear); none when nothing went either way.
+fn first_step(c: &Connection) -> Option<&Step> {
+    match &c.tls {
+        Some(t) if !t.prefix.is_empty() => t.prefix.first(),
+        _ => c.steps.first(),
+    }
+}
+
+/// The first bytes the program sent on a recorded connection, with their redacted spans.
 fn first_send(c: &Connection) -> Option<(&[u8], &[Span])> {
-    let steps = match &c.tls {
-        Some(t) if !t.prefix.is_empty() => &t.prefix,
-        _ => &c.steps,
-    };
-    match steps.first() {
+    match first_step(c) {
         Some(Step::Send { bytes, wildcards }) => Some((bytes, wildcards)),
         _ => None,
     }

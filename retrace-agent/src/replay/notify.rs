@@ -293,7 +293,7 @@ impl Notifier {
             }
             // A recorded server's socket (gone now, or still the host's): played like TCP.
             if let Some(peer) = names.iter().find_map(|n| self.connections.unix_peer(n)) {
-                if self.connections.has(&peer) {
+                if self.connections.knows(&peer) {
                     return self.play(req, listener, peer);
                 }
             }
@@ -321,7 +321,7 @@ impl Notifier {
             // A server the program runs in the sandbox, and its own client of it.
             return Answer::Continue;
         }
-        let Some(peer) = to.filter(|a| self.connections.has(a)) else {
+        let Some(peer) = to.filter(|a| self.connections.knows(a)) else {
             self.shared.blocked(Blocked { syscall: "connect".into(), address, pid: req.pid });
             return Answer::Error(libc::ECONNREFUSED);
         };
@@ -338,6 +338,9 @@ impl Notifier {
                 self.shared.peers.lock().expect("peers").push(handle);
                 Answer::Done
             }
+            // The call is gone: a signal interrupted it (Go preempts goroutines with SIGURG; the
+            // call comes again) or the process exited.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Answer::Done,
             Err(e) => {
                 self.shared.fail(format!("cannot hand a socket to the program: {e}"));
                 Answer::Error(libc::ECONNREFUSED)

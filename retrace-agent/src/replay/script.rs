@@ -592,6 +592,7 @@ impl Script {
         script.internal_connections = internal.len() / 2;
         // Connections in the order the program opened them.
         script.connections.sort_by_key(|c| c.stream_id);
+        handshake_only(&mut script.connections);
         (script.inbound, script.inbound_order) = inbound(accepted);
         for c in &mut script.inbound {
             c.tls = tls_inbound.remove(&c.stream_id);
@@ -721,6 +722,20 @@ fn host_agrees(path: &str, pieces: &[(u64, Vec<u8>)], redacted: &[(u64, u64)]) -
         let mut host = vec![0u8; bytes.len()];
         file.read_exact_at(&mut host, *at).is_ok() && same_but_redacted(*at, bytes, &host, redacted)
     })
+}
+
+/// A connection that only shook hands with a TLS server whose other connections' plaintext
+/// was recorded (a pooling client's spare: its library is hooked, and no plaintext went
+/// either way) is a TLS connection with nothing in it, not ciphertext to compare.
+fn handshake_only(connections: &mut [Connection]) {
+    let with_plaintext: std::collections::HashSet<SocketAddr> =
+        connections.iter().filter(|c| c.tls.as_ref().is_some_and(|t| t.prefix.is_empty())).map(|c| c.peer).collect();
+    for c in connections.iter_mut().filter(|c| c.tls.is_none() && with_plaintext.contains(&c.peer)) {
+        if matches!(c.steps.first(), Some(Step::Send { bytes, .. }) if bytes.starts_with(&[0x16, 0x03])) {
+            c.steps.clear();
+            c.tls = Some(TlsSession::default());
+        }
+    }
 }
 
 /// A TLS socket's records before its handshake: up to the first bytes either way that start

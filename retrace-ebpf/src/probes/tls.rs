@@ -47,7 +47,16 @@ fn enter(sys: Sys, session: u64, buf: u64, count_ptr: u64, ret_is_int: bool) -> 
         unsafe { (*c).depth += 1 };
         return 0;
     }
-    let call = TlsCall { session, buf, count_ptr, sys: sys as u32, fd: -1, depth: 1, ret_is_int: ret_is_int as u32 };
+    let call = TlsCall {
+        session,
+        buf,
+        count_ptr,
+        sys: sys as u32,
+        fd: -1,
+        depth: 1,
+        ret_is_int: ret_is_int as u32,
+        entered_ns: unsafe { bpf_ktime_get_ns() },
+    };
     let _ = TLS_CALLS.insert(&id, &call, 0);
     if let Some(any) = TLS_ANY.get_ptr_mut(0) {
         unsafe {
@@ -155,8 +164,16 @@ fn go_enter(ctx: &ProbeContext, sys: Sys) -> u32 {
     let key = TlsKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, _pad: 0, session: g };
     // Entered again after the stack grew (the prologue calls morestack, which restarts the
     // function): the same call, the same values.
-    let call =
-        TlsCall { session: conn, buf, count_ptr: 0, sys: sys as u32, fd: go_socket(conn), depth: 1, ret_is_int: 0 };
+    let call = TlsCall {
+        session: conn,
+        buf,
+        count_ptr: 0,
+        sys: sys as u32,
+        fd: go_socket(conn),
+        depth: 1,
+        ret_is_int: 0,
+        entered_ns: unsafe { bpf_ktime_get_ns() },
+    };
     let _ = GO_TLS_CALLS.insert(&key, &call, 0);
     0
 }
@@ -214,10 +231,15 @@ fn finish(id: u64, call: &TlsCall, ret: i64) {
     if moved == 0 || traced().is_none() {
         return;
     }
+    // What was written was sent during the call, what was read came by its end.
+    let ts_ns = match sys.direction() {
+        Some(Direction::Out) => call.entered_ns,
+        _ => unsafe { bpf_ktime_get_ns() },
+    };
     let call = Call {
         tgid,
         tid: id as u32,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         args: [fd as i64 as u64, call.buf, moved, call.session, 0, 0],
         ret: moved as i64,
     };
