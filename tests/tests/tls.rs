@@ -420,8 +420,9 @@ fn record_then_replay(name: &str, command: impl Fn(&TlsServer) -> Vec<String>) {
 }
 
 /// A Go client that pools connections: `requests` POSTs from as many goroutines over at most
-/// four HTTP/1.1 connections (each request waits for a free one, or one is dialled), printing
-/// each echoed body's length and checksum in request order.
+/// four HTTP/1.1 connections (each request waits for a free one, or one is dialled), or as
+/// streams of HTTP/2 connections (`h2`), printing each echoed body's length and checksum in
+/// request order.
 const GO_POOLING_CLIENT: &str = r#"package main
 
 import (
@@ -442,11 +443,12 @@ func main() {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
 	requests, _ := strconv.Atoi(os.Args[3])
-	client := &http.Client{Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: roots},
-		MaxConnsPerHost: 4,
-		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{},
-	}}
+	transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}
+	if os.Args[4] != "h2" {
+		transport.MaxConnsPerHost = 4
+		transport.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	client := &http.Client{Transport: transport}
 	out := make([]string, requests)
 	var wg sync.WaitGroup
 	for i := 0; i < requests; i++ {
@@ -492,22 +494,54 @@ fn a_go_client_that_pools_its_connections_replays_whichever_connection_each_requ
         std::thread::sleep(Duration::from_millis(50));
     }
     let url = format!("https://localhost:{port}");
-    let argv = [client.to_str().unwrap(), cert.to_str().unwrap(), &url, "24"];
-    let recorded = record_in(&dir, &dir, &argv);
+    let mut recorded = Vec::new();
+    for protocol in ["h1", "h2"] {
+        let at = dir.join(protocol);
+        std::fs::create_dir_all(&at).unwrap();
+        let argv = [client.to_str().unwrap(), cert.to_str().unwrap(), &url, "24", protocol];
+        let out = record_in(&at, &at, &argv);
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 24, "{protocol}");
+        for (i, line) in lines.iter().enumerate() {
+            assert!(line.starts_with(&format!("{i} {} ", format!("request {i};").len() * 200 * (i + 1))), "{line}");
+        }
+        let h2 = Rec::open(&at.join("rec")).streams.iter().any(|s| s.kind == "tls" && s.alpn == "h2");
+        assert_eq!(h2, protocol == "h2");
+        recorded.push((at, argv.map(str::to_owned), out));
+    }
     let _ = echo.kill();
     let _ = echo.wait();
-    let lines: Vec<String> = String::from_utf8_lossy(&recorded.stdout).lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 24);
-    for (i, line) in lines.iter().enumerate() {
-        assert!(line.starts_with(&format!("{i} {} ", format!("request {i};").len() * 200 * (i + 1))), "{line}");
-    }
-    // Which connection carries which request differs from run to run: each gets its own echo.
-    for round in 0..2 {
-        let (out, report) = replay_in(&dir, &dir.join("rec"), &[], &argv);
-        assert_eq!(out.status.code(), Some(0), "round {round}: {}\n{report:#}", String::from_utf8_lossy(&out.stderr));
-        assert_bytes_eq(&out.stdout, &recorded.stdout, "the pooling client's output in replay");
-        assert_eq!(report["result"], "passed", "{report:#}");
-        assert!(report["exchanges"].as_array().unwrap().iter().all(|e| e["status"] == "matched"), "{report:#}");
+    // Which connection, or which stream of one, carries which request differs from run to run:
+    // each request gets its own echo.
+    for (at, argv, recorded) in &recorded {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        for round in 0..2 {
+            let (out, report) = replay_in(at, &at.join("rec"), &[], &argv);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{} round {round}: {stderr}\n{report:#}", argv[4]);
+            assert_bytes_eq(&out.stdout, &recorded.stdout, "the pooling client's output in replay");
+            assert_eq!(report["result"], "passed", "{report:#}");
+            assert!(report["exchanges"].as_array().unwrap().iter().all(|e| e["status"] == "matched"), "{report:#}");
+        }
+        // A request never recorded is refused (the client prints its error), one recorded and
+        // not sent fails the replay too.
+        for (requests, unmatched) in [("25", true), ("23", false)] {
+            let changed = [argv[0], argv[1], argv[2], requests, argv[4]];
+            let (out, report) = replay_in(at, &at.join("rec"), &[], &changed);
+            assert_eq!(report["result"], "failed", "{report:#}");
+            // Go retries a request whose connection was reset before any answer.
+            let refused = report["unmatched"].as_array().map_or(0, Vec::len);
+            assert_eq!(refused > 0, unmatched, "{report:#}");
+            if unmatched {
+                let sent = report["unmatched"].as_array().unwrap().iter().map(|u| u["sent"].as_str().unwrap());
+                assert!(sent.clone().all(|s| s == "POST /24" || s.starts_with("POST /24 ")), "{report:#}");
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(stdout.lines().nth(24).is_some_and(|l| !l.starts_with("24 ")), "{stdout}");
+            } else {
+                let exchanges = report["exchanges"].as_array().unwrap();
+                assert_eq!(exchanges.iter().filter(|e| e["status"] != "matched").count(), 1, "{report:#}");
+            }
+        }
     }
 }
 

@@ -29,6 +29,7 @@ const NOISY_HEADERS: &[&str] = &[
     "x-runtime",
     "x-response-time",
     "traceparent",
+    "grpc-timeout",
 ];
 /// A message head longer than this is no HTTP we compare.
 const HEAD_MAX: usize = 64 * 1024;
@@ -214,7 +215,28 @@ fn cookie_without_expiry(value: &[u8]) -> Vec<u8> {
     kept.join(";").into_bytes()
 }
 
-fn text(bytes: &[u8]) -> String {
+/// Why header `name` (lower case) may have value `actual` where `expected` was recorded, if it
+/// may.
+pub fn noise_in(name: &str, expected: &[u8], actual: &[u8], noise: &Noise) -> Option<&'static str> {
+    if NOISY_HEADERS.contains(&name) {
+        Some("built-in noisy header")
+    } else if noise.headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+        Some("noise rule (header)")
+    } else if name == "set-cookie" && cookie_without_expiry(expected) == cookie_without_expiry(actual) {
+        Some("cookie expiry")
+    } else if !noise.patterns.is_empty() && blank(expected, noise) == blank(actual, noise) {
+        Some("noise rule (pattern)")
+    } else {
+        None
+    }
+}
+
+/// Whether two bodies differ only where noise patterns match.
+pub fn noise_in_body(expected: &[u8], actual: &[u8], noise: &Noise) -> bool {
+    !noise.patterns.is_empty() && blank(expected, noise) == blank(actual, noise)
+}
+
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
 }
 
@@ -257,18 +279,7 @@ pub fn compare(recorded: &[u8], wildcards: &[(usize, usize)], source: &mut dyn S
             if ev == av || en == "content-length" || redacted(wildcards, msg_at + ev_at, msg_at + ev_at + ev.len()) {
                 continue;
             }
-            let why = if NOISY_HEADERS.contains(&en.as_str()) {
-                Some("built-in noisy header")
-            } else if noise.headers.iter().any(|h| h.eq_ignore_ascii_case(en)) {
-                Some("noise rule (header)")
-            } else if en == "set-cookie" && cookie_without_expiry(ev) == cookie_without_expiry(av) {
-                Some("cookie expiry")
-            } else if !noise.patterns.is_empty() && blank(ev, noise) == blank(av, noise) {
-                Some("noise rule (pattern)")
-            } else {
-                None
-            };
-            match why {
+            match noise_in(en, ev, av, noise) {
                 Some(why) => outcome.ignored.push(Ignored {
                     field: en.clone(),
                     expected: text(ev),
@@ -286,7 +297,7 @@ pub fn compare(recorded: &[u8], wildcards: &[(usize, usize)], source: &mut dyn S
         let same_body = expected.body.len() == actual.body.len()
             && first_difference(&expected.body, &actual.body, wildcards, body_at).is_none();
         if !same_body {
-            if !noise.patterns.is_empty() && blank(&expected.body, noise) == blank(&actual.body, noise) {
+            if noise_in_body(&expected.body, &actual.body, noise) {
                 outcome.ignored.push(Ignored {
                     field: "body".into(),
                     expected: text(&expected.body),

@@ -12,7 +12,7 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
 
 use super::{
-    http,
+    h2, http,
     script::{first_difference, Connection, Piece, Step},
 };
 
@@ -25,7 +25,13 @@ pub struct Pool {
     /// The server names and protocols of the connections to each address that began with a
     /// TLS handshake.
     tls_first: HashMap<SocketAddr, (Vec<String>, Vec<String>)>,
+    /// The requests of the HTTP/2 connections not yet answered, by address, in the order they
+    /// were.
+    h2: Mutex<HashMap<SocketAddr, Vec<h2::Exchange>>>,
 }
+
+/// A recorded HTTP/2 request taken for one of the program's, and how they compare.
+pub type TakenH2 = (h2::Exchange, Result<Vec<http::Ignored>, (String, String, String)>);
 
 /// What is known once some of the program's first bytes are in.
 pub enum Choice {
@@ -50,36 +56,71 @@ pub struct Closest {
 
 impl Pool {
     pub fn new(connections: Vec<Connection>) -> Pool {
+        let mut tls_first: HashMap<SocketAddr, (Vec<String>, Vec<String>)> = HashMap::new();
+        for c in &connections {
+            let Some(t) = c.tls.as_ref().filter(|t| t.prefix.is_empty()) else { continue };
+            let (names, alpn) = tls_first.entry(c.peer).or_default();
+            for (list, value) in [(names, &t.sni), (alpn, &t.alpn)] {
+                if !value.is_empty() && !list.contains(value) {
+                    list.push(value.clone());
+                }
+            }
+        }
         let mut by_peer: HashMap<SocketAddr, Vec<Connection>> = HashMap::new();
+        let mut h2_by_peer: HashMap<SocketAddr, Vec<h2::Exchange>> = HashMap::new();
         let mut unix_paths = HashMap::new();
         for c in connections {
             if let Some(path) = &c.unix_path {
                 unix_paths.insert(c.peer, path.clone());
             }
-            by_peer.entry(c.peer).or_default().extend(requests_of(c));
+            let all = by_peer.entry(c.peer).or_default();
+            match h2::exchanges(&c) {
+                Some(exchanges) => h2_by_peer.entry(c.peer).or_default().extend(exchanges),
+                None => all.extend(requests_of(c)),
+            }
         }
         // Where requests were split out, they are candidates in the order they were answered
         // (connections stay in connect order among themselves when nothing was split). A
         // connection that carried nothing there was a pooling client's spare, which it may or
         // may not dial again: not asked for.
-        for all in by_peer.values_mut() {
-            if all.iter().any(|c| c.piece.is_some()) {
+        for (peer, all) in by_peer.iter_mut() {
+            if all.iter().any(|c| c.piece.is_some()) || h2_by_peer.contains_key(peer) {
                 all.retain(|c| !c.steps.is_empty());
                 all.sort_by_key(first_answer);
             }
         }
-        let mut tls_first: HashMap<SocketAddr, (Vec<String>, Vec<String>)> = HashMap::new();
-        for (peer, all) in &by_peer {
-            for t in all.iter().filter_map(|c| c.tls.as_ref()).filter(|t| t.prefix.is_empty()) {
-                let (names, alpn) = tls_first.entry(*peer).or_default();
-                for (list, value) in [(names, &t.sni), (alpn, &t.alpn)] {
-                    if !value.is_empty() && !list.contains(value) {
-                        list.push(value.clone());
-                    }
-                }
-            }
+        for exchanges in h2_by_peer.values_mut() {
+            exchanges.sort_by_key(|e| e.answered_ns);
         }
-        Pool { by_peer: Mutex::new(by_peer), unix_paths, tls_first }
+        Pool { by_peer: Mutex::new(by_peer), unix_paths, tls_first, h2: Mutex::new(h2_by_peer) }
+    }
+
+    /// Whether HTTP/2 connections to `peer` were recorded: the program's are served request by
+    /// request (`h2::serve`).
+    pub fn has_h2(&self, peer: &SocketAddr) -> bool {
+        self.h2.lock().expect("pool").contains_key(peer)
+    }
+
+    /// The recorded HTTP/2 request to `peer` that `asked` is: the earliest with its method
+    /// and path that compares equal (noise allowed), else the earliest with its method and
+    /// path, with the difference; none when no recorded request has them.
+    pub fn take_h2(&self, peer: &SocketAddr, asked: &h2::Message, noise: &http::Noise) -> Option<TakenH2> {
+        let mut pool = self.h2.lock().expect("pool");
+        let all = pool.get_mut(peer)?;
+        let key = |m: &h2::Message| m.summary();
+        let candidates: Vec<usize> = (0..all.len()).filter(|&i| key(&all[i].request) == key(asked)).collect();
+        let outcomes: Vec<_> = candidates.iter().map(|&i| h2::compare(&all[i].request, asked, noise)).collect();
+        let chosen = outcomes.iter().position(Result::is_ok).or((!candidates.is_empty()).then_some(0))?;
+        let outcome = outcomes.into_iter().nth(chosen)?;
+        Some((all.remove(candidates[chosen]), outcome))
+    }
+
+    /// The recorded HTTP/2 requests never asked for: their connection, its address and what
+    /// they were.
+    pub fn h2_left(&self) -> Vec<(u64, String, String)> {
+        let mut pool = self.h2.lock().expect("pool");
+        let left = pool.drain().flat_map(|(peer, e)| e.into_iter().map(move |e| (peer, e)));
+        left.map(|(peer, e)| (e.stream_id, self.name_of(&peer), e.request.summary())).collect()
     }
 
     /// How the report names `peer`: a unix socket by its path.
@@ -93,9 +134,10 @@ impl Pool {
         self.unix_paths.iter().find_map(|(peer, p)| (p == path).then_some(*peer))
     }
 
-    /// Whether a recorded connection to `peer` is still unclaimed.
+    /// Whether a recorded connection to `peer` (or an HTTP/2 request) is still unclaimed.
     pub fn has(&self, peer: &SocketAddr) -> bool {
         self.by_peer.lock().expect("pool").get(peer).is_some_and(|c| !c.is_empty())
+            || self.h2.lock().expect("pool").get(peer).is_some_and(|e| !e.is_empty())
     }
 
     /// Whether the program connected to `peer` when recorded: a connection there is played

@@ -9,6 +9,7 @@ mod datagram;
 pub mod denoise;
 mod diag;
 mod dirstat;
+mod h2;
 pub mod http;
 mod linked_random;
 mod listening;
@@ -302,6 +303,7 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
         let _ = p.join();
     }
     let unplayed = connections.left();
+    let unasked = connections.h2_left();
     let changes = rootfs.changes();
     if let Some(dir) = &config.keep_scratch {
         rootfs.keep(dir, &changes).map_err(|source| ReplayError::KeepScratch { path: dir.clone(), source })?;
@@ -338,6 +340,23 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
                 status: "not_played".into(),
                 ..Default::default()
             }),
+        }
+    }
+    for (stream_id, peer, request) in unasked {
+        let never = Exchange {
+            status: "diverged".into(),
+            difference: Some(report::Difference {
+                what: format!("the program never sent {request}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match report.exchanges.iter_mut().find(|e| e.stream_id == stream_id) {
+            Some(e) if e.status == "not_played" => {}
+            Some(e) => e.add(never),
+            None => {
+                report.exchanges.push(Exchange { stream_id, peer, status: "not_played".into(), ..Default::default() })
+            }
         }
     }
     report.exchanges.sort_by_key(|e| e.stream_id);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    http,
+    h2, http,
     matching::{Choice, Pool},
     order::Order,
     report,
@@ -63,6 +63,21 @@ pub fn play_matched(pool: Arc<Pool>, peer: std::net::SocketAddr, mut sock: TcpSt
         }
     }
     let mut got = Vec::new();
+    if pool.has_h2(&peer) {
+        // An HTTP/2 client is served request by request: its preface says so.
+        let _ = sock.set_read_timeout(Some(STEP_TIMEOUT));
+        let mut buf = [0u8; 64];
+        while got.len() < h2::PREFACE.len() && h2::PREFACE.starts_with(&got) {
+            match sock.read(&mut buf[..h2::PREFACE.len() - got.len()]) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                _ => break,
+            }
+        }
+        if got.starts_with(h2::PREFACE) {
+            return h2::serve(sock, got, pool, peer, shared);
+        }
+    }
     // The recorded request last played on this connection (stream and place), if any.
     let mut last: Option<(u64, usize)> = None;
     loop {
