@@ -444,6 +444,52 @@ fn a_client_that_pools_connections_gets_each_response_on_whichever_connection_it
     assert_eq!(not_played.len(), 1, "{report}");
 }
 
+/// A gRPC server (python grpcio): `Say` answers a message in upper case, and `count` with how
+/// many times it was asked for.
+const GRPC_SERVER: &str = "import grpc, concurrent.futures as cf, itertools, sys\nn = itertools.count(1)\ndef say(req, ctx):\n    return b'%d %s' % (next(n), req) if req == b'count' else req.upper()\nh = grpc.method_handlers_generic_handler('echo.Echo', {'Say': grpc.unary_unary_rpc_method_handler(say)})\ns = grpc.server(cf.ThreadPoolExecutor(8))\ns.add_generic_rpc_handlers((h,))\nport = s.add_insecure_port('127.0.0.1:0')\ns.start()\nprint(port, flush=True)\ns.wait_for_termination()";
+
+/// A gRPC client: `calls` concurrent calls on one channel (streams of one HTTP/2 connection,
+/// cleartext), then two `count`s.
+const GRPC_CLIENT: &str = "import grpc, sys\nch = grpc.insecure_channel('127.0.0.1:' + sys.argv[1])\nsay = ch.unary_unary('/echo.Echo/Say')\ncalls = [say.future(b'hello %d' % i, timeout=5) for i in range(int(sys.argv[2]))]\ntry:\n    print([c.result() for c in calls])\nexcept grpc.RpcError as e:\n    print('error', e.code())\nprint(say(b'count', timeout=5), say(b'count', timeout=5))\n";
+
+#[test]
+fn a_grpc_client_gets_each_answer_whatever_stream_its_call_takes() {
+    let dir = scratch("replay-grpc");
+    let mut server = Command::new("python3").args(["-c", GRPC_SERVER]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().to_owned();
+    let python = retrace_tests::python();
+    let client = |calls: &'static str| [python, "-c", GRPC_CLIENT, port.as_str(), calls];
+    // The server was asked for `count` twice before: the recording holds "3" and "4".
+    for _ in 0..2 {
+        let out = Command::new(python).args(&client("0")[1..]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (_, recorded) = record(&dir, &[], &client("12"));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let stdout = String::from_utf8_lossy(&recorded.stdout).into_owned();
+    assert!(stdout.contains("b'HELLO 11'") && stdout.ends_with("b'5 count' b'6 count'\n"), "{stdout}");
+    for round in 0..2 {
+        let (out, report) = replay(&dir.join("rec"), &dir.join(format!("report-{round}.json")), &client("12"), None);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}\n{report}", stderr(&out));
+        assert_eq!(out.stdout, recorded.stdout);
+        assert!(report["exchanges"].as_array().unwrap().iter().all(|e| e["status"] == "matched"), "{report}");
+    }
+    // A call never recorded gets an error, takes no other call's answer, and the replay fails
+    // naming it and the closest recorded call.
+    let (out, report) = replay(&dir.join("rec"), &dir.join("more.json"), &client("13"), None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("error ") && stdout.ends_with("b'5 count' b'6 count'\n"), "{stdout}\n{report}");
+    let unmatched = report["unmatched"].as_array().unwrap();
+    assert_eq!(unmatched.len(), 1, "{report}");
+    assert_eq!(unmatched[0]["sent"], "POST /echo.Echo/Say", "{report}");
+    assert_eq!(unmatched[0]["difference"]["what"], "different body", "{report}");
+}
+
 /// Records `server` (launched) answering `requests` curl requests on `port`, then stops it.
 fn record_server(dir: &Path, server: &[&str], port: u16, requests: &[&str]) {
     retrace_tests::record_server(&dir.join("rec"), server, port, || {

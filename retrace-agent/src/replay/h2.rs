@@ -307,17 +307,18 @@ async fn answer(
             trailers.iter().map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
     }
     let name = pool.name_of(&peer);
-    let (exchange, outcome) = match pool.take_h2(&peer, &asked, &shared.noise) {
-        Some(taken) => taken,
-        None => {
+    let (exchange, ignored) = match pool.take_h2(&peer, &asked, &shared.noise) {
+        Ok(taken) => taken,
+        Err(closest) => {
             // Not REFUSED_STREAM: clients retry that (Go's for a minute).
             respond.send_reset(h2::Reason::INTERNAL_ERROR);
-            shared.unmatched(Unmatched {
-                address: name,
-                sent: asked.summary(),
-                closest_stream_id: None,
-                difference: None,
-            });
+            let (closest_stream_id, difference) = match closest {
+                Some((stream_id, (what, expected, actual))) => {
+                    (Some(stream_id), Some(Difference { what, expected, actual, ..Default::default() }))
+                }
+                None => (None, None),
+            };
+            shared.unmatched(Unmatched { address: name, sent: asked.summary(), closest_stream_id, difference });
             return;
         }
     };
@@ -326,11 +327,11 @@ async fn answer(
         peer: name,
         status: "matched".into(),
         bytes_from_program: asked.body.len() as u64,
+        ignored,
         ..Default::default()
     };
-    match (outcome, exchange.response) {
-        (Ok(ignored), Some(response)) => {
-            played.ignored = ignored;
+    match exchange.response {
+        Some(response) => {
             shared.clock.deliver(exchange.answered_ns, false);
             played.bytes_to_program = response.body.len() as u64;
             if send(&mut respond, response).is_err() {
@@ -339,21 +340,8 @@ async fn answer(
                     Some(Difference { what: format!("the program reset {}", asked.summary()), ..Default::default() });
             }
         }
-        (Ok(ignored), None) => {
-            // No answer was recorded: the program gets none either.
-            played.ignored = ignored;
-            respond.send_reset(h2::Reason::CANCEL);
-        }
-        (Err((what, expected, actual)), _) => {
-            respond.send_reset(h2::Reason::INTERNAL_ERROR);
-            played.status = "diverged".into();
-            played.difference = Some(Difference {
-                what: format!("{what} in {}", asked.summary()),
-                expected,
-                actual,
-                ..Default::default()
-            });
-        }
+        // No answer was recorded: the program gets none either.
+        None => respond.send_reset(h2::Reason::CANCEL),
     }
     shared.exchange(played);
 }

@@ -30,8 +30,9 @@ pub struct Pool {
     h2: Mutex<HashMap<SocketAddr, Vec<h2::Exchange>>>,
 }
 
-/// A recorded HTTP/2 request taken for one of the program's, and how they compare.
-pub type TakenH2 = (h2::Exchange, Result<Vec<http::Ignored>, (String, String, String)>);
+/// A recorded HTTP/2 request taken for one of the program's, with the differences ignored as
+/// noise; or the closest one's connection and how it differs (what, expected, actual).
+pub type TakenH2 = Result<(h2::Exchange, Vec<http::Ignored>), Option<(u64, (String, String, String))>>;
 
 /// What is known once some of the program's first bytes are in.
 pub enum Choice {
@@ -102,17 +103,25 @@ impl Pool {
     }
 
     /// The recorded HTTP/2 request to `peer` that `asked` is: the earliest with its method
-    /// and path that compares equal (noise allowed), else the earliest with its method and
-    /// path, with the difference; none when no recorded request has them.
-    pub fn take_h2(&self, peer: &SocketAddr, asked: &h2::Message, noise: &http::Noise) -> Option<TakenH2> {
+    /// and path that compares equal (noise allowed: the differences ignored come with it).
+    /// Else none is taken, and the earliest with its method and path, if any, is named with
+    /// how it differs (all of a gRPC service's calls share one path: a call that differs is
+    /// none of them, and must not take a later call's answer).
+    pub fn take_h2(&self, peer: &SocketAddr, asked: &h2::Message, noise: &http::Noise) -> TakenH2 {
         let mut pool = self.h2.lock().expect("pool");
-        let all = pool.get_mut(peer)?;
-        let key = |m: &h2::Message| m.summary();
-        let candidates: Vec<usize> = (0..all.len()).filter(|&i| key(&all[i].request) == key(asked)).collect();
-        let outcomes: Vec<_> = candidates.iter().map(|&i| h2::compare(&all[i].request, asked, noise)).collect();
-        let chosen = outcomes.iter().position(Result::is_ok).or((!candidates.is_empty()).then_some(0))?;
-        let outcome = outcomes.into_iter().nth(chosen)?;
-        Some((all.remove(candidates[chosen]), outcome))
+        let Some(all) = pool.get_mut(peer) else { return Err(None) };
+        let mut closest = None;
+        for i in 0..all.len() {
+            if all[i].request.summary() != asked.summary() {
+                continue;
+            }
+            match h2::compare(&all[i].request, asked, noise) {
+                Ok(ignored) => return Ok((all.remove(i), ignored)),
+                Err(difference) if closest.is_none() => closest = Some((all[i].stream_id, difference)),
+                Err(_) => {}
+            }
+        }
+        Err(closest)
     }
 
     /// The recorded HTTP/2 requests never asked for: their connection, its address and what
