@@ -31,13 +31,18 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A static HTTP server (python), not recorded, serving `dir`.
+/// A python server, not recorded, started with `script` and `args`: it prints the port it got.
 struct HttpServer(std::process::Child, u16);
 
 impl HttpServer {
+    /// A static HTTP server serving `dir`.
     fn start(dir: &Path) -> HttpServer {
         let script = "import http.server,functools,sys\nclass Q(http.server.SimpleHTTPRequestHandler):\n    def log_message(self, *a): pass\nh=functools.partial(Q, directory=sys.argv[1])\ns=http.server.HTTPServer(('127.0.0.1',0),h)\nprint(s.server_address[1],flush=True)\ns.serve_forever()";
-        let mut child = Command::new("python3").args(["-c", script]).arg(dir).stdout(Stdio::piped()).spawn().unwrap();
+        HttpServer::python(script, &[dir.to_str().unwrap()])
+    }
+
+    fn python(script: &str, args: &[&str]) -> HttpServer {
+        let mut child = Command::new("python3").args(["-c", script]).args(args).stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         HttpServer(child, line.trim().parse().unwrap())
@@ -402,10 +407,8 @@ const POOLING_CLIENT: &str = "import http.client,sys\nport,mode,paths=int(sys.ar
 #[test]
 fn a_client_that_pools_connections_gets_each_response_on_whichever_connection_it_asks() {
     let dir = scratch("replay-pooling");
-    let mut server = Command::new("python3").args(["-c", COUNTING_SERVER]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line.trim().to_owned();
+    let server = HttpServer::python(COUNTING_SERVER, &[]);
+    let port = server.1.to_string();
     let python = retrace_tests::python();
     let client = |mode: &'static str, paths: &[&'static str]| {
         let mut argv = vec![python, "-c", POOLING_CLIENT, port.as_str(), mode];
@@ -414,8 +417,7 @@ fn a_client_that_pools_connections_gets_each_response_on_whichever_connection_it
     };
     // Four connections when recorded; /a asked twice, answered "#1" then "#2".
     let (_, recorded) = record(&dir, &[], &client("separate", &["/a", "/b", "/a", "/c"]));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(recorded.status.success(), "{}", stderr(&recorded));
     assert_eq!(String::from_utf8_lossy(&recorded.stdout), "/a #1\n/b #1\n/a #2\n/c #1\n");
     // Replayed on one connection: each request gets the response to the same recorded request,
@@ -455,10 +457,8 @@ const GRPC_CLIENT: &str = "import grpc, sys\nch = grpc.insecure_channel('127.0.0
 #[test]
 fn a_grpc_client_gets_each_answer_whatever_stream_its_call_takes() {
     let dir = scratch("replay-grpc");
-    let mut server = Command::new("python3").args(["-c", GRPC_SERVER]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line.trim().to_owned();
+    let server = HttpServer::python(GRPC_SERVER, &[]);
+    let port = server.1.to_string();
     let python = retrace_tests::python();
     let client = |calls: &'static str| [python, "-c", GRPC_CLIENT, port.as_str(), calls];
     // The server was asked for `count` twice before: the recording holds "3" and "4".
@@ -467,8 +467,7 @@ fn a_grpc_client_gets_each_answer_whatever_stream_its_call_takes() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let (_, recorded) = record(&dir, &[], &client("12"));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(recorded.status.success(), "{}", stderr(&recorded));
     let stdout = String::from_utf8_lossy(&recorded.stdout).into_owned();
     assert!(stdout.contains("b'HELLO 11'") && stdout.ends_with("b'5 count' b'6 count'\n"), "{stdout}");
