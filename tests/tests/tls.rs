@@ -419,6 +419,64 @@ fn record_then_replay(name: &str, command: impl Fn(&TlsServer) -> Vec<String>) {
     assert!(exchanges.iter().all(|e| e["status"] == "matched") && !exchanges.is_empty(), "{report:#}");
 }
 
+#[test]
+fn a_python_client_shaking_hands_on_several_threads_at_once_replays() {
+    // Each thread's OpenSSL draws from getrandom and RAND_bytes in its own order; which thread
+    // fetches which file differs in replay, and a handshake given another call's random bytes
+    // (fewer than it asked for) failed with "[SSL] internal error".
+    let dir = scratch("tls-python-threads");
+    let certs = TlsServer::start(&dir, b"");
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    for i in 0..15 {
+        std::fs::write(site.join(i.to_string()), pattern(3000 * (i + 1), i as u64)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon on; worker_processes 2; error_log stderr; pid {d}/nginx.pid;\n\
+             events {{}}\nhttp {{ access_log off; server {{ listen 127.0.0.1:{port} ssl; \
+             ssl_certificate {d}/server/cert.pem; ssl_certificate_key {d}/server/key.pem; root {}; }} }}\n",
+            site.display()
+        ),
+    )
+    .unwrap();
+    let started = Command::new("nginx").args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()]).status();
+    assert!(started.unwrap().success(), "nginx");
+    // nginx daemonised: stopped by its pid file, even when an assertion fails first.
+    struct Stop(PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+    let nginx = Stop(dir.join("nginx.pid"));
+    let script = format!(
+        "import ssl, urllib.request, hashlib, concurrent.futures as cf\n\
+         ctx = ssl.create_default_context(cafile='{}')\n\
+         def get(i): return hashlib.sha256(urllib.request.urlopen('https://localhost:{port}/' + str(i), context=ctx).read()).hexdigest()[:8]\n\
+         with cf.ThreadPoolExecutor(5) as pool: print(list(pool.map(get, range(15))))\n",
+        ca(&certs),
+    );
+    let argv = [python(), "-c", &script];
+    let recorded = record_in(&dir, &dir, &argv);
+    drop(nginx);
+    assert_eq!(String::from_utf8_lossy(&recorded.stdout).matches('\'').count(), 30, "{recorded:?}");
+    for round in 0..2 {
+        let (out, report) = replay_in(&dir, &dir.join("rec"), &[], &argv);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {stderr}\n{report:#}");
+        assert_bytes_eq(&out.stdout, &recorded.stdout, "the threaded client's output in replay");
+        assert_eq!(report["result"], "passed", "{report:#}");
+        assert_eq!(report["tls_terminated"], 15, "{report:#}");
+    }
+}
+
 /// A Go client that pools connections: `requests` POSTs from as many goroutines over at most
 /// four HTTP/1.1 connections (each request waits for a free one, or one is dialled), or as
 /// streams of HTTP/2 connections (`h2`), printing each echoed body's length and checksum in

@@ -90,7 +90,7 @@ pub struct Notifier {
     pub inbound: Vec<Connection>,
     pub inbound_order: Vec<super::script::OrderEvent>,
     /// What getrandom returned, in order: returned again.
-    pub random: std::collections::VecDeque<Vec<u8>>,
+    pub random: super::script::RecordedBytes,
     /// What sysinfo returned, in order: returned again.
     pub sysinfo: std::collections::VecDeque<Vec<u8>>,
     /// The wall-clock times each recorded thread read, in order: returned again to the
@@ -107,7 +107,7 @@ pub struct Notifier {
     /// What OpenSSL's RAND_bytes returned, in order: asked for by the preloaded shim, and by
     /// the programs that have OpenSSL linked in, whose functions are patched after each exec
     /// (None: the recording holds none of it).
-    pub library_random: std::collections::VecDeque<Vec<u8>>,
+    pub library_random: super::script::RecordedBytes,
     pub linked_random: Option<super::linked_random::LinkedRandom>,
     /// The folder listings the program read: served again.
     pub folders: super::listing::Folders,
@@ -421,11 +421,13 @@ impl Notifier {
             super::linked_random::LINKED_RANDOM => return self.library_random(req, true),
             _ => {}
         }
-        let Some(recorded) = self.random.pop_front() else {
+        let wanted = req.data.args[1] as usize;
+        let tid = self.inside_id(req.pid);
+        let Some(recorded) = self.random.take(tid, wanted) else {
             self.shared.report.lock().expect("report").random_unreplayed += 1;
             return Answer::Continue;
         };
-        let n = recorded.len().min(req.data.args[1] as usize);
+        let n = recorded.len().min(wanted);
         match clock::write_to(req.pid, req.data.args[0], &recorded[..n]) {
             Ok(()) => {
                 self.shared.report.lock().expect("report").random_reads += 1;
@@ -453,9 +455,10 @@ impl Notifier {
         if wanted == 0 {
             return Answer::Value(0);
         }
-        let next = self.library_random.front().filter(|r| r.len() >= wanted).is_some();
+        let tid = self.inside_id(req.pid);
+        let recorded = self.library_random.take(tid, wanted);
         let mut report = self.shared.report.lock().expect("report");
-        if !next {
+        let Some(recorded) = recorded else {
             report.library_random_unreplayed += 1;
             if !fresh {
                 return Answer::Error(libc::ENOSYS);
@@ -468,8 +471,7 @@ impl Notifier {
                 Ok(()) => Answer::Value(wanted as i64),
                 Err(errno) => Answer::Error(errno),
             };
-        }
-        let recorded = self.library_random.pop_front().unwrap_or_default();
+        };
         match clock::write_to(req.pid, req.data.args[0], &recorded[..wanted]) {
             Ok(()) => {
                 report.library_random_reads += 1;

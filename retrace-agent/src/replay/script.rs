@@ -21,6 +21,32 @@ pub enum FileStart {
     Absent,
 }
 
+/// Random bytes calls returned when recorded, in order, each with the thread (recorded id)
+/// that made the call.
+#[derive(Debug, Default)]
+pub struct RecordedBytes(pub std::collections::VecDeque<(u32, Vec<u8>)>);
+
+impl RecordedBytes {
+    /// How far a call looks for its bytes: a thread's next ones are near the front.
+    const LOOK_AHEAD: usize = 4096;
+
+    /// The bytes for thread `tid`'s call asking for `wanted`: its own next call's that gave
+    /// as many or more; else (a pool's threads share out their work differently from run to
+    /// run) the next call's of any thread that gave exactly as many. Never fewer than asked:
+    /// a short answer where the recorded one was whole makes callers fail (OpenSSL's seeding
+    /// gives up after three).
+    pub fn take(&mut self, tid: Option<u32>, wanted: usize) -> Option<Vec<u8>> {
+        let near = || self.0.iter().take(Self::LOOK_AHEAD).enumerate();
+        let own = tid.and_then(|tid| near().find(|(_, (t, b))| *t == tid && b.len() >= wanted));
+        let i = own.or_else(|| near().find(|(_, (_, b))| b.len() == wanted))?.0;
+        self.0.remove(i).map(|(_, bytes)| bytes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// One step of a connection, seen from the program.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -140,7 +166,7 @@ pub struct Script {
     /// When the recorded command started (its first exec), for the replayed clock.
     pub started_ns: Option<u64>,
     /// What getrandom returned, in order.
-    pub random: std::collections::VecDeque<Vec<u8>>,
+    pub random: RecordedBytes,
     /// What sysinfo returned (uptime, load, memory), in order.
     pub sysinfo: std::collections::VecDeque<Vec<u8>>,
     /// The wall-clock times each thread read (ns since the epoch), by its recorded id and the
@@ -148,7 +174,7 @@ pub struct Script {
     /// `record` patched).
     pub clock_reads: HashMap<(u32, ClockRead), std::collections::VecDeque<(u64, i128)>>,
     /// What OpenSSL's RAND_bytes (and its kin) returned, in order.
-    pub library_random: std::collections::VecDeque<Vec<u8>>,
+    pub library_random: RecordedBytes,
     /// The folder listings the program read (getdents64), by path.
     pub listings: Listings,
     /// What the program read from each random device (/dev/urandom, /dev/random), in the
@@ -232,8 +258,8 @@ impl Script {
         let mut histories = FileHistories::default();
         let mut gapped = std::collections::HashSet::new();
         let mut first_exec = None;
-        let mut random = std::collections::VecDeque::new();
-        let mut library_random = std::collections::VecDeque::new();
+        let mut random = RecordedBytes::default();
+        let mut library_random = RecordedBytes::default();
         let mut sysinfo = std::collections::VecDeque::new();
         let mut clock_reads: HashMap<(u32, ClockRead), std::collections::VecDeque<(u64, i128)>> = HashMap::new();
         // mkdir (one path), rename and link (old, new), in order.
@@ -280,9 +306,9 @@ impl Script {
                         }
                     } else if call.ret > 0 && !call.random.is_empty() {
                         if call.name == Sys::OpensslRand.name() {
-                            library_random.push_back(call.random.clone());
+                            library_random.0.push_back((call.tid, call.random.clone()));
                         } else {
-                            random.push_back(call.random.clone());
+                            random.0.push_back((call.tid, call.random.clone()));
                         }
                     }
                     if call.ret == 0 && !call.paths.is_empty() {
@@ -893,6 +919,20 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_bytes_go_to_their_thread_and_never_come_short() {
+        let mut recorded = RecordedBytes([(1, vec![1; 16]), (2, vec![2; 32]), (1, vec![3; 32]), (2, vec![4; 8])].into());
+        // Thread 2 first: its own, though thread 1's come before.
+        assert_eq!(recorded.take(Some(2), 32), Some(vec![2; 32]));
+        // Thread 1 asks for 32: its 16 would be short, its next 32 serve.
+        assert_eq!(recorded.take(Some(1), 32), Some(vec![3; 32]));
+        // A thread with none of its own left gets another's of exactly the size asked.
+        assert_eq!(recorded.take(Some(9), 8), Some(vec![4; 8]));
+        assert_eq!(recorded.take(Some(9), 12), None);
+        assert_eq!(recorded.take(None, 16), Some(vec![1; 16]));
+        assert!(recorded.is_empty());
+    }
 
     fn read(ts: u64, syscall: &'static str, bytes: &[u8]) -> (u64, usize, proto::Data) {
         let d = proto::Data {
