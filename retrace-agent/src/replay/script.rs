@@ -922,7 +922,8 @@ mod tests {
 
     #[test]
     fn random_bytes_go_to_their_thread_and_never_come_short() {
-        let mut recorded = RecordedBytes([(1, vec![1; 16]), (2, vec![2; 32]), (1, vec![3; 32]), (2, vec![4; 8])].into());
+        let mut recorded =
+            RecordedBytes([(1, vec![1; 16]), (2, vec![2; 32]), (1, vec![3; 32]), (2, vec![4; 8])].into());
         // Thread 2 first: its own, though thread 1's come before.
         assert_eq!(recorded.take(Some(2), 32), Some(vec![2; 32]));
         // Thread 1 asks for 32: its 16 would be short, its next 32 serve.
