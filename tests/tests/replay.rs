@@ -448,11 +448,14 @@ fn a_client_that_pools_connections_gets_each_response_on_whichever_connection_it
 
 /// A gRPC server (python grpcio): `Say` answers a message in upper case, and `count` with how
 /// many times it was asked for.
-const GRPC_SERVER: &str = "import grpc, concurrent.futures as cf, itertools, sys\nn = itertools.count(1)\ndef say(req, ctx):\n    return b'%d %s' % (next(n), req) if req == b'count' else req.upper()\nh = grpc.method_handlers_generic_handler('echo.Echo', {'Say': grpc.unary_unary_rpc_method_handler(say)})\ns = grpc.server(cf.ThreadPoolExecutor(8))\ns.add_generic_rpc_handlers((h,))\nport = s.add_insecure_port('127.0.0.1:0')\ns.start()\nprint(port, flush=True)\ns.wait_for_termination()";
+const GRPC_SERVER: &str = "import grpc, concurrent.futures as cf, itertools, sys\nn = itertools.count(1)\ndef say(req, ctx):\n    return b'%d %s' % (next(n), req) if req == b'count' else req.upper()\ndef chat(it, ctx):\n    for m in it: yield m.upper()\nh = grpc.method_handlers_generic_handler('echo.Echo', {'Say': grpc.unary_unary_rpc_method_handler(say), 'Chat': grpc.stream_stream_rpc_method_handler(chat)})\ns = grpc.server(cf.ThreadPoolExecutor(8))\ns.add_generic_rpc_handlers((h,))\nport = s.add_insecure_port('127.0.0.1:0')\ns.start()\nprint(port, flush=True)\ns.wait_for_termination()";
 
 /// A gRPC client: `calls` concurrent calls on one channel (streams of one HTTP/2 connection,
 /// cleartext), then two `count`s.
 const GRPC_CLIENT: &str = "import grpc, sys\nch = grpc.insecure_channel('127.0.0.1:' + sys.argv[1])\nsay = ch.unary_unary('/echo.Echo/Say')\ncalls = [say.future(b'hello %d' % i, timeout=5) for i in range(int(sys.argv[2]))]\ntry:\n    print([c.result() for c in calls])\nexcept grpc.RpcError as e:\n    print('error', e.code())\nprint(say(b'count', timeout=5), say(b'count', timeout=5))\n";
+
+/// A bidirectional gRPC call that sends its second message only once the first is answered.
+const GRPC_CHAT: &str = "import grpc, queue, sys\nch = grpc.insecure_channel('127.0.0.1:' + sys.argv[1])\nchat = ch.stream_stream('/echo.Echo/Chat')\nq = queue.Queue()\nq.put(b'one')\ndef sent():\n    while (m := q.get()) is not None:\n        yield m\nout = []\ntry:\n    for r in chat(sent(), timeout=60):\n        out.append(r)\n        q.put(b'two' if len(out) == 1 else None)\n    print(out)\nexcept grpc.RpcError as e:\n    print('error', e.code())\n";
 
 #[test]
 fn a_grpc_client_gets_each_answer_whatever_stream_its_call_takes() {
@@ -467,6 +470,9 @@ fn a_grpc_client_gets_each_answer_whatever_stream_its_call_takes() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let (_, recorded) = record(&dir, &[], &client("12"));
+    let chat_dir = dir.join("chat");
+    std::fs::create_dir_all(&chat_dir).unwrap();
+    let (_, chatted) = record(&chat_dir, &[], &[python, "-c", GRPC_CHAT, port.as_str()]);
     drop(server);
     assert!(recorded.status.success(), "{}", stderr(&recorded));
     let stdout = String::from_utf8_lossy(&recorded.stdout).into_owned();
@@ -487,6 +493,15 @@ fn a_grpc_client_gets_each_answer_whatever_stream_its_call_takes() {
     assert_eq!(unmatched.len(), 1, "{report}");
     assert_eq!(unmatched[0]["sent"], "POST /echo.Echo/Say", "{report}");
     assert_eq!(unmatched[0]["difference"]["what"], "different body", "{report}");
+    // A call that waits for answers before it ends is not replayed: reset after 10 s, named,
+    // never a hang.
+    assert_eq!(String::from_utf8_lossy(&chatted.stdout), "[b'ONE', b'TWO']\n");
+    let (out, report) =
+        replay(&chat_dir.join("rec"), &dir.join("chat.json"), &[python, "-c", GRPC_CHAT, port.as_str()], None);
+    assert_eq!(out.status.code(), Some(DIVERGED), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("error "), "{report}");
+    let what = report["unmatched"][0]["difference"]["what"].as_str().unwrap_or_default();
+    assert!(what.starts_with("the request did not end"), "{report}");
 }
 
 /// Records `server` (launched) answering `requests` curl requests on `port`, then stops it.

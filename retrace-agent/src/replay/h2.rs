@@ -25,6 +25,9 @@ use super::{
 /// What an HTTP/2 client sends first.
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long a request may stay open without sending more before it is reset.
+const UNFINISHED: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A header field: name (lower case), value.
 pub type Header = (Vec<u8>, Vec<u8>);
 
@@ -297,10 +300,33 @@ async fn answer(
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     asked.headers.push((b":path".to_vec(), path.as_bytes().to_vec()));
     asked.headers.extend(parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())));
-    while let Some(chunk) = body.data().await {
-        let Ok(chunk) = chunk else { return };
-        let _ = body.flow_control().release_capacity(chunk.len());
-        asked.body.extend_from_slice(&chunk);
+    loop {
+        match tokio::time::timeout(UNFINISHED, body.data()).await {
+            Ok(Some(Ok(chunk))) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                asked.body.extend_from_slice(&chunk);
+            }
+            Ok(Some(Err(_))) => return,
+            Ok(None) => break,
+            // A stream that waits for answers before it ends (gRPC's bidirectional calls) is
+            // answered only whole: the program gets a reset, not a hang.
+            Err(_) => {
+                respond.send_reset(h2::Reason::CANCEL);
+                shared.unmatched(Unmatched {
+                    address: pool.name_of(&peer),
+                    sent: asked.summary(),
+                    closest_stream_id: None,
+                    difference: Some(Difference {
+                        what: format!(
+                            "the request did not end within {} s: a stream that waits for answers before it ends is not replayed",
+                            UNFINISHED.as_secs()
+                        ),
+                        ..Default::default()
+                    }),
+                });
+                return;
+            }
+        }
     }
     if let Ok(Some(trailers)) = body.trailers().await {
         asked.trailers =
