@@ -299,7 +299,7 @@ async fn answer(
     }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     asked.headers.push((b":path".to_vec(), path.as_bytes().to_vec()));
-    asked.headers.extend(parts.headers.iter().map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())));
+    asked.headers.extend(header_list(&parts.headers));
     loop {
         match tokio::time::timeout(UNFINISHED, body.data()).await {
             Ok(Some(Ok(chunk))) => {
@@ -329,8 +329,7 @@ async fn answer(
         }
     }
     if let Ok(Some(trailers)) = body.trailers().await {
-        asked.trailers =
-            trailers.iter().map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
+        asked.trailers = header_list(&trailers);
     }
     let name = pool.name_of(&peer);
     let (exchange, ignored) = match pool.take_h2(&peer, &asked, &shared.noise) {
@@ -387,6 +386,11 @@ fn send(respond: &mut h2::server::SendResponse<Bytes>, response: Message) -> Res
         stream.send_trailers(trailers)?;
     }
     Ok(())
+}
+
+/// A map's header fields as a list.
+fn header_list(map: &http::HeaderMap) -> Vec<Header> {
+    map.iter().map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 /// Header fields as a map, without pseudo-headers and those HTTP/2 does not carry.

@@ -134,6 +134,17 @@ impl Shared {
     }
 }
 
+/// A recorded connection, or one of its requests, that the program never asked for: a
+/// connection none of whose requests was played is `not_played`; one some of whose were is
+/// `diverged`, with `difference` (the request missing).
+fn never_asked(exchanges: &mut Vec<Exchange>, stream_id: u64, peer: String, difference: Option<report::Difference>) {
+    match exchanges.iter_mut().find(|e| e.stream_id == stream_id) {
+        Some(e) if e.status == "not_played" => {}
+        Some(e) => e.add(Exchange { status: "diverged".into(), difference, ..Default::default() }),
+        None => exchanges.push(Exchange { stream_id, peer, status: "not_played".into(), ..Default::default() }),
+    }
+}
+
 /// Replays `recording` to `config.argv`; returns when the program has exited and every
 /// connection has been played out.
 pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayReport, ReplayError> {
@@ -319,45 +330,20 @@ pub fn replay(recording: &Recording, config: &ReplayConfig) -> Result<ReplayRepo
     report.scratch_writes = changes.written;
     report.scratch_removed = changes.removed;
     for c in unplayed {
-        match report.exchanges.iter_mut().find(|e| e.stream_id == c.stream_id) {
-            // Some of the connection's requests were played, and this one never came.
-            Some(e) => e.add(Exchange {
-                status: "diverged".into(),
-                difference: c.piece.map(|piece| report::Difference {
-                    offset: piece.offset as u64,
-                    what: "the program never sent this request".into(),
-                    expected: match c.steps.first() {
-                        Some(script::Step::Send { bytes, .. }) => peer::context(bytes),
-                        _ => String::new(),
-                    },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            None => report.exchanges.push(Exchange {
-                stream_id: c.stream_id,
-                peer: c.peer_name(),
-                status: "not_played".into(),
-                ..Default::default()
-            }),
-        }
+        let difference = c.piece.map(|piece| report::Difference {
+            offset: piece.offset as u64,
+            what: "the program never sent this request".into(),
+            expected: match c.steps.first() {
+                Some(script::Step::Send { bytes, .. }) => peer::context(bytes),
+                _ => String::new(),
+            },
+            ..Default::default()
+        });
+        never_asked(&mut report.exchanges, c.stream_id, c.peer_name(), difference);
     }
     for (stream_id, peer, request) in unasked {
-        let never = Exchange {
-            status: "diverged".into(),
-            difference: Some(report::Difference {
-                what: format!("the program never sent {request}"),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        match report.exchanges.iter_mut().find(|e| e.stream_id == stream_id) {
-            Some(e) if e.status == "not_played" => {}
-            Some(e) => e.add(never),
-            None => {
-                report.exchanges.push(Exchange { stream_id, peer, status: "not_played".into(), ..Default::default() })
-            }
-        }
+        let difference = report::Difference { what: format!("the program never sent {request}"), ..Default::default() };
+        never_asked(&mut report.exchanges, stream_id, peer, Some(difference));
     }
     report.exchanges.sort_by_key(|e| e.stream_id);
     // A server stopped by the replayer ends the replay normally; a program that ended on its
